@@ -1,0 +1,1 @@
+"""traintop engine: what trains. Importing it stays light: no torch here."""

@@ -1,0 +1,331 @@
+"""The run configuration: TOML sections with defaults, `--set` overrides and validation.
+
+Every key has a default, so an empty config is the digits demo. Mistakes name the key, the file
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .errors import UserError, did_you_mean
+
+BUILTIN_SOURCES = ("digits", "iris", "wine", "breast_cancer", "diabetes", "moons")
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # empty: "<source>-<model>", e.g. digits-mlp
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"
+    path: str = ""
+    target: str = ""
+    features: list[str] = field(default_factory=list)
+    text: str = ""
+    task: str = "auto"
+    split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    batch_size: int = 64
+    factory: str = ""
+    image_size: int = 32
+    channels: int = 0
+    augment: bool = False
+    memory_limit_mb: int = 1024
+    min_freq: int = 1
+    max_vocab: int = 20000
+    dataset: str = ""
+    download: bool = False
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    dropout: float = 0.0
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    factory: str = ""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "none"
+    warmup_steps: int = 0
+    step_epochs: int = 10  # step: decay every this many epochs
+    gamma: float = 0.1  # step and plateau: the decay factor
+    plateau_patience: int = 2  # plateau: validations without improvement before a decay
+    min_lr: float = 0.0  # cosine, onecycle and plateau never go below this
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    loss: str = "auto"
+    grad_clip: float = 0.0
+    val_every_steps: int = 0
+    on_nan: str = "stop"
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: str = "min"
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 0
+
+
+@dataclass
+class Config:
+    """A whole, validated run configuration."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    base_dir: Path = field(default=Path("."), compare=False)  # relative paths resolve here
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config as plain TOML-able sections."""
+        return {
+            f.name: dataclasses.asdict(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "base_dir"
+        }
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML text."""
+        return dumps_toml(self.to_dict())
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("data", "source"): BUILTIN_SOURCES + ("csv", "image_folder", "python", "torchvision"),
+    ("data", "task"): ("auto", "classification", "regression"),
+    ("model", "kind"): ("mlp", "linear", "cnn", "text", "python"),
+    ("optim", "name"): ("sgd", "adam", "adamw", "rmsprop"),
+    ("schedule", "name"): ("none", "step", "cosine", "onecycle", "plateau"),
+    ("train", "loss"): ("auto", "mse", "l1", "huber", "cross_entropy", "bce"),
+    ("train", "on_nan"): ("stop", "skip"),
+    ("early_stopping", "mode"): ("min", "max"),
+}
+
+NOT_YET = {
+    ("data", "source"): ("image_folder", "python", "torchvision"),
+    ("model", "kind"): ("cnn", "text", "python"),
+}
+
+POSITIVE = {
+    ("data", "batch_size"), ("train", "epochs"), ("data", "image_size"),
+    ("data", "memory_limit_mb"), ("data", "min_freq"), ("data", "max_vocab"),
+    ("schedule", "step_epochs"), ("optim", "lr"),
+}
+NON_NEGATIVE = {
+    ("optim", "weight_decay"), ("optim", "momentum"), ("schedule", "warmup_steps"),
+    ("schedule", "plateau_patience"), ("schedule", "min_lr"), ("train", "grad_clip"),
+    ("train", "val_every_steps"), ("early_stopping", "patience"), ("early_stopping", "min_delta"),
+    ("checkpoint", "every_epochs"), ("model", "dropout"), ("run", "seed"),
+}
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(Config) if f.name != "base_dir"}
+
+
+def _section_types() -> dict[str, dict[str, Any]]:
+    hints = get_type_hints(Config)
+    return {name: get_type_hints(hints[name]) for name in _sections()}
+
+
+def _describe(t) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list[int]: "a list of integers", list[float]: "a list of numbers",
+            list[str]: "a list of strings"}[t]
+
+
+def _check_type(value, t) -> Any:
+    """The value converted to type t, or raise ValueError."""
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+    elif t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif t is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, list):
+        (inner,) = t.__args__
+        return [_check_type(v, inner) for v in value]
+    raise ValueError
+
+
+def build_config(raw: dict[str, Any], origin: str = "the config", base_dir: Path | None = None) -> Config:
+    """Validate raw TOML sections into a Config; errors name the key and `origin`."""
+    types = _section_types()
+    cfg = Config(base_dir=base_dir or Path("."))
+    for section, values in raw.items():
+        if section not in types:
+            raise UserError(f"{origin}: unknown section [{section}]{did_you_mean(section, types)}; "
+                            f"allowed: {', '.join(types)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{origin}: [{section}] must be a table of keys")
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            where = f"{origin}: {section}.{key}"
+            if key not in types[section]:
+                raise UserError(f"{origin}: unknown key {section}.{key}"
+                                f"{did_you_mean(key, types[section])}; "
+                                f"[{section}] allows: {', '.join(types[section])}")
+            t = types[section][key]
+            try:
+                value = _check_type(value, t)
+            except ValueError:
+                raise UserError(f"{where} must be {_describe(t)}, got {value!r}") from None
+            setattr(target, key, value)
+    _validate(cfg, origin)
+    return cfg
+
+
+def _validate(cfg: Config, origin: str) -> None:
+    def fail(section, key, what):
+        raise UserError(f"{origin}: {section}.{key} {what}")
+
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            fail(section, key, f"is {value!r}{did_you_mean(value, allowed)}; allowed: {', '.join(allowed)}")
+        if value in NOT_YET.get((section, key), ()):
+            fail(section, key, f"= {value!r} is not available in this version of traintop")
+    for section, key in POSITIVE:
+        if getattr(getattr(cfg, section), key) <= 0:
+            fail(section, key, "must be greater than 0")
+    for section, key in NON_NEGATIVE:
+        if getattr(getattr(cfg, section), key) < 0:
+            fail(section, key, "must be 0 or more")
+    if not DEVICE_RE.match(cfg.run.device):
+        fail("run", "device", f"is {cfg.run.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+    split = cfg.data.split
+    if len(split) != 3 or any(s < 0 for s in split) or split[0] <= 0 or split[1] <= 0:
+        fail("data", "split", f"is {split}; give three fractions [train, val, test], train and val above 0")
+    if abs(sum(split) - 1.0) > 1e-6:
+        fail("data", "split", f"is {split}, which sums to {sum(split):g}; the fractions must sum to 1")
+    if not 0 <= cfg.model.dropout < 1:
+        fail("model", "dropout", f"is {cfg.model.dropout}; allowed: 0 <= dropout < 1")
+    if any(h <= 0 for h in cfg.model.hidden):
+        fail("model", "hidden", f"is {cfg.model.hidden}; every layer width must be greater than 0")
+    if cfg.data.source == "csv" and not cfg.data.path:
+        fail("data", "path", "is empty; data.source = \"csv\" needs the path of a CSV file")
+    if cfg.data.source == "csv" and not cfg.data.target:
+        fail("data", "target", "is empty; data.source = \"csv\" needs the name of the label column")
+    monitor = cfg.early_stopping.monitor
+    if not re.match(r"^val_[a-z0-9_]+$", monitor):
+        fail("early_stopping", "monitor", f"is {monitor!r}; allowed: val_loss or val_<metric>, e.g. val_accuracy")
+    if not 0 < cfg.schedule.gamma <= 1:
+        fail("schedule", "gamma", f"is {cfg.schedule.gamma}; allowed: 0 < gamma <= 1")
+    if not cfg.run.name:
+        model = cfg.model.kind
+        source = Path(cfg.data.path).stem if cfg.data.source == "csv" else cfg.data.source
+        cfg.run.name = f"{source}-{model}"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.run.name):
+        fail("run", "name", f"is {cfg.run.name!r}; use letters, digits, '.', '_' and '-'")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` from the command line; the value is TOML, or else a bare string."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    key, _, value_text = text.partition("=")
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"--set {text!r}: KEY must be section.key, e.g. train.epochs")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text  # a bare word such as --set data.source=iris
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a TOML config (None: the demo), apply `--set` overrides, and validate."""
+    raw: dict[str, Any] = {}
+    origin = "the built-in demo config"
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist" if not p.exists() else f"config {p} is not a file")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{p} is not valid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{p} is not a UTF-8 text file") from None
+        base_dir = p.resolve().parent
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"--set {text!r}: [{section}] in {origin} is not a table")
+        raw[section][key] = value
+    if overrides:
+        origin += " with --set " + " ".join(overrides)
+    return build_config(raw, origin, base_dir)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def dumps_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """TOML text for sections of plain values (tomllib only reads)."""
+    out = []
+    for name, values in sections.items():
+        out.append(f"[{name}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        out.append("")
+    return "\n".join(out)

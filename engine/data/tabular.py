@@ -1,0 +1,195 @@
+"""Tables: type inference, the split, and the preprocessing fitted on the training split.
+
+The fitted preprocessing is plain data (preprocess.json), so raw rows can be turned into model
+inputs the same way later, by `predict` in a live run or on a finished one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+
+MAX_CATEGORIES = 50  # most frequent values kept per categorical column; the rest encode as none
+FEW_VALUES = 10  # an integer column with at most this many distinct values is categorical
+CLASSIFICATION_MAX_CLASSES = 20
+
+
+def category_key(value: Any) -> str | None:
+    """The canonical text of a categorical value: 3, 3.0 and "3" are the same category."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    text = str(value).strip()
+    return text if text else None
+
+
+def is_categorical(column: pd.Series) -> bool:
+    """Strings and booleans are categorical; so are integer columns with few distinct values."""
+    if column.dtype == bool or not pd.api.types.is_numeric_dtype(column):
+        return True
+    values = column.dropna()
+    return bool(len(values)) and bool((values == values.round()).all()) and values.nunique() <= FEW_VALUES
+
+
+def infer_task(target: pd.Series) -> str:
+    """Classification for string, boolean or few-integer targets; regression otherwise."""
+    values = target.dropna()
+    if values.dtype == bool or not pd.api.types.is_numeric_dtype(values):
+        return "classification"
+    integral = bool((values == values.round()).all())
+    return "classification" if integral and values.nunique() <= CLASSIFICATION_MAX_CLASSES else "regression"
+
+
+@dataclass
+class Preprocessor:
+    """What was fitted on the training split: imputation, scaling, one-hot categories, targets."""
+
+    task: str
+    target: str
+    columns: list[dict[str, Any]]  # {"name", "kind": numeric|categorical, "fill", ...}
+    classes: list[str] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def features(self) -> list[str]:
+        """The raw feature names, in order."""
+        return [c["name"] for c in self.columns]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The model's input columns after one-hot encoding."""
+        names = []
+        for c in self.columns:
+            if c["kind"] == "numeric":
+                names.append(c["name"])
+            else:
+                names.extend(f"{c['name']}={v}" for v in c["categories"])
+        return names
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, y_train: pd.Series, task: str, target: str,
+            kinds: dict[str, str], classes: list[str]) -> Preprocessor:
+        """Fit imputation, scaling and categories on the training rows only."""
+        columns = []
+        for name, kind in kinds.items():
+            col = train[name]
+            if kind == "numeric":
+                values = pd.to_numeric(col, errors="coerce").astype(float)
+                median = float(values.median()) if values.notna().any() else 0.0
+                filled = values.fillna(median)
+                std = float(filled.std(ddof=0))
+                columns.append({"name": name, "kind": "numeric", "fill": median,
+                                "mean": float(filled.mean()), "std": std if std > 1e-12 else 1.0})
+            else:
+                keys = col.map(category_key).dropna()
+                counts = keys.value_counts()
+                top = sorted(counts.index[:MAX_CATEGORIES], key=lambda k: (-counts[k], k))
+                columns.append({"name": name, "kind": "categorical",
+                                "fill": top[0] if top else None, "categories": top})
+        pre = cls(task=task, target=target, columns=columns, classes=classes)
+        if task == "regression":
+            pre.target_mean = float(y_train.mean())
+            std = float(y_train.std(ddof=0))
+            pre.target_std = std if std > 1e-12 else 1.0
+        return pre
+
+    def transform(self, rows: pd.DataFrame) -> np.ndarray:
+        """Raw rows to model inputs (float32), exactly as in training; missing columns are an error."""
+        missing = [c for c in self.features if c not in rows.columns]
+        if missing:
+            raise UserError(f"input is missing feature column(s) {', '.join(missing)}; "
+                            f"the model was trained on: {', '.join(self.features)}")
+        parts = []
+        for c in self.columns:
+            col = rows[c["name"]]
+            if c["kind"] == "numeric":
+                values = pd.to_numeric(col, errors="coerce").astype(float).fillna(c["fill"])
+                parts.append(((values.to_numpy() - c["mean"]) / c["std"])[:, None])
+            else:
+                keys = col.map(category_key).where(lambda k: k.notna(), c["fill"])
+                index = {v: i for i, v in enumerate(c["categories"])}
+                onehot = np.zeros((len(rows), len(c["categories"])))
+                for r, k in enumerate(keys):
+                    if k in index:  # an unseen category encodes as all zeros
+                        onehot[r, index[k]] = 1.0
+                parts.append(onehot)
+        if not parts:
+            return np.zeros((len(rows), 0), dtype=np.float32)
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def encode_target(self, y: pd.Series) -> np.ndarray:
+        """Targets as the model sees them: class indices, or standardized values."""
+        if self.task == "classification":
+            index = {c: i for i, c in enumerate(self.classes)}
+            return np.array([index[category_key(v)] for v in y], dtype=np.int64)
+        return ((y.to_numpy(dtype=float) - self.target_mean) / self.target_std).astype(np.float32)
+
+    def decode_value(self, scaled: np.ndarray) -> np.ndarray:
+        """Standardized regression outputs back in the target's own units."""
+        return scaled * self.target_std + self.target_mean
+
+    def to_json(self) -> dict[str, Any]:
+        """The fitted preprocessing as preprocess.json holds it."""
+        return {"version": 1, "task": self.task, "target": self.target, "classes": self.classes,
+                "target_mean": self.target_mean, "target_std": self.target_std,
+                "columns": self.columns, "inputs": self.output_names}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Preprocessor:
+        """Read back what to_json wrote."""
+        return cls(task=obj["task"], target=obj["target"], columns=obj["columns"],
+                   classes=obj.get("classes", []), target_mean=obj.get("target_mean", 0.0),
+                   target_std=obj.get("target_std", 1.0))
+
+
+def split_indices(n: int, fractions: list[float], seed: int,
+                  labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded train/val/test indices, stratified by `labels` when every class can be."""
+    from sklearn.model_selection import train_test_split
+
+    train_f, val_f, test_f = fractions
+    index = np.arange(n)
+
+    def stratify(idx):
+        if labels is None:
+            return None
+        _, counts = np.unique(labels[idx], return_counts=True)
+        return labels[idx] if counts.min() >= 2 else None
+
+    n_train = max(1, round(n * train_f))
+    if n_train >= n:
+        raise UserError(f"data has {n} rows: too few to split into train, validation and test")
+    train, rest = train_test_split(index, train_size=n_train, random_state=seed, stratify=stratify(index))
+    if test_f == 0:
+        return np.sort(train), np.sort(rest), np.array([], dtype=int)
+    n_val = max(1, round(len(rest) * val_f / (val_f + test_f)))
+    if n_val >= len(rest):
+        raise UserError(f"data has {n} rows: too few to split into train, validation and test")
+    val, test = train_test_split(rest, train_size=n_val, random_state=seed, stratify=stratify(rest))
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def count_leakage(frames: dict[str, pd.DataFrame]) -> int:
+    """How many validation and test rows repeat a row (same features) of an earlier split."""
+    hashes = {name: set(pd.util.hash_pandas_object(df, index=False)) if len(df) else set()
+              for name, df in frames.items()}
+    seen: set = set(hashes["train"])
+    leaked = 0
+    for name in ("val", "test"):
+        if len(frames[name]):
+            h = pd.util.hash_pandas_object(frames[name], index=False)
+            leaked += int(h.isin(seen).sum())
+            seen |= hashes[name]
+    return leaked

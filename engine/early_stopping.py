@@ -1,0 +1,53 @@
+"""Early stopping: strict improvement by more than min_delta; patience counts validations."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best monitored value and how many validations have passed since."""
+
+    monitor: str = "val_loss"
+    mode: str = "min"
+    patience: int = 5
+    min_delta: float = 0.0
+    enabled: bool = True
+    best: float | None = None
+    best_epoch: int = 0
+    best_step: int = 0
+    since_best: int = 0
+
+    def improves(self, value: float) -> bool:
+        """True when `value` beats the best by more than min_delta."""
+        if self.best is None:
+            return value == value  # NaN never improves
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float, epoch: int, step: int, counts: bool = True) -> bool:
+        """Record a validation; True when it is the new best. `counts=False` never adds to patience."""
+        if self.improves(value):
+            self.best, self.best_epoch, self.best_step, self.since_best = value, epoch, step, 0
+            return True
+        if counts:
+            self.since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """Patience used up (only when enabled)."""
+        return self.enabled and self.best is not None and self.since_best > 0 and self.since_best >= self.patience
+
+    @property
+    def patience_left(self) -> int:
+        return max(0, self.patience - self.since_best)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -1,0 +1,100 @@
+"""Forward-only work on frozen weights: validation and test metrics, and predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .data import Dataset
+from .data.tabular import category_key
+from .errors import UserError
+from .models import Objective
+
+CHUNK = 8192
+
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module):
+    """Eval mode and no gradients, then the model's previous mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def forward_all(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's outputs for every row of `x`, in chunks."""
+    with inference(model):
+        return torch.cat([model(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)]) if len(x) else x
+
+
+def evaluate(model, objective: Objective, x: torch.Tensor, y: torch.Tensor,
+             data: Dataset) -> tuple[float, dict[str, float]]:
+    """Mean loss and the task's metrics: accuracy, or MAE / RMSE / R² in the target's units."""
+    out = forward_all(model, x)
+    loss = float(objective(out, y))
+    if data.task == "classification":
+        pred = objective.probabilities(out).argmax(dim=1)
+        return loss, {"accuracy": float((pred == y).float().mean())}
+    pre = data.preprocess
+    pred = out.squeeze(1).double() * pre.target_std + pre.target_mean
+    true = y.double() * pre.target_std + pre.target_mean
+    err = pred - true
+    mse = float((err ** 2).mean())
+    var = float(((true - true.mean()) ** 2).mean())
+    return loss, {"mae": float(err.abs().mean()), "rmse": math.sqrt(mse),
+                  "r2": 1.0 - mse / var if var > 0 else 0.0}
+
+
+def _raw_value(v: Any) -> Any:
+    """A pandas cell as plain JSON: NaN as None, numpy scalars as Python numbers."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dict], device: torch.device,
+                    allow_test: bool = False) -> list[dict[str, Any]]:
+    """One output per input: a raw record {feature: value}, or {"split": "val", "index": i}."""
+    rows, truths = [], []
+    for i, item in enumerate(inputs):
+        if "split" in item:
+            split, index = item.get("split"), item.get("index")
+            if split not in ("train", "val", "test"):
+                raise UserError(f"input {i}: split is {split!r}; allowed: train, val, test")
+            if split == "test" and not allow_test:
+                raise UserError(f"input {i}: the test split is only shown after the test has run")
+            n = len(data.raw[split])
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+                raise UserError(f"input {i}: index must be an integer from 0 to {n - 1}, got {index!r}")
+            rows.append({k: _raw_value(v) for k, v in data.raw[split].iloc[index].items()})
+            truths.append(_raw_value(data.raw_target[split].iloc[index]))
+        else:
+            rows.append(item)
+            truths.append(None)
+    if not rows:
+        return []
+    x = torch.as_tensor(data.preprocess.transform(pd.DataFrame(rows)), device=device)
+    out = forward_all(model, x)
+    results = []
+    if data.task == "classification":
+        probs = objective.probabilities(out).tolist()
+        for row, truth, p in zip(rows, truths, probs):
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({"label": data.classes[best],
+                            "probabilities": dict(zip(data.classes, p))})
+    else:
+        values = data.preprocess.decode_value(out.squeeze(1).double().cpu().numpy()).tolist()
+        results = [{"value": v} for v in values]
+    for result, row, truth, item in zip(results, rows, truths, inputs):
+        if "split" in item:
+            true = category_key(truth) if data.task == "classification" else truth
+            result.update({"input": row, "true": true})
+    return results

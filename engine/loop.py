@@ -1,0 +1,404 @@
+"""The training loop: forward, loss, backward, update; everything else hangs off named points.
+
+Runs on its own thread. Commands are applied at step boundaries; per-step numbers stay on the
+device and are flushed about every 100 ms, and at every validation, epoch end, pause and stop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable
+
+import torch
+
+from . import commands as cmd
+from . import events as ev
+from .checkpoint import save_checkpoint
+from .config import Config
+from .data import Dataset
+from .early_stopping import EarlyStopping
+from .errors import UserError
+from .evaluation import evaluate, predict_outputs
+from .inbox import CommandInbox
+from .lr import LearningRate
+from .models import Objective, build_model, loss_name, n_model_outputs
+from .recorder import StepRecorder
+from .runstore import RunFolder
+
+FLUSH_SECONDS = 0.1
+BEST_SAVE_SECONDS = 2.0  # best.pt is rewritten at most this often; the final best is always saved
+OVERFIT_RISES = 3
+
+
+class NonFiniteLoss(Exception):
+    """The loss or gradient became NaN or infinite at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"non-finite loss or gradient at step {step}")
+        self.step = step
+
+
+def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    """The configured optimizer over `params`."""
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, weight_decay=o.weight_decay)
+    opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
+    return opt(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def metric_names(task: str) -> list[str]:
+    return ["accuracy"] if task == "classification" else ["mae", "rmse", "r2"]
+
+
+class Trainer:
+    """Owns the model, optimizer and data tensors of one run, and trains them."""
+
+    def __init__(self, cfg: Config, data: Dataset, device: torch.device,
+                 emit: Callable[..., None], inbox: CommandInbox):
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.emit_event = emit
+        self.inbox = inbox
+        self.folder: RunFolder | None = None  # set once the run folder exists
+        torch.manual_seed(cfg.run.seed)
+
+        n_classes = len(data.classes)
+        self.objective = Objective(loss_name(cfg, data.task, n_classes))
+        self.model = build_model(cfg, data.input_dim, n_model_outputs(self.objective.name, data.task, n_classes))
+        self.model.to(device)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.optimizer = build_optimizer(cfg, self.params)
+
+        self.x = {s: torch.as_tensor(a, device=device) for s, a in data.x.items()}
+        self.y = {s: torch.as_tensor(a, device=device) for s, a in data.y.items()}
+        self.batch_size = cfg.data.batch_size
+        self.n_train = len(self.y["train"])
+        self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
+        self.lr = LearningRate(cfg, self.steps_per_epoch)
+        self.recorder = StepRecorder(self.param_names, device)
+
+        es = cfg.early_stopping
+        allowed = ["val_loss"] + [f"val_{m}" for m in metric_names(data.task)]
+        if es.monitor not in allowed:
+            raise UserError(f"early_stopping.monitor = {es.monitor!r} is not measured for a "
+                            f"{data.task} task; allowed: {', '.join(allowed)}")
+        self.early = EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.enabled)
+
+        self.step = 0  # optimizer steps done; the step being trained is step + 1
+        self.epoch = 0  # epochs completed
+        self.batch = 0  # batches done in the current epoch
+        self.paused = False
+        self.stop_request: cmd.Stop | None = None
+        self.stop_status = "stopped"
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_saved_at = -math.inf
+        self.best_pending = False
+        self.next_flush = 0.0
+        self.epoch_loss_sum = 0.0
+        self.epoch_loss_n = 0
+        self.skipped: list[int] = []
+        self.history: list[tuple[float, float]] = []  # (val_loss, epoch train loss) per scheduled validation
+        self.overfit_warned = False
+        self.test_done = False
+        self.t0 = time.monotonic()
+        self.flush_started = time.perf_counter()
+        self.last_train_loss = math.nan
+
+    # -- events --------------------------------------------------------------------------------
+
+    def clock(self) -> float:
+        return round(time.monotonic() - self.t0, 4)
+
+    def emit(self, event_type: type[ev.Event], **fields) -> None:
+        """Publish an event; steps still buffered are flushed first, so events stay in order."""
+        if event_type is not ev.Steps:
+            self.flush()
+        self.emit_event(event_type(t=self.clock(), **fields))
+
+    def flush(self) -> None:
+        """Fetch the buffered steps from the device (one sync) and publish them as one event."""
+        now = time.perf_counter()
+        self.next_flush = now + FLUSH_SECONDS
+        batch = self.recorder.take()
+        if batch is None:
+            return
+        n = len(batch["step"])
+        elapsed = now - self.flush_started
+        self.flush_started = now
+        self.epoch_loss_sum += sum(batch["loss"])
+        self.epoch_loss_n += n
+        self.emit(ev.Steps, epoch=[self.epoch + 1] * n,
+                  samples_per_s=round(n * self.batch_size / elapsed, 1) if elapsed > 0 else 0.0, **batch)
+        if self.cfg.train.on_nan == "stop":
+            for s, loss, norm in zip(batch["step"], batch["loss"], batch["grad_norm"]):
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    raise NonFiniteLoss(s)
+        elif self.skipped:
+            self.emit(ev.RunWarning, kind_="nan_loss", step=self.skipped[0],
+                      message=f"skipped {len(self.skipped)} update(s) with a non-finite loss or gradient, "
+                              f"first at step {self.skipped[0]}")
+            self.skipped = []
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> str:
+        """Train until the epochs run out, early stopping, a stop command, or a failure."""
+        self.flush_started = time.perf_counter()
+        self.recorder.first_step = self.step + 1
+        self.set_optimizer_lr(self.lr.at(self.step))
+        while self.epoch < self.cfg.train.epochs and self.stop_request is None:
+            self.train_epoch()
+        self.flush()
+        if self.stop_request is None:
+            return "completed"
+        return self.stop_status
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """This epoch's data order: seeded by (seed, epoch), so a resumed run repeats it."""
+        g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n_train, generator=g).to(self.device)
+
+    def train_epoch(self) -> None:
+        model, objective, optimizer = self.model, self.objective, self.optimizer
+        x, y, bs = self.x["train"], self.y["train"], self.batch_size
+        perm = self.permutation(self.epoch)
+        clip = self.cfg.train.grad_clip
+        skip_nonfinite = self.cfg.train.on_nan == "skip"
+        val_every = self.cfg.train.val_every_steps
+        started = time.perf_counter()
+        model.train()
+        while self.batch < self.steps_per_epoch:
+            if self.inbox or self.paused:
+                self.serve_commands()
+                if self.stop_request is not None:
+                    return
+            idx = perm[self.batch * bs:(self.batch + 1) * bs]
+            # forward
+            loss = objective(model(x[idx]), y[idx])
+            # backward
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = self.lr.at(self.step)
+            norms = self.recorder.record(loss, self.grads(), lr)
+            if clip:
+                total = torch.linalg.vector_norm(norms)
+                torch._foreach_mul_(self.grads(), (clip / (total + 1e-6)).clamp(max=1.0))
+            # update
+            if lr != self.optimizer_lr:
+                self.set_optimizer_lr(lr)
+            if skip_nonfinite and not bool(torch.isfinite(loss) & torch.isfinite(norms).all()):
+                self.skipped.append(self.step + 1)  # one host sync per step: only with on_nan = "skip"
+            else:
+                optimizer.step()
+            self.step += 1
+            self.batch += 1
+            if self.recorder.full or time.perf_counter() >= self.next_flush:
+                self.flush()
+            if val_every and self.step % val_every == 0:
+                self.validate()
+        self.end_epoch(time.perf_counter() - started)
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad if p.grad is not None else torch.zeros((), device=self.device) for p in self.params]
+
+    def set_optimizer_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer_lr = lr
+
+    def end_epoch(self, seconds: float) -> None:
+        self.flush()
+        self.epoch += 1
+        self.batch = 0
+        train_loss = self.epoch_loss_sum / max(1, self.epoch_loss_n)
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+        self.last_train_loss = train_loss
+        self.emit(ev.EpochEnd, epoch=self.epoch, step=self.step, train_loss=train_loss, seconds=round(seconds, 4))
+        old = self.lr.at(self.step - 1)
+        if self.cfg.schedule.name == "step" and self.lr.at(self.step) != old:
+            self.emit(ev.LrChanged, step=self.step, old=old, new=self.lr.at(self.step), source="schedule")
+        if not self.cfg.train.val_every_steps:
+            self.validate()
+        every = self.cfg.checkpoint.every_epochs
+        if every and self.epoch % every == 0 and self.stop_request is None:
+            self.save("periodic")
+
+    # -- validation, early stopping, checkpoints -------------------------------------------------
+
+    def validate(self, source: str = "schedule") -> None:
+        """Measure the validation split; update best, early stopping, plateau and warnings."""
+        self.flush()
+        val_loss, metrics = evaluate(self.model, self.objective, self.x["val"], self.y["val"], self.data)
+        monitor = self.early.monitor
+        value = val_loss if monitor == "val_loss" else metrics[monitor[4:]]
+        epoch = self.epoch if self.batch == 0 else self.epoch + 1
+        best = self.early.update(value, epoch, self.step, counts=source == "schedule")
+        self.emit(ev.Validation, step=self.step, epoch=epoch, val_loss=val_loss, metrics=metrics,
+                  best=best, since_best=self.early.since_best, source=source)
+        if best:
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_pending = True
+            if time.monotonic() - self.best_saved_at >= BEST_SAVE_SECONDS:
+                self.save_best()
+        if source != "schedule":
+            return
+        self.check_overfitting(val_loss)
+        if self.lr.name == "plateau":
+            old = self.lr.at(self.step)
+            if self.lr.observe_validation(val_loss):
+                self.emit(ev.LrChanged, step=self.step, old=old, new=self.lr.at(self.step), source="plateau")
+        if self.early.should_stop and self.stop_request is None:
+            self.stop_request = cmd.Stop(save=True)
+            self.stop_status = "early_stopped"
+            self.emit(ev.EarlyStopped, step=self.step, epoch=epoch, best_epoch=self.early.best_epoch,
+                      best_value=self.early.best, monitor=monitor)
+
+    def check_overfitting(self, val_loss: float) -> None:
+        """Warn once per stretch when validation loss rose 3 times in a row while training loss fell."""
+        train_loss = self.last_train_loss
+        self.history.append((val_loss, train_loss))
+        recent = self.history[-(OVERFIT_RISES + 1):]
+        rising = len(recent) == OVERFIT_RISES + 1 and all(b[0] > a[0] for a, b in zip(recent, recent[1:]))
+        if not rising:
+            self.overfit_warned = False
+            return
+        if recent[-1][1] < recent[0][1] and not self.overfit_warned:
+            self.overfit_warned = True
+            self.emit(ev.RunWarning, kind_="overfitting", step=self.step,
+                      message=f"validation loss rose {OVERFIT_RISES} times in a row "
+                              f"({recent[0][0]:.4g} -> {val_loss:.4g}) while training loss fell "
+                              f"({recent[0][1]:.4g} -> {recent[-1][1]:.4g}): the model is overfitting")
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs, as plain data."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr": self.lr.state_dict(),
+            "early_stopping": self.early.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch": self.batch,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": self.history,
+        }
+
+    def save(self, kind: str) -> None:
+        """Write last.pt (kinds last, periodic, manual) and announce it."""
+        if self.folder is None:
+            return
+        path = self.folder.last
+        save_checkpoint(path, self.state_dict())
+        self.emit(ev.CheckpointSaved, path=str(path), kind_=kind, step=self.step)
+
+    def save_best(self) -> None:
+        """Write best.pt from the best weights kept in memory."""
+        if self.folder is None or self.best_state is None or not self.best_pending:
+            return
+        state = {"model": self.best_state, "step": self.early.best_step, "epoch": self.early.best_epoch,
+                 "value": self.early.best, "monitor": self.early.monitor}
+        save_checkpoint(self.folder.best, state)
+        self.best_saved_at = time.monotonic()
+        self.best_pending = False
+        self.emit(ev.CheckpointSaved, path=str(self.folder.best), kind_="best", step=self.early.best_step)
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def finish(self, status: str) -> None:
+        """After training: last.pt, best.pt, then the one test on the restored best weights."""
+        if status in ("completed", "early_stopped") or (status == "stopped" and self.stop_request.save):
+            self.save("last")
+        self.save_best()
+        if status not in ("completed", "early_stopped") or len(self.y["test"]) == 0:
+            return
+        if self.cfg.early_stopping.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        loss, metrics = evaluate(self.model, self.objective, self.x["test"], self.y["test"], self.data)
+        self.test_done = True
+        self.emit(ev.TestResult, metrics={**metrics, "loss": loss}, step=self.step)
+
+    # -- commands, at step boundaries ------------------------------------------------------------
+
+    def serve_commands(self) -> None:
+        """Apply waiting commands; while paused, keep serving them until resumed or stopped."""
+        while True:
+            for command, future in self.inbox.take():
+                future.set_result(self.apply(command))
+            if not self.paused or self.stop_request is not None:
+                break
+            self.inbox.wait(0.1)
+        self.flush_started = time.perf_counter()  # paused time is not training time
+
+    def apply(self, c: cmd.Command) -> cmd.Reply:
+        """One command's effect; a refused command changes nothing."""
+        try:
+            return self._apply(c)
+        except UserError as e:
+            return cmd.Reply(False, str(e))
+
+    def _apply(self, c: cmd.Command) -> cmd.Reply:
+        if isinstance(c, cmd.Pause):
+            if self.paused:
+                return cmd.Reply(False, "already paused")
+            self.paused = True
+            self.emit(ev.Paused, step=self.step)
+            return cmd.Reply(True, f"paused at step {self.step}")
+        if isinstance(c, cmd.Resume):
+            if not self.paused:
+                return cmd.Reply(False, "not paused")
+            self.paused = False
+            self.emit(ev.Resumed, step=self.step)
+            return cmd.Reply(True, f"resumed at step {self.step}")
+        if isinstance(c, cmd.SetLr):
+            old = self.lr.at(self.step)
+            if c.value is not None:
+                self.lr.set_value(self.step, c.value)
+            else:
+                self.lr.multiply(c.factor)
+            new = self.lr.at(self.step)
+            self.set_optimizer_lr(new)
+            self.emit(ev.LrChanged, step=self.step, old=old, new=new, source="user")
+            return cmd.Reply(True, f"learning rate {old:.3g} -> {new:.3g}", {"old": old, "new": new})
+        if isinstance(c, cmd.Stop):
+            self.stop_request = c
+            self.stop_status = "stopped"
+            return cmd.Reply(True, f"stopping at step {self.step}")
+        if isinstance(c, cmd.Validate):
+            self.validate(source="user")
+            return cmd.Reply(True, f"validated at step {self.step}")
+        if isinstance(c, cmd.Checkpoint):
+            self.save("manual")
+            return cmd.Reply(True, f"saved {self.folder.last if self.folder else 'nothing'}")
+        if isinstance(c, cmd.EarlyStopping):
+            if c.enabled is not None:
+                self.early.enabled = c.enabled
+            if c.patience is not None:
+                self.early.patience = c.patience
+            state = "on" if self.early.enabled else "off"
+            return cmd.Reply(True, f"early stopping {state}, patience {self.early.patience}",
+                             {"enabled": self.early.enabled, "patience": self.early.patience})
+        if isinstance(c, cmd.Predict):
+            return self.predict(c)
+        return cmd.Reply(False, f"command {c.name!r} is not served by this engine")
+
+    def predict(self, c: cmd.Predict) -> cmd.Reply:
+        """Forward only, on the current or best weights; emits a `prediction` event."""
+        model = self.model
+        if c.weights == "best":
+            if self.best_state is None:
+                return cmd.Reply(False, "no best weights yet: nothing has been validated")
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(self.best_state)
+        outputs = predict_outputs(model, self.objective, self.data, c.inputs, self.device,
+                                  allow_test=self.test_done)
+        self.emit(ev.Prediction, request_id=c.request_id, outputs=outputs, weights=c.weights, step=self.step)
+        return cmd.Reply(True, f"{len(outputs)} prediction(s)", {"outputs": outputs})
+

@@ -1,0 +1,207 @@
+"""A training run: its folder, its loop thread, and its async face.
+
+    run = Run.prepare(config)         # data, model, run folder (UserError on bad input)
+    run.start()
+    async for event in run.events():  # history first, then live, until run_finished
+        ...
+    reply = await run.send(Pause())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from datetime import datetime
+from pathlib import Path
+from typing import AsyncIterator
+
+import torch
+
+from . import commands as cmd
+from . import events as ev
+from .config import Config
+from .data import load_data
+from .errors import UserError
+from .inbox import CommandInbox
+from .loop import NonFiniteLoss, Trainer
+from .runstore import RunFolder, default_runs_dir, report_from_events, write_json
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device = {name!r} but no CUDA GPU is available; use \"auto\" or \"cpu\"")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"run.device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("run.device = \"mps\" but MPS is not available here; use \"auto\" or \"cpu\"")
+    return torch.device(name)
+
+
+class Run:
+    """One training run, from its prepared data to its report."""
+
+    def __init__(self, cfg: Config, trainer: Trainer, folder: RunFolder, inbox: CommandInbox):
+        self.cfg = cfg
+        self.trainer = trainer
+        self.folder = folder
+        self.inbox = inbox
+        self.status: str | None = None
+        self._lock = threading.Lock()
+        self._history: list[ev.Event] = []
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self._events_file = open(folder.events, "a", encoding="utf-8")
+        self._done: Future = Future()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def prepare(cls, cfg: Config, runs_dir: Path | None = None) -> Run:
+        """Load the data and build the model, then create the run folder. Bad input: UserError."""
+        data = load_data(cfg)
+        device = resolve_device(cfg.run.device)
+        inbox = CommandInbox()
+        holder: list[Run] = []
+        trainer = Trainer(cfg, data, device, emit=lambda e: holder[0].publish(e), inbox=inbox)
+        folder = RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
+        folder.config.write_text(cfg.to_toml())
+        write_json(folder.preprocess, data.preprocess.to_json())
+        write_json(folder.meta, {
+            "run_id": folder.run_id, "name": cfg.run.name, "seed": cfg.run.seed, "device": str(device),
+            "host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now().isoformat(),
+            "config_dir": str(cfg.base_dir),
+            "versions": {"traintop": _version(), "torch": torch.__version__,
+                         "python": platform.python_version()},
+        })
+        trainer.folder = folder
+        run = cls(cfg, trainer, folder, inbox)
+        holder.append(run)
+        return run
+
+    @property
+    def run_id(self) -> str:
+        return self.folder.run_id
+
+    # -- the event stream ------------------------------------------------------------------------
+
+    def publish(self, event: ev.Event) -> None:
+        """Append an event to events.jsonl and hand it to every subscriber (any thread)."""
+        line = event.to_line()
+        with self._lock:
+            self._events_file.write(line + "\n")
+            self._events_file.flush()
+            self._history.append(event)
+            subscribers = list(self._subscribers)
+        for loop, queue in subscribers:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Every event of the run: its history so far, then live ones, ending with run_finished."""
+        queue: asyncio.Queue = asyncio.Queue()
+        entry = (asyncio.get_running_loop(), queue)
+        with self._lock:
+            history = list(self._history)
+            self._subscribers.append(entry)
+        try:
+            for event in history:
+                yield event
+                if isinstance(event, ev.RunFinished):
+                    return
+            while True:
+                event = await queue.get()
+                yield event
+                if isinstance(event, ev.RunFinished):
+                    return
+        finally:
+            with self._lock:
+                self._subscribers.remove(entry)
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def send_nowait(self, command: cmd.Command) -> Future:
+        """Queue a command for the next step boundary; the future gets the Reply."""
+        if self.inbox.closed_reason is not None and isinstance(command, cmd.Predict):
+            future: Future = Future()  # the loop has ended: the model is idle, answer here
+            future.set_result(self.trainer.apply(command))
+            return future
+        return self.inbox.submit(command)
+
+    async def send(self, command: cmd.Command) -> cmd.Reply:
+        """Apply a command at the next step boundary and return the engine's Reply."""
+        return await asyncio.wrap_future(self.send_nowait(command))
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start training on its own thread."""
+        self._thread = threading.Thread(target=self._main, name="traintop-loop", daemon=True)
+        self._thread.start()
+
+    async def wait(self) -> str:
+        """Wait for the run to finish; its final status."""
+        return await asyncio.wrap_future(self._done)
+
+    def _main(self) -> None:
+        t = self.trainer
+        t.t0 = time.monotonic()
+        summary = t.data.summary()
+        params = sum(p.numel() for p in t.params)
+        self.publish(ev.RunStarted(
+            t=0.0, run_id=self.run_id, name=self.cfg.run.name, config=self.cfg.to_dict(),
+            device=str(t.device), params=params, data=summary, epochs=self.cfg.train.epochs,
+            steps_per_epoch=t.steps_per_epoch))
+        for kind, message in t.data.warnings:
+            t.emit(ev.RunWarning, kind_=kind, message=message, step=0)
+        error = ""
+        try:
+            status = t.fit()
+            t.finish(status)
+        except NonFiniteLoss as e:
+            status, error = "failed", str(e)
+            t.emit(ev.RunWarning, kind_="nan_loss", step=e.step,
+                   message=f"the loss or gradient became non-finite at step {e.step}; stopped "
+                           "(set train.on_nan = \"skip\" to skip such updates, or lower optim.lr)")
+            t.finish("failed")
+        except Exception as e:  # noqa: BLE001 - a failed run must still finish its log
+            status, error = "failed", f"{type(e).__name__}: {e}"
+            traceback.print_exc(file=sys.stderr)
+        self.inbox.close(f"the run has finished ({status})")
+        self.status = status
+        t.emit(ev.RunFinished, status=status, error=error, step=t.step, epoch=t.epoch)
+        self._write_report(status, error)
+        with self._lock:
+            self._events_file.close()
+        self._done.set_result(status)
+
+    def _write_report(self, status: str, error: str) -> None:
+        report = report_from_events(self._history)
+        report.update({"run_id": self.run_id, "name": self.cfg.run.name, "status": status,
+                       "error": error, "epochs": self.trainer.epoch, "steps": self.trainer.step,
+                       "seconds": round(self.trainer.clock(), 3)})
+        write_json(self.folder.report, report)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("traintop")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "unknown"
+
+
+__all__ = ["Run", "resolve_device"]

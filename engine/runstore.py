@@ -1,0 +1,204 @@
+"""The run folder: where a run lives on disk, and how runs are found and read back.
+
+Torch-free: `traintop ls`, the dashboard and the CLI read runs without the engine.
+
+    <runs dir>/<run id>/  config.toml  meta.json  events.jsonl  preprocess.json
+                          checkpoints/best.pt  checkpoints/last.pt  report.json  control.sock
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .events import Event, parse_line
+
+
+def default_runs_dir() -> Path:
+    """TRAINTOP_RUNS_DIR, or the user data dir's runs folder."""
+    env = os.environ.get("TRAINTOP_RUNS_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("traintop")) / "runs"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run's folder."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    config = property(lambda self: self.path / "config.toml")
+    meta = property(lambda self: self.path / "meta.json")
+    events = property(lambda self: self.path / "events.jsonl")
+    preprocess = property(lambda self: self.path / "preprocess.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    best = property(lambda self: self.path / "checkpoints" / "best.pt")
+    last = property(lambda self: self.path / "checkpoints" / "last.pt")
+    report = property(lambda self: self.path / "report.json")
+    socket = property(lambda self: self.path / "control.sock")
+    log = property(lambda self: self.path / "engine.log")
+
+    @classmethod
+    def create(cls, runs_dir: Path, name: str, now: datetime | None = None) -> RunFolder:
+        """A new, empty run folder named `<yyyymmdd-hhmmss>-<name>` (with -2, -3... if taken)."""
+        stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = runs_dir / (f"{stamp}-{name}" if n == 1 else f"{stamp}-{name}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            (path / "checkpoints").mkdir()
+            return cls(path)
+        raise UserError(f"could not create a run folder in {runs_dir}")
+
+    def read_json(self, which: str) -> dict[str, Any] | None:
+        """meta.json or report.json as a dict, or None when absent or unreadable."""
+        try:
+            return json.loads((self.path / which).read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_events(path: Path) -> tuple[list[Event], bool]:
+    """All events of a run; a torn last line (a killed writer) is skipped and reported as True."""
+    events: list[Event] = []
+    torn = False
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            events.append(parse_line(line))
+        except ValueError:
+            if i >= len(lines) - 2:  # the last line written: torn by a kill
+                torn = True
+            else:
+                raise UserError(f"{path}: line {i + 1} is not a valid event") from None
+    return events, torn
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
+    """A run from an id, a unique id prefix, a name, a folder path, or `latest`."""
+    p = Path(spec).expanduser()
+    if (p / "events.jsonl").exists() or (p / "meta.json").exists():
+        return RunFolder(p)
+    runs = sorted(d for d in runs_dir.iterdir() if d.is_dir()) if runs_dir.is_dir() else []
+    if not runs:
+        raise UserError(f"no runs in {runs_dir}")
+    if spec == "latest":
+        return RunFolder(runs[-1])
+    exact = [d for d in runs if d.name == spec]
+    if exact:
+        return RunFolder(exact[0])
+    matches = [d for d in runs if d.name.startswith(spec)]
+    if not matches:
+        matches = [d for d in runs if (RunFolder(d).read_json("meta.json") or {}).get("name") == spec]
+        if len(matches) > 1:  # a name used twice means its latest run
+            matches = matches[-1:]
+    if len(matches) == 1:
+        return RunFolder(matches[0])
+    if not matches:
+        raise UserError(f"no run matches {spec!r} in {runs_dir}; `traintop ls` lists them")
+    raise UserError(f"{spec!r} matches {len(matches)} runs: " + ", ".join(d.name for d in matches[:5]))
+
+
+@dataclass
+class RunSummary:
+    """One line of `traintop ls`."""
+
+    run_id: str
+    name: str
+    status: str
+    epochs: int
+    best: str
+    test: str
+    started: str
+
+
+def _metric_text(name: str, value: float | None) -> str:
+    return "-" if value is None else f"{name} {value:.4g}"
+
+
+def summarize(folder: RunFolder) -> RunSummary:
+    """What `ls` shows of a run: from report.json when finished, else from its events."""
+    meta = folder.read_json("meta.json") or {}
+    report = folder.read_json("report.json")
+    if report is None:
+        report = {"status": "running" if pid_alive(meta.get("pid", -1)) else "killed"}
+        if folder.events.exists():
+            report.update(report_from_events(read_events(folder.events)[0]))
+            report["status"] = "running" if pid_alive(meta.get("pid", -1)) else "killed"
+    best = report.get("best") or {}
+    test = report.get("test") or {}
+    test_name = "accuracy" if "accuracy" in test else ("rmse" if "rmse" in test else "loss")
+    return RunSummary(
+        run_id=folder.run_id,
+        name=meta.get("name", ""),
+        status=report.get("status", "?").replace("_", "-"),
+        epochs=report.get("epochs", 0),
+        best=_metric_text(best.get("monitor", ""), best.get("value")),
+        test=_metric_text(test_name, test.get(test_name)),
+        started=meta.get("started", "")[:19].replace("T", " "),
+    )
+
+
+def report_from_events(events: list[Event]) -> dict[str, Any]:
+    """The final facts of a run from its events: status, epochs, steps, best, test."""
+    from . import events as ev
+
+    out: dict[str, Any] = {"epochs": 0, "steps": 0, "best": None, "test": None}
+    monitor = "val_loss"
+    for e in events:
+        if isinstance(e, ev.RunStarted):
+            monitor = e.config.get("early_stopping", {}).get("monitor", "val_loss")
+        elif isinstance(e, ev.EpochEnd):
+            out["epochs"], out["steps"] = e.epoch, e.step
+        elif isinstance(e, ev.Validation) and e.best:
+            value = e.val_loss if monitor == "val_loss" else e.metrics.get(monitor[4:])
+            out["best"] = {"monitor": monitor, "value": value, "epoch": e.epoch, "step": e.step}
+        elif isinstance(e, ev.TestResult):
+            out["test"] = e.metrics
+        elif isinstance(e, ev.RunFinished):
+            out["status"], out["error"] = e.status, e.error
+    return out
+
+
+def list_runs(runs_dir: Path) -> list[RunSummary]:
+    """Every run in `runs_dir`, oldest first."""
+    if not runs_dir.is_dir():
+        return []
+    return [summarize(RunFolder(d)) for d in sorted(runs_dir.iterdir())
+            if d.is_dir() and (d / "meta.json").exists()]

@@ -1,0 +1,1 @@
+"""traintop terminal side."""

@@ -1,0 +1,3 @@
+from traintop.tui.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""Headless output: a header, a line per log interval and per event, then the final report."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import TextIO
+
+from traintop.engine import events as ev
+
+LOG_SECONDS = 2.0  # within a long epoch, one step line at most this often
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number for a log line: 0.1235, 1.2e-05, nan."""
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
+
+
+def metrics_text(metrics: dict) -> str:
+    return "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items())
+
+
+class HeadlessPrinter:
+    """Turns events into log lines; knows nothing of where they came from."""
+
+    def __init__(self, out: TextIO = sys.stdout):
+        self.out = out
+        self.epochs = 0
+        self.steps_per_epoch = 0
+        self.monitor = "val_loss"
+        self.folder = ""
+        self.last_line_t = -math.inf
+        self.window: list[float] = []  # losses since the last step line
+        self.last: dict = {}
+        self.best: ev.Validation | None = None
+        self.test: dict | None = None
+        self.status = ""
+
+    def line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def show(self, e: ev.Event) -> None:
+        """Print what a person should see of one event."""
+        handler = getattr(self, f"on_{e.kind}", None)
+        if handler:
+            handler(e)
+
+    def on_run_started(self, e: ev.RunStarted) -> None:
+        self.epochs, self.steps_per_epoch = e.epochs, e.steps_per_epoch
+        self.monitor = e.config.get("early_stopping", {}).get("monitor", "val_loss")
+        d = e.data
+        classes = f" · {len(d['classes'])} classes" if d.get("classes") else ""
+        self.line(f"traintop · run {e.run_id} ({e.name})")
+        if self.folder:
+            self.line(f"  folder  {self.folder}")
+        self.line(f"  device  {e.device} · {e.params:,} parameters")
+        self.line(f"  data    {d['task']} · {d['n_train']} train / {d['n_val']} val / {d['n_test']} test"
+                  f" · {d.get('inputs', len(d['features']))} inputs{classes}")
+        self.line(f"  plan    {e.epochs} epochs × {e.steps_per_epoch} steps")
+
+    def on_steps(self, e: ev.Steps) -> None:
+        self.window.extend(e.loss)
+        self.last = {"epoch": e.epoch[-1], "step": e.step[-1], "grad_norm": e.grad_norm[-1],
+                     "lr": e.lr[-1], "samples_per_s": e.samples_per_s, "t": e.t}
+        if e.t - self.last_line_t >= LOG_SECONDS:
+            self.step_line()
+
+    def step_line(self) -> None:
+        if not self.window:
+            return
+        s = self.last
+        total = self.epochs * self.steps_per_epoch
+        loss = sum(self.window) / len(self.window)
+        self.line(f"epoch {s['epoch']:>3}/{self.epochs}  step {s['step']:>6}/{total}  loss {fmt(loss)}"
+                  f"  grad {fmt(s['grad_norm'], 3)}  lr {fmt(s['lr'], 3)}"
+                  f"  {s['samples_per_s']:,.0f} samples/s")
+        self.window = []
+        self.last_line_t = s["t"]
+
+    def on_epoch_end(self, e: ev.EpochEnd) -> None:
+        self.step_line()
+
+    def on_validation(self, e: ev.Validation) -> None:
+        marker = "  * best" if e.best else f"  ({e.since_best} since best)"
+        who = " (requested)" if e.source == "user" else ""
+        self.line(f"  val{who}  epoch {e.epoch}  step {e.step}  val_loss {fmt(e.val_loss)}"
+                  f"  {metrics_text(e.metrics)}{marker}")
+        if e.best:
+            self.best = e
+
+    def on_lr_changed(self, e: ev.LrChanged) -> None:
+        self.line(f"  lr      {fmt(e.old, 3)} -> {fmt(e.new, 3)} at step {e.step} ({e.source})")
+
+    def on_paused(self, e: ev.Paused) -> None:
+        self.line(f"  paused at step {e.step}")
+
+    def on_resumed(self, e: ev.Resumed) -> None:
+        self.line(f"  resumed at step {e.step}")
+
+    def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
+        if e.kind_ != "best":  # best.pt is rewritten often; the final line names it
+            self.line(f"  saved   {e.kind_} checkpoint at step {e.step}: {e.path}")
+
+    def on_warning(self, e: ev.RunWarning) -> None:
+        self.line(f"  warning [{e.kind_}] {e.message}")
+
+    def on_early_stopped(self, e: ev.EarlyStopped) -> None:
+        self.line(f"  early stop at epoch {e.epoch}: {e.monitor} has not improved since epoch "
+                  f"{e.best_epoch} ({fmt(e.best_value)})")
+
+    def on_test_result(self, e: ev.TestResult) -> None:
+        self.test = e.metrics
+
+    def on_run_finished(self, e: ev.RunFinished) -> None:
+        self.step_line()
+        self.status = e.status
+        self.line(f"finished: {e.status.replace('_', ' ')} at epoch {e.epoch}, step {e.step}, "
+                  f"after {e.t:.1f}s")
+        if e.error:
+            self.line(f"  error   {e.error}")
+        if self.best is not None:
+            value = self.best.val_loss if self.monitor == "val_loss" else self.best.metrics.get(self.monitor[4:])
+            self.line(f"  best    {self.monitor} {fmt(value)} at epoch {self.best.epoch} (step {self.best.step})")
+        if self.test is not None:
+            self.line(f"  test    {metrics_text(self.test)}")
+        elif e.status == "stopped":
+            self.line("  test    not run: the run was stopped before the end")
+        if self.folder:
+            self.line(f"  folder  {self.folder}")
