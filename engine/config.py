@@ -261,6 +261,8 @@ def _validate(cfg: Config, origin: str) -> None:
     if not cfg.run.name:
         model = cfg.model.kind
         source = Path(cfg.data.path).stem if cfg.data.source == "csv" else cfg.data.source
+        # a file stem may hold spaces or brackets ("sales 2024 (v2).csv"), which run ids cannot
+        source = re.sub(r"[^A-Za-z0-9._-]+", "-", source).lstrip("._-") or "data"
         cfg.run.name = f"{source}-{model}"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.run.name):
         fail("run", "name", f"is {cfg.run.name!r}; use letters, digits, '.', '_' and '-'")
@@ -315,7 +317,10 @@ def _toml_value(v) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text = v.replace("\\", "\\\\").replace('"', '\\"')
+        # TOML basic strings cannot hold raw control characters (a newline in a column name)
+        text = re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", lambda m: f"\\u{ord(m.group()):04x}", text)
+        return '"' + text + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")

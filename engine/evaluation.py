@@ -32,17 +32,22 @@ def inference(model: torch.nn.Module):
 def forward_all(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's outputs for every row of `x`, in chunks."""
     with inference(model):
-        return torch.cat([model(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)]) if len(x) else x
+        if len(x) <= CHUNK:
+            return model(x)
+        return torch.cat([model(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
 
 
 def evaluate(model, objective: Objective, x: torch.Tensor, y: torch.Tensor,
              data: Dataset) -> tuple[float, dict[str, float]]:
     """Mean loss and the task's metrics: accuracy, or MAE / RMSE / R² in the target's units."""
     out = forward_all(model, x)
-    loss = float(objective(out, y))
-    if data.task == "classification":
-        pred = objective.probabilities(out).argmax(dim=1)
-        return loss, {"accuracy": float((pred == y).float().mean())}
+    with torch.no_grad():
+        loss = objective(out, y)
+        if data.task == "classification":
+            pred = (out.squeeze(1) > 0).long() if objective.name == "bce" else out.argmax(dim=1)
+            loss, accuracy = torch.stack([loss, (pred == y).float().mean()]).tolist()  # one sync
+            return loss, {"accuracy": accuracy}
+        loss = float(loss)
     pre = data.preprocess
     pred = out.squeeze(1).double() * pre.target_std + pre.target_mean
     true = y.double() * pre.target_std + pre.target_mean

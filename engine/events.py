@@ -29,10 +29,11 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON-ready dict, "event" first."""
-        data = dataclasses.asdict(self)
-        for py_name, wire_name in self.renames.items():
-            data[wire_name] = data.pop(py_name)
-        return {"event": self.kind, **data}
+        # Shallow on purpose: dataclasses.asdict deep-copies every list of a steps batch.
+        data = {"event": self.kind}
+        for f in dataclasses.fields(self):
+            data[self.renames.get(f.name, f.name)] = getattr(self, f.name)
+        return data
 
     def to_line(self) -> str:
         """The event as one JSON line, without the newline."""

@@ -60,11 +60,13 @@ class Trainer:
     """Owns the model, optimizer and data tensors of one run, and trains them."""
 
     def __init__(self, cfg: Config, data: Dataset, device: torch.device,
-                 emit: Callable[..., None], inbox: CommandInbox):
+                 emit: Callable[[ev.Event], None], inbox: CommandInbox,
+                 deliver: Callable[[], None] = lambda: None):
         self.cfg = cfg
         self.data = data
         self.device = device
-        self.emit_event = emit
+        self.emit_event = emit  # buffers an event
+        self.deliver = deliver  # hands buffered events to the log and the subscribers
         self.inbox = inbox
         self.folder: RunFolder | None = None  # set once the run folder exists
         torch.manual_seed(cfg.run.seed)
@@ -127,7 +129,6 @@ class Trainer:
     def flush(self) -> None:
         """Fetch the buffered steps from the device (one sync) and publish them as one event."""
         now = time.perf_counter()
-        self.next_flush = now + FLUSH_SECONDS
         batch = self.recorder.take()
         if batch is None:
             return
@@ -188,24 +189,30 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             lr = self.lr.at(self.step)
-            norms = self.recorder.record(loss, self.grads(), lr)
+            row = self.recorder.record(loss, self.grads(), lr)
             if clip:
-                total = torch.linalg.vector_norm(norms)
+                total = torch.linalg.vector_norm(row[1:])
                 torch._foreach_mul_(self.grads(), (clip / (total + 1e-6)).clamp(max=1.0))
             # update
             if lr != self.optimizer_lr:
                 self.set_optimizer_lr(lr)
-            if skip_nonfinite and not bool(torch.isfinite(loss) & torch.isfinite(norms).all()):
+            if skip_nonfinite and not bool(torch.isfinite(row).all()):
                 self.skipped.append(self.step + 1)  # one host sync per step: only with on_nan = "skip"
             else:
                 optimizer.step()
             self.step += 1
             self.batch += 1
             if self.recorder.full or time.perf_counter() >= self.next_flush:
-                self.flush()
+                self.flush_and_deliver()
             if val_every and self.step % val_every == 0:
                 self.validate()
         self.end_epoch(time.perf_counter() - started)
+
+    def flush_and_deliver(self) -> None:
+        """The timed flush: about every 100 ms, steps and events go out together."""
+        self.flush()
+        self.deliver()
+        self.next_flush = time.perf_counter() + FLUSH_SECONDS
 
     def grads(self) -> list[torch.Tensor]:
         return [p.grad if p.grad is not None else torch.zeros((), device=self.device) for p in self.params]
@@ -223,9 +230,9 @@ class Trainer:
         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
         self.last_train_loss = train_loss
         self.emit(ev.EpochEnd, epoch=self.epoch, step=self.step, train_loss=train_loss, seconds=round(seconds, 4))
-        old = self.lr.at(self.step - 1)
-        if self.cfg.schedule.name == "step" and self.lr.at(self.step) != old:
-            self.emit(ev.LrChanged, step=self.step, old=old, new=self.lr.at(self.step), source="schedule")
+        if self.lr.name == "step" and self.lr.at(self.step) != self.lr.at(self.step - 1):
+            self.emit(ev.LrChanged, step=self.step, old=self.lr.at(self.step - 1), new=self.lr.at(self.step),
+                      source="schedule")
         if not self.cfg.train.val_every_steps:
             self.validate()
         every = self.cfg.checkpoint.every_epochs
@@ -331,7 +338,9 @@ class Trainer:
         """Apply waiting commands; while paused, keep serving them until resumed or stopped."""
         while True:
             for command, future in self.inbox.take():
-                future.set_result(self.apply(command))
+                reply = self.apply(command)
+                self.flush_and_deliver()  # the command's events before its reply
+                future.set_result(reply)
             if not self.paused or self.stop_request is not None:
                 break
             self.inbox.wait(0.1)

@@ -15,8 +15,8 @@ class StepRecorder:
     def __init__(self, names: list[str], device: torch.device, capacity: int = 2048):
         self.names = names
         self.capacity = capacity
-        self.loss = torch.zeros(capacity, device=device)
-        self.norms = torch.zeros(capacity, len(names), device=device)
+        # One row per step: [loss, norm of each parameter's gradient...]
+        self.rows = torch.zeros(capacity, 1 + len(names), device=device)
         self.lr: list[float] = []
         self.first_step = 0  # the step number of the first buffered step
         self.n = 0
@@ -26,10 +26,9 @@ class StepRecorder:
         return self.n == self.capacity
 
     def record(self, loss: torch.Tensor, grads: list[torch.Tensor], lr: float) -> torch.Tensor:
-        """Keep this step's loss, norms and rate; returns the norms row (still on the device)."""
-        row = self.norms[self.n]
-        torch.stack(torch._foreach_norm(grads), out=row)
-        self.loss[self.n] = loss.detach()
+        """Keep this step's loss, norms and rate (one fused norm, one copy); returns the row."""
+        row = self.rows[self.n]
+        torch.stack([loss.detach(), *torch._foreach_norm(grads)], out=row)
         self.lr.append(lr)
         self.n += 1
         return row
@@ -39,10 +38,10 @@ class StepRecorder:
         n = self.n
         if n == 0:
             return None
-        norms = self.norms[:n]
-        # One transfer for everything: [loss | total | per-layer] columns.
-        table = torch.cat([self.loss[:n, None], torch.linalg.vector_norm(norms, dim=1)[:, None], norms],
-                          dim=1).T.tolist()
+        rows = self.rows[:n]
+        total = torch.linalg.vector_norm(rows[:, 1:], dim=1)
+        # One transfer for everything: loss, total norm, per-parameter norms.
+        table = torch.cat([rows[:, :1], total[:, None], rows[:, 1:]], dim=1).T.tolist()
         out = {
             "step": list(range(self.first_step, self.first_step + n)),
             "loss": table[0],

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from traintop.engine.errors import UserError
@@ -73,21 +74,20 @@ def cmd_run(args) -> int:
     from traintop.engine.run import Run
 
     run = Run.prepare(cfg, args.runs_dir)
-    return asyncio.run(run_headless(run))
+    return run_headless(run)
 
 
-async def run_headless(run) -> int:
-    """Train in this process, printing log lines; SIGINT / SIGTERM stop cleanly after last.pt."""
+def run_headless(run) -> int:
+    """Train on this thread, printing log lines beside it; SIGINT / SIGTERM stop after last.pt."""
     from traintop.engine.commands import Stop
 
     from .headless import HeadlessPrinter
 
     printer = HeadlessPrinter()
     printer.folder = str(run.folder.path)
-    loop = asyncio.get_running_loop()
     received: list[int] = []
 
-    def on_signal(sig):
+    def on_signal(sig, frame):
         if received:  # a second Ctrl-C: the user wants out now
             sys.exit(SIGNAL_EXIT[sig])
         received.append(sig)
@@ -96,11 +96,16 @@ async def run_headless(run) -> int:
         run.send_nowait(Stop(save=True))
 
     for sig in SIGNAL_EXIT:
-        loop.add_signal_handler(sig, on_signal, sig)
-    run.start()
-    async for event in run.events():
-        printer.show(event)
-    status = await run.wait()
+        signal.signal(sig, on_signal)
+
+    async def follow():
+        async for event in run.events():
+            printer.show(event)
+
+    follower = threading.Thread(target=asyncio.run, args=(follow(),), name="traintop-log", daemon=True)
+    follower.start()
+    status = run.train()
+    follower.join()
     if received:
         return SIGNAL_EXIT[received[0]]
     return EXIT_CODES.get(status, 1)

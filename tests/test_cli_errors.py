@@ -1,0 +1,99 @@
+"""The real `traintop` command: bad configs and data exit 2 with one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def traintop(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run the installed command line in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "traintop.tui", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def run_fails(tmp_path, config, *problem: str, quick: bool = True) -> str:
+    """`traintop run CONFIG` must exit 2 with an error naming each of `problem`, no traceback.
+
+    `quick` adds --set train.epochs=1, so that a run which wrongly starts ends soon.
+    """
+    quick_args = ["--set", "train.epochs=1"] if quick else []
+    result = traintop("run", str(config), "--runs-dir", str(tmp_path / "runs"), *quick_args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.startswith("traintop: error: ")
+    for word in problem:
+        assert word in result.stderr
+    return result.stderr
+
+
+def csv_config(write_config, path, target="label", extra="") -> str:
+    return write_config(f'[data]\nsource = "csv"\npath = "{path}"\ntarget = "{target}"\n{extra}')
+
+
+@pytest.fixture
+def table(write_csv):
+    rng = np.random.default_rng(0)
+    return write_csv(pd.DataFrame({
+        "x": rng.normal(size=60), "colour": rng.choice(["red", "blue"], 60),
+        "label": rng.choice(["yes", "no"], 60)}), "people.csv")
+
+
+def test_missing_csv_file_is_named(tmp_path, write_config):
+    run_fails(tmp_path, csv_config(write_config, "nowhere.csv"), "nowhere.csv", "does not exist")
+
+
+def test_unknown_target_column_is_named(tmp_path, write_config, table):
+    run_fails(tmp_path, csv_config(write_config, table.name, target="outcome"), "'outcome'", "colour")
+
+
+def test_empty_csv_file_is_called_empty(tmp_path, write_config):
+    (tmp_path / "empty.csv").write_text("")
+    run_fails(tmp_path, csv_config(write_config, "empty.csv"), "empty.csv", "empty")
+
+
+def test_header_only_csv_says_it_has_no_rows(tmp_path, write_config):
+    (tmp_path / "header.csv").write_text("x,label\n")
+    run_fails(tmp_path, csv_config(write_config, "header.csv"), "header.csv", "no rows")
+
+
+def test_regression_on_a_text_target_explains_what_to_set(tmp_path, write_config, table):
+    config = csv_config(write_config, table.name, extra='task = "regression"\n')
+    run_fails(tmp_path, config, "'label'", "not numeric", "classification")
+
+
+def test_unknown_config_key_suggests_the_close_one(tmp_path, write_config):
+    config = write_config("[train]\nepoch = 3\n")
+    run_fails(tmp_path, config, str(config), "train.epoch", 'did you mean "epochs"')
+
+
+def test_wrong_type_names_the_key_and_the_file(tmp_path, write_config):
+    config = write_config('[train]\nepochs = "ten"\n')
+    # no --set train.epochs here: it would replace the bad value
+    run_fails(tmp_path, config, str(config), "train.epochs", "integer", "'ten'", quick=False)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    run_fails(tmp_path, tmp_path / "nope.toml", "nope.toml", "does not exist")
+
+
+def test_check_prints_the_resolved_config_and_a_data_summary(tmp_path, write_config, table):
+    config = csv_config(write_config, table.name)
+    result = traintop("check", str(config), "--set", "train.epochs=1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'name = "people-mlp"' in out  # the resolved config
+    assert re.search(r"^task\s+classification", out, re.M)
+    assert re.search(r"^rows\s+42 train / 9 val / 9 test", out, re.M)
+    assert re.search(r"^classes\s+2", out, re.M)
+
+
+def test_ls_on_an_empty_runs_dir_says_no_runs(tmp_path):
+    result = traintop("ls", "--runs-dir", str(tmp_path / "empty"))
+    assert result.returncode == 0, result.stderr
+    assert "no runs" in result.stdout

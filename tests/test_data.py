@@ -1,0 +1,266 @@
+"""Data: bundled datasets, the seeded stratified split, and CSV preprocessing fitted on train only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from traintop.engine.config import build_config
+from traintop.engine.data import load_data
+from traintop.engine.data.tabular import Preprocessor, split_indices
+from traintop.engine.errors import UserError
+
+
+def csv_data(path, target: str = "label", **data):
+    """Load a CSV through the real config and data path."""
+    return load_data(build_config({"data": {"source": "csv", "path": str(path), "target": target, **data}}))
+
+
+def mixed_table(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Numbers with gaps, a text category, a small-integer column and a text label."""
+    rng = np.random.default_rng(seed)
+    size = rng.exponential(10.0, n)
+    size[rng.choice(n, n // 10, replace=False)] = np.nan
+    return pd.DataFrame({
+        "size": size,
+        "colour": rng.choice(["red", "green", "blue"], n),
+        "rooms": rng.integers(1, 5, n),
+        "label": np.where(rng.random(n) < 0.5, "cat", "dog"),
+    })
+
+
+# -- bundled datasets -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source, task, rows", [
+    ("digits", "classification", 1797),
+    ("iris", "classification", 150),
+    ("wine", "classification", 178),
+    ("breast_cancer", "classification", 569),
+    ("diabetes", "regression", 442),
+    ("moons", "classification", 1000),
+])
+def test_bundled_dataset_loads_with_its_task_and_a_70_15_15_split(source, task, rows):
+    data = load_data(build_config({"data": {"source": source}}))
+    s = data.summary()
+    assert data.task == task
+    assert s["n_train"] + s["n_val"] + s["n_test"] == rows
+    for split, fraction in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
+        assert abs(s[f"n_{split}"] / rows - fraction) < 0.01, (split, s[f"n_{split}"])
+        assert data.x[split].shape == (s[f"n_{split}"], data.input_dim)
+        assert data.x[split].dtype == np.float32
+        assert np.isfinite(data.x[split]).all()
+    if task == "classification":
+        assert len(data.classes) >= 2
+        assert set(np.unique(data.y["train"])) == set(range(len(data.classes)))
+
+
+def test_bundled_dataset_refuses_the_other_task():
+    with pytest.raises(UserError, match="regression"):
+        load_data(build_config({"data": {"source": "diabetes", "task": "classification"}}))
+
+
+# -- the split --------------------------------------------------------------------------------------
+
+def test_split_covers_every_row_exactly_once():
+    train, val, test = split_indices(200, [0.7, 0.15, 0.15], 0, None)
+    together = np.concatenate([train, val, test])
+    assert sorted(together) == list(range(200))
+    assert (len(train), len(val), len(test)) == (140, 30, 30)
+
+
+def test_same_seed_gives_the_same_split_and_another_seed_a_different_one():
+    labels = np.arange(300) % 3
+    first = split_indices(300, [0.7, 0.15, 0.15], 1, labels)
+    again = split_indices(300, [0.7, 0.15, 0.15], 1, labels)
+    other = split_indices(300, [0.7, 0.15, 0.15], 2, labels)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_same_seed_puts_the_same_rows_in_validation(write_csv):
+    rng = np.random.default_rng(3)
+    path = write_csv(pd.DataFrame({"x": rng.normal(size=200), "label": rng.choice(["a", "b"], 200)}))
+    seed0 = csv_data(path).raw["val"]["x"]
+    assert csv_data(path).raw["val"]["x"].equals(seed0)
+    seed1 = load_data(build_config({"run": {"seed": 1}, "data": {
+        "source": "csv", "path": str(path), "target": "label"}})).raw["val"]["x"]
+    assert set(seed1) != set(seed0)
+
+
+def test_classification_split_keeps_class_proportions(write_csv):
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = np.array(["common"] * 340 + ["rare"] * 60)
+    path = write_csv(pd.DataFrame({"x": rng.normal(size=n), "label": rng.permutation(labels)}))
+    counts = csv_data(path).summary()["class_counts"]
+    overall = 60 / 400
+    for split, (common, rare) in counts.items():
+        assert abs(rare / (common + rare) - overall) < 0.02, (split, common, rare)
+
+
+# -- CSV preprocessing ------------------------------------------------------------------------------
+
+def test_missing_numbers_are_filled_with_the_training_split_median(write_csv):
+    table = mixed_table()
+    data = csv_data(write_csv(table))
+    train_median = float(data.raw["train"]["size"].median())
+    assert train_median != pytest.approx(float(table["size"].median()), abs=1e-9)  # the test means something
+    size = next(c for c in data.preprocess.columns if c["name"] == "size")
+    assert size["kind"] == "numeric"
+    assert size["fill"] == pytest.approx(train_median)
+    # a missing value becomes exactly what the median itself becomes
+    gap = data.preprocess.transform(pd.DataFrame({"size": [np.nan], "colour": ["red"], "rooms": [1]}))
+    median = data.preprocess.transform(pd.DataFrame({"size": [train_median], "colour": ["red"], "rooms": [1]}))
+    assert np.array_equal(gap, median)
+
+
+def test_numbers_are_standardized_on_the_training_split(write_csv):
+    data = csv_data(write_csv(mixed_table()))
+    size = data.x["train"][:, data.preprocess.output_names.index("size")]
+    assert abs(size.mean()) < 1e-5
+    assert abs(size.std() - 1) < 1e-4
+
+
+def test_text_column_is_one_hot_with_categories_seen_in_training_only(write_csv):
+    table = mixed_table(n=200)
+    table.loc[:11, "colour"] = [f"only{i}" for i in range(12)]  # a dozen values seen once each
+    data = csv_data(write_csv(table))
+    colour = next(c for c in data.preprocess.columns if c["name"] == "colour")
+    in_train = set(data.raw["train"]["colour"])
+    elsewhere = (set(data.raw["val"]["colour"]) | set(data.raw["test"]["colour"])) - in_train
+    assert elsewhere  # some once-seen values landed outside the training split
+    assert colour["kind"] == "categorical"
+    assert set(colour["categories"]) == in_train
+    names = data.preprocess.output_names
+    assert "colour=red" in names
+    assert not any(f"colour={v}" in names for v in elsewhere)
+    onehot = data.x["train"][:, [names.index(f"colour={v}") for v in colour["categories"]]]
+    assert (onehot.sum(axis=1) == 1).all()
+
+
+def test_integer_column_with_few_values_is_categorical_and_with_many_is_numeric(write_csv):
+    table = mixed_table()
+    table["count"] = np.arange(len(table))
+    data = csv_data(write_csv(table))
+    kinds = data.summary()["feature_types"]
+    assert kinds["rooms"] == "categorical"
+    assert kinds["count"] == "numeric"
+    assert {"rooms=1", "rooms=2", "rooms=3", "rooms=4"} <= set(data.preprocess.output_names)
+
+
+def test_text_target_is_classification(write_csv):
+    data = csv_data(write_csv(mixed_table()))
+    assert data.task == "classification"
+    assert data.classes == ["cat", "dog"]
+
+
+def test_float_target_is_regression(write_csv):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=150)
+    data = csv_data(write_csv(pd.DataFrame({"x": x, "price": 3 * x + rng.normal(size=150)})), target="price")
+    assert data.task == "regression"
+    assert data.y["train"].dtype == np.float32
+    assert data.preprocess.target_mean == pytest.approx(float(data.raw_target["train"].mean()))
+
+
+def test_small_integer_target_is_classification_in_number_order(write_csv):
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.arange(200) % 11)
+    data = csv_data(write_csv(pd.DataFrame({"x": rng.normal(size=200), "grade": labels})), target="grade")
+    assert data.task == "classification"
+    assert data.classes == [str(i) for i in range(11)]  # 2 before 10
+
+
+def test_regression_on_a_text_target_is_refused_naming_the_column(write_csv):
+    with pytest.raises(UserError, match="'label' is not numeric"):
+        csv_data(write_csv(mixed_table()), task="regression")
+
+
+def test_misspelt_target_suggests_the_column(write_csv):
+    with pytest.raises(UserError, match='did you mean "label"'):
+        csv_data(write_csv(mixed_table()), target="lable")
+
+
+def test_rows_without_a_target_are_dropped_with_a_warning(write_csv):
+    table = mixed_table()
+    table.loc[:4, "label"] = np.nan
+    data = csv_data(write_csv(table))
+    assert sum(len(data.y[s]) for s in ("train", "val", "test")) == len(table) - 5
+    assert any("5 rows" in message for _, message in data.warnings)
+
+
+# -- the fitted preprocessing, used again at predict time -------------------------------------------
+
+def test_preprocessing_saved_as_json_transforms_rows_identically(write_csv):
+    data = csv_data(write_csv(mixed_table()))
+    saved = json.loads(json.dumps(data.preprocess.to_json()))
+    again = Preprocessor.from_json(saved)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(again.transform(data.raw[split]), data.x[split])
+        assert np.array_equal(again.encode_target(data.raw_target[split]), data.y[split])
+    assert saved["inputs"] == data.preprocess.output_names
+
+
+def test_unseen_category_and_missing_values_transform_without_error(write_csv):
+    pre = csv_data(write_csv(mixed_table())).preprocess
+    names = pre.output_names
+    rows = pd.DataFrame({"size": [np.nan, 4.0], "colour": ["purple", None], "rooms": [9, None]})
+    x = pre.transform(rows)
+    assert x.shape == (2, len(names))
+    assert np.isfinite(x).all()
+    colour = [i for i, n in enumerate(names) if n.startswith("colour=")]
+    rooms = [i for i, n in enumerate(names) if n.startswith("rooms=")]
+    assert (x[0, colour] == 0).all()  # "purple" was never seen: all zeros
+    assert (x[0, rooms] == 0).all()  # neither was 9 rooms
+    assert x[1, colour].sum() == 1  # a missing category takes the most common one
+    assert x[1, rooms].sum() == 1
+
+
+def test_typed_input_as_text_matches_the_numbers_it_was_trained_on(write_csv):
+    pre = csv_data(write_csv(mixed_table())).preprocess
+    typed = pre.transform(pd.DataFrame({"size": ["4.5"], "colour": ["red"], "rooms": ["3"]}))
+    read = pre.transform(pd.DataFrame({"size": [4.5], "colour": ["red"], "rooms": [3]}))
+    assert np.array_equal(typed, read)
+
+
+def test_missing_feature_column_is_named(write_csv):
+    pre = csv_data(write_csv(mixed_table())).preprocess
+    with pytest.raises(UserError, match="colour"):
+        pre.transform(pd.DataFrame({"size": [1.0], "rooms": [2]}))
+
+
+# -- leakage ----------------------------------------------------------------------------------------
+
+def test_rows_repeated_across_splits_are_counted_as_leakage(write_csv):
+    rng = np.random.default_rng(0)
+    distinct = pd.DataFrame({"a": rng.normal(size=8), "b": rng.normal(size=8), "label": ["x", "y"] * 4})
+    table = pd.concat([distinct] * 25, ignore_index=True)  # every row 25 times: all of val and test leak
+    data = csv_data(write_csv(table))
+    s = data.summary()
+    assert s["leakage"] == s["n_val"] + s["n_test"]
+    leakage = [message for kind, message in data.warnings if kind == "leakage"]
+    assert leakage and str(s["leakage"]) in leakage[0]
+
+
+def test_leakage_counts_only_the_repeated_rows(write_csv):
+    rng = np.random.default_rng(1)
+    unique = pd.DataFrame({"a": rng.normal(size=200), "label": rng.choice(["x", "y"], 200)})
+    table = pd.concat([unique, unique.iloc[:20]], ignore_index=True)  # 20 rows twice
+    data = csv_data(write_csv(table))
+    train = set(data.raw["train"]["a"])
+    val = set(data.raw["val"]["a"])
+    expected = sum(a in train for a in data.raw["val"]["a"])
+    expected += sum(a in train | val for a in data.raw["test"]["a"])
+    assert 0 < expected <= 20
+    assert data.summary()["leakage"] == expected
+
+
+def test_distinct_rows_report_no_leakage(write_csv):
+    table = mixed_table()
+    table["size"] = np.arange(len(table)) + 0.5  # no gaps: every row is different
+    data = csv_data(write_csv(table))
+    assert data.summary()["leakage"] == 0
+    assert not [m for kind, m in data.warnings if kind == "leakage"]

@@ -1,0 +1,311 @@
+"""The engine's async face, driven as a front end would: real runs on small bundled data."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+import torch
+
+from traintop.engine import commands as cmd
+from traintop.engine import events as ev
+from traintop.engine import loop
+from traintop.engine.checkpoint import load_checkpoint
+from traintop.engine.config import load_config
+from traintop.engine.run import Run
+from traintop.engine.runstore import read_events
+
+
+LIVE: list[Run] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_runs():
+    """A failed test must not leave a loop thread training after it."""
+    yield
+    while LIVE:
+        run = LIVE.pop()
+        if run._thread is not None and run._thread.is_alive():
+            run.send_nowait(cmd.Stop(save=False))
+            run._thread.join(30)
+
+
+def prepare(tmp_path, *overrides: str) -> Run:
+    run = Run.prepare(load_config(None, list(overrides)), tmp_path / "runs")
+    LIVE.append(run)
+    return run
+
+
+async def collect(run: Run) -> list[ev.Event]:
+    return [e async for e in run.events()]
+
+
+async def next_event(stream, kind: str, timeout: float = 30, where=lambda e: True) -> ev.Event:
+    """The next event of `kind` (for which `where` holds) from an async event iterator."""
+    async def find():
+        async for e in stream:
+            if e.kind == kind and where(e):
+                return e
+        raise AssertionError(f"the run finished without a {kind} event")
+    return await asyncio.wait_for(find(), timeout)
+
+
+def steps_of(events) -> list[int]:
+    return [s for e in events if isinstance(e, ev.Steps) for s in e.step]
+
+
+async def test_digits_run_logs_every_step_once_and_tests_once(tmp_path):
+    run = prepare(tmp_path, "train.epochs=5")
+    run.start()
+    events = await collect(run)
+    assert await run.wait() == "completed"
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert kinds.count("run_started") == 1 and kinds.count("run_finished") == 1
+    assert kinds.count("test_result") == 1
+    assert kinds.index("test_result") > max(i for i, k in enumerate(kinds) if k == "steps")
+    assert kinds.count("validation") == 5 and kinds.count("epoch_end") == 5
+    assert steps_of(events) == list(range(1, 5 * run.trainer.steps_per_epoch + 1))
+    on_disk, torn = read_events(run.folder.events)
+    assert not torn and [e.kind for e in on_disk] == kinds
+    steps = [e for e in events if isinstance(e, ev.Steps)]
+    for e in steps:
+        n = len(e.step)
+        assert len(e.loss) == len(e.grad_norm) == len(e.lr) == len(e.epoch) == n
+        assert set(e.layer_norms) == set(run.trainer.param_names)
+        # the total norm is the norm of the per-layer norms
+        for i in range(n):
+            layers = [norms[i] for norms in e.layer_norms.values()]
+            assert e.grad_norm[i] == pytest.approx(math.sqrt(sum(v * v for v in layers)), rel=1e-4)
+    assert run.folder.best.exists() and run.folder.last.exists() and run.folder.report.exists()
+
+
+async def test_pause_stops_steps_until_resume(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "steps")
+    reply = await run.send(cmd.Pause())
+    assert reply.ok
+    paused = await next_event(stream, "paused")
+    await asyncio.sleep(0.5)
+    assert run.trainer.step == paused.step  # nothing trained while paused
+    await run.send(cmd.Resume())
+    after = []
+    async for e in stream:
+        after.append(e)
+        if isinstance(e, ev.Steps):
+            break
+    kinds = [e.kind for e in after]
+    assert kinds.index("resumed") < kinds.index("steps")
+    assert "steps" not in kinds[:kinds.index("resumed")]
+    assert after[-1].step[0] == paused.step + 1
+    await run.send(cmd.Stop())
+    await run.wait()
+
+
+async def test_set_lr_takes_effect_at_the_next_step_and_is_logged(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "steps")
+    await run.send(cmd.Pause())
+    paused = await next_event(stream, "paused")
+    reply = await run.send(cmd.SetLr(value=0.02))
+    assert reply.ok and reply.data["new"] == pytest.approx(0.02)
+    changed = await next_event(stream, "lr_changed")
+    assert (changed.old, changed.new, changed.source, changed.step) == (pytest.approx(0.001), pytest.approx(0.02), "user", paused.step)
+    await run.send(cmd.Resume())
+    steps = await next_event(stream, "steps")
+    assert steps.step[0] == paused.step + 1 and steps.lr[0] == pytest.approx(0.02)
+    assert run.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+    await run.send(cmd.SetLr(factor=0.5))
+    changed = await next_event(stream, "lr_changed")
+    assert changed.new == pytest.approx(0.01)
+    await run.send(cmd.Stop())
+    await run.wait()
+
+
+async def test_user_lr_is_a_scale_the_cosine_schedule_keeps_decaying_from(tmp_path):
+    run = prepare(tmp_path, "train.epochs=4", "schedule.name=cosine")
+    lr = run.trainer.lr
+    scheduled_mid = lr.scheduled(40)
+    lr.set_value(40, scheduled_mid * 3)
+    assert lr.at(40) == pytest.approx(scheduled_mid * 3)
+    assert lr.at(60) == pytest.approx(lr.scheduled(60) * 3)  # the schedule goes on from the new level
+    assert lr.at(60) < lr.at(40)
+
+
+async def test_stop_saves_last_checkpoint_and_finishes_stopped(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "steps")
+    assert (await run.send(cmd.Stop(save=True))).ok
+    rest = [e async for e in stream]
+    assert await run.wait() == "stopped"
+    assert rest[-1].kind == "run_finished" and rest[-1].status == "stopped"
+    saved = [e for e in rest if isinstance(e, ev.CheckpointSaved) and e.kind_ == "last"]
+    assert len(saved) == 1
+    state = load_checkpoint(run.folder.last)
+    assert state["step"] == run.trainer.step == rest[-1].step
+    assert not any(e.kind == "test_result" for e in rest)  # a stopped run can be resumed: no test yet
+    late = await run.send(cmd.Pause())
+    assert not late.ok and "finished" in late.message
+
+
+async def test_predict_answers_while_paused(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "validation")
+    await run.send(cmd.Pause())
+    await next_event(stream, "paused")
+    step = run.trainer.step
+    reply = await run.send(cmd.Predict(request_id="r1", inputs=[{"split": "val", "index": 3}]))
+    assert reply.ok
+    out = reply.data["outputs"][0]
+    assert out["label"] in run.trainer.data.classes
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert out["true"] == run.trainer.data.classes[int(run.trainer.data.y["val"][3])]
+    assert len(out["input"]) == 64
+    prediction = await next_event(stream, "prediction")
+    assert prediction.request_id == "r1" and prediction.outputs == reply.data["outputs"]
+    refused = await run.send(cmd.Predict(request_id="r2", inputs=[{"split": "test", "index": 0}]))
+    assert not refused.ok and "test" in refused.message
+    assert run.trainer.step == step  # still paused
+    await run.send(cmd.Stop())
+    await run.wait()
+
+
+def scripted_validation(monkeypatch, val_losses: list[float]):
+    """Make each scheduled validation report the next loss of `val_losses`; remember the weights."""
+    real = loop.evaluate
+    seen: list[dict] = []
+
+    def fake(model, objective, x, y, data):
+        loss, metrics = real(model, objective, x, y, data)
+        if len(x) != len(data.y["val"]) or len(seen) >= len(val_losses):
+            return loss, metrics
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return val_losses[len(seen) - 1], metrics
+
+    monkeypatch.setattr(loop, "evaluate", fake)
+    return seen
+
+
+async def test_early_stopping_stops_after_patience_and_restores_the_best_weights(tmp_path, monkeypatch):
+    weights = scripted_validation(monkeypatch, [1.0, 0.8, 0.797, 0.9, 0.7999, 0.85, 0.5])
+    run = prepare(tmp_path, "train.epochs=20", "early_stopping.patience=3", "early_stopping.min_delta=0.005")
+    run.start()
+    events = await collect(run)
+    assert await run.wait() == "early_stopped"
+    vals = [e for e in events if isinstance(e, ev.Validation)]
+    # 0.797 is not better than 0.8 by more than min_delta; 0.7999 is not either: the best stays epoch 2
+    assert [v.best for v in vals] == [True, True, False, False, False]
+    assert [v.since_best for v in vals] == [0, 0, 1, 2, 3]
+    stopped = next(e for e in events if isinstance(e, ev.EarlyStopped))
+    assert (stopped.epoch, stopped.best_epoch, stopped.best_value) == (5, 2, 0.8)
+    kinds = [e.kind for e in events]
+    assert kinds.index("early_stopped") < kinds.index("test_result")
+    final = run.trainer.model.state_dict()
+    assert all(torch.equal(final[k], weights[1][k]) for k in final)  # tested on epoch 2's weights
+    best = load_checkpoint(run.folder.best)
+    assert best["epoch"] == 2 and all(torch.equal(best["model"][k], weights[1][k]) for k in final)
+
+
+async def test_early_stopping_can_be_switched_off_live(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [1.0] + [2.0] * 10)
+    run = prepare(tmp_path, "train.epochs=6", "early_stopping.patience=1")
+    run.trainer.inbox.submit(cmd.EarlyStopping(enabled=False, patience=1))
+    run.start()
+    events = await collect(run)
+    assert await run.wait() == "completed"
+    assert not any(e.kind == "early_stopped" for e in events)
+
+
+async def test_same_seed_gives_identical_losses(tmp_path):
+    async def losses(seed):
+        run = prepare(tmp_path, "train.epochs=3", f"run.seed={seed}", "model.dropout=0.2")
+        run.start()
+        events = await collect(run)
+        return [x for e in events if isinstance(e, ev.Steps) for x in e.loss]
+
+    first, second, other = await losses(7), await losses(7), await losses(8)
+    assert first == second
+    assert first != other
+
+
+async def test_overfitting_is_called_out_when_val_loss_rises_while_train_loss_falls(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [1.0, 0.5, 0.6, 0.7, 0.8, 0.9])
+    run = prepare(tmp_path, "train.epochs=6", "early_stopping.enabled=false")
+    run.start()
+    events = await collect(run)
+    warnings = [e for e in events if isinstance(e, ev.RunWarning) and e.kind_ == "overfitting"]
+    assert len(warnings) == 1 and warnings[0].step == 5 * run.trainer.steps_per_epoch
+
+
+async def test_non_finite_loss_stops_the_run_as_failed_naming_the_step(tmp_path):
+    run = prepare(tmp_path, "train.epochs=50", "optim.name=sgd", "optim.lr=1e30", "model.hidden=[32]")
+    run.start()
+    events = await collect(run)
+    assert await run.wait() == "failed"
+    warning = next(e for e in events if isinstance(e, ev.RunWarning) and e.kind_ == "nan_loss")
+    assert f"step {warning.step}" in warning.message
+    bad = [s for e in events if isinstance(e, ev.Steps) for s, x in zip(e.step, e.loss) if not math.isfinite(x)]
+    assert warning.step == (bad[0] if bad else warning.step)
+    assert events[-1].status == "failed" and "non-finite" in events[-1].error
+    assert not run.folder.last.exists()  # non-finite weights never overwrite a good checkpoint
+    assert not any(e.kind == "test_result" for e in events)
+
+
+async def test_skip_mode_skips_non_finite_updates_and_keeps_weights_finite(tmp_path):
+    run = prepare(tmp_path, "train.epochs=3", "optim.name=sgd", "optim.lr=1e30", "model.hidden=[32]",
+                  "train.on_nan=skip")
+    run.start()
+    events = await collect(run)
+    assert await run.wait() == "completed"
+    assert any(isinstance(e, ev.RunWarning) and e.kind_ == "nan_loss" for e in events)
+    assert all(torch.isfinite(p).all() for p in run.trainer.model.parameters())
+
+
+async def test_bad_command_is_refused_and_changes_nothing(tmp_path):
+    with pytest.raises(Exception, match="exactly one"):
+        cmd.Command.from_json({"command": "set_lr"})
+    run = prepare(tmp_path, "train.epochs=1000")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "steps")
+    await run.send(cmd.Pause())
+    await next_event(stream, "paused")
+    before = run.trainer.lr.at(run.trainer.step)
+    reply = await run.send(cmd.Predict(request_id="x", inputs=[{"split": "val", "index": 10**6}]))
+    assert not reply.ok and "index" in reply.message
+    assert run.trainer.lr.at(run.trainer.step) == before
+    await run.send(cmd.Stop())
+    await run.wait()
+
+
+async def test_validate_and_checkpoint_commands_work_mid_epoch(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "steps")
+    assert (await run.send(cmd.Validate())).ok
+    val = await next_event(stream, "validation")
+    assert val.source == "user"
+    assert (await run.send(cmd.Checkpoint())).ok
+    saved = await next_event(stream, "checkpoint_saved", where=lambda e: e.kind_ != "best")
+    assert saved.kind_ == "manual" and run.folder.last.exists()
+    await run.send(cmd.Stop(save=False))
+    await run.wait()
+
+
+async def test_regression_reports_mae_rmse_r2_in_target_units(tmp_path):
+    run = prepare(tmp_path, "data.source=diabetes", "train.epochs=40", "optim.lr=0.003", "model.hidden=[32]")
+    run.start()
+    events = await collect(run)
+    test = next(e for e in events if isinstance(e, ev.TestResult))
+    assert set(test.metrics) == {"mae", "rmse", "r2", "loss"}
+    assert test.metrics["r2"] > 0.25 and 20 < test.metrics["mae"] < 80  # diabetes targets are 25..346

@@ -1,0 +1,89 @@
+"""`traintop run --headless` as a user runs it: the real console script in a real process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from traintop.engine.runstore import RunFolder, read_events
+
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+
+
+def only_run(runs_dir) -> RunFolder:
+    (path,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    return RunFolder(path)
+
+
+def test_demo_reaches_test_accuracy_and_logs_the_whole_loop(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "digits-mlp" in out and "26,122 parameters" in out and "1258 train / 270 val / 269 test" in out
+    assert "* best" in out and "finished: completed" in out
+    folder = only_run(runs)
+    for name in ("config.toml", "meta.json", "events.jsonl", "preprocess.json", "report.json"):
+        assert (folder.path / name).is_file(), name
+    assert folder.best.is_file() and folder.last.is_file()
+    assert not list(folder.path.rglob("*.tmp"))
+    events, torn = read_events(folder.events)
+    assert not torn
+    kinds = [e.kind for e in events]
+    started = events[0]
+    assert kinds.count("run_started") == 1 and kinds[0] == "run_started"
+    assert kinds.count("run_finished") == 1 and kinds[-1] == "run_finished"
+    assert kinds.count("test_result") == 1
+    epochs = started.config["train"]["epochs"]
+    assert kinds.count("validation") == epochs
+    steps = [s for e in events if e.kind == "steps" for s in e.step]
+    assert steps == list(range(1, epochs * started.steps_per_epoch + 1))
+    test = next(e for e in events if e.kind == "test_result")
+    assert test.metrics["accuracy"] >= 0.93
+    report = json.loads(folder.report.read_text())
+    assert report["status"] == "completed" and report["test"]["accuracy"] == test.metrics["accuracy"]
+    assert f"accuracy {test.metrics['accuracy']:.4f}" in out
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_cleanly_after_saving_last_checkpoint(tmp_path, sig, code):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs),
+                             "--set", "train.epochs=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until it is training
+            if line.startswith("epoch"):
+                break
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    folder = only_run(runs)
+    assert folder.last.is_file()
+    events, torn = read_events(folder.events)
+    assert events[-1].kind == "run_finished" and events[-1].status == "stopped"
+    assert any(e.kind == "checkpoint_saved" and e.kind_ == "last" for e in events)
+    assert json.loads(folder.report.read_text())["status"] == "stopped"
+
+
+def test_a_failed_run_exits_1_and_keeps_its_log(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs),
+                           "--set", "optim.name=sgd", "--set", "optim.lr=1e30", "--set", "train.epochs=50"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "nan_loss" in proc.stdout and "finished: failed" in proc.stdout
+    folder = only_run(runs)
+    events, _ = read_events(folder.events)
+    assert events[-1].status == "failed"
+    assert json.loads(folder.report.read_text())["status"] == "failed"
