@@ -138,6 +138,7 @@ class Paused(Event):
 class Resumed(Event):
     kind: ClassVar[str] = "resumed"
     step: int = 0
+    source: str = "pause"  # "pause", or "checkpoint" when `traintop resume` continues the run
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class Trainer:
         self.device = device
         self.emit_event = emit  # buffers an event
         self.deliver = deliver  # hands buffered events to the log and the subscribers
+        self.log_offset: Callable[[], int] = lambda: 0  # bytes of events.jsonl delivered so far
         self.inbox = inbox
         self.folder: RunFolder | None = None  # set once the run folder exists
         torch.manual_seed(cfg.run.seed)
@@ -293,15 +294,37 @@ class Trainer:
             "lr": self.lr.state_dict(),
             "early_stopping": self.early.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch": self.batch,
+            "epoch_loss": [self.epoch_loss_sum, self.epoch_loss_n, self.last_train_loss],
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
+            "events_offset": self.log_offset(),
         }
 
+    def load_state_dict(self, state: dict, map_location=None) -> None:
+        """Continue from a checkpoint written by `state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr.load_state_dict(state["lr"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.epoch_loss_sum, self.epoch_loss_n, self.last_train_loss = state["epoch_loss"]
+        self.history = [tuple(h) for h in state["history"]]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
     def save(self, kind: str) -> None:
-        """Write last.pt (kinds last, periodic, manual) and announce it."""
+        """Write last.pt (kinds last, periodic, manual) and announce it.
+
+        Everything logged so far is delivered first, and best.pt brought up to date, so that a
+        resume from this checkpoint sees a log and a best model that match it.
+        """
         if self.folder is None:
             return
+        self.save_best()
+        self.flush()
+        self.deliver()
         path = self.folder.last
         save_checkpoint(path, self.state_dict())
         self.emit(ev.CheckpointSaved, path=str(path), kind_=kind, step=self.step)

@@ -20,18 +20,19 @@ import traceback
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import torch
 
 from . import commands as cmd
 from . import events as ev
-from .config import Config
+from .checkpoint import load_checkpoint
+from .config import Config, load_config
 from .data import load_data
 from .errors import UserError
 from .inbox import CommandInbox
 from .loop import NonFiniteLoss, Trainer
-from .runstore import RunFolder, default_runs_dir, report_from_events, write_json
+from .runstore import RunFolder, default_runs_dir, pid_alive, read_events, report_from_events, write_json
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,25 +63,33 @@ class Run:
         self.folder = folder
         self.inbox = inbox
         self.status: str | None = None
+        self.resumed_from: int | None = None  # the step a resumed run continues from
         self._lock = threading.Lock()
-        self._history: list[ev.Event] = []
         self._pending: list[ev.Event] = []  # published, not yet delivered
+        self._notable: list[ev.Event] = []  # every event but steps: what the report is made of
         self._closed = False
-        self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
-        self._events_file = open(folder.events, "a", encoding="utf-8")
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, Callable]] = []
+        self._events_file = open(folder.events, "ab")
+        self._offset = self._events_file.tell()  # bytes of events.jsonl written so far
         self._done: Future = Future()
         self._thread: threading.Thread | None = None
+        trainer.emit_event = self.publish
+        trainer.deliver = self.deliver
+        trainer.log_offset = lambda: self._offset
 
     @classmethod
-    def prepare(cls, cfg: Config, runs_dir: Path | None = None) -> Run:
-        """Load the data and build the model, then create the run folder. Bad input: UserError."""
+    def prepare(cls, cfg: Config, runs_dir: Path | None = None, folder: RunFolder | None = None) -> Run:
+        """Load the data and build the model, then create the run folder. Bad input: UserError.
+
+        `folder`: an existing, empty run folder to use (a detached run's parent made it).
+        """
         data = load_data(cfg)
         device = resolve_device(cfg.run.device)
         inbox = CommandInbox()
-        holder: list[Run] = []
-        trainer = Trainer(cfg, data, device, emit=lambda e: holder[0].publish(e), inbox=inbox,
-                          deliver=lambda: holder[0].deliver())
-        folder = RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
+        trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
+        if folder is None:
+            folder = RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
+        folder.checkpoints.mkdir(exist_ok=True)
         folder.config.write_text(cfg.to_toml())
         write_json(folder.preprocess, data.preprocess.to_json())
         write_json(folder.meta, {
@@ -91,8 +100,42 @@ class Run:
                          "python": platform.python_version()},
         })
         trainer.folder = folder
+        return cls(cfg, trainer, folder, inbox)
+
+    @classmethod
+    def resume(cls, folder: RunFolder) -> Run:
+        """A stopped or killed run, ready to continue from checkpoints/last.pt."""
+        meta = folder.read_json("meta.json") or {}
+        report = folder.read_json("report.json")
+        if report is None and pid_alive(meta.get("pid", -1)) and meta.get("pid") != os.getpid():
+            raise UserError(f"run {folder.run_id} is still running (pid {meta['pid']}); attach to it instead")
+        if report is not None and report.get("status") not in ("stopped", None):
+            raise UserError(f"run {folder.run_id} has {report['status'].replace('_', ' ')}; "
+                            "only a stopped or killed run can be resumed")
+        if not folder.last.is_file():
+            raise UserError(f"run {folder.run_id} has no checkpoints/last.pt to resume from")
+        cfg = load_config(folder.config)
+        cfg.base_dir = Path(meta.get("config_dir", folder.path))
+        state = load_checkpoint(folder.last)
+        data = load_data(cfg)
+        device = resolve_device(cfg.run.device)
+        inbox = CommandInbox()
+        trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
+        trainer.folder = folder
+        trainer.load_state_dict(state, map_location=device)
+        if folder.best.is_file():
+            trainer.best_state = load_checkpoint(folder.best, map_location=device)["model"]
+        # Events logged after the checkpoint describe training that is now done again.
+        last_t = _truncate_log(folder.events, state.get("events_offset"))
+        folder.report.unlink(missing_ok=True)
+        meta.setdefault("resumes", []).append({"at": datetime.now().isoformat(), "step": trainer.step,
+                                               "pid": os.getpid()})
+        meta["pid"] = os.getpid()
+        write_json(folder.meta, meta)
         run = cls(cfg, trainer, folder, inbox)
-        holder.append(run)
+        run.resumed_from = trainer.step
+        run._notable = [e for e in read_events(folder.events)[0] if not isinstance(e, ev.Steps)]
+        trainer.t0 -= last_t
         return run
 
     @property
@@ -115,24 +158,44 @@ class Run:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        text = "".join(e.to_line() + "\n" for e in batch)
+        data = "".join(e.to_line() + "\n" for e in batch).encode()
+        self._notable.extend(e for e in batch if not isinstance(e, ev.Steps))
         with self._lock:
-            self._events_file.write(text)
+            self._events_file.write(data)
             self._events_file.flush()
-            self._history.extend(batch)
+            self._offset += len(data)
             subscribers = list(self._subscribers)
-        for loop, queue in subscribers:
-            loop.call_soon_threadsafe(queue.put_nowait, batch)
+        for loop, callback in subscribers:
+            loop.call_soon_threadsafe(callback, batch, data)
+
+    def subscribe(self, callback: Callable[[list[ev.Event], bytes], None]) -> int:
+        """Call `callback(events, data)` on this asyncio loop for every later delivery.
+
+        Returns the length of events.jsonl at that moment: the history is exactly its bytes
+        before that offset, the live stream exactly what comes after.
+        """
+        with self._lock:
+            self._subscribers.append((asyncio.get_running_loop(), callback))
+            return self._offset
+
+    def unsubscribe(self, callback: Callable) -> None:
+        with self._lock:
+            self._subscribers = [(lp, cb) for lp, cb in self._subscribers if cb is not callback]
+
+    @property
+    def finished(self) -> bool:
+        return self._closed
 
     async def events(self) -> AsyncIterator[ev.Event]:
         """Every event of the run: its history so far, then live ones, ending with run_finished."""
         queue: asyncio.Queue = asyncio.Queue()
-        entry = (asyncio.get_running_loop(), queue)
-        with self._lock:
-            history = list(self._history)
-            self._subscribers.append(entry)
+        callback = lambda batch, data: queue.put_nowait(batch)  # noqa: E731
+        offset = self.subscribe(callback)
         try:
-            for event in history:
+            with open(self.folder.events, "rb") as f:
+                history = f.read(offset).decode().splitlines()
+            for line in history:
+                event = ev.parse_line(line)
                 yield event
                 if isinstance(event, ev.RunFinished):
                     return
@@ -142,8 +205,7 @@ class Run:
                     if isinstance(event, ev.RunFinished):
                         return
         finally:
-            with self._lock:
-                self._subscribers.remove(entry)
+            self.unsubscribe(callback)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -177,15 +239,16 @@ class Run:
         second thread drives it after the main thread has used it (measured on the digits MLP).
         """
         t = self.trainer
-        t.t0 = time.monotonic()
-        summary = t.data.summary()
-        params = sum(p.numel() for p in t.params)
-        self.publish(ev.RunStarted(
-            t=0.0, run_id=self.run_id, name=self.cfg.run.name, config=self.cfg.to_dict(),
-            device=str(t.device), params=params, data=summary, epochs=self.cfg.train.epochs,
-            steps_per_epoch=t.steps_per_epoch))
-        for kind, message in t.data.warnings:
-            t.emit(ev.RunWarning, kind_=kind, message=message, step=0)
+        if self.resumed_from is None:
+            t.t0 = time.monotonic()
+            self.publish(ev.RunStarted(
+                t=0.0, run_id=self.run_id, name=self.cfg.run.name, config=self.cfg.to_dict(),
+                device=str(t.device), params=sum(p.numel() for p in t.params), data=t.data.summary(),
+                epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch))
+            for kind, message in t.data.warnings:
+                t.emit(ev.RunWarning, kind_=kind, message=message, step=0)
+        else:
+            t.emit(ev.Resumed, step=t.step, source="checkpoint")
         error = ""
         try:
             status = t.fit()
@@ -211,11 +274,25 @@ class Run:
         return status
 
     def _write_report(self, status: str, error: str) -> None:
-        report = report_from_events(self._history + self._pending)
+        report = report_from_events(self._notable + self._pending)
         report.update({"run_id": self.run_id, "name": self.cfg.run.name, "status": status,
                        "error": error, "epochs": self.trainer.epoch, "steps": self.trainer.step,
                        "seconds": round(self.trainer.clock(), 3)})
         write_json(self.folder.report, report)
+
+
+def _truncate_log(path: Path, offset: int | None) -> float:
+    """Cut events.jsonl back to `offset` (or its last whole line); the `t` of its last event."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        end = offset if offset is not None and offset <= len(data) else data.rfind(b"\n") + 1
+        f.truncate(end)
+    for line in reversed(data[:end].splitlines()):
+        try:
+            return float(ev.parse_line(line.decode()).t)
+        except ValueError:
+            continue
+    return 0.0
 
 
 def _version() -> str:

@@ -110,6 +110,28 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def socket_is_live(path: Path) -> bool:
+    """True when a process accepts connections on the Unix socket at `path`."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def is_live(folder: RunFolder) -> bool:
+    """A run is live while its engine serves the control socket (or its process still starts up)."""
+    if folder.socket.exists() and socket_is_live(folder.socket):
+        return True
+    meta = folder.read_json("meta.json") or {}
+    return folder.read_json("report.json") is None and pid_alive(meta.get("pid", -1)) and not folder.socket.exists()
+
+
 def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
     """A run from an id, a unique id prefix, a name, a folder path, or `latest`."""
     p = Path(spec).expanduser()
@@ -157,10 +179,8 @@ def summarize(folder: RunFolder) -> RunSummary:
     meta = folder.read_json("meta.json") or {}
     report = folder.read_json("report.json")
     if report is None:
-        report = {"status": "running" if pid_alive(meta.get("pid", -1)) else "killed"}
-        if folder.events.exists():
-            report.update(report_from_events(read_events(folder.events)[0]))
-            report["status"] = "running" if pid_alive(meta.get("pid", -1)) else "killed"
+        report = report_from_events(read_events(folder.events)[0]) if folder.events.exists() else {}
+        report["status"] = "running" if is_live(folder) else "killed"
     best = report.get("best") or {}
     test = report.get("test") or {}
     test_name = "accuracy" if "accuracy" in test else ("rmse" if "rmse" in test else "loss")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -28,11 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=3 (value parsed as TOML)")
 
+    def foreground(p):
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
+        mode.add_argument("--detach", action="store_true",
+                          help="train in the background; print the run id and return")
+
     run = sub.add_parser("run", help="train a config (default: the digits demo)")
     run.add_argument("config", nargs="?", help="a TOML config; none means the built-in digits demo")
     overrides(run)
-    run.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
+    foreground(run)
     run.add_argument("--name", help="the run's name (default: run.name from the config)")
+    run.add_argument("--into", type=Path, help=argparse.SUPPRESS)  # a detached run's folder
     runs_dir(run)
 
     check = sub.add_parser("check", help="validate a config and its data; no training")
@@ -41,7 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list runs")
     runs_dir(ls)
+
+    attach = sub.add_parser("attach", help="follow a live run (its history, then live), or read a finished one")
+    attach.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
+    attach.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
+    runs_dir(attach)
+
+    ctl = sub.add_parser("ctl", help="steer a live run from a script or another shell")
+    ctl.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
+    ctl.add_argument("action", choices=CTL_ACTIONS, help="what to do")
+    ctl.add_argument("value", nargs="?", help="lr: a value (0.01) or a factor (x0.5)")
+    runs_dir(ctl)
+
+    resume = sub.add_parser("resume", help="continue a stopped or killed run from its last checkpoint")
+    resume.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
+    foreground(resume)
+    resume.add_argument("--into", type=Path, help=argparse.SUPPRESS)
+    runs_dir(resume)
+
+    export = sub.add_parser("export", help="per-step and per-validation tables")
+    export.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
+    export.add_argument("--format", choices=["csv"], default="csv")
+    export.add_argument("--out", type=Path, help="folder for steps.csv and validation.csv (default: the run folder)")
+    runs_dir(export)
     return parser
+
+
+CTL_ACTIONS = ["pause", "resume", "stop", "validate", "checkpoint", "lr"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,13 +84,18 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
+    commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
+                "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export}
     try:
-        code = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls}[args.command](args)
+        code = commands[args.command](args)
     except UserError as e:
         print(f"traintop: error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `traintop attach RUN | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     sys.exit(code)
 
 
@@ -69,17 +108,88 @@ def _load(args):
     return cfg
 
 
+def _runs_dir(args) -> Path:
+    from traintop.engine.runstore import default_runs_dir
+
+    return args.runs_dir or default_runs_dir()
+
+
+def _folder(args):
+    from traintop.engine.runstore import resolve_run
+
+    return resolve_run(args.run, _runs_dir(args))
+
+
 def cmd_run(args) -> int:
     cfg = _load(args)
+    if args.detach:
+        return detach(cfg, args, ["run", str(Path(args.config).resolve()) if args.config else None,
+                                  *[x for o in args.overrides for x in ("--set", o)]])
+    from traintop.engine.run import Run
+    from traintop.engine.runstore import RunFolder
+
+    run = Run.prepare(cfg, args.runs_dir, folder=RunFolder(args.into) if args.into else None)
+    return run_engine(run)
+
+
+def cmd_resume(args) -> int:
+    from traintop.engine.runstore import RunFolder
+
+    folder = RunFolder(args.into) if args.into else _folder(args)
+    if args.detach:
+        return detach(None, args, ["resume", str(folder.path)], folder=folder)
     from traintop.engine.run import Run
 
-    run = Run.prepare(cfg, args.runs_dir)
-    return run_headless(run)
+    return run_engine(Run.resume(folder))
 
 
-def run_headless(run) -> int:
-    """Train on this thread, printing log lines beside it; SIGINT / SIGTERM stop after last.pt."""
+def detach(cfg, args, child_args: list, folder=None) -> int:
+    """Start the engine as a background process in its own session, logging to engine.log;
+    return once it serves its control socket (or has failed, showing why)."""
+    import subprocess
+    import time
+
+    from traintop.engine.runstore import RunFolder
+    from traintop.engine.server import socket_is_live
+
+    if folder is None:
+        folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
+    child = [sys.executable, "-m", "traintop.tui", *[a for a in child_args if a is not None],
+             "--headless", "--into", str(folder.path)]
+    if getattr(args, "name", None):
+        child += ["--name", args.name]
+    with open(folder.log, "ab") as log:
+        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=Path.cwd())
+    deadline = time.monotonic() + 120
+    while not (folder.socket.exists() and socket_is_live(folder.socket)):
+        code = proc.poll()
+        if code is not None:
+            tail = folder.log.read_text(errors="replace").strip().splitlines()[-5:]
+            print("\n".join(tail), file=sys.stderr)
+            if code == 2 and not folder.meta.exists():  # bad input: there is no run to keep
+                import shutil
+
+                shutil.rmtree(folder.path, ignore_errors=True)
+            return code
+        if time.monotonic() > deadline:
+            print(f"traintop: the engine has not started after 120 s; see {folder.log}", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"{folder.run_id}  training in the background (pid {proc.pid})")
+    print(f"  attach:  traintop attach {folder.run_id}")
+    print(f"  steer:   traintop ctl {folder.run_id} pause|resume|stop|validate|checkpoint|lr VALUE")
+    print(f"  log:     {folder.log}")
+    return 0
+
+
+def run_engine(run) -> int:
+    """Train on this thread; beside it, serve the control socket and print log lines.
+
+    SIGINT / SIGTERM stop the run after the current step, saving last.pt first.
+    """
     from traintop.engine.commands import Stop
+    from traintop.engine.server import ControlServer
 
     from .headless import HeadlessPrinter
 
@@ -98,17 +208,139 @@ def run_headless(run) -> int:
     for sig in SIGNAL_EXIT:
         signal.signal(sig, on_signal)
 
-    async def follow():
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    async def side():
+        server = ControlServer(run)
+        try:
+            await server.start()
+        except BaseException as e:  # noqa: BLE001 - reported on the main thread
+            failure.append(e)
+            return
+        finally:
+            ready.set()
         async for event in run.events():
             printer.show(event)
+        await run.wait()
+        await server.close()
 
-    follower = threading.Thread(target=asyncio.run, args=(follow(),), name="traintop-log", daemon=True)
-    follower.start()
+    beside = threading.Thread(target=asyncio.run, args=(side(),), name="traintop-control", daemon=True)
+    beside.start()
+    ready.wait()
+    if failure:
+        raise failure[0]
     status = run.train()
-    follower.join()
+    beside.join()
     if received:
         return SIGNAL_EXIT[received[0]]
     return EXIT_CODES.get(status, 1)
+
+
+def cmd_attach(args) -> int:
+    """History, then live events, as log lines; Ctrl-C leaves the run training."""
+    from traintop.engine.client import open_run
+
+    from .headless import HeadlessPrinter
+
+    folder = _folder(args)
+    printer = HeadlessPrinter()
+    printer.folder = str(folder.path)
+
+    async def follow():
+        source = await open_run(folder)
+        if source.torn:
+            print("note: the last line of events.jsonl was torn (its writer was killed) and is skipped",
+                  file=sys.stderr)
+        try:
+            async for event in source.events():
+                printer.show(event)
+        finally:
+            await source.close()
+        if source.live and source.closed_reason and not printer.status:
+            print(f"traintop: {source.closed_reason}", file=sys.stderr)
+            return 1
+        if not source.live and not printer.status:
+            print(f"run {folder.run_id} has no run_finished event: it was killed "
+                  f"(`traintop resume {folder.run_id}` continues it)")
+        return 0
+
+    try:
+        return asyncio.run(follow())
+    except KeyboardInterrupt:
+        print(f"\ndetached; the run goes on (traintop attach {folder.run_id})", file=sys.stderr)
+        return 0
+
+
+def ctl_command(action: str, value: str | None):
+    """The engine command for `traintop ctl RUN ACTION [VALUE]`."""
+    from traintop.engine import commands as c
+
+    if action == "lr":
+        if value is None:
+            raise UserError("ctl lr needs a value (e.g. 0.01) or a factor (e.g. x0.5)")
+        text = value.lower()
+        try:
+            number = float(text[1:] if text.startswith(("x", "*")) else text)
+        except ValueError:
+            raise UserError(f"ctl lr {value!r}: expected a number (0.01) or a factor (x0.5)") from None
+        return c.SetLr(factor=number) if text.startswith(("x", "*")) else c.SetLr(value=number)
+    if value is not None:
+        raise UserError(f"ctl {action} takes no value (got {value!r})")
+    return {"pause": c.Pause, "resume": c.Resume, "stop": c.Stop, "validate": c.Validate,
+            "checkpoint": c.Checkpoint}[action]()
+
+
+def cmd_ctl(args) -> int:
+    from traintop.engine.client import LiveRun
+
+    command = ctl_command(args.action, args.value)
+    folder = _folder(args)
+
+    async def send():
+        source = await LiveRun.connect(folder, parse_events=False)
+        try:
+            return await source.send(command)
+        finally:
+            await source.close()
+
+    reply = asyncio.run(send())
+    print(reply.message, file=sys.stdout if reply.ok else sys.stderr)
+    return 0 if reply.ok else 1
+
+
+def cmd_export(args) -> int:
+    import csv
+
+    from traintop.engine import events as ev
+    from traintop.engine.runstore import read_events
+
+    folder = _folder(args)
+    events, torn = read_events(folder.events)
+    if torn:
+        print("note: the last line of events.jsonl was torn and is skipped", file=sys.stderr)
+    out = args.out or folder.path
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "steps.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "epoch", "loss", "grad_norm", "lr", "samples_per_s"])
+        n_steps = 0
+        for e in events:
+            if isinstance(e, ev.Steps):
+                for row in zip(e.step, e.epoch, e.loss, e.grad_norm, e.lr):
+                    w.writerow([*row, e.samples_per_s])
+                n_steps += len(e.step)
+    validations = [e for e in events if isinstance(e, ev.Validation)]
+    metrics = list(dict.fromkeys(k for v in validations for k in v.metrics))
+    with open(out / "validation.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "epoch", "val_loss", *metrics, "best", "since_best", "source"])
+        for v in validations:
+            w.writerow([v.step, v.epoch, v.val_loss, *[v.metrics.get(m, "") for m in metrics],
+                        v.best, v.since_best, v.source])
+    print(f"wrote {out / 'steps.csv'} ({n_steps} steps) and {out / 'validation.csv'} "
+          f"({len(validations)} validations)")
+    return 0
 
 
 def cmd_check(args) -> int:

@@ -101,7 +101,11 @@ class HeadlessPrinter:
         self.line(f"  paused at step {e.step}")
 
     def on_resumed(self, e: ev.Resumed) -> None:
-        self.line(f"  resumed at step {e.step}")
+        if e.source == "checkpoint":
+            self.line(f"resumed from checkpoints/last.pt at epoch {e.step // max(1, self.steps_per_epoch)}, "
+                      f"step {e.step}")
+        else:
+            self.line(f"  resumed at step {e.step}")
 
     def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
         if e.kind_ != "best":  # best.pt is rewritten often; the final line names it

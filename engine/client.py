@@ -1,0 +1,139 @@
+"""The client side of a run, torch-free: a live run over its control socket, or a finished one
+read from its events.jsonl, behind the same small interface.
+
+    source = await open_run(folder)      # LiveRun or FinishedRun
+    async for event in source.events():  # history, then live events until run_finished
+        ...
+    reply = await source.send(Pause())   # a finished run refuses, saying why
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import AsyncIterator
+
+from . import commands as cmd
+from . import events as ev
+from .errors import UserError
+from .runstore import RunFolder, read_events, socket_is_live
+
+LINE_LIMIT = 64 << 20  # a steps batch is one line; allow big ones
+
+
+class LiveRun:
+    """A run training in another process, reached through its control socket."""
+
+    live = True
+
+    def __init__(self, folder: RunFolder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 parse_events: bool = True):
+        self.folder = folder
+        self.reader = reader
+        self.writer = writer
+        self.parse_events = parse_events
+        self.torn = False
+        self.closed_reason = ""  # why the stream ended early: the engine went away, or dropped us
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._replies: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, folder: RunFolder, parse_events: bool = True) -> LiveRun:
+        """Connect to a live run; UserError when it is not live."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(folder.socket), limit=LINE_LIMIT)
+        except OSError:
+            raise UserError(f"run {folder.run_id} is not live (no engine answers on {folder.socket})") from None
+        return cls(folder, reader, writer, parse_events)
+
+    async def _read(self) -> None:
+        try:
+            while line := await self.reader.readline():
+                if line.startswith(b'{"event"'):
+                    if self.parse_events:
+                        self._queue.put_nowait(ev.parse_line(line.decode()))
+                    continue
+                obj = json.loads(line)
+                if "reply" in obj:
+                    future = self._replies.pop(obj["reply"], None)
+                    if future is not None and not future.done():
+                        future.set_result(cmd.Reply(obj["ok"], obj.get("message", ""), obj.get("data") or {}))
+                elif "error" in obj:
+                    self.closed_reason = obj["error"]
+            if not self.closed_reason:
+                self.closed_reason = "the engine closed the connection"
+        except (ConnectionError, ValueError) as e:
+            self.closed_reason = f"the connection to the engine broke: {e}"
+        finally:
+            self._queue.put_nowait(None)
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_result(cmd.Reply(False, self.closed_reason or "the run has ended"))
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """The run's history, then live events, until run_finished (or the engine goes away)."""
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            yield event
+            if isinstance(event, ev.RunFinished):
+                return
+
+    async def send(self, command: cmd.Command, timeout: float = 60) -> cmd.Reply:
+        """Send a command; the engine's reply once it has been applied at a step boundary."""
+        request_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            self.writer.write(json.dumps({**command.to_json(), "id": request_id}).encode() + b"\n")
+            await self.writer.drain()
+        except ConnectionError:
+            self._replies.pop(request_id, None)
+            return cmd.Reply(False, "the engine is gone")
+        return await asyncio.wait_for(future, timeout)
+
+    async def close(self) -> None:
+        """Leave; the run goes on."""
+        self._task.cancel()
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+
+
+class FinishedRun:
+    """A run no engine serves: its events.jsonl, read once."""
+
+    live = False
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self._events, self.torn = read_events(folder.events) if folder.events.exists() else ([], False)
+        self.closed_reason = ""
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        for event in self._events:
+            yield event
+
+    async def send(self, command: cmd.Command, timeout: float = 0) -> cmd.Reply:
+        finished = next((e for e in self._events if isinstance(e, ev.RunFinished)), None)
+        state = f"has {finished.status.replace('_', ' ')}" if finished else "is not running"
+        return cmd.Reply(False, f"run {self.folder.run_id} {state}; commands need a live run")
+
+    async def close(self) -> None:
+        pass
+
+
+async def open_run(folder: RunFolder, parse_events: bool = True) -> LiveRun | FinishedRun:
+    """The run as a client sees it: live through its socket when an engine serves it, else its log."""
+    if folder.socket.exists() and socket_is_live(folder.socket):
+        try:
+            return await LiveRun.connect(folder, parse_events)
+        except UserError:
+            pass  # it finished between the check and the connect
+    return FinishedRun(folder)
