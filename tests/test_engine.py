@@ -82,7 +82,7 @@ async def test_digits_run_logs_every_step_once_and_tests_once(tmp_path):
 
 
 async def test_pause_stops_steps_until_resume(tmp_path):
-    run = prepare(tmp_path, "train.epochs=1000")
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
     run.start()
     stream = run.events()
     await next_event(stream, "steps")
@@ -106,7 +106,7 @@ async def test_pause_stops_steps_until_resume(tmp_path):
 
 
 async def test_set_lr_takes_effect_at_the_next_step_and_is_logged(tmp_path):
-    run = prepare(tmp_path, "train.epochs=1000")
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
     run.start()
     stream = run.events()
     await next_event(stream, "steps")
@@ -138,7 +138,7 @@ async def test_user_lr_is_a_scale_the_cosine_schedule_keeps_decaying_from(tmp_pa
 
 
 async def test_stop_saves_last_checkpoint_and_finishes_stopped(tmp_path):
-    run = prepare(tmp_path, "train.epochs=1000")
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
     run.start()
     stream = run.events()
     await next_event(stream, "steps")
@@ -156,7 +156,7 @@ async def test_stop_saves_last_checkpoint_and_finishes_stopped(tmp_path):
 
 
 async def test_predict_answers_while_paused(tmp_path):
-    run = prepare(tmp_path, "train.epochs=1000")
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
     run.start()
     stream = run.events()
     await next_event(stream, "validation")
@@ -273,7 +273,7 @@ async def test_skip_mode_skips_non_finite_updates_and_keeps_weights_finite(tmp_p
 async def test_bad_command_is_refused_and_changes_nothing(tmp_path):
     with pytest.raises(Exception, match="exactly one"):
         cmd.Command.from_json({"command": "set_lr"})
-    run = prepare(tmp_path, "train.epochs=1000")
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
     run.start()
     stream = run.events()
     await next_event(stream, "steps")
@@ -288,7 +288,7 @@ async def test_bad_command_is_refused_and_changes_nothing(tmp_path):
 
 
 async def test_validate_and_checkpoint_commands_work_mid_epoch(tmp_path):
-    run = prepare(tmp_path, "train.epochs=1000")
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
     run.start()
     stream = run.events()
     await next_event(stream, "steps")
