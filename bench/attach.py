@@ -1,0 +1,415 @@
+"""What attached clients cost a training run, and how fast a long run's history reaches a client.
+
+1. Attach cost. A headless digits run (`traintop run --detach`) trains with no client, with one
+   and with four; each client is a process of its own that connects through the control socket
+   with LiveRun and parses every event until run_finished. Client processes are started (and have
+   done their imports) before the run, and connect as soon as `run --detach` returns. Steps/s
+   come from the run's own events.jsonl: the steps between its first and last steps events over
+   the time between them, so start-up, data loading and the final test are left out.
+   Configurations are interleaved (order rotated each round); figures are medians.
+2. History delivery. A run folder whose events.jsonl holds run_started, then steps 1..1,000,000
+   in batches shaped like the engine's (200-300 steps, six per-parameter norms), with
+   epoch_end and validation at each epoch's end, is served by the real ControlServer on its real
+   socket from another process. A LiveRun client is timed from connect until it has parsed the
+   last history event; then the same bytes are timed raw, line by line, and parsed in memory
+   to show where the time goes.
+
+    python bench/attach.py [--rounds 5] [--epochs 200] [--history-steps 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+from traintop.engine import events as ev
+from traintop.engine.client import LINE_LIMIT, LiveRun
+from traintop.engine.runstore import RunFolder, pid_alive, socket_is_live
+
+CLIENT_COUNTS = (0, 1, 4)
+LAYERS = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]  # the digits MLP's
+
+
+# -- 1. attach cost ----------------------------------------------------------------------------
+
+
+async def stream_all(path: str) -> dict:
+    """A client: every event of the run through its socket, until run_finished."""
+    source = await LiveRun.connect(RunFolder(Path(path)))
+    events = steps = 0
+    status = None
+    try:
+        async for event in source.events():
+            events += 1
+            if isinstance(event, ev.Steps):
+                steps += len(event.step)
+            elif isinstance(event, ev.RunFinished):
+                status = event.status
+    finally:
+        await source.close()
+    return {"events": events, "steps": steps, "status": status, "closed": source.closed_reason}
+
+
+def client_main() -> None:
+    """`--client`: wait for a run folder on stdin, stream it, print what arrived as JSON."""
+    path = sys.stdin.readline().strip()
+    if path:
+        print(json.dumps(asyncio.run(stream_all(path))), flush=True)
+
+
+def engine_alive(pid: int) -> bool:
+    """True while the engine process exists and is not a zombie."""
+    if not pid_alive(pid):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def run_with_clients(runs_dir: Path, epochs: int, n_clients: int, started: list[RunFolder]) -> float:
+    """One detached digits run with `n_clients` streaming clients; its steps/s."""
+    clients = [subprocess.Popen([sys.executable, __file__, "--client"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(n_clients)]
+    try:
+        out = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--detach",
+                              "--runs-dir", str(runs_dir), "--set", f"train.epochs={epochs}",
+                              "--set", "early_stopping.enabled=false"],
+                             capture_output=True, text=True, check=True)
+        folder = RunFolder(runs_dir / out.stdout.split()[0])
+        started.append(folder)
+        for c in clients:  # the socket is live: connect now
+            c.stdin.write(f"{folder.path}\n")
+            c.stdin.close()
+        pid = folder.read_json("meta.json")["pid"]
+        deadline = time.monotonic() + 120
+        while engine_alive(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"run {folder.run_id} has not finished after 120 s")
+            time.sleep(0.05)
+        report = folder.read_json("report.json") or {}
+        for c in clients:
+            got = json.loads(c.communicate(timeout=30)[0] or "{}")
+            if got.get("status") != report.get("status") or got.get("steps") != report.get("steps"):
+                raise RuntimeError(f"a client of {folder.run_id} got {got}; the run reported "
+                                   f"{report.get('steps')} steps, {report.get('status')}")
+        return steps_per_second(folder)
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+
+
+def steps_per_second(folder: RunFolder) -> float:
+    """Steps after the first steps event over the run time to the last one (from events.jsonl)."""
+    first = last = None
+    with open(folder.events, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith('{"event":"steps"'):
+                last = json.loads(line)
+                first = first or last
+    return (last["step"][-1] - first["step"][-1]) / (last["t"] - first["t"])
+
+
+def stop_leftovers(started: list[RunFolder]) -> None:
+    """Stop any engine still running (an error cut a round short)."""
+    for folder in started:
+        pid = (folder.read_json("meta.json") or {}).get("pid", -1)
+        if folder.socket.exists() and socket_is_live(folder.socket):
+            subprocess.run([sys.executable, "-m", "traintop.tui", "ctl", str(folder.path), "stop"],
+                           capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while pid > 0 and engine_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid > 0 and engine_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def attach_cost(runs_dir: Path, rounds: int, epochs: int) -> dict[int, list[float]]:
+    """Steps/s per client count, over interleaved rounds."""
+    rates: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
+    started: list[RunFolder] = []
+    try:
+        for r in range(rounds):
+            order = CLIENT_COUNTS[r % 3:] + CLIENT_COUNTS[:r % 3]
+            for n in order:
+                rates[n].append(run_with_clients(runs_dir, epochs, n, started))
+            print(f"round {r + 1}: " + "  ".join(f"{n} client(s) {rates[n][-1]:6.0f} steps/s"
+                                                 for n in CLIENT_COUNTS), file=sys.stderr)
+    finally:
+        stop_leftovers(started)
+    return rates
+
+
+# -- 2. history delivery -----------------------------------------------------------------------
+
+
+class ServedLog:
+    """A run's log behind the interface ControlServer serves: the whole file as history, then
+    nothing live (what is measured is the server's streaming, the socket and the client)."""
+
+    finished = True
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+
+    def subscribe(self, callback) -> int:
+        return self.folder.events.stat().st_size
+
+    def unsubscribe(self, callback) -> None:
+        pass
+
+    def send_nowait(self, command) -> Future:
+        from traintop.engine.commands import Reply
+
+        future: Future = Future()
+        future.set_result(Reply(False, "a served log takes no commands"))
+        return future
+
+
+def serve_main(path: str) -> None:
+    """`--serve FOLDER`: serve its events.jsonl on its control socket until stdin closes."""
+    from traintop.engine.server import ControlServer
+
+    async def serve():
+        server = ControlServer(ServedLog(RunFolder(Path(path))))
+        await server.start()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await server.close(grace=0.1)
+
+    asyncio.run(serve())
+
+
+def write_history(folder: RunFolder, n_steps: int, steps_per_epoch: int = 2500) -> int:
+    """events.jsonl as the engine would leave it after `n_steps` steps; its number of events.
+
+    Steps events of 200-300 steps (a ~100 ms flush at ~2500 steps/s), cut at epoch ends; values
+    are float32 widened to float, as the recorder's `.tolist()` gives them.
+    """
+    import numpy as np
+
+    from traintop.engine.config import load_config
+
+    rng = np.random.default_rng(0)
+    cfg = load_config(None, [f"train.epochs={n_steps // steps_per_epoch}"])
+    lines = [ev.RunStarted(t=0.0, run_id=folder.run_id, name=cfg.run.name, config=cfg.to_dict(),
+                           device="cpu", params=26122, data={"task": "classification", "n_train": 1257},
+                           epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch).to_line()]
+    step, t, epoch = 1, 0.0, 1
+    with open(folder.events, "w", encoding="utf-8") as f:
+        while step <= n_steps:
+            epoch_end = epoch * steps_per_epoch
+            k = min(int(rng.integers(200, 301)), epoch_end - step + 1, n_steps - step + 1)
+            cols = rng.random((8, k), dtype=np.float32).astype(np.float64).tolist()
+            t += k / 2500
+            lines.append(ev.Steps(t=round(t, 4), step=list(range(step, step + k)), epoch=[epoch] * k,
+                                  loss=cols[0], grad_norm=cols[1], lr=[0.001] * k,
+                                  samples_per_s=round(k * 64 / (k / 2500), 1),
+                                  layer_norms=dict(zip(LAYERS, cols[2:]))).to_line())
+            step += k
+            if step > epoch_end:
+                lines.append(ev.EpochEnd(t=round(t, 4), epoch=epoch, step=step - 1,
+                                         train_loss=cols[0][-1], seconds=1.0).to_line())
+                lines.append(ev.Validation(t=round(t + 0.002, 4), step=step - 1, epoch=epoch,
+                                           val_loss=cols[1][-1], metrics={"accuracy": cols[2][-1]},
+                                           best=False, since_best=1).to_line())
+                epoch += 1
+            if len(lines) >= 500:
+                f.write("".join(line + "\n" for line in lines))
+                lines = []
+        f.write("".join(line + "\n" for line in lines))
+    with open(folder.events, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+
+
+async def time_attach(folder: RunFolder, n_events: int) -> float:
+    """Seconds from connect until a LiveRun client has parsed the last history event."""
+    start = time.perf_counter()
+    source = await LiveRun.connect(folder)
+    seen = 0
+    async for event in source.events():
+        seen += 1
+        if seen == n_events:
+            break
+    elapsed = time.perf_counter() - start
+    await source.close()
+    if seen != n_events:
+        raise RuntimeError(f"the client got {seen} of {n_events} events ({source.closed_reason})")
+    return elapsed
+
+
+async def time_raw(folder: RunFolder, size: int) -> float:
+    """Seconds to receive the history's bytes in 1 MiB reads: the server and the socket alone."""
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_unix_connection(str(folder.socket), limit=LINE_LIMIT)
+    got = 0
+    while got < size:
+        chunk = await reader.read(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    elapsed = time.perf_counter() - start
+    writer.close()
+    return elapsed
+
+
+async def time_readline(folder: RunFolder, n_events: int) -> float:
+    """Seconds to receive the history line by line, as LiveRun reads it, without parsing."""
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_unix_connection(str(folder.socket), limit=LINE_LIMIT)
+    seen = 0
+    while seen < n_events and await reader.readline():
+        seen += 1
+    elapsed = time.perf_counter() - start
+    writer.close()
+    return elapsed
+
+
+def time_parse(folder: RunFolder) -> tuple[float, float, float]:
+    """Seconds to decode, json.loads and Event.from_json every line, in memory."""
+    with open(folder.events, "rb") as f:
+        raw = f.read().splitlines()
+    start = time.perf_counter()
+    text = [line.decode() for line in raw]
+    decoded = time.perf_counter()
+    objs = [json.loads(line) for line in text]
+    loaded = time.perf_counter()
+    for obj in objs:
+        ev.Event.from_json(obj)
+    built = time.perf_counter()
+    return decoded - start, loaded - decoded, built - loaded
+
+
+def short_float_estimate(folder: RunFolder, sample_lines: int = 400) -> tuple[float, float]:
+    """Size and json.loads time of steps lines with floats in float32's shortest repr, as a
+    fraction of today's: measured on the first `sample_lines` steps lines."""
+    import numpy as np
+
+    lines = []
+    with open(folder.events, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith('{"event":"steps"'):
+                lines.append(line)
+                if len(lines) == sample_lines:
+                    break
+
+    def shorten(values: list) -> list:
+        return [float(s) for s in np.asarray(values, dtype=np.float32).astype(str)]
+
+    short = []
+    for line in lines:
+        obj = json.loads(line)
+        for key in ("loss", "grad_norm", "lr"):
+            obj[key] = shorten(obj[key])
+        obj["layer_norms"] = {k: shorten(v) for k, v in obj["layer_norms"].items()}
+        short.append(json.dumps(obj, separators=(",", ":")))
+
+    def parse_seconds(text: list[str]) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for line in text:
+                json.loads(line)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    size = sum(map(len, short)) / sum(map(len, lines))
+    return size, parse_seconds(short) / parse_seconds(lines)
+
+
+def history_delivery(tmp: Path, n_steps: int, repeats: int = 3) -> dict:
+    """Build a long run's log, serve it from another process, time clients attaching to it."""
+    folder = RunFolder(tmp / "20260101-000000-long-history")
+    folder.path.mkdir()
+    start = time.perf_counter()
+    n_events = write_history(folder, n_steps)
+    built = time.perf_counter() - start
+    size = folder.events.stat().st_size
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(folder.path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bench's server did not start")
+
+        async def measure():
+            out = {"attach": [], "raw": [], "readline": []}
+            for _ in range(repeats):
+                out["attach"].append(await time_attach(folder, n_events))
+                out["raw"].append(await time_raw(folder, size))
+                out["readline"].append(await time_readline(folder, n_events))
+            return out
+
+        times = asyncio.run(measure())
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    decode, loads, from_json = time_parse(folder)
+    short_size, short_parse = short_float_estimate(folder)
+    return {"steps": n_steps, "events": n_events, "mb": size / 1e6, "build_s": built, **times,
+            "decode": decode, "loads": loads, "from_json": from_json,
+            "short_size": short_size, "short_parse": short_parse}
+
+
+# -- the summary -------------------------------------------------------------------------------
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--client"]:  # hidden: one streaming client process
+        return client_main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":  # hidden: the history server process
+        return serve_main(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=200, help="digits: 20 steps per epoch")
+    parser.add_argument("--history-steps", type=int, default=1_000_000)
+    args = parser.parse_args()
+    wall = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="traintop-bench-") as tmp:
+        history = history_delivery(Path(tmp), args.history_steps)
+        runs_dir = Path(tmp) / "runs"
+        rates = attach_cost(runs_dir, args.rounds, args.epochs)
+
+    base = rates[0]
+    print(f"attach cost: headless digits run, {args.epochs} epochs x {args.epochs * 20} steps, "
+          f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs; clients stream and parse every event")
+    for n in CLIENT_COUNTS:
+        line = f"  {n} client(s)  median {statistics.median(rates[n]):6.0f} steps/s"
+        if n:
+            ratios = [r / b for r, b in zip(rates[n], base)]
+            line += (f"  ratio {statistics.median(ratios):.3f}  (min {min(ratios):.3f}, "
+                     f"max {max(ratios):.3f})  target >= 0.95: "
+                     f"{'met' if statistics.median(ratios) >= 0.95 else 'NOT MET'}")
+        print(line)
+    h = history
+    attach = statistics.median(h["attach"])
+    print(f"history delivery: {h['steps']:,} steps in {h['events']:,} events, {h['mb']:.0f} MB "
+          f"events.jsonl (built in {h['build_s']:.1f} s), served by ControlServer in another process")
+    print(f"  LiveRun attach to last event parsed  median {attach:5.2f} s  "
+          f"({', '.join(f'{x:.2f}' for x in h['attach'])})  target < 2 s: {'met' if attach < 2 else 'NOT MET'}")
+    print(f"  where it goes:  bytes only (1 MiB reads)  {statistics.median(h['raw']):5.2f} s   "
+          f"readline only  {statistics.median(h['readline']):5.2f} s")
+    print(f"                  in memory: decode {h['decode']:.2f} s  json.loads {h['loads']:.2f} s  "
+          f"Event.from_json {h['from_json']:.2f} s")
+    print(f"  floats in float32's shortest repr: {h['short_size']:.2f}x the bytes, "
+          f"{h['short_parse']:.2f}x the json.loads time (sampled on 400 steps lines)")
+    print(f"total {time.perf_counter() - wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
