@@ -14,7 +14,7 @@
    last history event; then the same bytes are timed raw, line by line, and parsed in memory
    to show where the time goes.
 
-    python bench/attach.py [--rounds 5] [--epochs 200] [--history-steps 1000000]
+    python bench/attach.py [--rounds 5] [--epochs 200] [--history-steps 1000000] [--threads N]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ from traintop.engine.client import LINE_LIMIT, LiveRun
 from traintop.engine.runstore import RunFolder, pid_alive, socket_is_live
 
 CLIENT_COUNTS = (0, 1, 4)
+RUN_LIMIT = 60  # seconds a run may train before it is stopped (steps/s still come from its log)
 LAYERS = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]  # the digits MLP's
 
 
@@ -77,29 +79,37 @@ def engine_alive(pid: int) -> bool:
         return True
 
 
-def run_with_clients(runs_dir: Path, epochs: int, n_clients: int, started: list[RunFolder]) -> float:
-    """One detached digits run with `n_clients` streaming clients; its steps/s."""
+def run_with_clients(runs_dir: Path, epochs: int, n_clients: int, threads: int | None = None) -> float:
+    """One detached digits run with `n_clients` streaming clients; its steps/s.
+
+    `threads`: OMP_NUM_THREADS for the engine; None leaves torch's default (one per core).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     clients = [subprocess.Popen([sys.executable, __file__, "--client"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(n_clients)]
     try:
         out = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--detach",
                               "--runs-dir", str(runs_dir), "--set", f"train.epochs={epochs}",
                               "--set", "early_stopping.enabled=false"],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True, env=env)
         folder = RunFolder(runs_dir / out.stdout.split()[0])
-        started.append(folder)
         for c in clients:  # the socket is live: connect now
             c.stdin.write(f"{folder.path}\n")
             c.stdin.close()
         pid = folder.read_json("meta.json")["pid"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + RUN_LIMIT
         while engine_alive(pid):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"run {folder.run_id} has not finished after 120 s")
+            if deadline and time.monotonic() > deadline:  # far slower than it should be: cut it short
+                print(f"run {folder.run_id} still training after {RUN_LIMIT} s; stopping it",
+                      file=sys.stderr)
+                subprocess.run([sys.executable, "-m", "traintop.tui", "ctl", str(folder.path), "stop"],
+                               capture_output=True, timeout=60)
+                deadline = 0
             time.sleep(0.05)
         report = folder.read_json("report.json") or {}
         for c in clients:
-            got = json.loads(c.communicate(timeout=30)[0] or "{}")
+            c.wait(timeout=30)  # its output is one short line: no pipe can fill
+            got = json.loads(c.stdout.read() or "{}")
             if got.get("status") != report.get("status") or got.get("steps") != report.get("steps"):
                 raise RuntimeError(f"a client of {folder.run_id} got {got}; the run reported "
                                    f"{report.get('steps')} steps, {report.get('status')}")
@@ -122,9 +132,9 @@ def steps_per_second(folder: RunFolder) -> float:
     return (last["step"][-1] - first["step"][-1]) / (last["t"] - first["t"])
 
 
-def stop_leftovers(started: list[RunFolder]) -> None:
-    """Stop any engine still running (an error cut a round short)."""
-    for folder in started:
+def stop_leftovers(runs_dir: Path) -> None:
+    """Stop any engine still running in `runs_dir` (an error or Ctrl-C cut a round short)."""
+    for folder in map(RunFolder, sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []):
         pid = (folder.read_json("meta.json") or {}).get("pid", -1)
         if folder.socket.exists() and socket_is_live(folder.socket):
             subprocess.run([sys.executable, "-m", "traintop.tui", "ctl", str(folder.path), "stop"],
@@ -136,19 +146,27 @@ def stop_leftovers(started: list[RunFolder]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def attach_cost(runs_dir: Path, rounds: int, epochs: int) -> dict[int, list[float]]:
+def attach_cost(runs_dir: Path, rounds: int, epochs: int, threads: int | None) -> dict[int, list[float]]:
     """Steps/s per client count, over interleaved rounds."""
     rates: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
-    started: list[RunFolder] = []
     try:
         for r in range(rounds):
             order = CLIENT_COUNTS[r % 3:] + CLIENT_COUNTS[:r % 3]
             for n in order:
-                rates[n].append(run_with_clients(runs_dir, epochs, n, started))
+                for attempt in range(3):
+                    try:
+                        rates[n].append(run_with_clients(runs_dir, epochs, n, threads))
+                        break
+                    except subprocess.CalledProcessError as e:  # killed from outside: the CPUs are shared
+                        if e.returncode >= 0 or attempt == 2:
+                            raise
+                        print(f"the engine's start was killed by signal {-e.returncode}; again",
+                              file=sys.stderr)
             print(f"round {r + 1}: " + "  ".join(f"{n} client(s) {rates[n][-1]:6.0f} steps/s"
-                                                 for n in CLIENT_COUNTS), file=sys.stderr)
+                                                 for n in CLIENT_COUNTS)
+                  + f"  (load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
     finally:
-        stop_leftovers(started)
+        stop_leftovers(runs_dir)
     return rates
 
 
@@ -278,23 +296,28 @@ async def time_readline(folder: RunFolder, n_events: int) -> float:
 
 
 def time_parse(folder: RunFolder) -> tuple[float, float, float]:
-    """Seconds to decode, json.loads and Event.from_json every line, in memory."""
+    """Seconds to decode, json.loads and Event.from_json every line in memory, each event
+    dropped once built (as a client that draws and moves on)."""
     with open(folder.events, "rb") as f:
         raw = f.read().splitlines()
-    start = time.perf_counter()
-    text = [line.decode() for line in raw]
-    decoded = time.perf_counter()
-    objs = [json.loads(line) for line in text]
-    loaded = time.perf_counter()
-    for obj in objs:
+    clock = time.perf_counter
+    decode = loads = from_json = 0.0
+    for line in raw:
+        t0 = clock()
+        text = line.decode()
+        t1 = clock()
+        obj = json.loads(text)
+        t2 = clock()
         ev.Event.from_json(obj)
-    built = time.perf_counter()
-    return decoded - start, loaded - decoded, built - loaded
+        t3 = clock()
+        decode, loads, from_json = decode + t1 - t0, loads + t2 - t1, from_json + t3 - t2
+    return decode, loads, from_json
 
 
-def short_float_estimate(folder: RunFolder, sample_lines: int = 400) -> tuple[float, float]:
-    """Size and json.loads time of steps lines with floats in float32's shortest repr, as a
-    fraction of today's: measured on the first `sample_lines` steps lines."""
+def leaner_lines(folder: RunFolder, sample_lines: int = 400) -> dict[str, tuple[float, float]]:
+    """Bytes and json.loads time of steps lines in leaner shapes, as fractions of today's:
+    floats in float32's shortest repr, no per-step layer_norms, and both. Measured on the first
+    `sample_lines` steps lines (best of 3)."""
     import numpy as np
 
     lines = []
@@ -308,13 +331,15 @@ def short_float_estimate(folder: RunFolder, sample_lines: int = 400) -> tuple[fl
     def shorten(values: list) -> list:
         return [float(s) for s in np.asarray(values, dtype=np.float32).astype(str)]
 
-    short = []
-    for line in lines:
+    def reshape(line: str, short: bool, norms: bool) -> str:
         obj = json.loads(line)
-        for key in ("loss", "grad_norm", "lr"):
-            obj[key] = shorten(obj[key])
-        obj["layer_norms"] = {k: shorten(v) for k, v in obj["layer_norms"].items()}
-        short.append(json.dumps(obj, separators=(",", ":")))
+        if short:
+            for key in ("loss", "grad_norm", "lr"):
+                obj[key] = shorten(obj[key])
+            obj["layer_norms"] = {k: shorten(v) for k, v in obj["layer_norms"].items()}
+        if not norms:
+            del obj["layer_norms"]
+        return json.dumps(obj, separators=(",", ":"))
 
     def parse_seconds(text: list[str]) -> float:
         best = float("inf")
@@ -325,14 +350,20 @@ def short_float_estimate(folder: RunFolder, sample_lines: int = 400) -> tuple[fl
             best = min(best, time.perf_counter() - start)
         return best
 
-    size = sum(map(len, short)) / sum(map(len, lines))
-    return size, parse_seconds(short) / parse_seconds(lines)
+    size, seconds = sum(map(len, lines)), parse_seconds(lines)
+    out = {}
+    for name, short, norms in [("float32 shortest repr", True, True), ("no per-step layer_norms", False, False),
+                               ("both", True, False)]:
+        lean = [reshape(line, short, norms) for line in lines]
+        out[name] = (sum(map(len, lean)) / size, parse_seconds(lean) / seconds)
+    return out
 
 
 def history_delivery(tmp: Path, n_steps: int, repeats: int = 3) -> dict:
     """Build a long run's log, serve it from another process, time clients attaching to it."""
     folder = RunFolder(tmp / "20260101-000000-long-history")
     folder.path.mkdir()
+    print(f"history: writing {n_steps:,} steps...", file=sys.stderr)
     start = time.perf_counter()
     n_events = write_history(folder, n_steps)
     built = time.perf_counter() - start
@@ -352,6 +383,8 @@ def history_delivery(tmp: Path, n_steps: int, repeats: int = 3) -> dict:
             return out
 
         times = asyncio.run(measure())
+        # ru_maxrss is KiB on Linux; the attaches are this process's biggest moment so far
+        client_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         server.stdin.close()
         try:
@@ -360,10 +393,9 @@ def history_delivery(tmp: Path, n_steps: int, repeats: int = 3) -> dict:
             server.kill()
             server.wait()
     decode, loads, from_json = time_parse(folder)
-    short_size, short_parse = short_float_estimate(folder)
     return {"steps": n_steps, "events": n_events, "mb": size / 1e6, "build_s": built, **times,
-            "decode": decode, "loads": loads, "from_json": from_json,
-            "short_size": short_size, "short_parse": short_parse}
+            "client_peak_mb": client_peak_mb, "decode": decode, "loads": loads, "from_json": from_json,
+            "leaner": leaner_lines(folder)}
 
 
 # -- the summary -------------------------------------------------------------------------------
@@ -378,16 +410,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=200, help="digits: 20 steps per epoch")
     parser.add_argument("--history-steps", type=int, default=1_000_000)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the engine (default: torch's)")
     args = parser.parse_args()
     wall = time.perf_counter()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="traintop-bench-") as tmp:
         history = history_delivery(Path(tmp), args.history_steps)
         runs_dir = Path(tmp) / "runs"
-        rates = attach_cost(runs_dir, args.rounds, args.epochs)
+        rates = attach_cost(runs_dir, args.rounds, args.epochs, args.threads)
 
     base = rates[0]
     print(f"attach cost: headless digits run, {args.epochs} epochs x {args.epochs * 20} steps, "
-          f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs; clients stream and parse every event")
+          f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs, engine threads "
+          f"{args.threads or 'default'}; clients stream and parse every event")
     for n in CLIENT_COUNTS:
         line = f"  {n} client(s)  median {statistics.median(rates[n]):6.0f} steps/s"
         if n:
@@ -406,9 +441,12 @@ def main() -> None:
           f"readline only  {statistics.median(h['readline']):5.2f} s")
     print(f"                  in memory: decode {h['decode']:.2f} s  json.loads {h['loads']:.2f} s  "
           f"Event.from_json {h['from_json']:.2f} s")
-    print(f"  floats in float32's shortest repr: {h['short_size']:.2f}x the bytes, "
-          f"{h['short_parse']:.2f}x the json.loads time (sampled on 400 steps lines)")
-    print(f"total {time.perf_counter() - wall:.0f} s")
+    print(f"  bench process peak RSS after the attaches: {h['client_peak_mb']:.0f} MB")
+    for name, (size, parse) in h["leaner"].items():
+        print(f"  steps lines with {name + ':':25s} {size:.2f}x the bytes, {parse:.2f}x the json.loads time "
+              f"(est. attach {attach * (1 - h['loads'] / attach * (1 - parse)):.1f} s)")
+    print(f"total {time.perf_counter() - wall:.0f} s; 1-min load average {load_before:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end (other processes share these CPUs)")
 
 
 if __name__ == "__main__":

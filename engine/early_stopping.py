@@ -27,13 +27,12 @@ class EarlyStopping:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def update(self, value: float, epoch: int, step: int, counts: bool = True) -> bool:
-        """Record a validation; True when it is the new best. `counts=False` never adds to patience."""
+    def update(self, value: float, epoch: int, step: int) -> bool:
+        """Record a validation; True when it is the new best."""
         if self.improves(value):
             self.best, self.best_epoch, self.best_step, self.since_best = value, epoch, step, 0
             return True
-        if counts:
-            self.since_best += 1
+        self.since_best += 1
         return False
 
     @property

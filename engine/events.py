@@ -95,7 +95,8 @@ class Steps(Event):
     grad_norm: list = field(default_factory=list)
     lr: list = field(default_factory=list)
     samples_per_s: float = 0.0
-    layer_norms: dict = field(default_factory=dict)  # parameter name -> one norm per step
+    layer_norms: dict = field(default_factory=dict)  # parameter name -> norms at layer_steps
+    layer_steps: list = field(default_factory=list)  # the steps layer_norms were taken at
 
 
 @dataclass(frozen=True)

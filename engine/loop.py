@@ -80,6 +80,7 @@ class Trainer:
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.optimizer = build_optimizer(cfg, self.params)
+        self.no_grad = torch.zeros((), device=device)
 
         self.x = {s: torch.as_tensor(a, device=device) for s, a in data.x.items()}
         self.y = {s: torch.as_tensor(a, device=device) for s, a in data.y.items()}
@@ -136,8 +137,9 @@ class Trainer:
         n = len(batch["step"])
         elapsed = now - self.flush_started
         self.flush_started = now
-        self.epoch_loss_sum += sum(batch["loss"])
-        self.epoch_loss_n += n
+        finite = [x for x in batch["loss"] if math.isfinite(x)]
+        self.epoch_loss_sum += sum(finite)
+        self.epoch_loss_n += len(finite)
         self.emit(ev.Steps, epoch=[self.epoch + 1] * n,
                   samples_per_s=round(n * self.batch_size / elapsed, 1) if elapsed > 0 else 0.0, **batch)
         if self.cfg.train.on_nan == "stop":
@@ -190,10 +192,11 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             lr = self.lr.at(self.step)
-            row = self.recorder.record(loss, self.grads(), lr)
+            grads = self.grads()
+            row = self.recorder.record(loss, grads, lr)
             if clip:
                 total = torch.linalg.vector_norm(row[1:])
-                torch._foreach_mul_(self.grads(), (clip / (total + 1e-6)).clamp(max=1.0))
+                torch._foreach_mul_(grads, (clip / (total + 1e-6)).clamp(max=1.0))
             # update
             if lr != self.optimizer_lr:
                 self.set_optimizer_lr(lr)
@@ -207,6 +210,8 @@ class Trainer:
                 self.flush_and_deliver()
             if val_every and self.step % val_every == 0:
                 self.validate()
+                if self.stop_request is not None:  # early stopping: not one step more
+                    return
         self.end_epoch(time.perf_counter() - started)
 
     def flush_and_deliver(self) -> None:
@@ -216,7 +221,8 @@ class Trainer:
         self.next_flush = time.perf_counter() + FLUSH_SECONDS
 
     def grads(self) -> list[torch.Tensor]:
-        return [p.grad if p.grad is not None else torch.zeros((), device=self.device) for p in self.params]
+        """Each parameter's gradient; a parameter the loss did not reach counts as zero."""
+        return [p.grad if p.grad is not None else self.no_grad for p in self.params]
 
     def set_optimizer_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -249,7 +255,9 @@ class Trainer:
         monitor = self.early.monitor
         value = val_loss if monitor == "val_loss" else metrics[monitor[4:]]
         epoch = self.epoch if self.batch == 0 else self.epoch + 1
-        best = self.early.update(value, epoch, self.step, counts=source == "schedule")
+        # A validation the user asks for is a report: early stopping and best weights follow
+        # the schedule's validations only, so pressing `v` never changes what training does.
+        best = source == "schedule" and self.early.update(value, epoch, self.step)
         self.emit(ev.Validation, step=self.step, epoch=epoch, val_loss=val_loss, metrics=metrics,
                   best=best, since_best=self.early.since_best, source=source)
         if best:
@@ -298,6 +306,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
+            "best_model": self.best_state if self.best_state is not None else {},
             "events_offset": self.log_offset(),
         }
 
@@ -310,6 +319,7 @@ class Trainer:
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self.epoch_loss_sum, self.epoch_loss_n, self.last_train_loss = state["epoch_loss"]
         self.history = [tuple(h) for h in state["history"]]
+        self.best_state = state.get("best_model") or None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -361,8 +371,12 @@ class Trainer:
         """Apply waiting commands; while paused, keep serving them until resumed or stopped."""
         while True:
             for command, future in self.inbox.take():
-                reply = self.apply(command)
-                self.flush_and_deliver()  # the command's events before its reply
+                try:
+                    reply = self.apply(command)
+                    self.flush_and_deliver()  # the command's events before its reply
+                except BaseException as e:  # e.g. NonFiniteLoss from the flush: the run ends,
+                    future.set_result(cmd.Reply(False, f"the run is failing: {e}"))  # but we answer
+                    raise
                 future.set_result(reply)
             if not self.paused or self.stop_request is not None:
                 break
@@ -375,6 +389,10 @@ class Trainer:
             return self._apply(c)
         except UserError as e:
             return cmd.Reply(False, str(e))
+        except (ValueError, TypeError, OverflowError, KeyError) as e:
+            if isinstance(c, cmd.Predict):  # forward-only: a bad input cannot hurt training
+                return cmd.Reply(False, f"could not predict on these inputs: {type(e).__name__}: {e}")
+            raise
 
     def _apply(self, c: cmd.Command) -> cmd.Reply:
         if isinstance(c, cmd.Pause):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 
+LAYER_SAMPLES = 8  # steps per batch whose per-layer norms are sent
+
+
 class StepRecorder:
     """Buffers each step's loss and per-parameter gradient norms on the device.
 
@@ -40,14 +43,21 @@ class StepRecorder:
             return None
         rows = self.rows[:n]
         total = torch.linalg.vector_norm(rows[:, 1:], dim=1)
-        # One transfer for everything: loss, total norm, per-parameter norms.
-        table = torch.cat([rows[:, :1], total[:, None], rows[:, 1:]], dim=1).T.tolist()
+        # Per-layer norms for a few evenly spaced steps of the batch, always its last: enough for
+        # their curves, and the log stays small however many layers the model has.
+        picked = sorted({round(i * (n - 1) / (LAYER_SAMPLES - 1)) for i in range(LAYER_SAMPLES)}) \
+            if n > LAYER_SAMPLES else list(range(n))
+        layers = rows[picked, 1:] if len(picked) < n else rows[:, 1:]
+        # One transfer for everything.
+        flat = torch.cat([rows[:, 0], total, layers.T.reshape(-1)]).tolist()
+        k = len(picked)
         out = {
             "step": list(range(self.first_step, self.first_step + n)),
-            "loss": table[0],
-            "grad_norm": table[1],
+            "loss": flat[:n],
+            "grad_norm": flat[n:2 * n],
             "lr": self.lr,
-            "layer_norms": dict(zip(self.names, table[2:])),
+            "layer_norms": {name: flat[2 * n + i * k: 2 * n + (i + 1) * k] for i, name in enumerate(self.names)},
+            "layer_steps": [self.first_step + i for i in picked],
         }
         self.first_step += n
         self.n = 0

@@ -32,7 +32,7 @@ from .data import load_data
 from .errors import UserError
 from .inbox import CommandInbox
 from .loop import NonFiniteLoss, Trainer
-from .runstore import RunFolder, default_runs_dir, pid_alive, read_events, report_from_events, write_json
+from .runstore import RunFolder, default_runs_dir, is_live, read_events, report_from_events, write_json
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +107,7 @@ class Run:
         """A stopped or killed run, ready to continue from checkpoints/last.pt."""
         meta = folder.read_json("meta.json") or {}
         report = folder.read_json("report.json")
-        if report is None and pid_alive(meta.get("pid", -1)) and meta.get("pid") != os.getpid():
+        if report is None and is_live(folder) and meta.get("pid") != os.getpid():
             raise UserError(f"run {folder.run_id} is still running (pid {meta['pid']}); attach to it instead")
         if report is not None and report.get("status") not in ("stopped", None):
             raise UserError(f"run {folder.run_id} has {report['status'].replace('_', ' ')}; "
@@ -123,8 +123,6 @@ class Run:
         trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
         trainer.folder = folder
         trainer.load_state_dict(state, map_location=device)
-        if folder.best.is_file():
-            trainer.best_state = load_checkpoint(folder.best, map_location=device)["model"]
         # Events logged after the checkpoint describe training that is now done again.
         last_t = _truncate_log(folder.events, state.get("events_offset"))
         folder.report.unlink(missing_ok=True)

@@ -84,6 +84,8 @@ def read_events(path: Path) -> tuple[list[Event], bool]:
     """All events of a run; a torn last line (a killed writer) is skipped and reported as True."""
     events: list[Event] = []
     torn = False
+    if not path.exists():  # a run still loading its data has written nothing yet
+        return events, torn
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     for i, line in enumerate(lines):

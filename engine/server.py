@@ -23,6 +23,7 @@ from .runstore import socket_is_live
 
 CHUNK = 1 << 20
 MAX_BACKLOG = 64 << 20  # bytes queued for one client before it is dropped
+LINE_LIMIT = 64 << 20  # the longest command line (a predict with many records) we accept
 
 
 def bind_private(path: Path) -> socket.socket:
@@ -65,8 +66,17 @@ class Client:
         self.backlog.append(data)
         self.backlog_bytes += len(data)
         if self.backlog_bytes > MAX_BACKLOG:
-            self.dropped = True
+            self.drop()
         self.wake.set()
+
+    def drop(self) -> None:
+        """Cut off a client that cannot keep up: say why, then close without waiting for it."""
+        self.dropped = True
+        self.backlog.clear()
+        transport = self.writer.transport
+        transport.write(b'{"error":"dropped: this client read too slowly to keep up with the run"}\n')
+        transport.abort()  # a client that does not read would hold a normal close forever
+        print("traintop: dropped a client that read too slowly", file=sys.stderr, flush=True)
 
     def send_line(self, obj: dict) -> None:
         self.writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
@@ -87,7 +97,8 @@ class ControlServer:
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self.server = await asyncio.start_unix_server(self._serve, sock=bind_private(self.path))
+        self.server = await asyncio.start_unix_server(self._serve, sock=bind_private(self.path),
+                                                      limit=LINE_LIMIT)
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop accepting, let clients receive what is queued (up to `grace` s), remove the socket."""
@@ -142,15 +153,9 @@ class ControlServer:
         return last.startswith(b'{"event":"run_finished"')
 
     async def _send_live(self, client: Client) -> None:
-        while True:
+        while not client.dropped:
             await client.wake.wait()
             client.wake.clear()
-            if client.dropped:
-                client.send_line({"error": "dropped: this client read too slowly to keep up with the run"})
-                print(f"traintop: dropped a client of {self.path.parent.name} that read too slowly",
-                      file=sys.stderr, flush=True)
-                await client.writer.drain()
-                return
             while client.backlog:
                 data = client.backlog.popleft()
                 client.backlog_bytes -= len(data)
@@ -160,14 +165,17 @@ class ControlServer:
                 return
 
     async def _read_commands(self, reader: asyncio.StreamReader, client: Client) -> None:
-        while line := await reader.readline():
+        while True:
             request_id = None
             try:
+                line = await reader.readline()
+                if not line:
+                    return
                 obj = json.loads(line)
                 request_id = obj.get("id") if isinstance(obj, dict) else None
                 command = cmd.Command.from_json(obj)
-            except (ValueError, UserError) as e:  # bad JSON, or a bad command
-                message = str(e) if isinstance(e, UserError) else f"not a JSON object: {e}"
+            except (ValueError, UserError) as e:  # too long, bad JSON, or a bad command
+                message = str(e) if isinstance(e, UserError) else f"not a JSON command line: {e}"
                 await client.history_sent.wait()
                 client.send_line({"reply": request_id, "ok": False, "message": message})
                 continue

@@ -97,3 +97,13 @@ def test_ls_on_an_empty_runs_dir_says_no_runs(tmp_path):
     result = traintop("ls", "--runs-dir", str(tmp_path / "empty"))
     assert result.returncode == 0, result.stderr
     assert "no runs" in result.stdout
+
+
+def test_a_bad_run_name_on_the_command_line_is_refused_like_one_in_the_config(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--headless", "--name", "a/b",
+                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "run.name" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())

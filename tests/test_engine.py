@@ -74,10 +74,13 @@ async def test_digits_run_logs_every_step_once_and_tests_once(tmp_path):
         n = len(e.step)
         assert len(e.loss) == len(e.grad_norm) == len(e.lr) == len(e.epoch) == n
         assert set(e.layer_norms) == set(run.trainer.param_names)
+        assert e.layer_steps[-1] == e.step[-1] and set(e.layer_steps) <= set(e.step)
+        assert all(len(norms) == len(e.layer_steps) for norms in e.layer_norms.values())
         # the total norm is the norm of the per-layer norms
-        for i in range(n):
-            layers = [norms[i] for norms in e.layer_norms.values()]
-            assert e.grad_norm[i] == pytest.approx(math.sqrt(sum(v * v for v in layers)), rel=1e-4)
+        for j, step in enumerate(e.layer_steps):
+            layers = [norms[j] for norms in e.layer_norms.values()]
+            total = e.grad_norm[e.step.index(step)]
+            assert total == pytest.approx(math.sqrt(sum(v * v for v in layers)), rel=1e-4)
     assert run.folder.best.exists() and run.folder.last.exists() and run.folder.report.exists()
 
 
@@ -309,3 +312,44 @@ async def test_regression_reports_mae_rmse_r2_in_target_units(tmp_path):
     test = next(e for e in events if isinstance(e, ev.TestResult))
     assert set(test.metrics) == {"mae", "rmse", "r2", "loss"}
     assert test.metrics["r2"] > 0.25 and 20 < test.metrics["mae"] < 80  # diabetes targets are 25..346
+
+
+async def test_early_stopping_between_epochs_stops_at_that_step(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [1.0, 2.0, 2.0, 2.0])
+    run = prepare(tmp_path, "train.epochs=5", "train.val_every_steps=5", "early_stopping.patience=2")
+    run.start()
+    events = await collect(run)
+    stopped = next(e for e in events if isinstance(e, ev.EarlyStopped))
+    assert stopped.step == 15 and run.trainer.step == 15  # not one step more
+    assert steps_of(events)[-1] == 15
+
+
+async def test_a_predict_input_that_breaks_preprocessing_is_refused_and_training_goes_on(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "steps")
+    record = {f"pixel_{r}_{c}": 0 for r in range(8) for c in range(8)}
+    record["pixel_0_0"] = 10 ** 400  # too large for a float
+    reply = await asyncio.wait_for(run.send(cmd.Predict(request_id="x", inputs=[record])), 30)
+    assert not reply.ok and "predict" in reply.message
+    before = run.trainer.step
+    await next_event(stream, "steps", where=lambda e: e.step[0] > before)  # still training
+    await run.send(cmd.Stop())
+    assert await run.wait() == "stopped"
+
+
+async def test_a_requested_validation_never_changes_early_stopping(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "validation")
+    await run.send(cmd.Pause())
+    await next_event(stream, "paused")
+    state = dict(run.trainer.early.state_dict())
+    await run.send(cmd.Validate())
+    requested = await next_event(stream, "validation")
+    assert requested.source == "user" and not requested.best
+    assert run.trainer.early.state_dict() == state
+    await run.send(cmd.Stop())
+    await run.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
     runs_dir(attach)
 
+    show = sub.add_parser("show", help="the dashboard on finished (or live) runs")
+    show.add_argument("runs", nargs="+", metavar="RUN", help="run id, unique prefix, name, folder or `latest`")
+    runs_dir(show)
+
     ctl = sub.add_parser("ctl", help="steer a live run from a script or another shell")
     ctl.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     ctl.add_argument("action", choices=CTL_ACTIONS, help="what to do")
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
-                "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export}
+                "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show}
     try:
         code = commands[args.command](args)
     except UserError as e:
@@ -102,10 +107,10 @@ def main(argv: list[str] | None = None) -> None:
 def _load(args):
     from traintop.engine.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    if getattr(args, "name", None):
-        cfg.run.name = args.name
-    return cfg
+    overrides = list(args.overrides)
+    if getattr(args, "name", None):  # validated like run.name in a config
+        overrides.append("run.name=" + json.dumps(args.name))
+    return load_config(args.config, overrides)
 
 
 def _runs_dir(args) -> Path:
@@ -120,11 +125,19 @@ def _folder(args):
     return resolve_run(args.run, _runs_dir(args))
 
 
+def wants_dashboard(args) -> bool:
+    """The dashboard in a terminal; log lines when asked, or when stdout is not a terminal."""
+    return not getattr(args, "headless", False) and not getattr(args, "into", None) and sys.stdout.isatty()
+
+
 def cmd_run(args) -> int:
     cfg = _load(args)
+    child_args = ["run", str(Path(args.config).resolve()) if args.config else None,
+                  *[x for o in args.overrides for x in ("--set", o)]]
     if args.detach:
-        return detach(cfg, args, ["run", str(Path(args.config).resolve()) if args.config else None,
-                                  *[x for o in args.overrides for x in ("--set", o)]])
+        return detach(cfg, args, child_args)
+    if wants_dashboard(args):
+        return watch_new_run(cfg, args, child_args)
     from traintop.engine.run import Run
     from traintop.engine.runstore import RunFolder
 
@@ -138,19 +151,18 @@ def cmd_resume(args) -> int:
     folder = RunFolder(args.into) if args.into else _folder(args)
     if args.detach:
         return detach(None, args, ["resume", str(folder.path)], folder=folder)
+    if wants_dashboard(args):
+        return watch_new_run(None, args, ["resume", str(folder.path)], folder=folder)
     from traintop.engine.run import Run
 
     return run_engine(Run.resume(folder))
 
 
-def detach(cfg, args, child_args: list, folder=None) -> int:
-    """Start the engine as a background process in its own session, logging to engine.log;
-    return once it serves its control socket (or has failed, showing why)."""
+def spawn_engine(cfg, args, child_args: list, folder=None):
+    """Start the engine as a background process in its own session, logging to engine.log."""
     import subprocess
-    import time
 
     from traintop.engine.runstore import RunFolder
-    from traintop.engine.server import socket_is_live
 
     if folder is None:
         folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
@@ -161,6 +173,50 @@ def detach(cfg, args, child_args: list, folder=None) -> int:
     with open(folder.log, "ab") as log:
         proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=Path.cwd())
+    return folder, proc
+
+
+def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
+    """`traintop run` in a terminal: the engine in its own process, the dashboard attached to it."""
+    from traintop.engine.client import LiveRun
+    from traintop.engine.runstore import socket_is_live
+
+    from .app import TrainTop
+
+    folder, proc = spawn_engine(cfg, args, child_args, folder)
+
+    async def opener():
+        if not (folder.socket.exists() and socket_is_live(folder.socket)):
+            raise UserError("waiting for the engine")
+        return await LiveRun.connect(folder)
+
+    app = TrainTop(opener, title=folder.run_id, engine_pid=proc.pid, log_path=str(folder.log))
+    outcome = app.run()
+    if outcome == "detached":
+        print(f"{folder.run_id} goes on training in the background (pid {proc.pid}).")
+        print(f"  attach again:  traintop attach {folder.run_id}")
+        return 0
+    code = proc.wait()
+    if code == 2 and not folder.meta.exists():
+        print(folder.log.read_text(errors="replace").strip().splitlines()[-1], file=sys.stderr)
+        import shutil
+
+        shutil.rmtree(folder.path, ignore_errors=True)
+    report = folder.read_json("report.json") or {}
+    if report:
+        print(f"{folder.run_id}: {report.get('status', '?').replace('_', ' ')}"
+              + (f", test {report['test']}" if report.get("test") else ""))
+    return code
+
+
+def detach(cfg, args, child_args: list, folder=None) -> int:
+    """Start the engine in the background; return once it serves its control socket (or has
+    failed, showing why)."""
+    import time
+
+    from traintop.engine.server import socket_is_live
+
+    folder, proc = spawn_engine(cfg, args, child_args, folder)
     deadline = time.monotonic() + 120
     while not (folder.socket.exists() and socket_is_live(folder.socket)):
         code = proc.poll()
@@ -203,10 +259,13 @@ def run_engine(run) -> int:
         received.append(sig)
         print(f"\n{signal.Signals(sig).name}: stopping after this step and saving last.pt "
               "(again to quit at once)", file=sys.stderr, flush=True)
-        run.send_nowait(Stop(save=True))
+        # The handler runs on the training thread, which may hold the inbox lock right now.
+        threading.Thread(target=run.send_nowait, args=(Stop(save=True),), daemon=True).start()
 
     for sig in SIGNAL_EXIT:
         signal.signal(sig, on_signal)
+    # A closed terminal must not end the training: log lines stop, the run goes on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     ready = threading.Event()
     failure: list[BaseException] = []
@@ -220,10 +279,17 @@ def run_engine(run) -> int:
             return
         finally:
             ready.set()
-        async for event in run.events():
-            printer.show(event)
-        await run.wait()
-        await server.close()
+        try:
+            printing = True
+            async for event in run.events():
+                if printing:
+                    try:
+                        printer.show(event)
+                    except (OSError, ValueError):  # the terminal went away: keep training
+                        printing = False
+            await run.wait()
+        finally:
+            await server.close()
 
     beside = threading.Thread(target=asyncio.run, args=(side(),), name="traintop-control", daemon=True)
     beside.start()
@@ -237,6 +303,31 @@ def run_engine(run) -> int:
     return EXIT_CODES.get(status, 1)
 
 
+def dashboard(folder) -> int:
+    """The dashboard on an existing run, live or finished."""
+    from traintop.engine.client import open_run
+
+    from .app import TrainTop
+
+    async def opener():
+        return await open_run(folder)
+
+    outcome = TrainTop(opener, title=folder.run_id).run()
+    if outcome == "detached":
+        print(f"detached; {folder.run_id} goes on training (traintop attach {folder.run_id})")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from traintop.engine.runstore import resolve_run
+
+    folders = [resolve_run(spec, _runs_dir(args)) for spec in args.runs]
+    if len(folders) > 1:
+        print("traintop: showing several runs overlaid is not available yet; showing the first",
+              file=sys.stderr)
+    return dashboard(folders[0])
+
+
 def cmd_attach(args) -> int:
     """History, then live events, as log lines; Ctrl-C leaves the run training."""
     from traintop.engine.client import open_run
@@ -244,6 +335,8 @@ def cmd_attach(args) -> int:
     from .headless import HeadlessPrinter
 
     folder = _folder(args)
+    if wants_dashboard(args):
+        return dashboard(folder)
     printer = HeadlessPrinter()
     printer.folder = str(folder.path)
 
@@ -261,8 +354,9 @@ def cmd_attach(args) -> int:
             print(f"traintop: {source.closed_reason}", file=sys.stderr)
             return 1
         if not source.live and not printer.status:
-            print(f"run {folder.run_id} has no run_finished event: it was killed "
-                  f"(`traintop resume {folder.run_id}` continues it)")
+            how = (f"`traintop resume {folder.run_id}` continues it from checkpoints/last.pt"
+                   if folder.last.exists() else "it saved no last.pt to resume from")
+            print(f"run {folder.run_id} has no run_finished event: it was killed ({how})")
         return 0
 
     try:
@@ -304,7 +398,11 @@ def cmd_ctl(args) -> int:
         finally:
             await source.close()
 
-    reply = asyncio.run(send())
+    try:
+        reply = asyncio.run(send())
+    except asyncio.TimeoutError:
+        print(f"traintop: no reply from the engine of {folder.run_id} within 60 s", file=sys.stderr)
+        return 1
     print(reply.message, file=sys.stdout if reply.ok else sys.stderr)
     return 0 if reply.ok else 1
 

@@ -1,0 +1,417 @@
+"""The dashboard: watch and steer a run in a terminal.
+
+It only ever talks to a run through the client library (a live socket or a finished log), so it
+never imports torch and starts in a fraction of a second. Events append to numpy arrays; the
+screen redraws at most ten times a second, and only when something changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import (Button, DataTable, Footer, Input, Label, RichLog, Static, TabbedContent,
+                             TabPane)
+
+from traintop.engine import commands as cmd
+from traintop.engine import events as ev
+
+from .plot import Figure, Line, PlotWidget
+from .state import SMOOTHING, RunState, fmt
+
+REDRAW_SECONDS = 0.1
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+class QuitScreen(ModalScreen[str]):
+    """Asked when quitting a live run: stop it, or leave it training."""
+
+    BINDINGS = [Binding("escape", "dismiss('cancel')", "cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("The run is still training. Stop it (saving last.pt), or detach and leave it running?")
+            with Horizontal():
+                yield Button("Detach", id="detach", variant="primary")
+                yield Button("Stop the run", id="stop", variant="error")
+                yield Button("Cancel", id="cancel")
+
+    @on(Button.Pressed)
+    def chosen(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id)
+
+
+class LrScreen(ModalScreen[float | None]):
+    """Type a learning rate; anything but a positive number is refused inline."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "cancel")]
+
+    def __init__(self, current: float):
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"Learning rate (now {self.current:.3g}):")
+            yield Input(placeholder="e.g. 0.0005", id="lr-input")
+            yield Label("", id="lr-error")
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        try:
+            value = float(event.value)
+        except ValueError:
+            value = float("nan")
+        if not (value > 0 and value < float("inf")):
+            self.query_one("#lr-error", Label).update(f"{event.value!r} is not a positive number")
+            return
+        self.dismiss(value)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "close")]
+
+    def compose(self) -> ComposeResult:
+        rows = [f"{b.key_display or b.key:>7}  {b.description}" for b in TrainTop.BINDINGS if b.description]
+        with Vertical(id="dialog"):
+            yield Static("traintop keys\n\n" + "\n".join(rows) + "\n\nEsc closes this help.")
+
+
+class TrainTop(App):
+    """The run screen: header, curves, side panel, and views for layers, config and events."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "traintop"
+    BINDINGS = [
+        Binding("space", "pause", "pause/resume", key_display="space"),
+        Binding("plus,equals_sign", "lr_factor(2.0)", "lr ×2", key_display="+"),
+        Binding("minus", "lr_factor(0.5)", "lr ÷2", key_display="-"),
+        Binding("l", "type_lr", "set lr"),
+        Binding("v", "validate", "validate"),
+        Binding("c", "checkpoint", "checkpoint"),
+        Binding("e", "early_stopping", "early stop on/off"),
+        Binding("y", "log_scale", "log y"),
+        Binding("s", "smoothing", "smoothing"),
+        Binding("question_mark", "help", "help", key_display="?"),
+        Binding("q", "quit_run", "quit"),
+    ]
+
+    def __init__(self, opener, title: str = "", engine_pid: int | None = None, log_path=None):
+        """`opener`: an async callable returning a run source (LiveRun or FinishedRun)."""
+        super().__init__()
+        self.opener = opener
+        self.source = None
+        self.state = RunState()
+        self.state_title = title
+        self.engine_pid = engine_pid
+        self.log_path = log_path
+        self.log_y = False
+        self.smoothing = 1  # index into SMOOTHING: 0.6
+        self.drawn_version = -1
+        self.outcome = ""  # "detached" or "stopped" once the user has quit a live run
+        self.started = time.monotonic()
+        self.no_color = "NO_COLOR" in os.environ
+        self.config_shown = False
+
+    # -- layout ----------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(f"traintop · {self.state_title}  starting: loading PyTorch and the data…"), id="header")
+        with TabbedContent(id="views"):
+            with TabPane("Curves", id="curves"):
+                with Horizontal(id="body"):
+                    with Container(id="plots"):
+                        yield PlotWidget(id="loss-plot")
+                        yield PlotWidget(id="grad-plot")
+                        yield PlotWidget(id="lr-plot")
+                        yield PlotWidget(id="metric-plot")
+                    yield Static(id="side")
+            with TabPane("Layers", id="layers"):
+                yield DataTable(id="layers-table", cursor_type="row")
+            with TabPane("Inference", id="inference"):
+                yield Static("Trying the model on inputs comes in a later version.", id="inference-view")
+            with TabPane("Config", id="config"):
+                yield Static(id="config-view")
+            with TabPane("Events", id="events"):
+                yield Input(placeholder="filter events (e.g. warning, lr_changed)", id="events-filter")
+                yield RichLog(id="events-log", max_lines=5000)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#layers-table", DataTable).add_columns("layer", "grad norm", "trend", "")
+        self.set_interval(REDRAW_SECONDS, self.redraw)
+        self.on_resize()
+        self.follow()
+
+    def on_resize(self, event=None) -> None:
+        narrow = self.size.width < 110 or self.size.height < 30
+        self.query_one("#plots").set_class(narrow, "narrow")
+        self.query_one("#side").set_class(self.size.width < 70, "hidden")
+
+    # -- the event stream ------------------------------------------------------------------------
+
+    @work(exclusive=True, group="follow")
+    async def follow(self) -> None:
+        """Connect (waiting while the engine starts), then fold every event into the state."""
+        while self.source is None:
+            try:
+                self.source = await self.opener()
+            except Exception as e:  # noqa: BLE001 - shown on screen, retried while the engine starts
+                if self.engine_died():
+                    return
+                self.state.error = str(e)
+                await asyncio.sleep(0.2)
+        async for event in self.source.events():
+            self.state.apply(event)
+        if self.source.live and self.state.status not in ("finished", "failed"):
+            self.state.status = "failed"
+            self.state.error = self.source.closed_reason or "the engine went away"
+            self.engine_died()
+        self.state.version += 1
+
+    def engine_died(self) -> bool:
+        """True (and the log's tail shown) when the engine process we started has exited."""
+        if self.engine_pid is None:
+            return False
+        try:
+            os.kill(self.engine_pid, 0)
+            waited = os.waitpid(self.engine_pid, os.WNOHANG)
+            if waited == (0, 0):
+                return False
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        tail = ""
+        if self.log_path and os.path.exists(self.log_path):
+            tail = "\n".join(open(self.log_path, errors="replace").read().strip().splitlines()[-8:])
+        self.state.status = "failed"
+        self.state.error = f"the engine exited.\n{tail}"
+        self.state.version += 1
+        return True
+
+    # -- drawing ---------------------------------------------------------------------------------
+
+    def redraw(self) -> None:
+        """At most ten times a second, and only when the state changed."""
+        s = self.state
+        if s.version == self.drawn_version:
+            self.query_one("#header", Static).update(self.header_text())  # elapsed keeps ticking
+            return
+        self.drawn_version = s.version
+        self.query_one("#header", Static).update(self.header_text())
+        width = max(20, self.query_one("#loss-plot").size.width)
+        buckets = max(10, width)
+        self.query_one("#loss-plot", PlotWidget).show(self.loss_figure(buckets))
+        gx, gy = s.grad_norm.view(buckets)
+        self.query_one("#grad-plot", PlotWidget).show(Figure("gradient norm (log)", [Line(gx, gy, "grad", "green")],
+                                                             self.vlines(), log_y=True))
+        lx, ly = s.lr_series.view(buckets)
+        self.query_one("#lr-plot", PlotWidget).show(Figure("learning rate", [Line(lx, ly, "lr", "yellow")], self.vlines()))
+        mx, my = s.val_metric.view(buckets)
+        self.query_one("#metric-plot", PlotWidget).show(
+            Figure(f"val {s.metric_name}", [Line(mx, my, s.metric_name, "magenta")], self.vlines(),
+                   empty_text="after the first validation"))
+        self.query_one("#side", Static).update(self.side_text())
+        if self.query_one("#views", TabbedContent).active == "layers":
+            self.update_layers()
+        self.update_events()
+        if s.config and not self.config_shown:
+            from traintop.engine.config import dumps_toml
+
+            self.query_one("#config-view", Static).update(dumps_toml(s.config))
+            self.config_shown = True
+
+    def vlines(self) -> list[tuple[float, str]]:
+        return [(m.step, m.label) for m in self.state.markers]
+
+    def loss_figure(self, buckets: int) -> Figure:
+        s = self.state
+        x, y = s.loss.view(buckets)
+        alpha = SMOOTHING[self.smoothing]
+        lines = [Line(x, y, "train", "blue" if alpha else "cyan")]
+        if alpha:
+            sx, sy = s.smoothed(alpha).view(buckets)
+            lines.append(Line(sx, sy, f"ema {alpha}", "cyan"))
+        vx, vy = s.val_loss.view(buckets)
+        lines.append(Line(vx, vy, "val", "magenta", joined=False))
+        smooth = f", ema {alpha}" if alpha else ""
+        return Figure(f"loss (train{smooth}; • val){' log' if self.log_y else ''}", lines, self.vlines(),
+                      log_y=self.log_y)
+
+    def header_text(self) -> Text:
+        s = self.state
+        elapsed = s.t
+        status = {"starting": "starting: loading PyTorch and the data…"}.get(s.status, s.status)
+        style = {"running": "bold green", "paused": "bold yellow", "failed": "bold red",
+                 "finished": "bold cyan"}.get(s.status, "bold")
+        if s.status == "finished" and s.final_status:
+            status = s.final_status.replace("_", " ")
+        t = Text()
+        t.append(f"{s.name or self.state_title}", style="bold")
+        t.append(f"  {s.device}  " if s.device else "  ")
+        t.append(status, style=style)
+        if s.total_steps:
+            done = min(1.0, s.step / s.total_steps)
+            bar = "█" * int(done * 20) + "░" * (20 - int(done * 20))
+            t.append(f"\nepoch {s.epoch}/{s.epochs}  step {s.step}/{s.total_steps} {bar} "
+                     f"elapsed {elapsed:5.0f}s  ")
+            eta = s.eta
+            t.append(f"ETA {eta:4.0f}s  " if eta is not None else "")
+            t.append(f"{s.samples_per_s:,.0f} samples/s  lr {fmt(s.lr, 3)}")
+        elif s.error:
+            t.append(f"\n{s.error.splitlines()[0]}", style="red")
+        return t
+
+    def side_text(self) -> Text:
+        s = self.state
+        t = Text()
+        t.append("best\n", style="bold")
+        best = s.best_value()
+        if best is not None:
+            t.append(f" {s.monitor} {fmt(best)}\n epoch {s.best.epoch}, step {s.best.step}\n")
+        else:
+            t.append(" -\n")
+        t.append("early stopping\n", style="bold")
+        if s.early_enabled:
+            t.append(f" on, patience left {max(0, s.patience - s.since_best)}/{s.patience}\n")
+        else:
+            t.append(" off\n")
+        t.append("test\n", style="bold")
+        if s.test:
+            t.append("".join(f" {k} {fmt(v)}\n" for k, v in s.test.items()))
+        else:
+            t.append(" after training\n", style="dim")
+        if s.warnings:
+            t.append(f"warnings ({len(s.warnings)})\n", style="bold red")
+            for w in s.warnings[-3:]:
+                text = w.message if len(w.message) <= 90 else w.message[:87] + "…"
+                t.append(f" step {w.step} [{w.kind_}] {text}\n", style="yellow")
+        if s.status == "failed" and s.error:
+            t.append("error\n", style="bold red")
+            t.append(f" {s.error}\n", style="red")
+        return t
+
+    def update_layers(self) -> None:
+        table = self.query_one("#layers-table", DataTable)
+        table.clear()
+        rows = []
+        for name, series in self.state.layer_norms.items():
+            recent = series.y[-40:]
+            last = float(recent[-1]) if len(recent) else float("nan")
+            rows.append((last, name, recent))
+        rows.sort(key=lambda r: -r[0] if r[0] == r[0] else 0)
+        for last, name, recent in rows:
+            flag = Text("vanishing", style="yellow") if last < 1e-6 else (
+                Text("exploding", style="red") if last > 1e3 else Text(""))
+            table.add_row(name, fmt(last), sparkline(recent), flag)
+
+    def update_events(self) -> None:
+        log = self.query_one("#events-log", RichLog)
+        pattern = self.query_one("#events-filter", Input).value.strip().lower()
+        shown = getattr(self, "_events_shown", 0)
+        for e in self.state.log[shown:]:
+            line = event_line(e)
+            if not pattern or pattern in line.lower():
+                log.write(line)
+        self._events_shown = len(self.state.log)
+
+    @on(Input.Changed, "#events-filter")
+    def refilter(self) -> None:
+        self.query_one("#events-log", RichLog).clear()
+        self._events_shown = 0
+        self.update_events()
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    async def command(self, command: cmd.Command) -> None:
+        if self.source is None:
+            self.notify("the engine is still starting", severity="warning")
+            return
+        reply = await self.source.send(command)
+        self.notify(reply.message, severity="information" if reply.ok else "error")
+
+    async def action_pause(self) -> None:
+        await self.command(cmd.Resume() if self.state.status == "paused" else cmd.Pause())
+
+    async def action_lr_factor(self, factor: float) -> None:
+        await self.command(cmd.SetLr(factor=factor))
+
+    def action_type_lr(self) -> None:
+        async def chosen(value):
+            if value is not None:
+                await self.command(cmd.SetLr(value=value))
+        self.push_screen(LrScreen(self.state.lr), chosen)
+
+    async def action_validate(self) -> None:
+        await self.command(cmd.Validate())
+
+    async def action_checkpoint(self) -> None:
+        await self.command(cmd.Checkpoint())
+
+    async def action_early_stopping(self) -> None:
+        self.state.early_enabled = not self.state.early_enabled
+        await self.command(cmd.EarlyStopping(enabled=self.state.early_enabled))
+        self.state.version += 1
+
+    def action_log_scale(self) -> None:
+        self.log_y = not self.log_y
+        self.state.version += 1
+        self.notify(f"loss axis: {'log' if self.log_y else 'linear'}")
+
+    def action_smoothing(self) -> None:
+        self.smoothing = (self.smoothing + 1) % len(SMOOTHING)
+        alpha = SMOOTHING[self.smoothing]
+        self.state.version += 1
+        self.notify(f"smoothing: {'off' if not alpha else f'EMA {alpha}'}")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit_run(self) -> None:
+        live = self.source is not None and self.source.live and self.state.status in ("running", "paused", "starting")
+        if not live and not (self.engine_pid and self.state.status == "starting"):
+            await self.leave()
+            return
+
+        async def chosen(choice: str) -> None:
+            if choice == "stop":
+                if self.source is not None:
+                    await self.source.send(cmd.Stop(save=True))
+                self.outcome = "stopped"
+                await self.leave()
+            elif choice == "detach":
+                self.outcome = "detached"
+                await self.leave()
+        self.push_screen(QuitScreen(), chosen)
+
+    async def leave(self) -> None:
+        if self.source is not None:
+            await self.source.close()
+        self.exit(self.outcome)
+
+
+def sparkline(values) -> str:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return ""
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo or 1.0
+    return "".join(SPARK[min(7, int((x - lo) / span * 7.999))] for x in v)
+
+
+def event_line(e: ev.Event) -> str:
+    """One readable line per event for the event log."""
+    fields = {k: v for k, v in e.to_json().items() if k not in ("event", "t", "config", "data")}
+    if isinstance(e, ev.RunStarted):
+        fields = {"run_id": e.run_id, "device": e.device, "params": e.params}
+    text = "  ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in fields.items())
+    return f"{e.t:8.2f}s  {e.kind:<16} {text}"
