@@ -189,9 +189,12 @@ async def test_a_slow_client_is_dropped_and_never_stalls_the_run(tmp_path, monke
     slow.connect(str(run.folder.socket))  # connects, then never reads while the run trains
     run.start()
     assert await asyncio.wait_for(run.wait(), 120) == "completed"
-    started = time.monotonic()
-    await server.close(grace=5)
-    assert time.monotonic() - started < 2  # the dropped client holds nothing up
+    for _ in range(200):  # the dropped client's connection ends by itself, not at close
+        if not server.tasks:
+            break
+        await asyncio.sleep(0.05)
+    assert not server.tasks
+    await server.close()
     assert "dropped a client that read too slowly" in capfd.readouterr().err
     slow.settimeout(5)
     received = b""
