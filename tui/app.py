@@ -149,6 +149,8 @@ class TrainTop(App):
         self.set_interval(REDRAW_SECONDS, self.redraw)
         self.on_resize()
         self.follow()
+        if os.environ.get("TRAINTOP_EXIT_AFTER_FIRST_FRAME"):  # for bench/render.py's start-up time
+            self.call_after_refresh(self.exit)
 
     def on_resize(self, event=None) -> None:
         narrow = self.size.width < 110 or self.size.height < 30

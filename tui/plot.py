@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import plotext
 from rich.text import Text
 from textual.widget import Widget
 
@@ -42,6 +41,8 @@ def render_figure(fig: Figure, width: int, height: int, color: bool = True) -> T
         lines = [ln for ln in lines if len(ln.x)]
     if width < 20 or height < 5 or not lines:
         return Text(f"{fig.title}\n{fig.empty_text}" if height > 1 else fig.title, style="dim")
+    import plotext  # here, not at the top: the first frame paints before any plot needs it
+
     f = plotext.figure
     f.clear()
     f.theme("dark" if color else "clear")
@@ -62,6 +63,12 @@ def render_figure(fig: Figure, width: int, height: int, color: bool = True) -> T
         if ln.joined:
             s.lines()
         f.draw(s)
+    if fig.log_y:
+        lo_y, hi_y = float(ys.min()), float(ys.max())
+        ticks = np.arange(np.ceil(lo_y), np.floor(hi_y) + 1)
+        if len(ticks) < 2:  # less than a decade: label a few points between the ends
+            ticks = np.linspace(lo_y, hi_y, 3) if hi_y > lo_y else np.array([lo_y])
+        f.ruler("y").ticks(ticks.tolist(), [f"{10 ** t:.2g}" for t in ticks])
     f.legend(False)
     f.title(fig.title)
     f.plot_size(width, height)

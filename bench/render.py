@@ -1,0 +1,190 @@
+"""The dashboard's costs: redraw time, training speed with it attached, and start-up time.
+
+1. Redraw: the whole run screen (header, four plots, side panel) redrawn after new steps arrive,
+   with a history of 1,000 and of 1,000,000 steps; median milliseconds per redraw.
+2. Training speed of the digits MLP with the dashboard attached (its own process, redrawing ten
+   times a second) against headless, interleaved rounds; steps/s from the run's own events.
+3. Start-up: `traintop show RUN` from the shell to the first painted frame, in tmux.
+
+    python bench/render.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from traintop.engine import events as ev
+from traintop.engine.client import open_run
+from traintop.engine.runstore import RunFolder, read_events
+from traintop.tui.app import TrainTop
+
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+LAYERS = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+
+
+def synthetic_steps(first: int, n: int, rng) -> ev.Steps:
+    steps = np.arange(first, first + n)
+    loss = 2.3 * np.exp(-steps / 2e5) + 0.05 * rng.random(n)
+    picked = steps[np.linspace(0, n - 1, 8).astype(int)]
+    return ev.Steps(t=float(first) / 1000, step=steps.tolist(), epoch=(steps // 20 + 1).tolist(),
+                    loss=loss.tolist(), grad_norm=(1 + rng.random(n)).tolist(), lr=[1e-3] * n,
+                    samples_per_s=60000.0, layer_norms={k: rng.random(8).tolist() for k in LAYERS},
+                    layer_steps=picked.tolist())
+
+
+class Replay:
+    """A source that hands the app a prepared history, then stays open like a live run."""
+
+    live = False
+    closed_reason = ""
+
+    def __init__(self, events):
+        self._events = events
+
+    async def events(self):
+        for e in self._events:
+            yield e
+
+    async def send(self, command):
+        raise RuntimeError
+
+    async def close(self):
+        pass
+
+
+def history(n_steps: int) -> list[ev.Event]:
+    rng = np.random.default_rng(0)
+    started = ev.RunStarted(t=0.0, run_id="bench", name="bench", device="cpu", params=26122,
+                            data={"task": "classification", "classes": [str(i) for i in range(10)]},
+                            config={"data": {"batch_size": 64}}, epochs=n_steps // 20, steps_per_epoch=20)
+    out: list[ev.Event] = [started]
+    for first in range(1, n_steps + 1, 250):
+        out.append(synthetic_steps(first, min(250, n_steps - first + 1), rng))
+        if first % 5000 == 1:
+            out.append(ev.Validation(t=first / 1000, step=first, epoch=first // 20, val_loss=0.1,
+                                     metrics={"accuracy": 0.95}, best=first < n_steps // 2))
+    return out
+
+
+async def redraw_times(n_steps: int, rounds: int = 40) -> list[float]:
+    events = history(n_steps)
+
+    async def opener():
+        return Replay(events)
+
+    app = TrainTop(opener, title="bench")
+    rng = np.random.default_rng(1)
+    times = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        while len(app.state.loss) < n_steps:
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+        next_step = n_steps + 1
+        for _ in range(rounds):
+            app.state.apply(synthetic_steps(next_step, 25, rng))
+            next_step += 25
+            start = time.perf_counter()
+            app.redraw()
+            for plot in app.query("PlotWidget"):
+                plot.render()
+            times.append((time.perf_counter() - start) * 1000)
+            await pilot.pause(0.02)
+    return times
+
+
+def steps_per_s(folder: RunFolder) -> float:
+    events, _ = read_events(folder.events)
+    steps = [e for e in events if isinstance(e, ev.Steps)]
+    return (steps[-1].step[-1] - steps[0].step[0]) / (steps[-1].t - steps[0].t)
+
+
+async def watch(folder: Path) -> None:
+    """A dashboard process: attach to the run and redraw until it finishes."""
+    async def opener():
+        return await open_run(RunFolder(folder))
+
+    app = TrainTop(opener, title="bench")
+    async with app.run_test(size=(120, 40)) as pilot:
+        while app.state.status not in ("finished", "failed"):
+            await pilot.pause(0.1)
+
+
+def training_speed(rounds: int, epochs: int) -> tuple[list[float], list[float]]:
+    alone, watched = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for with_dashboard in (False, True):
+                runs = Path(tmp) / f"{r}-{with_dashboard}"
+                proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs),
+                                       "--set", f"train.epochs={epochs}", "--set", "early_stopping.enabled=false"],
+                                      capture_output=True, text=True, check=True)
+                folder = RunFolder(runs / proc.stdout.split()[0])
+                if with_dashboard:
+                    subprocess.run([sys.executable, __file__, "--watch", str(folder.path)], check=True)
+                while not folder.report.exists():
+                    time.sleep(0.1)
+                (watched if with_dashboard else alone).append(steps_per_s(folder))
+                print(f"round {r + 1} {'dashboard' if with_dashboard else 'headless '}: "
+                      f"{(watched if with_dashboard else alone)[-1]:.0f} steps/s", file=sys.stderr)
+    return alone, watched
+
+
+def startup_times(tries: int = 5) -> list[float]:
+    if not shutil.which("tmux"):
+        return []
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs"
+        subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs), "--set", "train.epochs=2"],
+                       check=True, capture_output=True)
+        for i in range(tries):
+            done = Path(tmp) / f"done{i}"
+            command = (f"TRAINTOP_EXIT_AFTER_FIRST_FRAME=1 traintop show latest --runs-dir {runs}; "
+                       f"touch {done}")
+            start = time.perf_counter()
+            subprocess.run(["tmux", "new", "-d", "-s", f"bench{i}", "-x", "100", "-y", "30", command], check=True)
+            while not done.exists():
+                time.sleep(0.005)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--watch", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.watch:
+        asyncio.run(watch(Path(args.watch)))
+        return
+    small = asyncio.run(redraw_times(1_000))
+    large = asyncio.run(redraw_times(1_000_000))
+    alone, watched = training_speed(args.rounds, args.epochs)
+    starts = startup_times()
+    print("redraw of the whole run screen at 120x40 (median of 40):")
+    print(f"  1,000 steps      {statistics.median(small):6.1f} ms")
+    print(f"  1,000,000 steps  {statistics.median(large):6.1f} ms   ({statistics.median(large) / statistics.median(small):.2f}x)")
+    print(f"training speed, digits MLP ({args.rounds} interleaved rounds, medians):")
+    print(f"  headless            {statistics.median(alone):7.0f} steps/s")
+    print(f"  dashboard attached  {statistics.median(watched):7.0f} steps/s   "
+          f"(ratio {statistics.median(watched) / statistics.median(alone):.3f})")
+    if starts:
+        print(f"start-up, `traintop show RUN` to first painted frame in tmux: median {statistics.median(starts):.2f} s "
+              f"(min {min(starts):.2f} s, {len(starts)} tries)")
+
+
+if __name__ == "__main__":
+    main()

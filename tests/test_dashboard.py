@@ -1,0 +1,136 @@
+"""The dashboard driven as a user drives it (Textual's Pilot), against a real engine process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from traintop.engine.client import FinishedRun, LiveRun, open_run
+from traintop.engine.runstore import RunFolder, is_live, resolve_run
+from traintop.tui.app import TrainTop
+
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", "train.epochs=100000",
+                           "--set", "early_stopping.enabled=false"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    folder = resolve_run(proc.stdout.split()[0], runs)
+    yield folder
+    pid = (folder.read_json("meta.json") or {}).get("pid")
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def app_for(folder: RunFolder) -> TrainTop:
+    async def opener():
+        return await open_run(folder)
+    return TrainTop(opener, title=folder.run_id)
+
+
+async def wait_for(pilot, condition, seconds: float = 30) -> None:
+    for _ in range(int(seconds / 0.1)):
+        if condition():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("the dashboard never got there")
+
+
+def header(app) -> str:
+    return str(app.query_one("#header").render())
+
+
+async def test_live_run_fills_the_plots_and_obeys_the_keys(live_run):
+    app = app_for(live_run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.state.loss) > 50 and len(app.state.val_loss) > 1)
+        await pilot.pause(0.3)
+        loss_plot = app.query_one("#loss-plot").figure
+        assert len(loss_plot.lines[0].x) > 10 and len(app.query_one("#grad-plot").figure.lines[0].x) > 10
+        assert "running" in header(app)
+
+        await pilot.press("space")
+        await wait_for(pilot, lambda: app.state.status == "paused")
+        step = app.state.step
+        await pilot.pause(0.5)
+        assert app.state.step == step and "paused" in header(app)
+        await pilot.press("space")
+        await wait_for(pilot, lambda: app.state.status == "running" and app.state.step > step)
+
+        lr = app.state.lr
+        await pilot.press("plus")
+        await wait_for(pilot, lambda: app.state.lr == pytest.approx(2 * lr))
+        assert any(m.kind == "lr" for m in app.state.markers)
+
+        await pilot.press("l")
+        await pilot.pause(0.2)
+        await pilot.press(*"abc", "enter")
+        await pilot.pause(0.2)
+        assert "not a positive number" in str(app.screen.query_one("#lr-error").render())
+        app.screen.query_one("#lr-input").value = ""
+        await pilot.press(*"0.0005", "enter")
+        await wait_for(pilot, lambda: app.state.lr == pytest.approx(0.0005))
+
+        await pilot.press("q")
+        await pilot.pause(0.2)
+        await pilot.click("#detach")
+        await pilot.pause(0.3)
+    assert app.return_value == "detached"
+    assert is_live(live_run)  # the engine goes on training
+
+    again = app_for(live_run)  # attach brings the whole history back
+    async with again.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: len(again.state.loss) >= step)
+        assert again.state.loss.x[0] == 1
+        assert any(m.kind == "lr" for m in again.state.markers)
+
+
+async def test_show_renders_a_finished_run(tmp_path):
+    runs = tmp_path / "runs"
+    subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs), "--set", "train.epochs=4"],
+                   check=True, capture_output=True, timeout=300)
+    folder = resolve_run("latest", runs)
+    app = app_for(folder)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.state.status == "finished")
+        await pilot.pause(0.3)
+        assert isinstance(app.source, FinishedRun)
+        assert "completed" in header(app)
+        side = str(app.query_one("#side").render())
+        assert "accuracy" in side and "best" in side
+        await pilot.press("space")  # a finished run refuses, and says why
+        await pilot.pause(0.3)
+        await pilot.press("q")
+    assert app.return_value == ""
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 60)])
+async def test_layout_reads_at_each_size(tmp_path, size):
+    runs = tmp_path / "runs"
+    subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs), "--set", "train.epochs=3"],
+                   check=True, capture_output=True, timeout=300)
+    app = app_for(resolve_run("latest", runs))
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: app.state.status == "finished")
+        await pilot.pause(0.3)
+        plots = app.query_one("#plots")
+        narrow = size[0] < 110 or size[1] < 30
+        assert plots.has_class("narrow") == narrow
+        for widget in ("#loss-plot", "#grad-plot"):
+            region = app.query_one(widget).region
+            assert region.width >= 30 and region.height >= 6  # readable, not squeezed away
+        assert app.query_one("#header").region.height == 2
+        for key in ("y", "s", "question_mark"):
+            await pilot.press(key)
+            await pilot.pause(0.1)
