@@ -26,7 +26,7 @@ import torch
 from traintop.engine.config import load_config
 from traintop.engine.data import load_data
 from traintop.engine.models import build_model
-from traintop.engine.run import Run
+from traintop.engine.run import Run, set_threads
 from traintop.tui.headless import HeadlessPrinter
 
 
@@ -86,6 +86,7 @@ def main() -> None:
     cfg = load_config(None, [f"train.epochs={args.epochs}", "early_stopping.enabled=false",
                              "model.hidden=[128, 128]", "data.batch_size=64", "run.device=cpu"])
     data = load_data(cfg)
+    set_threads(cfg.run.threads)  # the bare loop gets the engine's thread count
     bare, engine, ratios = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         bare_loop(data, cfg), engine_run(cfg, Path(tmp))  # warm up both

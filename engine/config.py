@@ -23,6 +23,7 @@ class RunConfig:
     name: str = ""  # empty: "<source>-<model>", e.g. digits-mlp
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # CPU threads for PyTorch; 0 = all cores but one, left for the dashboard
 
 
 @dataclass
@@ -155,7 +156,7 @@ NON_NEGATIVE = {
     ("optim", "weight_decay"), ("optim", "momentum"), ("schedule", "warmup_steps"),
     ("schedule", "plateau_patience"), ("schedule", "min_lr"), ("train", "grad_clip"),
     ("train", "val_every_steps"), ("early_stopping", "patience"), ("early_stopping", "min_delta"),
-    ("checkpoint", "every_epochs"), ("model", "dropout"), ("run", "seed"),
+    ("checkpoint", "every_epochs"), ("model", "dropout"), ("run", "seed"), ("run", "threads"),
 }
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -48,8 +48,9 @@ class StepRecorder:
         picked = sorted({round(i * (n - 1) / (LAYER_SAMPLES - 1)) for i in range(LAYER_SAMPLES)}) \
             if n > LAYER_SAMPLES else list(range(n))
         layers = rows[picked, 1:] if len(picked) < n else rows[:, 1:]
-        # One transfer for everything.
-        flat = torch.cat([rows[:, 0], total, layers.T.reshape(-1)]).tolist()
+        # One transfer for everything; values kept to float32's 7 significant digits, so the
+        # log (and a client parsing a long run's history) carries no digits that mean nothing.
+        flat = [float(f"{x:.7g}") for x in torch.cat([rows[:, 0], total, layers.T.reshape(-1)]).tolist()]
         k = len(picked)
         out = {
             "step": list(range(self.first_step, self.first_step + n)),
