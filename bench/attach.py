@@ -224,12 +224,18 @@ def serve_main(path: str) -> None:
 def write_history(folder: RunFolder, n_steps: int, steps_per_epoch: int = 2500) -> int:
     """events.jsonl as the engine would leave it after `n_steps` steps; its number of events.
 
-    Steps events of 200-300 steps (a ~100 ms flush at ~2500 steps/s), cut at epoch ends; values
-    are float32 widened to float, as the recorder's `.tolist()` gives them.
+    Steps events of 200-300 steps (a ~100 ms flush at ~2500 steps/s), cut at epoch ends, made by
+    the engine's own StepRecorder.take() from random per-step values, so the lines have exactly
+    the engine's shape (rounded floats, per-layer norms on a few steps of each batch).
     """
     import numpy as np
+    import torch
 
     from traintop.engine.config import load_config
+    from traintop.engine.recorder import StepRecorder
+
+    recorder = StepRecorder(LAYERS, torch.device("cpu"), capacity=400)
+    generator = torch.Generator().manual_seed(0)
 
     rng = np.random.default_rng(0)
     cfg = load_config(None, [f"train.epochs={n_steps // steps_per_epoch}"])
@@ -241,18 +247,18 @@ def write_history(folder: RunFolder, n_steps: int, steps_per_epoch: int = 2500) 
         while step <= n_steps:
             epoch_end = epoch * steps_per_epoch
             k = min(int(rng.integers(200, 301)), epoch_end - step + 1, n_steps - step + 1)
-            cols = rng.random((8, k), dtype=np.float32).astype(np.float64).tolist()
+            recorder.first_step, recorder.n, recorder.lr = step, k, [0.001] * k
+            recorder.rows[:k] = torch.rand(k, 1 + len(LAYERS), generator=generator)
+            batch = recorder.take()
             t += k / 2500
-            lines.append(ev.Steps(t=round(t, 4), step=list(range(step, step + k)), epoch=[epoch] * k,
-                                  loss=cols[0], grad_norm=cols[1], lr=[0.001] * k,
-                                  samples_per_s=round(k * 64 / (k / 2500), 1),
-                                  layer_norms=dict(zip(LAYERS, cols[2:]))).to_line())
+            lines.append(ev.Steps(t=round(t, 4), epoch=[epoch] * k, samples_per_s=round(k * 64 / (k / 2500), 1),
+                                  **batch).to_line())
             step += k
             if step > epoch_end:
                 lines.append(ev.EpochEnd(t=round(t, 4), epoch=epoch, step=step - 1,
-                                         train_loss=cols[0][-1], seconds=1.0).to_line())
+                                         train_loss=batch["loss"][-1], seconds=1.0).to_line())
                 lines.append(ev.Validation(t=round(t + 0.002, 4), step=step - 1, epoch=epoch,
-                                           val_loss=cols[1][-1], metrics={"accuracy": cols[2][-1]},
+                                           val_loss=batch["grad_norm"][-1], metrics={"accuracy": batch["loss"][0]},
                                            best=False, since_best=1).to_line())
                 epoch += 1
             if len(lines) >= 500:
