@@ -72,7 +72,12 @@ def render_figure(fig: Figure, width: int, height: int, color: bool = True) -> T
     f.legend(False)
     f.title(fig.title)
     f.plot_size(width, height)
-    return Text.from_ansi(f.build().string())
+    # plotext may draw a little wider or taller than asked (long tick labels): crop to the cell
+    # box, so a plot never spills into its neighbours.
+    rows = Text.from_ansi(f.build().string()).split("\n")[:height]
+    for row in rows:
+        row.truncate(width, overflow="crop")
+    return Text("\n").join(rows)
 
 
 class PlotWidget(Widget):
