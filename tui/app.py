@@ -24,7 +24,8 @@ from traintop.engine import commands as cmd
 from traintop.engine import events as ev
 
 from .plot import Figure, Line, PlotWidget
-from .state import SMOOTHING, RunState, fmt
+from .headless import fmt
+from .state import SMOOTHING, RunState
 
 REDRAW_SECONDS = 0.1
 SPARK = "▁▂▃▄▅▆▇█"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,14 +165,3 @@ class RunState:
         self.final_status = e.status
         self.status = "failed" if e.status == "failed" else "finished"
         self.error = e.error
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    """A number for the screen: 0.1235, 1.2e-05, nan, -."""
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
