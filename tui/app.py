@@ -121,6 +121,11 @@ class TrainTop(App):
         self.no_color = "NO_COLOR" in os.environ
         self.config_shown = False
 
+    @property
+    def main(self):
+        """The run screen, also while a dialog or the help is on top of it."""
+        return self.screen_stack[0]
+
     # -- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
@@ -146,7 +151,7 @@ class TrainTop(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#layers-table", DataTable).add_columns("layer", "grad norm", "trend", "")
+        self.main.query_one("#layers-table", DataTable).add_columns("layer", "grad norm", "trend", "")
         self.set_interval(REDRAW_SECONDS, self.redraw)
         self.on_resize()
         self.follow()
@@ -155,8 +160,8 @@ class TrainTop(App):
 
     def on_resize(self, event=None) -> None:
         narrow = self.size.width < 110 or self.size.height < 30
-        self.query_one("#plots").set_class(narrow, "narrow")
-        self.query_one("#side").set_class(self.size.width < 70, "hidden")
+        self.main.query_one("#plots").set_class(narrow, "narrow")
+        self.main.query_one("#side").set_class(self.size.width < 70, "hidden")
 
     # -- the event stream ------------------------------------------------------------------------
 
@@ -204,30 +209,30 @@ class TrainTop(App):
         """At most ten times a second, and only when the state changed."""
         s = self.state
         if s.version == self.drawn_version:
-            self.query_one("#header", Static).update(self.header_text())  # elapsed keeps ticking
+            self.main.query_one("#header", Static).update(self.header_text())  # elapsed keeps ticking
             return
         self.drawn_version = s.version
-        self.query_one("#header", Static).update(self.header_text())
-        width = max(20, self.query_one("#loss-plot").size.width)
+        self.main.query_one("#header", Static).update(self.header_text())
+        width = max(20, self.main.query_one("#loss-plot").size.width)
         buckets = max(10, width)
-        self.query_one("#loss-plot", PlotWidget).show(self.loss_figure(buckets))
+        self.main.query_one("#loss-plot", PlotWidget).show(self.loss_figure(buckets))
         gx, gy = s.grad_norm.view(buckets)
-        self.query_one("#grad-plot", PlotWidget).show(Figure("gradient norm (log)", [Line(gx, gy, "grad", "green")],
+        self.main.query_one("#grad-plot", PlotWidget).show(Figure("gradient norm (log)", [Line(gx, gy, "grad", "green")],
                                                              self.vlines(), log_y=True))
         lx, ly = s.lr_series.view(buckets)
-        self.query_one("#lr-plot", PlotWidget).show(Figure("learning rate", [Line(lx, ly, "lr", "yellow")], self.vlines()))
+        self.main.query_one("#lr-plot", PlotWidget).show(Figure("learning rate", [Line(lx, ly, "lr", "yellow")], self.vlines()))
         mx, my = s.val_metric.view(buckets)
-        self.query_one("#metric-plot", PlotWidget).show(
+        self.main.query_one("#metric-plot", PlotWidget).show(
             Figure(f"val {s.metric_name}", [Line(mx, my, s.metric_name, "magenta")], self.vlines(),
                    empty_text="after the first validation"))
-        self.query_one("#side", Static).update(self.side_text())
-        if self.query_one("#views", TabbedContent).active == "layers":
+        self.main.query_one("#side", Static).update(self.side_text())
+        if self.main.query_one("#views", TabbedContent).active == "layers":
             self.update_layers()
         self.update_events()
         if s.config and not self.config_shown:
             from traintop.engine.config import dumps_toml
 
-            self.query_one("#config-view", Static).update(dumps_toml(s.config))
+            self.main.query_one("#config-view", Static).update(dumps_toml(s.config))
             self.config_shown = True
 
     def vlines(self) -> list[tuple[float, str]]:
@@ -301,7 +306,7 @@ class TrainTop(App):
         return t
 
     def update_layers(self) -> None:
-        table = self.query_one("#layers-table", DataTable)
+        table = self.main.query_one("#layers-table", DataTable)
         table.clear()
         rows = []
         for name, series in self.state.layer_norms.items():
@@ -315,8 +320,8 @@ class TrainTop(App):
             table.add_row(name, fmt(last), sparkline(recent), flag)
 
     def update_events(self) -> None:
-        log = self.query_one("#events-log", RichLog)
-        pattern = self.query_one("#events-filter", Input).value.strip().lower()
+        log = self.main.query_one("#events-log", RichLog)
+        pattern = self.main.query_one("#events-filter", Input).value.strip().lower()
         shown = getattr(self, "_events_shown", 0)
         for e in self.state.log[shown:]:
             line = event_line(e)
@@ -326,7 +331,7 @@ class TrainTop(App):
 
     @on(Input.Changed, "#events-filter")
     def refilter(self) -> None:
-        self.query_one("#events-log", RichLog).clear()
+        self.main.query_one("#events-log", RichLog).clear()
         self._events_shown = 0
         self.update_events()
 
