@@ -16,6 +16,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import (Button, DataTable, Footer, Input, Label, RichLog, Static, TabbedContent,
                              TabPane)
@@ -207,6 +208,12 @@ class TrainTop(App):
 
     def redraw(self) -> None:
         """At most ten times a second, and only when the state changed."""
+        try:
+            self._redraw()
+        except NoMatches:  # the app is closing: its widgets are already gone
+            pass
+
+    def _redraw(self) -> None:
         s = self.state
         if s.version == self.drawn_version:
             self.main.query_one("#header", Static).update(self.header_text())  # elapsed keeps ticking
