@@ -188,8 +188,6 @@ class ServedLog:
     """A run's log behind the interface ControlServer serves: the whole file as history, then
     nothing live (what is measured is the server's streaming, the socket and the client)."""
 
-    finished = True
-
     def __init__(self, folder: RunFolder):
         self.folder = folder
 

@@ -40,10 +40,6 @@ class EarlyStopping:
         """Patience used up (only when enabled)."""
         return self.enabled and self.best is not None and self.since_best > 0 and self.since_best >= self.patience
 
-    @property
-    def patience_left(self) -> int:
-        return max(0, self.patience - self.since_best)
-
     def state_dict(self) -> dict:
         return asdict(self)
 

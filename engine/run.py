@@ -74,7 +74,6 @@ class Run:
         self.trainer = trainer
         self.folder = folder
         self.inbox = inbox
-        self.status: str | None = None
         self.resumed_from: int | None = None  # the step a resumed run continues from
         self._lock = threading.Lock()
         self._pending: list[ev.Event] = []  # published, not yet delivered
@@ -195,10 +194,6 @@ class Run:
         with self._lock:
             self._subscribers = [(lp, cb) for lp, cb in self._subscribers if cb is not callback]
 
-    @property
-    def finished(self) -> bool:
-        return self._closed
-
     async def events(self) -> AsyncIterator[ev.Event]:
         """Every event of the run: its history so far, then live ones, ending with run_finished."""
         queue: asyncio.Queue = asyncio.Queue()
@@ -276,7 +271,6 @@ class Run:
             status, error = "failed", f"{type(e).__name__}: {e}"
             traceback.print_exc(file=sys.stderr)
         self.inbox.close(f"the run has finished ({status})")
-        self.status = status
         t.emit(ev.RunFinished, status=status, error=error, step=t.step, epoch=t.epoch)
         self._write_report(status, error)
         self.deliver()

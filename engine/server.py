@@ -86,7 +86,7 @@ class ControlServer:
     """Serves one run's events and commands on its control socket.
 
     `run` needs: `folder` (with `.socket` and `.events`), `subscribe(callback) -> offset`,
-    `unsubscribe(callback)`, `send_nowait(command) -> Future[Reply]` and `finished`.
+    `unsubscribe(callback)` and `send_nowait(command) -> Future[Reply]`.
     """
 
     def __init__(self, run):

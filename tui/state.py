@@ -44,7 +44,6 @@ class RunState:
     step: int = 0
     epoch: int = 0
     t: float = 0.0
-    started_t: float = 0.0  # run time of the first step, for the ETA
     samples_per_s: float = 0.0
     lr: float = 0.0
     loss: Series = field(default_factory=Series)
@@ -121,8 +120,6 @@ class RunState:
         layer_steps = np.asarray(getattr(e, "layer_steps", None) or e.step, dtype=np.float64)
         for name, norms in e.layer_norms.items():
             self.layer_norms.setdefault(name, Series(summarize=False)).extend(layer_steps[:len(norms)], norms)
-        if not self.started_t:
-            self.started_t = e.t
         self.step, self.epoch = e.step[-1], e.epoch[-1]
         self.samples_per_s, self.lr = e.samples_per_s, e.lr[-1]
         if self.status == "starting":
