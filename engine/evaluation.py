@@ -67,7 +67,10 @@ def _raw_value(v: Any) -> Any:
 
 def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dict], device: torch.device,
                     allow_test: bool = False) -> list[dict[str, Any]]:
-    """One output per input: a raw record {feature: value}, or {"split": "val", "index": i}."""
+    """One output per input: a raw record {feature: value}, or {"split": "val", "index": i}.
+
+    A held-out reference is answered with its raw record (`input`) and true label (`true`) too.
+    """
     rows, truths = [], []
     for i, item in enumerate(inputs):
         if "split" in item:
@@ -84,22 +87,35 @@ def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dic
         else:
             rows.append(item)
             truths.append(None)
-    if not rows:
-        return []
-    x = torch.as_tensor(data.preprocess.transform(pd.DataFrame(rows)), device=device)
-    out = forward_all(model, x)
-    results = []
-    if data.task == "classification":
-        probs = objective.probabilities(out).tolist()
-        for row, truth, p in zip(rows, truths, probs):
-            best = max(range(len(p)), key=p.__getitem__)
-            results.append({"label": data.classes[best],
-                            "probabilities": dict(zip(data.classes, p))})
-    else:
-        values = data.preprocess.decode_value(out.squeeze(1).double().cpu().numpy()).tolist()
-        results = [{"value": v} for v in values]
+    results = predict_records(model, objective, data.preprocess, rows, device)
     for result, row, truth, item in zip(results, rows, truths, inputs):
         if "split" in item:
             true = category_key(truth) if data.task == "classification" else truth
             result.update({"input": row, "true": true})
     return results
+
+
+def predict_records(model, objective: Objective, preprocess, records: list[dict],
+                    device: torch.device) -> list[dict[str, Any]]:
+    """The model's answer for raw records, through the preprocessing fitted in training.
+
+    The one path every prediction takes (the dashboard, the `predict` command and `traintop
+    predict`), so the same input gets the same answer everywhere.
+    """
+    if not records:
+        return []
+    x = torch.as_tensor(preprocess.transform(pd.DataFrame(records)), device=device)
+    return answers(objective, preprocess, forward_all(model, x))
+
+
+def answers(objective: Objective, preprocess, out: torch.Tensor) -> list[dict[str, Any]]:
+    """Model outputs as answers: a label with class probabilities, or a value in the target's units."""
+    if preprocess.task == "classification":
+        classes = preprocess.classes
+        results = []
+        for p in objective.probabilities(out).tolist():
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({"label": classes[best], "probabilities": dict(zip(classes, p))})
+        return results
+    values = preprocess.decode_value(out.squeeze(1).double().cpu().numpy()).tolist()
+    return [{"value": v} for v in values]

@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["csv"], default="csv")
     export.add_argument("--out", type=Path, help="folder for steps.csv and validation.csv (default: the run folder)")
     runs_dir(export)
+
+    predict = sub.add_parser("predict", help="predictions for a file of raw inputs, with the run's saved preprocessing")
+    predict.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
+    predict.add_argument("input", type=Path, help="a CSV with the training features (an image file or folder "
+                         "for image runs)")
+    predict.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                         help="which saved weights (default: best)")
+    predict.add_argument("--out", type=Path, help="write the predictions CSV here (default: stdout)")
+    runs_dir(predict)
     return parser
 
 
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
-                "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show}
+                "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show,
+                "predict": cmd_predict}
     try:
         code = commands[args.command](args)
     except UserError as e:
@@ -438,6 +448,25 @@ def cmd_export(args) -> int:
                         v.best, v.since_best, v.source])
     print(f"wrote {out / 'steps.csv'} ({n_steps} steps) and {out / 'validation.csv'} "
           f"({len(validations)} validations)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from traintop.engine.predictor import Predictor
+
+    folder = _folder(args)
+    predictor = Predictor.from_folder(folder, args.checkpoint)
+    ids, answers = predictor.predict_input(args.input)
+    text = predictor.table(ids, answers)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(f"wrote {len(answers)} prediction(s) to {args.out} ({predictor.checkpoint} weights, "
+          f"step {predictor.step})", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,108 @@
+"""A saved run's model and preprocessing, rebuilt from its folder to predict raw inputs.
+
+Reads only files the run has already written (config.toml, preprocess.json, a checkpoint), so a
+live run can be predicted from without disturbing it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import load_config
+from .data.tabular import Preprocessor
+from .errors import UserError
+from .evaluation import predict_records
+from .models import Objective, build_model, loss_name, n_model_outputs
+from .runstore import RunFolder
+
+CHECKPOINTS = ("best", "last")
+
+
+class Predictor:
+    """Frozen weights and the fitted preprocessing of one run: raw records in, answers out."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective, preprocess: Preprocessor,
+                 checkpoint: str, step: int):
+        self.model = model
+        self.objective = objective
+        self.preprocess = preprocess
+        self.checkpoint = checkpoint
+        self.step = step
+
+    @classmethod
+    def from_folder(cls, folder: RunFolder, checkpoint: str = "best") -> Predictor:
+        """The run's model with the weights of `checkpoint` (best or last), on the CPU."""
+        if checkpoint not in CHECKPOINTS:
+            raise UserError(f"--checkpoint is {checkpoint!r}; allowed: {', '.join(CHECKPOINTS)}")
+        for path, what in ((folder.config, "config.toml"), (folder.preprocess, "preprocess.json")):
+            if not path.is_file():
+                raise UserError(f"run {folder.run_id} has no {what}: it stopped before its data was "
+                                "prepared, so there is no model to predict with")
+        path = folder.best if checkpoint == "best" else folder.last
+        if not path.is_file():
+            other = "last" if checkpoint == "best" else "best"
+            raise UserError(f"run {folder.run_id} has no {checkpoint}.pt yet"
+                            + (f"; try --checkpoint {other}" if (folder.checkpoints / f"{other}.pt").is_file()
+                               else ": nothing has been saved"))
+        cfg = load_config(folder.config)
+        pre = Preprocessor.from_json(folder.read_json("preprocess.json"))
+        n_classes = len(pre.classes)
+        objective = Objective(loss_name(cfg, pre.task, n_classes))
+        model = build_model(cfg, len(pre.output_names), n_model_outputs(objective.name, pre.task, n_classes))
+        state = load_checkpoint(path)
+        model.load_state_dict(state["model"])
+        model.eval()
+        return cls(model, objective, pre, checkpoint, int(state.get("step", 0)))
+
+    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One answer per raw record: a label with class probabilities, or a value."""
+        return predict_records(self.model, self.objective, self.preprocess, records, torch.device("cpu"))
+
+    def predict_input(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+        """Row ids and answers for an input file of the kind the run trained on."""
+        if path.is_dir():
+            raise UserError(f"input {path} is a folder; this run trained on a table: give a CSV file")
+        return self.predict_csv(path)
+
+    def predict_csv(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+        """The rows of a CSV of raw features (extra columns ignored) and their answers."""
+        if not path.is_file():
+            raise UserError(f"input {path} does not exist" if not path.exists() else f"input {path} is not a file")
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise UserError(f"input {path} is empty") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise UserError(f"input {path} could not be read as CSV: {e}") from None
+        missing = [c for c in self.preprocess.features if c not in frame.columns]
+        if missing:
+            raise UserError(f"input {path} is missing feature column(s) {', '.join(missing)}; "
+                            f"the model was trained on: {', '.join(self.preprocess.features)}")
+        frame = frame[self.preprocess.features]
+        ids = [str(i) for i in range(len(frame))]
+        return ids, self.predict(frame.to_dict("records"))
+
+    def header(self) -> list[str]:
+        """The columns of a predictions table."""
+        if self.preprocess.task == "classification":
+            return ["row", "prediction"] + [f"p_{c}" for c in self.preprocess.classes]
+        return ["row", "prediction"]
+
+    def table(self, ids: list[str], answers: list[dict[str, Any]]) -> str:
+        """Predictions as CSV text: the row id, the prediction, each class's probability."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.header())
+        for row_id, a in zip(ids, answers):
+            if "probabilities" in a:
+                writer.writerow([row_id, a["label"], *(repr(a["probabilities"][c]) for c in self.preprocess.classes)])
+            else:
+                writer.writerow([row_id, repr(a["value"])])
+        return buf.getvalue()
