@@ -17,7 +17,7 @@ from typing import AsyncIterator
 from . import commands as cmd
 from . import events as ev
 from .errors import UserError
-from .runstore import RunFolder, read_events, socket_is_live
+from .runstore import RunFolder, read_events, socket_address, socket_is_live
 
 LINE_LIMIT = 64 << 20  # a steps batch is one line; allow big ones
 
@@ -44,7 +44,8 @@ class LiveRun:
     async def connect(cls, folder: RunFolder, parse_events: bool = True) -> LiveRun:
         """Connect to a live run; UserError when it is not live."""
         try:
-            reader, writer = await asyncio.open_unix_connection(str(folder.socket), limit=LINE_LIMIT)
+            with socket_address(folder.socket) as address:
+                reader, writer = await asyncio.open_unix_connection(address, limit=LINE_LIMIT)
         except OSError:
             raise UserError(f"run {folder.run_id} is not live (no engine answers on {folder.socket})") from None
         return cls(folder, reader, writer, parse_events)

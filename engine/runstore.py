@@ -8,6 +8,7 @@ Torch-free: `traintop ls`, the dashboard and the CLI read runs without the engin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -112,15 +113,40 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+SOCKET_PATH_MAX = 100  # bytes; the OS allows 104 (macOS) or 108 (Linux) in a socket address
+
+
+@contextlib.contextmanager
+def socket_address(path: Path):
+    """An address for the Unix socket at `path` that fits the OS limit on socket paths.
+
+    A run folder deep in the file system has a longer path; on Linux it is then reached through
+    an open descriptor of its folder (/proc/self/fd/N/control.sock), which is short.
+    """
+    name = str(path)
+    if len(os.fsencode(name)) <= SOCKET_PATH_MAX:
+        yield name
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise UserError(f"the run folder's path is too long for a control socket ({len(name)} bytes; "
+                        f"the limit is {SOCKET_PATH_MAX}): {path.parent}; use a shorter --runs-dir")
+    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_PATH", 0))
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def socket_is_live(path: Path) -> bool:
     """True when a process accepts connections on the Unix socket at `path`."""
     import socket
 
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.connect(str(path))
+        with socket_address(path) as address:
+            s.connect(address)
         return True
-    except OSError:
+    except (OSError, UserError):
         return False
     finally:
         s.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import commands as cmd
 from .errors import UserError
-from .runstore import socket_is_live
+from .runstore import socket_address, socket_is_live
 
 CHUNK = 1 << 20
 MAX_BACKLOG = 64 << 20  # bytes queued for one client before it is dropped
@@ -38,7 +38,8 @@ def bind_private(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # created 0600: no moment where others could connect
     try:
-        sock.bind(str(path))
+        with socket_address(path) as address:
+            sock.bind(address)
     finally:
         os.umask(old)
     os.chmod(path, 0o600)

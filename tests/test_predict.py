@@ -1,0 +1,146 @@
+"""`traintop predict`: raw rows in, the saved model's answers out, the same as the engine gives."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from traintop.engine import commands as cmd
+from traintop.engine.client import LiveRun
+from traintop.engine.runstore import resolve_run
+
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+PLANTS = Path(__file__).resolve().parent.parent / "sample_configs" / "plants_csv.toml"
+PLANTS_CSV = PLANTS.with_name("plants.csv")
+FEATURES = ["soil", "sunlight_hours", "water_ml", "fertilizer", "temperature_c"]
+
+
+def traintop(*args, runs_dir) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRAINTOP, *args, "--runs-dir", str(runs_dir)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def read_table(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished plants run (a CSV with gaps and categorical columns)."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = traintop("run", str(PLANTS), "--headless", "--set", "train.epochs=4", runs_dir=runs)
+    assert proc.returncode == 0, proc.stderr
+    return runs
+
+
+async def test_predict_on_a_live_run_equals_the_engines_answers_for_the_same_rows(tmp_path):
+    runs = tmp_path / "runs"
+    proc = traintop("run", str(PLANTS), "--detach", "--set", "train.epochs=5000",
+                    "--set", "early_stopping.enabled=false", runs_dir=runs)
+    assert proc.returncode == 0, proc.stderr
+    folder = resolve_run(proc.stdout.split()[0], runs)
+    try:
+        rows = pd.read_csv(PLANTS_CSV)[FEATURES].head(25)
+        records = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in rows.to_dict("records")]
+        live = await LiveRun.connect(folder)
+        try:
+            assert (await live.send(cmd.Pause())).ok
+            assert (await live.send(cmd.Checkpoint())).ok  # last.pt now holds the paused weights
+            reply = await live.send(cmd.Predict(request_id="p", inputs=records, weights="current"))
+            assert reply.ok, reply.message
+            engine = reply.data["outputs"]
+            # while the run stays live and paused, predict from its saved last.pt
+            out = await asyncio.to_thread(traintop, "predict", folder.run_id, str(PLANTS_CSV),
+                                          "--checkpoint", "last", runs_dir=runs)
+            assert out.returncode == 0, out.stderr
+            assert (await live.send(cmd.Resume())).ok  # the run was not disturbed
+            await live.send(cmd.Stop())
+        finally:
+            await live.close()
+        table = read_table(out.stdout)[:25]
+        assert [t["row"] for t in table] == [str(i) for i in range(25)]
+        assert [t["prediction"] for t in table] == [e["label"] for e in engine]
+        for t, e in zip(table, engine):
+            assert {c: float(t[f"p_{c}"]) for c in e["probabilities"]} == e["probabilities"]
+        assert len({t["prediction"] for t in table}) >= 1
+    finally:
+        pid = (folder.read_json("meta.json") or {}).get("pid")
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_unseen_categories_and_missing_values_predict_like_training_handled_them(finished, tmp_path):
+    rows = pd.DataFrame({
+        "soil": ["clay", "lava", None],                # an unseen category, a missing one
+        "sunlight_hours": [6.0, None, 3.0],            # a missing number: the training median
+        "water_ml": [250.0, 180.0, None],
+        "fertilizer": ["yes", "no", "maybe"],
+        "temperature_c": [22.0, 30.0, 18.0],
+        "notes": ["extra", "columns", "ignored"],
+    })
+    path = tmp_path / "new.csv"
+    rows.to_csv(path, index=False)
+    out = tmp_path / "preds" / "out.csv"
+    proc = traintop("predict", "latest", str(path), "--out", str(out), runs_dir=finished)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 prediction(s)" in proc.stderr
+    table = read_table(out.read_text())
+    assert [t["row"] for t in table] == ["0", "1", "2"]
+    for t in table:
+        assert t["prediction"] in ("thrived", "wilted")
+        p = [float(t["p_thrived"]), float(t["p_wilted"])]
+        assert sum(p) == pytest.approx(1.0, abs=1e-6)
+        assert t["prediction"] == ("thrived" if p[0] > p[1] else "wilted")
+
+
+def test_a_csv_missing_a_feature_column_exits_2_naming_the_column(finished, tmp_path):
+    path = tmp_path / "partial.csv"
+    pd.read_csv(PLANTS_CSV).drop(columns=["water_ml"]).to_csv(path, index=False)
+    proc = traintop("predict", "latest", str(path), runs_dir=finished)
+    assert proc.returncode == 2
+    assert "water_ml" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_bad_predict_arguments_exit_2_with_a_message(finished, tmp_path):
+    missing = traintop("predict", "latest", str(tmp_path / "nope.csv"), runs_dir=finished)
+    assert missing.returncode == 2 and "nope.csv" in missing.stderr and "does not exist" in missing.stderr
+    folder = traintop("predict", "latest", str(tmp_path), runs_dir=finished)
+    assert folder.returncode == 2 and "CSV" in folder.stderr
+    run = resolve_run("latest", finished)
+    (run.checkpoints / "best.pt").rename(run.checkpoints / "kept.pt")
+    try:
+        no_best = traintop("predict", "latest", str(PLANTS_CSV), runs_dir=finished)
+        assert no_best.returncode == 2 and "--checkpoint last" in no_best.stderr
+    finally:
+        (run.checkpoints / "kept.pt").rename(run.checkpoints / "best.pt")
+
+
+def test_regression_predictions_are_values_in_the_targets_units(tmp_path):
+    runs = tmp_path / "runs"
+    proc = traintop("run", "--headless", "--set", 'data.source="diabetes"', "--set", "train.epochs=3",
+                    runs_dir=runs)
+    assert proc.returncode == 0, proc.stderr
+    import sklearn.datasets
+
+    rows = sklearn.datasets.load_diabetes(as_frame=True).data.head(40)
+    path = tmp_path / "patients.csv"
+    rows.to_csv(path, index=False)
+    out = traintop("predict", "latest", str(path), runs_dir=runs)
+    assert out.returncode == 0, out.stderr
+    table = read_table(out.stdout)
+    assert list(table[0]) == ["row", "prediction"] and len(table) == 40
+    values = [float(t["prediction"]) for t in table]
+    assert 25 < sum(values) / len(values) < 350  # disease progression is 25..346, not standardized
