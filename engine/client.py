@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sys
 from typing import AsyncIterator
 
 from . import commands as cmd
@@ -116,18 +117,50 @@ class FinishedRun:
         self.folder = folder
         self._events, self.torn = read_events(folder.events) if folder.events.exists() else ([], False)
         self.closed_reason = ""
+        self._predictions: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
 
     async def events(self) -> AsyncIterator[ev.Event]:
         for event in self._events:
             yield event
 
-    async def send(self, command: cmd.Command, timeout: float = 0) -> cmd.Reply:
+    async def send(self, command: cmd.Command, timeout: float = 120) -> cmd.Reply:
+        """Predictions come from the saved checkpoints; every other command needs a live run."""
+        if isinstance(command, cmd.Predict):
+            return await self._predict(command, timeout)
         finished = next((e for e in self._events if isinstance(e, ev.RunFinished)), None)
         state = f"has {finished.status.replace('_', ' ')}" if finished else "is not running"
         return cmd.Reply(False, f"run {self.folder.run_id} {state}; commands need a live run")
 
+    async def _predict(self, command: cmd.Predict, timeout: float) -> cmd.Reply:
+        # A process of its own holds the model (this one never imports torch); started on first use.
+        async with self._lock:
+            try:
+                if self._predictions is None or self._predictions.returncode is not None:
+                    self._predictions = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "traintop.tui", "predict", str(self.folder.path), "--serve",
+                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
+                proc = self._predictions
+                proc.stdin.write(json.dumps({**command.to_json(), "id": 0}).encode() + b"\n")
+                await proc.stdin.drain()
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+            except (ConnectionError, asyncio.TimeoutError) as e:
+                return cmd.Reply(False, f"the prediction process did not answer: {type(e).__name__}")
+            if not line:
+                err = (await proc.stderr.read()).decode(errors="replace").strip().splitlines()
+                return cmd.Reply(False, err[-1] if err else "the prediction process ended")
+            obj = json.loads(line)
+            return cmd.Reply(obj["ok"], obj.get("message", ""), obj.get("data") or {})
+
     async def close(self) -> None:
-        pass
+        proc, self._predictions = self._predictions, None
+        if proc is not None and proc.returncode is None:
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
 
 
 async def open_run(folder: RunFolder, parse_events: bool = True) -> LiveRun | FinishedRun:

@@ -23,7 +23,7 @@ from .errors import UserError
 from .evaluation import evaluate, predict_outputs
 from .inbox import CommandInbox
 from .lr import LearningRate
-from .models import Objective, build_model, loss_name, n_model_outputs
+from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
 from .recorder import StepRecorder
 from .runstore import RunFolder
 
@@ -74,7 +74,8 @@ class Trainer:
 
         n_classes = len(data.classes)
         self.objective = Objective(loss_name(cfg, data.task, n_classes))
-        self.model = build_model(cfg, data.input_dim, n_model_outputs(self.objective.name, data.task, n_classes))
+        n_outputs = n_model_outputs(self.objective.name, data.task, n_classes)
+        self.model = build_model(cfg, DataInfo.of(data.preprocess, n_outputs))
         self.model.to(device)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.param_names = [n for n, _ in named]
@@ -82,10 +83,9 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.params)
         self.no_grad = torch.zeros((), device=device)
 
-        self.x = {s: torch.as_tensor(a, device=device) for s, a in data.x.items()}
-        self.y = {s: torch.as_tensor(a, device=device) for s, a in data.y.items()}
+        self.feeds = data.feeds(device)  # device tensors, or DataLoaders for streamed data
         self.batch_size = cfg.data.batch_size
-        self.n_train = len(self.y["train"])
+        self.n_train = len(self.feeds["train"])
         self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
         self.lr = LearningRate(cfg, self.steps_per_epoch)
         self.recorder = StepRecorder(self.param_names, device)
@@ -169,12 +169,12 @@ class Trainer:
     def permutation(self, epoch: int) -> torch.Tensor:
         """This epoch's data order: seeded by (seed, epoch), so a resumed run repeats it."""
         g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n_train, generator=g).to(self.device)
+        return torch.randperm(self.n_train, generator=g)
 
     def train_epoch(self) -> None:
         model, objective, optimizer = self.model, self.objective, self.optimizer
-        x, y, bs = self.x["train"], self.y["train"], self.batch_size
-        perm = self.permutation(self.epoch)
+        batches = self.feeds["train"].batches(self.permutation(self.epoch), self.batch_size,
+                                              start=self.batch, augment=self.data.augment)
         clip = self.cfg.train.grad_clip
         skip_nonfinite = self.cfg.train.on_nan == "skip"
         val_every = self.cfg.train.val_every_steps
@@ -185,9 +185,9 @@ class Trainer:
                 self.serve_commands()
                 if self.stop_request is not None:
                     return
-            idx = perm[self.batch * bs:(self.batch + 1) * bs]
+            xb, yb = next(batches)
             # forward
-            loss = objective(model(x[idx]), y[idx])
+            loss = objective(model(xb), yb)
             # backward
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,7 +251,7 @@ class Trainer:
     def validate(self, source: str = "schedule") -> None:
         """Measure the validation split; update best, early stopping, plateau and warnings."""
         self.flush()
-        val_loss, metrics = evaluate(self.model, self.objective, self.x["val"], self.y["val"], self.data)
+        val_loss, metrics = evaluate(self.model, self.objective, self.feeds["val"], self.data)
         monitor = self.early.monitor
         value = val_loss if monitor == "val_loss" else metrics[monitor[4:]]
         epoch = self.epoch if self.batch == 0 else self.epoch + 1
@@ -357,11 +357,11 @@ class Trainer:
         if status in ("completed", "early_stopped") or (status == "stopped" and self.stop_request.save):
             self.save("last")
         self.save_best()
-        if status not in ("completed", "early_stopped") or len(self.y["test"]) == 0:
+        if status not in ("completed", "early_stopped") or len(self.feeds["test"]) == 0:
             return
         if self.cfg.early_stopping.restore_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        loss, metrics = evaluate(self.model, self.objective, self.x["test"], self.y["test"], self.data)
+        loss, metrics = evaluate(self.model, self.objective, self.feeds["test"], self.data)
         self.test_done = True
         self.emit(ev.TestResult, metrics={**metrics, "loss": loss}, step=self.step)
 
@@ -450,5 +450,6 @@ class Trainer:
         outputs = predict_outputs(model, self.objective, self.data, c.inputs, self.device,
                                   allow_test=self.test_done)
         self.emit(ev.Prediction, request_id=c.request_id, outputs=outputs, weights=c.weights, step=self.step)
-        return cmd.Reply(True, f"{len(outputs)} prediction(s)", {"outputs": outputs})
+        return cmd.Reply(True, f"{len(outputs)} prediction(s)",
+                         {"outputs": outputs, "weights": c.weights, "step": self.step})
 

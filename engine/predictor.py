@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 import torch
 
+from . import commands as cmd
+from . import events as ev
 from .checkpoint import load_checkpoint
 from .config import load_config
+from .data import Dataset, load_data
 from .data.tabular import Preprocessor
 from .errors import UserError
-from .evaluation import predict_records
+from .evaluation import predict_outputs, predict_records
 from .models import Objective, build_model, loss_name, n_model_outputs
-from .runstore import RunFolder
+from .runstore import RunFolder, read_events
 
 CHECKPOINTS = ("best", "last")
 
@@ -106,3 +110,66 @@ class Predictor:
             else:
                 writer.writerow([row_id, repr(a["value"])])
         return buf.getvalue()
+
+
+class RunPredictions:
+    """Answers `predict` commands for a run no engine serves, from its saved checkpoints.
+
+    `current` weights are the last saved ones (last.pt), `best` are best.pt; held-out samples
+    come from the run's own split of its data, loaded once on first use.
+    """
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self.predictors: dict[str, Predictor] = {}
+        self.data: Dataset | None = None
+        events, _ = read_events(folder.events) if folder.events.exists() else ([], False)
+        self.test_done = any(isinstance(e, ev.TestResult) for e in events)
+
+    def predictor(self, weights: str) -> Predictor:
+        checkpoint = "last" if weights == "current" else "best"
+        if checkpoint not in self.predictors:
+            self.predictors[checkpoint] = Predictor.from_folder(self.folder, checkpoint)
+        return self.predictors[checkpoint]
+
+    def dataset(self) -> Dataset:
+        if self.data is None:
+            cfg = load_config(self.folder.config)
+            cfg.base_dir = Path((self.folder.read_json("meta.json") or {}).get("config_dir", self.folder.path))
+            self.data = load_data(cfg)
+        return self.data
+
+    def answer(self, c: cmd.Predict) -> cmd.Reply:
+        """The reply the engine would give, computed from the saved weights."""
+        try:
+            p = self.predictor(c.weights)
+            if any("split" in item for item in c.inputs):
+                outputs = predict_outputs(p.model, p.objective, self.dataset(), c.inputs, torch.device("cpu"),
+                                          allow_test=self.test_done)
+            else:
+                outputs = p.predict(c.inputs)
+        except UserError as e:
+            return cmd.Reply(False, str(e))
+        except (ValueError, TypeError, KeyError) as e:
+            return cmd.Reply(False, f"could not predict on these inputs: {type(e).__name__}: {e}")
+        return cmd.Reply(True, f"{len(outputs)} prediction(s)",
+                         {"outputs": outputs, "weights": c.weights, "step": p.step})
+
+
+def serve_predictions(folder: RunFolder, inp: IO[str], out: IO[str]) -> None:
+    """Answer `predict` command lines from `inp` with reply lines on `out`, as the socket does."""
+    answers = RunPredictions(folder)
+    for line in inp:
+        request_id = None
+        try:
+            obj = json.loads(line)
+            request_id = obj.get("id") if isinstance(obj, dict) else None
+            command = cmd.Command.from_json(obj)
+            if not isinstance(command, cmd.Predict):
+                raise UserError(f"run {folder.run_id} has finished; only predict is answered")
+            reply = answers.answer(command)
+        except (ValueError, UserError) as e:
+            reply = cmd.Reply(False, str(e))
+        out.write(json.dumps({"reply": request_id, "ok": reply.ok, "message": reply.message,
+                              "data": reply.data}) + "\n")
+        out.flush()
