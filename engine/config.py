@@ -142,10 +142,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("early_stopping", "mode"): ("min", "max"),
 }
 
-NOT_YET = {
-    ("data", "source"): ("image_folder", "python", "torchvision"),
-    ("model", "kind"): ("cnn", "text", "python"),
-}
+NOT_YET: dict[tuple[str, str], tuple[str, ...]] = {}
 
 POSITIVE = {
     ("data", "batch_size"), ("train", "epochs"), ("data", "image_size"),
@@ -254,6 +251,24 @@ def _validate(cfg: Config, origin: str) -> None:
         fail("data", "path", "is empty; data.source = \"csv\" needs the path of a CSV file")
     if cfg.data.source == "csv" and not cfg.data.target:
         fail("data", "target", "is empty; data.source = \"csv\" needs the name of the label column")
+    if cfg.data.source == "image_folder" and not cfg.data.path:
+        fail("data", "path", "is empty; data.source = \"image_folder\" needs a folder with one sub-folder "
+                             "of images per class")
+    if cfg.data.text and cfg.data.source != "csv":
+        fail("data", "text", f"is {cfg.data.text!r}, but a text column needs data.source = \"csv\"")
+    if cfg.data.source == "python" and not cfg.data.factory:
+        fail("data", "factory", "is empty; data.source = \"python\" needs \"module:function\", a function "
+                                "returning the train, validation and test sets")
+    if cfg.model.kind == "python" and not cfg.model.factory:
+        fail("model", "factory", "is empty; model.kind = \"python\" needs \"module:function\", a function "
+                                 "returning an nn.Module")
+    if cfg.data.source == "torchvision" and not cfg.data.dataset:
+        fail("data", "dataset", "is empty; data.source = \"torchvision\" needs one of MNIST, "
+                                "FashionMNIST, CIFAR10")
+    if cfg.data.channels not in (0, 1, 3):
+        fail("data", "channels", f"is {cfg.data.channels}; allowed: 0 (from the files), 1 (grayscale), 3 (RGB)")
+    if not cfg.model.channels or any(c <= 0 for c in cfg.model.channels):
+        fail("model", "channels", f"is {cfg.model.channels}; give one or more conv widths above 0, e.g. [32, 64]")
     monitor = cfg.early_stopping.monitor
     if not re.match(r"^val_[a-z0-9_]+$", monitor):
         fail("early_stopping", "monitor", f"is {monitor!r}; allowed: val_loss or val_<metric>, e.g. val_accuracy")
@@ -261,7 +276,8 @@ def _validate(cfg: Config, origin: str) -> None:
         fail("schedule", "gamma", f"is {cfg.schedule.gamma}; allowed: 0 < gamma <= 1")
     if not cfg.run.name:
         model = cfg.model.kind
-        source = Path(cfg.data.path).stem if cfg.data.source == "csv" else cfg.data.source
+        source = {"csv": Path(cfg.data.path).stem, "image_folder": Path(cfg.data.path).name,
+                  "torchvision": cfg.data.dataset}.get(cfg.data.source, cfg.data.source)
         # a file stem may hold spaces or brackets ("sales 2024 (v2).csv"), which run ids cannot
         source = re.sub(r"[^A-Za-z0-9._-]+", "-", source).lstrip("._-") or "data"
         cfg.run.name = f"{source}-{model}"

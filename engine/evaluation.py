@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from .data import Dataset
+from .data.feed import EVAL_BATCH
 from .data.tabular import category_key
 from .errors import UserError
 from .models import Objective
@@ -37,10 +38,21 @@ def forward_all(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([model(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
 
 
-def evaluate(model, objective: Objective, x: torch.Tensor, y: torch.Tensor,
-             data: Dataset) -> tuple[float, dict[str, float]]:
+def outputs_and_targets(model: torch.nn.Module, feed) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs for a whole split, with its targets: at once in memory, or streamed."""
+    if feed.in_memory:
+        return forward_all(model, feed.x), feed.y
+    outs, ys = [], []
+    with inference(model):
+        for x, y in feed.batches(None, EVAL_BATCH):
+            outs.append(model(x))
+            ys.append(y)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def evaluate(model, objective: Objective, feed, data: Dataset) -> tuple[float, dict[str, float]]:
     """Mean loss and the task's metrics: accuracy, or MAE / RMSE / R² in the target's units."""
-    out = forward_all(model, x)
+    out, y = outputs_and_targets(model, feed)
     with torch.no_grad():
         loss = objective(out, y)
         if data.task == "classification":
@@ -67,11 +79,16 @@ def _raw_value(v: Any) -> Any:
 
 def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dict], device: torch.device,
                     allow_test: bool = False) -> list[dict[str, Any]]:
-    """One output per input: a raw record {feature: value}, or {"split": "val", "index": i}.
+    """One output per input: a raw record ({feature: value}, or {"path": ...} for an image), or a
+    held-out reference {"split": "val", "index": i}.
 
-    A held-out reference is answered with its raw record (`input`) and true label (`true`) too.
+    A held-out reference is answered with its raw record (`input`) and true label (`true`) too. Its
+    `input` is the record as the data holds it ({feature: value}; {"path"} for an image file,
+    {"index"} for a dataset without files) plus what the preprocessing's `preview` adds: for
+    images, "pixels", grayscale rows of 0-255 at the model's image size (at most 48 a side).
     """
-    rows, truths = [], []
+    feeds = data.feeds(device)
+    xs, shown = [], []
     for i, item in enumerate(inputs):
         if "split" in item:
             split, index = item.get("split"), item.get("index")
@@ -82,16 +99,21 @@ def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dic
             n = len(data.raw[split])
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
                 raise UserError(f"input {i}: index must be an integer from 0 to {n - 1}, got {index!r}")
-            rows.append({k: _raw_value(v) for k, v in data.raw[split].iloc[index].items()})
-            truths.append(_raw_value(data.raw_target[split].iloc[index]))
+            x = feeds[split].inputs([index])
+            row = {k: _raw_value(v) for k, v in data.raw[split].iloc[index].items()}
+            row.update(data.preprocess.preview(x[0].cpu().numpy()))
+            truth = _raw_value(data.raw_target[split].iloc[index])
+            shown.append((row, category_key(truth) if data.task == "classification" else truth))
         else:
-            rows.append(item)
-            truths.append(None)
-    results = predict_records(model, objective, data.preprocess, rows, device)
-    for result, row, truth, item in zip(results, rows, truths, inputs):
-        if "split" in item:
-            true = category_key(truth) if data.task == "classification" else truth
-            result.update({"input": row, "true": true})
+            x = torch.as_tensor(data.preprocess.transform(pd.DataFrame([item])), device=device)
+            shown.append(None)
+        xs.append(x)
+    if not xs:
+        return []
+    results = answers(objective, data.preprocess, forward_all(model, torch.cat(xs)))
+    for result, extra in zip(results, shown):
+        if extra is not None:
+            result.update({"input": extra[0], "true": extra[1]})
     return results
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -9,22 +12,116 @@ from .config import Config
 from .errors import UserError
 
 
-def build_model(cfg: Config, input_dim: int, n_outputs: int) -> nn.Module:
-    """The configured model for `input_dim` inputs and `n_outputs` outputs."""
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know of the data; a `python` model's factory is called with it."""
+
+    input_shape: tuple[int, ...]  # one sample, e.g. (64,) or (3, 32, 32)
+    n_outputs: int  # the model's output width: classes for cross-entropy, else 1
+    task: str = "classification"
+    classes: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
+    vocab_size: int = 0  # text: embedding rows (words, padding 0, out-of-vocabulary 1)
+    text_tokens: int = 0  # text: the last this many input columns are token indices
+    kind: str = "tabular"  # the data's kind: tabular | text | image | tensor
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def of(cls, preprocess, n_outputs: int) -> DataInfo:
+        """The info of data prepared by `preprocess` (a live Dataset's, or one read from preprocess.json)."""
+        return cls(input_shape=tuple(preprocess.input_shape), n_outputs=n_outputs, task=preprocess.task,
+                   classes=tuple(preprocess.classes), feature_names=tuple(preprocess.features),
+                   vocab_size=preprocess.vocab_size, text_tokens=getattr(preprocess, "max_tokens", 0),
+                   kind=preprocess.kind)
+
+
+def _mlp(width: int, hidden: list[int], dropout: float, n_outputs: int) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    return layers + [nn.Linear(width, n_outputs)]
+
+
+def build_model(cfg: Config, info: DataInfo | int, n_outputs: int | None = None) -> nn.Module:
+    """The configured model for the data `info` describes (or for `info` inputs and `n_outputs` outputs)."""
+    if isinstance(info, int):
+        info = DataInfo(input_shape=(info,), n_outputs=n_outputs)
     m = cfg.model
+    if m.kind == "python":
+        return _python_model(cfg, info)
+    if info.kind == "text" and m.kind != "text":
+        raise UserError(f"model.kind = {m.kind!r} cannot read a text column (data.text); "
+                        "use model.kind = \"text\" or \"python\"")
+    if m.kind == "text":
+        if info.kind != "text":
+            raise UserError("model.kind = \"text\" needs a text column: set data.text to the CSV column "
+                            "of free text")
+        return TextModel(info, m.hidden, m.dropout)
+    if m.kind == "cnn":
+        if len(info.input_shape) != 3:
+            raise UserError(f"model.kind = \"cnn\" needs images (channels, height, width); this data's "
+                            f"inputs have shape {list(info.input_shape)}; use mlp or linear")
+        return ConvNet(info, m.channels, m.hidden, m.dropout)
+    width = math.prod(info.input_shape)
+    flatten = [nn.Flatten()] if len(info.input_shape) > 1 else []
     if m.kind == "linear":
-        return nn.Sequential(nn.Linear(input_dim, n_outputs))
-    if m.kind == "mlp":
-        layers: list[nn.Module] = []
-        width = input_dim
-        for h in m.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            if m.dropout:
-                layers.append(nn.Dropout(m.dropout))
-            width = h
-        layers.append(nn.Linear(width, n_outputs))
-        return nn.Sequential(*layers)
-    raise UserError(f"model.kind = {m.kind!r} is not available in this version of traintop")
+        return nn.Sequential(*flatten, nn.Linear(width, info.n_outputs))
+    return nn.Sequential(*flatten, *_mlp(width, m.hidden, m.dropout, info.n_outputs))
+
+
+class ConvNet(nn.Module):
+    """Conv blocks (3x3 conv, batch norm, ReLU, 2x2 max pool) per `channels`, then an MLP head."""
+
+    def __init__(self, info: DataInfo, channels: list[int], hidden: list[int], dropout: float):
+        super().__init__()
+        c, h, w = info.input_shape
+        blocks: list[nn.Module] = []
+        for out in channels:
+            blocks += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            if min(h, w) >= 2:  # a map down to one pixel is not pooled further
+                blocks.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c = out
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Flatten(), *_mlp(c * h * w, hidden, dropout, info.n_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class TextModel(nn.Module):
+    """Mean of word embeddings (an embedding bag of `hidden[0]` wide) beside the table's other
+    inputs, then an MLP of `hidden[1:]`."""
+
+    def __init__(self, info: DataInfo, hidden: list[int], dropout: float):
+        super().__init__()
+        dim = hidden[0] if hidden else 64
+        self.n_table = math.prod(info.input_shape) - info.text_tokens
+        self.embed = nn.EmbeddingBag(info.vocab_size, dim, mode="mean", padding_idx=0)
+        self.head = nn.Sequential(*_mlp(dim + self.n_table, hidden[1:], dropout, info.n_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        words = self.embed(x[:, self.n_table:].long())
+        return self.head(torch.cat([words, x[:, :self.n_table]], dim=1))
+
+
+def _python_model(cfg: Config, info: DataInfo) -> nn.Module:
+    from .factory import call_factory, load_factory
+
+    if not cfg.model.factory:
+        raise UserError('model.factory is empty; model.kind = "python" needs "module:function"')
+    fn = load_factory(cfg.model.factory, "model.factory", cfg.base_dir)
+    model = call_factory(fn, "model.factory", info)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.factory {cfg.model.factory!r} returned a {type(model).__name__}; "
+                        "it must return a torch.nn.Module")
+    return model
 
 
 LOSSES = {

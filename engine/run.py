@@ -251,7 +251,8 @@ class Run:
             t.t0 = time.monotonic()
             self.publish(ev.RunStarted(
                 t=0.0, run_id=self.run_id, name=self.cfg.run.name, config=self.cfg.to_dict(),
-                device=str(t.device), params=sum(p.numel() for p in t.params), data=t.data.summary(),
+                device=str(t.device), params=sum(p.numel() for p in t.params),
+                data=t.data.summary(self.cfg.data.batch_size),
                 epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch))
             for kind, message in t.data.warnings:
                 t.emit(ev.RunWarning, kind_=kind, message=message, step=0)

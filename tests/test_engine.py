@@ -187,9 +187,9 @@ def scripted_validation(monkeypatch, val_losses: list[float]):
     real = loop.evaluate
     seen: list[dict] = []
 
-    def fake(model, objective, x, y, data):
-        loss, metrics = real(model, objective, x, y, data)
-        if len(x) != len(data.y["val"]) or len(seen) >= len(val_losses):
+    def fake(model, objective, feed, data):
+        loss, metrics = real(model, objective, feed, data)
+        if len(feed) != len(data.y["val"]) or len(seen) >= len(val_losses):
             return loss, metrics
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return val_losses[len(seen) - 1], metrics

@@ -484,30 +484,18 @@ def cmd_check(args) -> int:
     from traintop.engine.loop import Trainer
     from traintop.engine.inbox import CommandInbox
     from traintop.engine.run import resolve_device
+    from traintop.tui.summary import summary_lines
 
     data = load_data(cfg)
     device = resolve_device(cfg.run.device)
     trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=CommandInbox())
-    s = data.summary()
     print(f"# {args.config or 'built-in demo'}: the resolved config\n")
     print(cfg.to_toml())
     print("# data")
-    print(f"task        {s['task']}")
-    print(f"rows        {s['n_train']} train / {s['n_val']} val / {s['n_test']} test")
-    kinds = s["feature_types"]
-    n_cat = sum(1 for k in kinds.values() if k == "categorical")
-    print(f"features    {len(kinds)} ({len(kinds) - n_cat} numeric, {n_cat} categorical) -> {s['inputs']} inputs")
-    if s["classes"]:
-        counts = s["class_counts"]["train"]
-        print(f"classes     {len(s['classes'])}: " + ", ".join(
-            f"{c} ({n})" for c, n in zip(s["classes"], counts)) + "  [train counts]")
-    else:
-        print(f"target      mean {s['target_mean']:.4g}, std {s['target_std']:.4g}")
-    print(f"leakage     {s['leakage']} repeated rows across splits")
+    for line in summary_lines(data.summary(cfg.data.batch_size)):
+        print(line)
     for kind, message in data.warnings:
         print(f"warning     [{kind}] {message}")
-    xb = trainer.x["train"][: cfg.data.batch_size]
-    print(f"batch       inputs {tuple(xb.shape)}, targets {tuple(trainer.y['train'][: cfg.data.batch_size].shape)}")
     print(f"model       {cfg.model.kind}, {sum(p.numel() for p in trainer.params):,} parameters on {device}")
     print(f"loss        {trainer.objective.name}")
     print(f"plan        {cfg.train.epochs} epochs × {trainer.steps_per_epoch} steps")

@@ -1,8 +1,8 @@
-"""Data sources: bundled tables and CSV files, split and preprocessed into in-memory arrays."""
+"""Data sources: bundled tables, CSV files (with a text column), image folders, a user's Python
+factory and torchvision's datasets, each split and preprocessed into a Dataset."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,55 +10,25 @@ import pandas as pd
 
 from ..config import BUILTIN_SOURCES, Config
 from ..errors import UserError
+from .dataset import SPLITS, Dataset
 from .tabular import Preprocessor, count_leakage, infer_task, split_indices
 
-SPLITS = ("train", "val", "test")
 
-
-@dataclass
-class Dataset:
-    """Prepared splits: model inputs `x`, encoded targets `y`, and the raw rows they came from."""
-
-    task: str  # classification | regression
-    preprocess: Preprocessor
-    x: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-    raw: dict[str, pd.DataFrame]  # raw feature rows per split, for predict and display
-    raw_target: dict[str, pd.Series]
-    warnings: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
-    extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts, e.g. image_shape
-
-    @property
-    def classes(self) -> list[str]:
-        return self.preprocess.classes
-
-    @property
-    def input_dim(self) -> int:
-        return self.x["train"].shape[1]
-
-    @property
-    def n_outputs(self) -> int:
-        return len(self.classes) if self.task == "classification" else 1
-
-    def summary(self) -> dict[str, Any]:
-        """What a user wants to know about the data before training: sizes, classes, features."""
-        out: dict[str, Any] = {
-            "task": self.task,
-            **{f"n_{s}": len(self.y[s]) for s in SPLITS},
-            "features": self.preprocess.features,
-            "classes": self.classes,
-            "inputs": self.input_dim,
-            "feature_types": {c["name"]: c["kind"] for c in self.preprocess.columns},
-        }
-        if self.task == "classification":
-            out["class_counts"] = {
-                s: [int(n) for n in np.bincount(self.y[s], minlength=len(self.classes))] for s in SPLITS}
-        else:
-            out["target_mean"] = self.preprocess.target_mean
-            out["target_std"] = self.preprocess.target_std
-        out.update(self.extra)
-        return out
-
+def load_preprocessor(obj: dict[str, Any]):
+    """The fitted preprocessing read back from preprocess.json, of whichever kind it is."""
+    kind = obj.get("kind", "tabular")  # files written before "kind" existed are tables
+    if kind == "tabular":
+        return Preprocessor.from_json(obj)
+    if kind == "text":
+        from .text import TextPreprocessor
+        return TextPreprocessor.from_json(obj)
+    if kind == "image":
+        from .images import ImagePreprocessor
+        return ImagePreprocessor.from_json(obj)
+    if kind == "tensor":
+        from .python import TensorPreprocessor
+        return TensorPreprocessor.from_json(obj)
+    raise UserError(f"preprocess.json has kind {kind!r}; this traintop reads tabular, text, image, tensor")
 
 def _builtin(source: str, seed: int) -> tuple[pd.DataFrame, pd.Series, list[str] | None, dict]:
     """A bundled dataset (scikit-learn's own copies, no download) as features, target, class names."""
@@ -95,6 +65,15 @@ def _read_csv(cfg: Config) -> pd.DataFrame:
 def load_data(cfg: Config) -> Dataset:
     """Load, split and preprocess the configured data."""
     d = cfg.data
+    if d.source == "image_folder":
+        from .images import load_image_folder
+        return load_image_folder(cfg)
+    if d.source == "python":
+        from .python import load_python_data
+        return load_python_data(cfg)
+    if d.source == "torchvision":
+        from .vision import load_torchvision
+        return load_torchvision(cfg)
     warnings: list[tuple[str, str]] = []
     extra: dict[str, Any] = {}
     if d.source in BUILTIN_SOURCES:
@@ -130,6 +109,11 @@ def load_data(cfg: Config) -> Dataset:
     raw_target = {s: target.iloc[i].reset_index(drop=True) for s, i in parts.items()}
     pre = Preprocessor.fit(raw["train"], raw_target["train"], task, str(target_name), kinds,
                            class_names or [])
+    if d.source == "csv" and d.text:
+        from .text import TextPreprocessor
+        pre = TextPreprocessor.fit(d.text, raw["train"][d.text], pre, d.min_freq, d.max_vocab)
+        extra["vocab_size"] = pre.vocab_size
+        extra["max_tokens"] = pre.max_tokens
     x = {s: pre.transform(raw[s]) for s in SPLITS}
     y = {s: pre.encode_target(raw_target[s]) for s in SPLITS}
     leaked = count_leakage(raw)
@@ -170,6 +154,14 @@ def _csv_table(cfg: Config):
                         f"columns: {', '.join(columns)}")
     if d.target in names:
         raise UserError(f"data.features includes the target column {d.target!r}")
+    if d.text:
+        if d.text not in frame.columns:
+            close = get_close_matches(d.text, columns, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise UserError(f"data.text: column {d.text!r} is not in {path}{hint}; columns: {', '.join(columns)}")
+        if d.text == d.target:
+            raise UserError(f"data.text: {d.text!r} is the target column; name the column of free text")
+        names = [c for c in names if c != d.text]
     warnings = []
     missing_target = frame[d.target].isna()
     if missing_target.all():
@@ -181,7 +173,7 @@ def _csv_table(cfg: Config):
     if empty:
         warnings.append(("data", f"column(s) {', '.join(empty)} have no values and were left out"))
         names = [c for c in names if c not in empty]
-    if not names:
+    if not names and not d.text:
         raise UserError(f"data.features: {path} has no usable feature columns besides {d.target!r}")
     target = frame[d.target]
     task = d.task if d.task != "auto" else infer_task(target)
@@ -193,4 +185,4 @@ def _csv_table(cfg: Config):
                             'needs numbers; set data.task = "classification" to predict categories')
         target = numeric.astype(float)
     kinds = {c: "categorical" if is_categorical(frame[c]) else "numeric" for c in names}
-    return frame[names], target, kinds, task, None, warnings
+    return frame[names + ([d.text] if d.text else [])], target, kinds, task, None, warnings

@@ -62,6 +62,18 @@ class Preprocessor:
     target_mean: float = 0.0
     target_std: float = 1.0
 
+    kind = "tabular"
+    vocab_size = 0
+
+    @property
+    def input_shape(self) -> list[int]:
+        """One row's model input: a vector of the encoded columns."""
+        return [len(self.output_names)]
+
+    def feature_types(self) -> dict[str, str]:
+        """Each raw feature's kind: numeric or categorical."""
+        return {c["name"]: c["kind"] for c in self.columns}
+
     @property
     def features(self) -> list[str]:
         """The raw feature names, in order."""
@@ -129,6 +141,10 @@ class Preprocessor:
             return np.zeros((len(rows), 0), dtype=np.float32)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
+    def preview(self, x: np.ndarray) -> dict[str, Any]:
+        """Nothing to add: a table row is shown as its raw record."""
+        return {}
+
     def encode_target(self, y: pd.Series) -> np.ndarray:
         """Targets as the model sees them: class indices, or standardized values."""
         if self.task == "classification":
@@ -142,7 +158,7 @@ class Preprocessor:
 
     def to_json(self) -> dict[str, Any]:
         """The fitted preprocessing as preprocess.json holds it."""
-        return {"version": 1, "task": self.task, "target": self.target, "classes": self.classes,
+        return {"kind": self.kind, "version": 1, "task": self.task, "target": self.target, "classes": self.classes,
                 "target_mean": self.target_mean, "target_std": self.target_std,
                 "columns": self.columns, "inputs": self.output_names}
 

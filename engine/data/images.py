@@ -1,0 +1,322 @@
+"""Image folders: one sub-folder per class, decoded with Pillow, normalized on the training split.
+
+Small folders are decoded once into memory. Folders whose decoded tensors would pass
+`data.memory_limit_mb` stream through a DataLoader: workers decode each image once into a
+shared on-disk cache (a memory-mapped uint8 array), so later epochs only read and normalize.
+Both paths decode, split and normalize identically, so the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import Config
+from ..errors import UserError
+from .dataset import SPLITS, Dataset, leakage_from_hashes, small_pixels
+from .feed import flip_and_crop
+from .tabular import split_indices
+
+FIT_MAX = 4096  # mean and std are fitted on at most this many training images (a seeded sample)
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+NAMED_BAD = 5  # unreadable files named in the warning
+
+
+def decode(source: Any, channels: int, size: int) -> np.ndarray:
+    """One image (a path, bytes or a PIL image) as uint8 (channels, size, size): first frame, resized."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    try:
+        image.seek(0)  # a GIF's first frame
+        image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    finally:
+        if image is not source:
+            image.close()
+    return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+
+
+@dataclass
+class ImagePreprocessor:
+    """What was fitted on the training images: size, channels, per-channel mean and std, classes."""
+
+    classes: list[str]
+    channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+
+    kind = "image"
+    task = "classification"
+    target = "class"
+    vocab_size = 0
+    features = ["path"]
+    target_mean, target_std = 0.0, 1.0
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.channels, self.image_size, self.image_size]
+
+    def feature_types(self) -> dict[str, str]:
+        return {"path": "image"}
+
+    def normalize(self, u8: np.ndarray) -> np.ndarray:
+        """uint8 images (..., C, H, W) to the model's float32 inputs."""
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return ((u8.astype(np.float32) / np.float32(255)) - mean) / std
+
+    def transform(self, rows) -> np.ndarray:
+        """Raw images to model inputs (N, C, H, W): a DataFrame or records with a "path", or a
+        list of paths or PIL images."""
+        if isinstance(rows, pd.DataFrame):
+            if "path" not in rows.columns:
+                raise UserError('an image input needs a "path": the file of the image to predict')
+            rows = list(rows["path"])
+        images = []
+        for i, item in enumerate(rows):
+            if isinstance(item, dict):
+                item = item.get("path")
+            if item is None or (isinstance(item, float) and np.isnan(item)):
+                raise UserError(f'image input {i} has no "path"')
+            try:
+                images.append(decode(item, self.channels, self.image_size))
+            except FileNotFoundError:
+                raise UserError(f"image file {item} does not exist") from None
+            except (OSError, ValueError, SyntaxError) as e:
+                raise UserError(f"image file {item} could not be read as an image: {e}") from None
+        if not images:
+            return np.zeros((0, *self.input_shape), dtype=np.float32)
+        return self.normalize(np.stack(images))
+
+    def encode_target(self, y: pd.Series) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[str(v)] for v in y], dtype=np.int64)
+
+    def decode_value(self, scaled: np.ndarray) -> np.ndarray:
+        return scaled
+
+    def preview(self, x: np.ndarray) -> dict[str, Any]:
+        """What the dashboard draws for one model input (C, H, W): "pixels", grayscale rows of 0-255
+        at the model's image size (at most 48 a side)."""
+        mean = np.asarray(self.mean)[:, None, None]
+        std = np.asarray(self.std)[:, None, None]
+        u = np.clip((x * std + mean) * 255, 0, 255).mean(axis=0)
+        return {"pixels": small_pixels(u.round().astype(np.uint8))}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "version": 1, "task": self.task, "target": self.target,
+                "classes": self.classes, "channels": self.channels, "image_size": self.image_size,
+                "mean": self.mean, "std": self.std, "input_shape": self.input_shape}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ImagePreprocessor:
+        return cls(classes=obj["classes"], channels=obj["channels"], image_size=obj["image_size"],
+                   mean=obj["mean"], std=obj["std"])
+
+
+def channel_stats(u8: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0-1 scale."""
+    x = u8.astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3))
+    return [float(m) for m in mean], [float(s) if s > 1e-6 else 1.0 for s in std]
+
+
+def fit_sample(train: np.ndarray, seed: int) -> np.ndarray:
+    """The training images mean and std are fitted on: all of them, or a seeded sample of FIT_MAX."""
+    if len(train) <= FIT_MAX:
+        return train
+    return np.sort(np.random.default_rng(seed).choice(train, FIT_MAX, replace=False))
+
+
+# -- reading a folder --------------------------------------------------------------------------------
+
+@dataclass
+class _Scan:
+    classes: list[str]
+    paths: list[Path]
+    labels: list[int]
+    hashes: list[str]
+    modes: list[str]
+    bad: list[tuple[Path, str]]
+
+
+def _scan(folder: Path) -> _Scan:
+    """Every file under each class folder: readable images kept, the rest listed as bad."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not folder.exists():
+        raise UserError(f"data.path: image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"data.path: {folder} is not a folder; data.source = \"image_folder\" needs a folder "
+                        "with one sub-folder of images per class")
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise UserError(f"data.path: {folder} has no sub-folders; put the images of each class in a "
+                        "sub-folder named after the class (e.g. cats/, dogs/)")
+    scan = _Scan([], [], [], [], [], [])
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        kept = 0
+        for path in files:
+            try:
+                data = path.read_bytes()
+                with Image.open(io.BytesIO(data)) as image:
+                    mode = image.mode
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                scan.bad.append((path, type(e).__name__))
+                continue
+            scan.paths.append(path)
+            scan.labels.append(label)
+            scan.hashes.append(hashlib.blake2b(data, digest_size=16).hexdigest())
+            scan.modes.append(mode)
+            kept += 1
+        if not kept:
+            what = "is empty" if not files else f"has no readable images ({len(files)} other file(s))"
+            raise UserError(f"data.path: class folder {class_dir} {what}; every class needs images")
+        scan.classes.append(class_dir.name)
+    if len(scan.classes) < 2:
+        raise UserError(f"data.path: {folder} has one class folder ({scan.classes[0]}); "
+                        "classification needs at least two")
+    return scan
+
+
+def _bad_warning(bad: list[tuple[Path, str]], folder: Path) -> str:
+    names = ", ".join(str(p.relative_to(folder)) for p, _ in bad[:NAMED_BAD])
+    more = f" and {len(bad) - NAMED_BAD} more" if len(bad) > NAMED_BAD else ""
+    return f"skipped {len(bad)} unreadable or non-image file(s) in {folder}: {names}{more}"
+
+
+def load_image_folder(cfg: Config) -> Dataset:
+    """An image folder, split and normalized; in memory, or streamed when over the memory limit."""
+    d = cfg.data
+    if d.task == "regression":
+        raise UserError('data.task = "regression" does not fit data.source = "image_folder", whose '
+                        "labels are its class folders; use \"auto\" or \"classification\"")
+    if d.channels not in (0, 1, 3):
+        raise UserError(f"data.channels is {d.channels}; allowed: 0 (from the files), 1 (grayscale), 3 (RGB)")
+    folder = cfg.resolve_path(d.path)
+    scan = _scan(folder)
+    channels = d.channels or (1 if all(m in GRAY_MODES for m in scan.modes) else 3)
+    size = d.image_size
+    paths, labels, hashes = scan.paths, scan.labels, scan.hashes
+    bad = list(scan.bad)
+    streaming = len(paths) * channels * size * size * 4 > d.memory_limit_mb * 2 ** 20
+    u8 = None
+    if not streaming:
+        decoded, keep = [], []
+        for i, path in enumerate(paths):
+            try:
+                decoded.append(decode(path, channels, size))
+                keep.append(i)
+            except (OSError, ValueError, SyntaxError) as e:  # a truncated file that opened
+                bad.append((path, type(e).__name__))
+        paths = [paths[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        hashes = [hashes[i] for i in keep]
+        u8 = np.stack(decoded)
+    label_array = np.array(labels, dtype=np.int64)
+    parts = dict(zip(SPLITS, split_indices(len(paths), d.split, cfg.run.seed, label_array)))
+    cache = None if u8 is not None else ImageCache(len(paths), channels, size)
+    fit = fit_sample(parts["train"], cfg.run.seed)
+    if u8 is not None:
+        mean, std = channel_stats(u8[fit])
+    else:
+        mean, std = channel_stats(np.stack([cache.get(i, paths[i]) for i in fit]))
+    pre = ImagePreprocessor(classes=scan.classes, channels=channels, image_size=size, mean=mean, std=std)
+    x: dict[str, Any] = {}
+    for split, idx in parts.items():
+        if u8 is not None:
+            x[split] = pre.normalize(u8[idx])
+        else:
+            x[split] = StreamedImages(pre, [paths[i] for i in idx], label_array[idx], cache, idx)
+    warnings = [("data", _bad_warning(bad, folder))] if bad else []
+    leaked = leakage_from_hashes({s: [hashes[i] for i in idx] for s, idx in parts.items()})
+    if leaked:
+        warnings.append(("leakage", f"{leaked} validation/test images are byte-for-byte copies of an image "
+                                    "in an earlier split; their scores may be optimistic"))
+    return Dataset(
+        task="classification", preprocess=pre, x=x,
+        y={s: label_array[idx] for s, idx in parts.items()},
+        raw={s: pd.DataFrame({"path": [str(paths[i]) for i in idx]}) for s, idx in parts.items()},
+        raw_target={s: pd.Series([scan.classes[labels[i]] for i in idx], name="class", dtype=object)
+                    for s, idx in parts.items()},
+        warnings=warnings, streaming=streaming, augment=flip_and_crop if d.augment else None,
+        extra={"image_size": size, "channels": channels, "leakage": leaked, "skipped_files": len(bad)})
+
+
+# -- the streaming path -------------------------------------------------------------------------------
+
+class ImageCache:
+    """Decoded uint8 images in a memory-mapped file that every DataLoader worker shares.
+
+    Each image is decoded once, by whichever process asks for it first; a flag per image says
+    it is there. The file lives in a temporary folder removed when the engine exits.
+    """
+
+    def __init__(self, n: int, channels: int, size: int):
+        self.folder = tempfile.mkdtemp(prefix="traintop-images-")
+        atexit.register(_remove_if_owner, self.folder, os.getpid())
+        self.shape = (n, channels, size, size)
+        self.channels, self.size = channels, size
+        np.memmap(self._path("images"), np.uint8, "w+", shape=self.shape).flush()
+        np.memmap(self._path("ready"), np.uint8, "w+", shape=(n,)).flush()
+        self._images = self._ready = None
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_images"] = state["_ready"] = None  # each process maps the files itself
+        return state
+
+    def get(self, i: int, path: Path) -> np.ndarray:
+        """Image i, decoded from `path` the first time any process asks for it."""
+        if self._images is None:
+            self._images = np.memmap(self._path("images"), np.uint8, "r+", shape=self.shape)
+            self._ready = np.memmap(self._path("ready"), np.uint8, "r+", shape=(self.shape[0],))
+        if not self._ready[i]:
+            try:
+                self._images[i] = decode(path, self.channels, self.size)
+            except (OSError, ValueError, SyntaxError):
+                self._images[i] = 0  # a file that went bad after the scan: a black image
+            self._ready[i] = 1
+        return np.array(self._images[i])
+
+
+def _remove_if_owner(folder: str, pid: int) -> None:
+    if os.getpid() == pid:  # forked DataLoader workers must not remove it
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class StreamedImages(torch.utils.data.Dataset):
+    """One split of a large image folder: (normalized image, label) pairs through the shared cache."""
+
+    def __init__(self, pre: ImagePreprocessor, paths: list[Path], labels: np.ndarray, cache: ImageCache,
+                 cache_index: np.ndarray):
+        self.pre, self.paths, self.labels = pre, paths, labels
+        self.cache, self.cache_index = cache, cache_index
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        u8 = self.cache.get(int(self.cache_index[i]), self.paths[i])
+        return torch.from_numpy(self.pre.normalize(u8)), int(self.labels[i])
