@@ -1,19 +1,20 @@
 """The dashboard: watch and steer a run in a terminal.
 
 It only ever talks to a run through the client library (a live socket or a finished log), so it
-never imports torch and starts in a fraction of a second. Events append to numpy arrays; the
-screen redraws at most ten times a second, and only when something changed.
+never imports torch and starts in a fraction of a second: numpy, plotext and the client are
+loaded after the first frame has painted. Events append to numpy arrays; the screen redraws at
+most ten times a second, and only when something changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -26,7 +27,9 @@ from traintop.engine import events as ev
 
 from .plot import Figure, Line, PlotWidget
 from .headless import fmt
-from .state import SMOOTHING, RunState
+
+if TYPE_CHECKING:
+    from .state import RunState
 
 REDRAW_SECONDS = 0.1
 SPARK = "▁▂▃▄▅▆▇█"
@@ -78,10 +81,13 @@ class LrScreen(ModalScreen[float | None]):
 
 
 class HelpScreen(ModalScreen[None]):
+    """Every key of the app that opened it, with what it does."""
+
     BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "close")]
 
     def compose(self) -> ComposeResult:
-        rows = [f"{b.key_display or b.key:>7}  {b.description}" for b in TrainTop.BINDINGS if b.description]
+        rows = [f"{b.key_display or b.key:>7}  {b.tooltip or b.description}" for b in self.app.BINDINGS
+                if isinstance(b, Binding) and b.description]
         with Vertical(id="dialog"):
             yield Static("traintop keys\n\n" + "\n".join(rows) + "\n\nEsc closes this help.")
 
@@ -91,18 +97,22 @@ class TrainTop(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "traintop"
+    # The tooltip is each key's description in the help and the command palette.
     BINDINGS = [
-        Binding("space", "pause", "pause/resume", key_display="space"),
-        Binding("plus,equals_sign", "lr_factor(2.0)", "lr ×2", key_display="+"),
-        Binding("minus", "lr_factor(0.5)", "lr ÷2", key_display="-"),
-        Binding("l", "type_lr", "set lr"),
-        Binding("v", "validate", "validate"),
-        Binding("c", "checkpoint", "checkpoint"),
-        Binding("e", "early_stopping", "early stop on/off"),
-        Binding("y", "log_scale", "log y"),
-        Binding("s", "smoothing", "smoothing"),
-        Binding("question_mark", "help", "help", key_display="?"),
-        Binding("q", "quit_run", "quit"),
+        Binding("space", "pause", "pause/resume", key_display="space",
+                tooltip="Pause training at the next step, or resume it"),
+        Binding("plus,equals_sign", "lr_factor(2.0)", "lr ×2", key_display="+",
+                tooltip="Double the learning rate"),
+        Binding("minus", "lr_factor(0.5)", "lr ÷2", key_display="-", tooltip="Halve the learning rate"),
+        Binding("l", "type_lr", "set lr", tooltip="Type an exact learning rate"),
+        Binding("v", "validate", "validate", tooltip="Validate now (a report: early stopping does not move)"),
+        Binding("c", "checkpoint", "checkpoint", tooltip="Save a checkpoint (last.pt) now"),
+        Binding("e", "early_stopping", "early stop on/off", tooltip="Turn early stopping on or off"),
+        Binding("y", "log_scale", "log y", tooltip="Loss axis: log or linear scale"),
+        Binding("s", "smoothing", "smoothing", tooltip="Loss smoothing: off, EMA 0.6, 0.9, 0.99"),
+        Binding("question_mark", "help", "help", key_display="?", tooltip="Show every key"),
+        Binding("q", "quit_run", "quit",
+                tooltip="Quit (a live run asks: stop it, or detach and leave it training)"),
     ]
 
     def __init__(self, opener, title: str = "", engine_pid: int | None = None, log_path=None):
@@ -110,7 +120,7 @@ class TrainTop(App):
         super().__init__()
         self.opener = opener
         self.source = None
-        self.state = RunState()
+        self._state: RunState | None = None
         self.state_title = title
         self.engine_pid = engine_pid
         self.log_path = log_path
@@ -118,9 +128,17 @@ class TrainTop(App):
         self.smoothing = 1  # index into SMOOTHING: 0.6
         self.drawn_version = -1
         self.outcome = ""  # "detached" or "stopped" once the user has quit a live run
-        self.started = time.monotonic()
         self.no_color = "NO_COLOR" in os.environ
         self.config_shown = False
+
+    @property
+    def state(self) -> RunState:
+        """What the dashboard knows of the run; made (with numpy) when first needed, after the first frame."""
+        if self._state is None:
+            from .state import RunState
+
+            self._state = RunState()
+        return self._state
 
     @property
     def main(self):
@@ -153,11 +171,25 @@ class TrainTop(App):
 
     def on_mount(self) -> None:
         self.main.query_one("#layers-table", DataTable).add_columns("layer", "grad norm", "trend", "")
-        self.set_interval(REDRAW_SECONDS, self.redraw)
         self.on_resize()
-        self.follow()
-        if os.environ.get("TRAINTOP_EXIT_AFTER_FIRST_FRAME"):  # for bench/render.py's start-up time
+        if os.environ.get("TRAINTOP_EXIT_AFTER_FIRST_FRAME") == "1":  # bench/render.py's start-up time
             self.call_after_refresh(self.exit)
+            return
+        # Connecting, numpy and plotext wait until the first frame is on screen.
+        self.call_after_refresh(self.start)
+
+    def start(self) -> None:
+        self.set_interval(REDRAW_SECONDS, self.redraw)
+        self.follow()
+
+    def get_system_commands(self, screen):
+        """The command palette: every key's action with its description, and Textual's own commands
+        (but its Quit, which would not ask what to do with a live run)."""
+        yield from palette_commands(self, super().get_system_commands(screen))
+
+    async def action_quit(self) -> None:
+        """Ctrl+Q quits as `q` does."""
+        await self.action_quit_run()
 
     def on_resize(self, event=None) -> None:
         narrow = self.size.width < 110 or self.size.height < 30
@@ -227,12 +259,14 @@ class TrainTop(App):
         self.main.query_one("#grad-plot", PlotWidget).show(Figure("gradient norm (log)", [Line(gx, gy, "grad", "green")],
                                                              self.vlines(), log_y=True))
         lx, ly = s.lr_series.view(buckets)
-        self.main.query_one("#lr-plot", PlotWidget).show(Figure("learning rate", [Line(lx, ly, "lr", "yellow")], self.vlines()))
+        self.main.query_one("#lr-plot", PlotWidget).show(Figure("learning rate", [Line(lx, ly, "lr", "orange")], self.vlines()))
         mx, my = s.val_metric.view(buckets)
         self.main.query_one("#metric-plot", PlotWidget).show(
             Figure(f"val {s.metric_name}", [Line(mx, my, s.metric_name, "magenta")], self.vlines(),
                    empty_text="after the first validation"))
         self.main.query_one("#side", Static).update(self.side_text())
+        if len(s.loss) and os.environ.get("TRAINTOP_EXIT_AFTER_FIRST_FRAME") == "curves":
+            self.call_after_refresh(self.exit)  # bench/render.py: time until the curves are on screen
         if self.main.query_one("#views", TabbedContent).active == "layers":
             self.update_layers()
         self.update_events()
@@ -246,6 +280,8 @@ class TrainTop(App):
         return [(m.step, m.label) for m in self.state.markers]
 
     def loss_figure(self, buckets: int) -> Figure:
+        from .state import SMOOTHING
+
         s = self.state
         x, y = s.loss.view(buckets)
         alpha = SMOOTHING[self.smoothing]
@@ -272,13 +308,14 @@ class TrainTop(App):
         t.append(f"  {s.device}  " if s.device else "  ")
         t.append(status, style=style)
         if s.total_steps:
-            done = min(1.0, s.step / s.total_steps)
-            bar = "█" * int(done * 20) + "░" * (20 - int(done * 20))
-            t.append(f"\nepoch {s.epoch}/{s.epochs}  step {s.step}/{s.total_steps} {bar} "
-                     f"elapsed {elapsed:5.0f}s  ")
             eta = s.eta
-            t.append(f"ETA {eta:4.0f}s  " if eta is not None else "")
-            t.append(f"{s.samples_per_s:,.0f} samples/s  lr {fmt(s.lr, 3)}")
+            before = f"epoch {s.epoch}/{s.epochs}  step {s.step}/{s.total_steps} "
+            after = (f" elapsed {duration(elapsed)}  " + (f"ETA {duration(eta)}  " if eta is not None else "")
+                     + f"{s.samples_per_s:,.0f} samples/s  lr {fmt(s.lr, 3)}")
+            # The bar gives way first when the line is too long for the screen (80 columns).
+            width = max(5, min(20, self.size.width - 3 - len(before) - len(after)))
+            filled = int(min(1.0, s.step / s.total_steps) * width)
+            t.append(f"\n{before}{'█' * filled}{'░' * (width - filled)}{after}")
         elif s.error:
             t.append(f"\n{s.error.splitlines()[0]}", style="red")
         return t
@@ -345,6 +382,7 @@ class TrainTop(App):
     # -- actions ---------------------------------------------------------------------------------
 
     async def command(self, command: cmd.Command) -> None:
+        """Send a command to the run; its answer, or why it was refused, shows as a toast."""
         if self.source is None:
             self.notify("the engine is still starting", severity="warning")
             return
@@ -380,6 +418,8 @@ class TrainTop(App):
         self.notify(f"loss axis: {'log' if self.log_y else 'linear'}")
 
     def action_smoothing(self) -> None:
+        from .state import SMOOTHING
+
         self.smoothing = (self.smoothing + 1) % len(SMOOTHING)
         alpha = SMOOTHING[self.smoothing]
         self.state.version += 1
@@ -409,6 +449,34 @@ class TrainTop(App):
         if self.source is not None:
             await self.source.close()
         self.exit(self.outcome)
+
+
+def palette_commands(app: App, system_commands):
+    """One palette command per key binding (its description, then its key), and Textual's own
+    commands but Quit, which the bindings' quit replaces."""
+    for binding in app.BINDINGS:
+        if not isinstance(binding, Binding) or not binding.description:
+            continue
+        key = binding.key_display or binding.key
+
+        async def run(action: str = binding.action) -> None:
+            await app.run_action(action)
+
+        yield SystemCommand(binding.tooltip or binding.description, f"key {key}: {binding.description}", run)
+    for command in system_commands:
+        if command.title != "Quit":
+            yield command
+
+
+def duration(seconds: float) -> str:
+    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def sparkline(values) -> str:

@@ -316,11 +316,11 @@ def run_engine(run) -> int:
 
 def dashboard(folder) -> int:
     """The dashboard on an existing run, live or finished."""
-    from traintop.engine.client import open_run
-
     from .app import TrainTop
 
     async def opener():
+        from traintop.engine.client import open_run  # after the first frame: it is not needed before
+
         return await open_run(folder)
 
     outcome = TrainTop(opener, title=folder.run_id).run()
@@ -333,10 +333,32 @@ def cmd_show(args) -> int:
     from traintop.engine.runstore import resolve_run
 
     folders = [resolve_run(spec, _runs_dir(args)) for spec in args.runs]
-    if len(folders) > 1:
-        print("traintop: showing several runs overlaid is not available yet; showing the first",
-              file=sys.stderr)
-    return dashboard(folders[0])
+    if len(folders) == 1:
+        return dashboard(folders[0])
+    return compare(folders)
+
+
+def compare(folders: list) -> int:
+    """Several runs overlaid, one colour per run; a run's name labels it unless two share it."""
+    from .compare import CompareTop
+
+    seen = set()
+    for folder in folders:
+        if folder.path.resolve() in seen:
+            raise UserError(f"run {folder.run_id} is named twice; name each run once")
+        seen.add(folder.path.resolve())
+    names = [(folder.read_json("meta.json") or {}).get("name") or folder.run_id for folder in folders]
+    labels = [name if names.count(name) == 1 else folder.run_id for name, folder in zip(names, folders)]
+
+    def opener(folder):
+        async def open_it():
+            from traintop.engine.client import open_run
+
+            return await open_run(folder)
+        return open_it
+
+    CompareTop([(label, opener(folder)) for label, folder in zip(labels, folders)]).run()
+    return 0
 
 
 def cmd_attach(args) -> int:
