@@ -25,6 +25,7 @@ from textual.widgets import (Button, DataTable, Footer, Input, Label, RichLog, S
 from traintop.engine import commands as cmd
 from traintop.engine import events as ev
 
+from .inference import InferenceView
 from .plot import Figure, Line, PlotWidget
 from .headless import fmt
 
@@ -111,6 +112,7 @@ class TrainTop(App):
         Binding("y", "log_scale", "log y", tooltip="Loss axis: log or linear scale"),
         Binding("s", "smoothing", "smoothing", tooltip="Loss smoothing: off, EMA 0.6, 0.9, 0.99"),
         Binding("question_mark", "help", "help", key_display="?", tooltip="Show every key"),
+        Binding("i", "inference", "inference", tooltip="Try the model on validation samples or a typed input"),
         Binding("q", "quit_run", "quit",
                 tooltip="Quit (a live run asks: stop it, or detach and leave it training)"),
     ]
@@ -161,7 +163,7 @@ class TrainTop(App):
             with TabPane("Layers", id="layers"):
                 yield DataTable(id="layers-table", cursor_type="row")
             with TabPane("Inference", id="inference"):
-                yield Static("Trying the model on inputs comes in a later version.", id="inference-view")
+                yield InferenceView(id="inference-view")
             with TabPane("Config", id="config"):
                 yield Static(id="config-view")
             with TabPane("Events", id="events"):
@@ -424,6 +426,11 @@ class TrainTop(App):
         alpha = SMOOTHING[self.smoothing]
         self.state.version += 1
         self.notify(f"smoothing: {'off' if not alpha else f'EMA {alpha}'}")
+
+    def action_inference(self) -> None:
+        """Show the inference view, with its keys active."""
+        self.main.query_one("#views", TabbedContent).active = "inference"
+        self.main.query_one("#inference-view").focus()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -1,0 +1,87 @@
+"""The inference view driven as a user drives it, against a real engine process training digits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from traintop.engine.client import open_run
+from traintop.engine.runstore import resolve_run
+from traintop.tui.app import TrainTop
+
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", "train.epochs=100000",
+                           "--set", "early_stopping.enabled=false"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    folder = resolve_run(proc.stdout.split()[0], runs)
+    yield folder
+    pid = (folder.read_json("meta.json") or {}).get("pid")
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def wait_for(pilot, condition, seconds: float = 30) -> None:
+    for _ in range(int(seconds / 0.1)):
+        if condition():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("the dashboard never got there")
+
+
+def text_of(app, selector: str) -> str:
+    return str(app.main.query_one(selector).render())
+
+
+async def test_a_sample_shows_its_true_and_predicted_label_and_follows_training(live_run):
+    async def opener():
+        return await open_run(live_run)
+
+    app = TrainTop(opener, title=live_run.run_id)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.state.step > 0)
+        await pilot.press("i")
+        assert app.main.query_one("#views").active == "inference"
+        view = app.main.query_one("#inference-view")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: view.answer is not None)
+        answer = text_of(app, "#inf-answer")
+        true = view.answer["true"]
+        assert f"true       {true}" in answer and f"predicted  {view.answer['label']}" in answer
+        assert ("✓ right" in answer) == (view.answer["label"] == true)
+        assert "validation sample 1 of 270" in text_of(app, "#inf-input")
+        assert "▀" in text_of(app, "#inf-input")  # an 8×8 digit is drawn as a picture
+        first_step = view.answered_step
+        assert f"current weights, step {first_step}" in answer
+        # training goes on; with current weights the answer follows it
+        await wait_for(pilot, lambda: view.answered_step > first_step, seconds=20)
+        assert f"current weights, step {view.answered_step}" in text_of(app, "#inf-answer")
+        assert "browsed: " in text_of(app, "#inf-status")
+
+        await pilot.press("w")  # the best weights answer, and say so
+        await wait_for(pilot, lambda: "best weights" in text_of(app, "#inf-answer"))
+
+        await pilot.press("t")  # a typed input: a non-number is refused inline
+        field = app.main.query_one("#inf-form Input")
+        assert app.focused is field
+        for ch in "abc":
+            await pilot.press(ch)
+        await pilot.press("enter")
+        assert "is not a number" in text_of(app, "#inf-form-error")
+        assert field.name in text_of(app, "#inf-form-error")
+        assert app.state.status in ("running", "paused")
+
+        await pilot.press("escape", "a")  # back to samples; the whole validation split at once
+        await wait_for(pilot, lambda: "validation split:" in text_of(app, "#inf-answer"))
+        assert "of 270 right" in text_of(app, "#inf-answer")
