@@ -1,0 +1,177 @@
+"""Image folders: drawn shapes learned by a CNN, bad files skipped, streaming equal to in-memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from drawn import shapes_folder
+from traintop.engine import commands as cmd
+from traintop.engine.config import build_config
+from traintop.engine.data import load_data, load_preprocessor
+from traintop.engine.data.feed import LoaderFeed, TensorFeed, flip_and_crop
+from traintop.engine.errors import UserError
+from traintop.engine.run import Run
+
+
+def image_config(path, **data):
+    return build_config({
+        "data": {"source": "image_folder", "path": str(path), "image_size": 24, "batch_size": 32, **data},
+        "model": {"kind": "cnn", "channels": [16, 32], "hidden": [64]}, "optim": {"lr": 0.003},
+        "train": {"epochs": 40}, "early_stopping": {"enabled": False}})
+
+
+def events_of(run) -> list[dict]:
+    return [json.loads(line) for line in run.folder.events.read_text().splitlines()]
+
+
+def test_cnn_learns_drawn_shapes_to_90_percent_test_accuracy_within_a_minute(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=200, seed=0)
+    started = time.monotonic()
+    run = Run.prepare(image_config(folder), tmp_path / "runs")
+    assert run.train() == "completed"
+    seconds = time.monotonic() - started
+    events = events_of(run)
+    test = next(e for e in events if e["event"] == "test_result")
+    assert test["metrics"]["accuracy"] >= 0.9, test
+    assert seconds < 60, seconds
+    data = next(e for e in events if e["event"] == "run_started")["data"]
+    assert data["classes"] == ["circle", "square", "triangle"]
+    assert (data["image_size"], data["channels"], data["streaming"]) == (24, 3, False)
+    assert data["batch"] == {"inputs": [32, 3, 24, 24], "targets": [32]}
+    pre = json.loads(run.folder.preprocess.read_text())
+    assert pre["kind"] == "image" and len(pre["mean"]) == len(pre["std"]) == 3
+
+
+def test_corrupt_and_non_image_files_are_skipped_with_one_warning_naming_them(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=10, size=16)
+    (folder / "circle" / "noise.png").write_bytes(np.random.default_rng(0).bytes(500))
+    (folder / "square" / "notes.txt").write_text("not an image")
+    good = (folder / "triangle" / "0000.png").read_bytes()
+    (folder / "triangle" / "truncated.png").write_bytes(good[:60])
+    run = Run.prepare(image_config(folder, image_size=16), tmp_path / "runs")
+    data = run.trainer.data
+    assert sum(len(data.y[s]) for s in ("train", "val", "test")) == 30
+    assert data.extra["skipped_files"] == 3
+    run.trainer.cfg.train.epochs = 1
+    run.train()
+    warnings = [e for e in events_of(run) if e["event"] == "warning" and e["kind"] == "data"]
+    assert len(warnings) == 1
+    message = warnings[0]["message"]
+    assert "3 unreadable" in message
+    for name in ("noise.png", "notes.txt", "truncated.png"):
+        assert name in message
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda root: (root / "cats").mkdir(parents=True) or (root / "dogs").mkdir(), "is empty"),
+    (lambda root: root.mkdir(), "no sub-folders"),
+    (lambda root: None, "does not exist"),
+])
+def test_an_empty_class_folder_or_no_images_is_an_error_naming_it(tmp_path, make, match):
+    root = tmp_path / "photos"
+    make(root)
+    with pytest.raises(UserError, match=match) as e:
+        load_data(image_config(root))
+    assert "photos" in str(e.value)
+
+
+def test_a_class_folder_of_only_non_images_is_an_error_naming_it(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=3, size=16, shapes=("circle",))
+    (folder / "notes").mkdir()
+    (folder / "notes" / "readme.txt").write_text("hello")
+    with pytest.raises(UserError, match=r"notes has no readable images"):
+        load_data(image_config(folder))
+
+
+def test_streaming_path_trains_to_the_same_numbers_as_the_in_memory_path(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=60, size=24)
+    results = []
+    for limit in (1024, 1):  # 180 images of 3x24x24 floats: about 1.2 MB decoded
+        cfg = image_config(folder, memory_limit_mb=limit)
+        cfg.train.epochs = 3
+        run = Run.prepare(cfg, tmp_path / "runs")
+        feed = run.trainer.feeds["train"]
+        assert isinstance(feed, LoaderFeed if limit == 1 else TensorFeed)
+        assert run.train() == "completed"
+        events = events_of(run)
+        results.append(([e["val_loss"] for e in events if e["event"] == "validation"],
+                        next(e for e in events if e["event"] == "test_result")["metrics"]))
+    (memory_val, memory_test), (stream_val, stream_test) = results
+    assert stream_val == pytest.approx(memory_val, rel=1e-4)
+    assert stream_test == pytest.approx(memory_test, rel=1e-4)
+
+
+def test_flip_and_crop_gives_each_image_a_flipped_and_shifted_copy_of_itself():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 16, 16)
+    out = flip_and_crop(x)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    pad = 2
+    for image, original in zip(out, x):
+        padded = [torch.nn.functional.pad(o, (pad,) * 4) for o in (original, original.flip(2))]
+        candidates = [p[:, dy:dy + 16, dx:dx + 16] for p in padded
+                      for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+        assert any(torch.equal(image, c) for c in candidates)
+
+
+def test_augmentation_touches_training_batches_only(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=8, size=16)
+    data = load_data(image_config(folder, image_size=16, augment=True))
+    assert data.augment is flip_and_crop
+    plain = load_data(image_config(folder, image_size=16))
+    for split in ("val", "test"):  # validation and test inputs are never augmented
+        assert np.array_equal(data.x[split], plain.x[split])
+
+
+def test_channels_come_from_the_files_unless_configured(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "gray"
+    for label in ("dark", "light"):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (10, 10), 40 * i + (0 if label == "dark" else 20)).save(root / label / f"{i}.png")
+    assert load_data(image_config(root, image_size=8)).x["train"].shape[1:] == (1, 8, 8)
+    assert load_data(image_config(root, image_size=8, channels=3)).x["train"].shape[1:] == (3, 8, 8)
+
+
+def test_saved_preprocessing_turns_image_files_into_the_same_inputs(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=10, size=20)
+    data = load_data(image_config(folder, image_size=12))
+    again = load_preprocessor(json.loads(json.dumps(data.preprocess.to_json())))
+    for split in ("train", "val"):
+        assert np.array_equal(again.transform(list(data.raw[split]["path"])), data.x[split])
+    with pytest.raises(UserError, match="does not exist"):
+        again.transform([str(tmp_path / "missing.png")])
+
+
+async def test_a_held_out_image_is_shown_with_its_path_pixels_and_true_label(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=10, size=20)
+    run = Run.prepare(image_config(folder, image_size=12), tmp_path / "runs")
+    path = str(run.trainer.data.raw["val"]["path"][0])
+    reply = run.trainer.apply(cmd.Predict(request_id="1", inputs=[{"split": "val", "index": 0}, {"path": path}]))
+    assert reply.ok, reply.message
+    held, typed = reply.data["outputs"]
+    assert held["input"]["path"] == path and held["true"] == run.trainer.data.raw_target["val"][0]
+    pixels = held["input"]["pixels"]
+    assert len(pixels) == 12 and all(len(r) == 12 and all(0 <= v <= 255 for v in r) for r in pixels)
+    assert held["probabilities"] == pytest.approx(typed["probabilities"])
+
+
+def test_check_prints_the_image_summary(tmp_path, write_config):
+    shapes_folder(tmp_path / "shapes", per_class=10, size=16)
+    config = write_config('[data]\nsource = "image_folder"\npath = "shapes"\nimage_size = 16\n'
+                          '[model]\nkind = "cnn"\n')
+    proc = subprocess.run([sys.executable, "-m", "traintop.tui", "check", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "16x16, 3 channel(s) RGB, in memory" in proc.stdout
+    assert "batch       inputs (21, 3, 16, 16), targets (21,)" in proc.stdout
+    assert "circle (7), square (7), triangle (7)" in proc.stdout
