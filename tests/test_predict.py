@@ -144,3 +144,26 @@ def test_regression_predictions_are_values_in_the_targets_units(tmp_path):
     assert list(table[0]) == ["row", "prediction"] and len(table) == 40
     values = [float(t["prediction"]) for t in table]
     assert 25 < sum(values) / len(values) < 350  # disease progression is 25..346, not standardized
+
+
+async def test_a_finished_run_answers_predict_from_its_saved_weights(finished):
+    from traintop.engine.client import FinishedRun
+    from traintop.engine.predictor import Predictor
+
+    run = FinishedRun(resolve_run("latest", finished))
+    try:
+        typed = {"soil": "loam", "sunlight_hours": 7.5, "water_ml": None, "fertilizer": "yes", "temperature_c": 20}
+        reply = await run.send(cmd.Predict(request_id="f", weights="best",
+                                           inputs=[{"split": "val", "index": 2}, typed]))
+        assert reply.ok, reply.message
+        sample, answer = reply.data["outputs"]
+        assert sample["true"] in ("thrived", "wilted") and set(sample["input"]) == set(FEATURES)
+        best = Predictor.from_folder(run.folder, "best")
+        assert reply.data["step"] == best.step and reply.data["weights"] == "best"
+        assert best.predict([typed, sample["input"]]) == [answer, {k: sample[k] for k in ("label", "probabilities")}]
+        test = await run.send(cmd.Predict(request_id="t", inputs=[{"split": "test", "index": 0}]))
+        assert test.ok  # the test has run, so its samples may be shown
+        refused = await run.send(cmd.Pause())
+        assert not refused.ok and "completed" in refused.message
+    finally:
+        await run.close()
