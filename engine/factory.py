@@ -16,12 +16,13 @@ from typing import Any, Callable
 from .errors import UserError
 
 _OURS = str(Path(__file__).resolve().parent)
+_IMPORTLIB = str(Path(importlib.__file__).resolve().parent)
 
 
 def _their_traceback(e: BaseException) -> str:
     """The traceback of `e` with traintop's and importlib's frames left out."""
     frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not f.filename.startswith(_OURS) and not f.filename.startswith("<frozen importlib")]
+              if not f.filename.startswith((_OURS, _IMPORTLIB, "<frozen importlib"))]
     lines = traceback.format_list(frames) + traceback.format_exception_only(type(e), e)
     return "Traceback (most recent call last):\n" + "".join(lines).rstrip()
 

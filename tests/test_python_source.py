@@ -1,0 +1,211 @@
+"""A user's own Dataset and nn.Module from a Python file next to the config; torchvision, optional."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from traintop.engine.config import load_config
+from traintop.engine.data import load_data, load_preprocessor
+from traintop.engine.errors import UserError
+from traintop.engine.run import Run
+
+USER_CODE = '''
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+seen_info = []
+
+
+class Rings(Dataset):
+    """Points inside (class 0) or outside (class 1) a ring."""
+
+    classes = ["inside", "outside"]
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 2, generator=g) * 4 - 2
+        self.y = (self.x.norm(dim=1) > 1.2).long()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def datasets():
+    return Rings(1200, 1), Rings(300, 2), Rings(300, 3)
+
+
+def tensors():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g)
+    y = x @ torch.tensor([1.5, -2.0, 0.5]) + 10
+    return {"train": (x[:300], y[:300]), "val": (x[300:400], y[300:400]), "test": (x[400:], y[400:])}
+
+
+class RingNet(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, n_out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def model(info):
+    seen_info.append(info)
+    return RingNet(info.input_shape[0], info.n_outputs)
+
+
+def not_a_model(info):
+    return "a string"
+
+
+def broken():
+    return helper_that_fails()
+
+
+def helper_that_fails():
+    raise ValueError("the user's own bug")
+
+
+def wrong_shape():
+    x = torch.zeros(10, 2)
+    return (x, torch.zeros(10, 3)), (x, torch.zeros(10, 3)), (x, torch.zeros(10, 3))
+'''
+
+
+@pytest.fixture
+def user_folder(tmp_path):
+    """A folder with the user's module and a config that uses it."""
+    (tmp_path / "user_rings.py").write_text(USER_CODE)
+
+    def config(data_factory="user_rings:datasets", model="[model]\nkind = \"python\"\nfactory = \"user_rings:model\"\n",
+               extra=""):
+        path = tmp_path / "config.toml"
+        path.write_text(f'[data]\nsource = "python"\nfactory = "{data_factory}"\n{extra}\n{model}'
+                        '[train]\nepochs = 25\n[optim]\nlr = 0.01\n[early_stopping]\nenabled = false\n')
+        return path
+
+    return config
+
+
+def test_a_python_factory_dataset_and_model_train_and_the_model_sees_the_data_info(tmp_path, user_folder):
+    run = Run.prepare(load_config(user_folder()), tmp_path / "runs")
+    module = sys.modules["user_rings"]
+    assert type(run.trainer.model).__name__ == "RingNet"
+    info = module.seen_info[-1]
+    assert info.input_shape == (2,) and info.n_outputs == 2 and info.classes == ("inside", "outside")
+    assert info.feature_names == ("input",) and info.vocab_size == 0
+    assert run.train() == "completed"
+    events = [json.loads(line) for line in run.folder.events.read_text().splitlines()]
+    test = next(e for e in events if e["event"] == "test_result")
+    assert test["metrics"]["accuracy"] >= 0.9, test
+    started = next(e for e in events if e["event"] == "run_started")["data"]
+    assert started["classes"] == ["inside", "outside"] and started["n_train"] == 1200
+
+
+def test_tensor_pairs_with_float_targets_are_a_regression_in_the_targets_units(user_folder):
+    data = load_data(load_config(user_folder("user_rings:tensors", model="")))
+    assert data.task == "regression" and data.input_shape == [3]
+    assert data.preprocess.target_mean == pytest.approx(float(data.raw_target["train"].mean()))
+    again = load_preprocessor(json.loads(json.dumps(data.preprocess.to_json())))
+    assert np.array_equal(again.transform([{"input": [0.0, 1.0, 2.0]}]), np.array([[0.0, 1.0, 2.0]], np.float32))
+
+
+@pytest.mark.parametrize("factory, match", [
+    ("user_rings:wrong_shape", "targets have shape"),
+    ("user_rings:nothing", "has no function 'nothing'"),
+    ("no_such_module:f", "module 'no_such_module' was not found"),
+    ("justaname", "module:function"),
+])
+def test_a_bad_data_factory_is_an_error_that_says_what_is_wrong(user_folder, factory, match):
+    with pytest.raises(UserError, match=match):
+        load_data(load_config(user_folder(factory, model="")))
+
+
+def test_a_model_factory_must_return_a_module(tmp_path, user_folder):
+    path = user_folder(model='[model]\nkind = "python"\nfactory = "user_rings:not_a_model"\n')
+    with pytest.raises(UserError, match="returned a str; it must return a torch.nn.Module"):
+        Run.prepare(load_config(path), tmp_path / "runs")
+
+
+def test_an_error_in_the_users_code_shows_their_traceback_not_ours_and_exits_2(tmp_path, user_folder):
+    (tmp_path / "user_broken.py").write_text("import math\n\nx = 1\nraise RuntimeError('bad import')\n")
+    for factory, expected in (("user_broken:f", "bad import"), ("user_rings:broken", "the user's own bug")):
+        proc = subprocess.run([sys.executable, "-m", "traintop.tui", "check", str(user_folder(factory, model=""))],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr
+        assert "Traceback" in proc.stderr and "user_" in proc.stderr  # their frames
+        assert "engine" not in proc.stderr and "importlib" not in proc.stderr  # not ours
+    assert 'line 4' in subprocess.run(
+        [sys.executable, "-m", "traintop.tui", "check", str(user_folder("user_broken:f", model=""))],
+        capture_output=True, text=True, timeout=120).stderr
+
+
+def test_preprocess_json_without_a_kind_is_read_as_a_table():
+    obj = {"task": "classification", "target": "y", "classes": ["a", "b"],
+           "columns": [{"name": "x", "kind": "numeric", "fill": 0.0, "mean": 0.0, "std": 1.0}]}
+    assert load_preprocessor(obj).kind == "tabular"
+
+
+def test_torchvision_missing_or_unreachable_is_a_clear_message(tmp_path, monkeypatch, write_config):
+    config = write_config('[data]\nsource = "torchvision"\ndataset = "MNIST"\n')
+    monkeypatch.setattr("traintop.engine.data.vision.datasets_dir", lambda: tmp_path / "datasets")
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(UserError, match=r'needs torchvision.*pip install "traintop\[vision\]"'):
+            load_data(load_config(config))
+    else:  # installed: an empty cache without download names the way out
+        with pytest.raises(UserError, match="set data.download = true"):
+            load_data(load_config(config))
+
+
+def fake_torchvision(monkeypatch, dataset_class):
+    """torchvision replaced by a stand-in whose MNIST is `dataset_class` (it is external and slow)."""
+    tv = types.ModuleType("torchvision")
+    tv.datasets = types.ModuleType("torchvision.datasets")
+    tv.datasets.MNIST = dataset_class
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", tv.datasets)
+
+
+def test_a_failed_download_is_a_clear_message(tmp_path, monkeypatch, write_config):
+    class Offline:
+        def __init__(self, root, train, download):
+            raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    fake_torchvision(monkeypatch, Offline)
+    monkeypatch.setattr("traintop.engine.data.vision.datasets_dir", lambda: tmp_path / "datasets")
+    config = write_config('[data]\nsource = "torchvision"\ndataset = "MNIST"\ndownload = true\n')
+    with pytest.raises(UserError, match="downloading MNIST into .*datasets failed: OSError"):
+        load_data(load_config(config))
+
+
+def test_a_torchvision_dataset_becomes_normalized_images_with_its_test_set(tmp_path, monkeypatch, write_config):
+    import torch
+
+    class TinyMNIST:
+        classes = [f"{i} - digit" for i in range(3)]
+
+        def __init__(self, root, train, download):
+            n = 90 if train else 30
+            g = torch.Generator().manual_seed(int(train))
+            self.data = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+            self.targets = torch.arange(n) % 3
+
+    fake_torchvision(monkeypatch, TinyMNIST)
+    monkeypatch.setattr("traintop.engine.data.vision.datasets_dir", lambda: tmp_path / "datasets")
+    data = load_data(load_config(write_config('[data]\nsource = "torchvision"\ndataset = "MNIST"\nimage_size = 16\n')))
+    assert data.input_shape == [1, 16, 16] and data.classes == TinyMNIST.classes
+    assert len(data.y["test"]) == 30 and len(data.y["train"]) + len(data.y["val"]) == 90
+    assert abs(float(data.x["train"].mean())) < 1e-3 and abs(float(data.x["train"].std()) - 1) < 1e-2
