@@ -4,9 +4,11 @@
    with a history of 1,000 and of 1,000,000 steps; median milliseconds per redraw.
 2. Training speed of the digits MLP with the dashboard attached (its own process, redrawing ten
    times a second) against headless, interleaved rounds; steps/s from the run's own events.
-3. Start-up: `traintop show RUN` from the shell to the first painted frame, in tmux.
+3. Start-up: `traintop show RUN` from the shell to its first painted frame, and to the first frame
+   with the curves drawn, in tmux; as a ratio too, against `python -c "import textual.app"`
+   timed the same way in the same rounds (this machine is shared and noisy).
 
-    python bench/render.py [--rounds 3]
+    python bench/render.py [--rounds 3] [--parts redraw,training,startup]
 """
 
 from __future__ import annotations
@@ -141,49 +143,76 @@ def training_speed(rounds: int, epochs: int) -> tuple[list[float], list[float]]:
     return alone, watched
 
 
-def startup_times(tries: int = 5) -> list[float]:
+def startup_times(tries: int = 7) -> dict[str, list[float]]:
+    """Seconds from starting a command in a 100x30 tmux window to the moment it reports, per kind:
+    the baseline (importing textual.app), and `traintop show`'s first frame and first curves."""
     if not shutil.which("tmux"):
-        return []
-    out = []
+        return {}
+    times: dict[str, list[float]] = {"baseline": [], "frame": [], "curves": []}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs), "--set", "train.epochs=2"],
                        check=True, capture_output=True)
-        for i in range(tries):
-            done = Path(tmp) / f"done{i}"
-            command = (f"TRAINTOP_EXIT_AFTER_FIRST_FRAME=1 traintop show latest --runs-dir {runs}; "
-                       f"touch {done}")
-            start = time.perf_counter()
-            subprocess.run(["tmux", "new", "-d", "-s", f"bench{i}", "-x", "100", "-y", "30", command], check=True)
-            while not done.exists():
-                time.sleep(0.005)
-            out.append(time.perf_counter() - start)
-    return out
+        # A tmux server of our own, kept up between windows: when the last session of a server
+        # ends, the server exits, and a `tmux new` racing with that exit fails.
+        server = ["tmux", "-L", f"traintop-bench-{os.getpid()}"]
+        subprocess.run([*server, "new", "-d", "-s", "keep", "sleep 3600"], check=True)
+        try:
+            for i in range(tries):
+                for kind in times:  # interleaved, so that load from elsewhere hits all three alike
+                    mark = Path(tmp) / f"{kind}{i}"
+                    if kind == "baseline":
+                        command = (f"{sys.executable} -c 'import textual.app, time; "
+                                   f"open(\"{mark}\", \"w\").write(str(time.time()))'")
+                    else:
+                        command = (f"TRAINTOP_START_UP={kind} TRAINTOP_START_UP_FILE={mark} "
+                                   f"traintop show latest --runs-dir {runs}")
+                    start = time.time()
+                    subprocess.run([*server, "new", "-d", "-x", "100", "-y", "30", command], check=True)
+                    deadline = start + 60
+                    while not (mark.exists() and mark.read_text().strip()) and time.time() < deadline:
+                        time.sleep(0.005)
+                    times[kind].append(float(mark.read_text()) - start)
+                    time.sleep(0.3)  # let the window close before the next one starts
+        finally:
+            subprocess.run([*server, "kill-server"], check=False)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--parts", default="redraw,training,startup",
+                        help="which measurements, comma-separated: redraw, training, startup")
     parser.add_argument("--watch", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.watch:
         asyncio.run(watch(Path(args.watch)))
         return
-    small = asyncio.run(redraw_times(1_000))
-    large = asyncio.run(redraw_times(1_000_000))
-    alone, watched = training_speed(args.rounds, args.epochs)
-    starts = startup_times()
-    print("redraw of the whole run screen at 120x40 (median of 40):")
-    print(f"  1,000 steps      {statistics.median(small):6.1f} ms")
-    print(f"  1,000,000 steps  {statistics.median(large):6.1f} ms   ({statistics.median(large) / statistics.median(small):.2f}x)")
-    print(f"training speed, digits MLP ({args.rounds} interleaved rounds, medians):")
-    print(f"  headless            {statistics.median(alone):7.0f} steps/s")
-    print(f"  dashboard attached  {statistics.median(watched):7.0f} steps/s   "
-          f"(ratio {statistics.median(watched) / statistics.median(alone):.3f})")
+    parts = set(args.parts.split(","))
+    if "redraw" in parts:
+        small = asyncio.run(redraw_times(1_000))
+        large = asyncio.run(redraw_times(1_000_000))
+        print("redraw of the whole run screen at 120x40 (median of 40):")
+        print(f"  1,000 steps      {statistics.median(small):6.1f} ms")
+        print(f"  1,000,000 steps  {statistics.median(large):6.1f} ms   "
+              f"({statistics.median(large) / statistics.median(small):.2f}x)", flush=True)
+    if "training" in parts:
+        alone, watched = training_speed(args.rounds, args.epochs)
+        print(f"training speed, digits MLP ({args.rounds} interleaved rounds, medians):")
+        print(f"  headless            {statistics.median(alone):7.0f} steps/s")
+        print(f"  dashboard attached  {statistics.median(watched):7.0f} steps/s   "
+              f"(ratio {statistics.median(watched) / statistics.median(alone):.3f})", flush=True)
+    starts = startup_times() if "startup" in parts else {}
     if starts:
-        print(f"start-up, `traintop show RUN` to first painted frame in tmux: median {statistics.median(starts):.2f} s "
-              f"(min {min(starts):.2f} s, {len(starts)} tries)")
+        base = statistics.median(starts["baseline"])
+        print(f"start-up in a 100x30 tmux window (median of {len(starts['baseline'])} interleaved tries):")
+        print(f"  python -c 'import textual.app'        {base:5.2f} s")
+        for kind, what in (("frame", "first painted frame"), ("curves", "curves drawn")):
+            t = statistics.median(starts[kind])
+            print(f"  traintop show RUN, {what:<19} {t:5.2f} s   ({t / base:.2f}x the baseline, "
+                  f"min {min(starts[kind]):.2f} s)")
 
 
 if __name__ == "__main__":

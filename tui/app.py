@@ -174,8 +174,7 @@ class TrainTop(App):
     def on_mount(self) -> None:
         self.main.query_one("#layers-table", DataTable).add_columns("layer", "grad norm", "trend", "")
         self.on_resize()
-        if os.environ.get("TRAINTOP_EXIT_AFTER_FIRST_FRAME") == "1":  # bench/render.py's start-up time
-            self.call_after_refresh(self.exit)
+        if start_up_measured(self, "frame"):
             return
         # Connecting, numpy and plotext wait until the first frame is on screen.
         self.call_after_refresh(self.start)
@@ -267,8 +266,8 @@ class TrainTop(App):
             Figure(f"val {s.metric_name}", [Line(mx, my, s.metric_name, "magenta")], self.vlines(),
                    empty_text="after the first validation"))
         self.main.query_one("#side", Static).update(self.side_text())
-        if len(s.loss) and os.environ.get("TRAINTOP_EXIT_AFTER_FIRST_FRAME") == "curves":
-            self.call_after_refresh(self.exit)  # bench/render.py: time until the curves are on screen
+        if len(s.loss):
+            start_up_measured(self, "curves")
         if self.main.query_one("#views", TabbedContent).active == "layers":
             self.update_layers()
         self.update_events()
@@ -456,6 +455,24 @@ class TrainTop(App):
         if self.source is not None:
             await self.source.close()
         self.exit(self.outcome)
+
+
+def start_up_measured(app: App, moment: str) -> bool:
+    """For bench/render.py: when TRAINTOP_START_UP names this moment ("frame": the first frame,
+    "curves": the first with curves), write the wall-clock time once it is on screen to the file
+    TRAINTOP_START_UP_FILE, and quit. True when it does."""
+    if os.environ.get("TRAINTOP_START_UP") != moment or getattr(app, "_start_up_measured", False):
+        return False
+    app._start_up_measured = True
+
+    def painted() -> None:
+        import time
+
+        with open(os.environ["TRAINTOP_START_UP_FILE"], "w") as f:
+            f.write(f"{time.time():.6f}\n")
+        app.exit()
+    app.call_after_refresh(painted)
+    return True
 
 
 def palette_commands(app: App, system_commands):

@@ -19,7 +19,7 @@ from textual.containers import Container, Horizontal
 from textual.css.query import NoMatches
 from textual.widgets import Footer, Static
 
-from .app import REDRAW_SECONDS, HelpScreen, palette_commands
+from .app import REDRAW_SECONDS, HelpScreen, palette_commands, start_up_measured
 from .headless import fmt
 from .plot import Figure, Line, PlotWidget
 
@@ -85,8 +85,7 @@ class CompareTop(App):
 
     def on_mount(self) -> None:
         self.on_resize()
-        if os.environ.get("TRAINTOP_EXIT_AFTER_FIRST_FRAME") == "1":  # bench/render.py's start-up time
-            self.call_after_refresh(self.exit)
+        if start_up_measured(self, "frame"):
             return
         self.call_after_refresh(self.start)
 

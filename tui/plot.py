@@ -92,8 +92,11 @@ def y_ticks(lo: float, hi: float, height: int, log: bool) -> tuple[list[float], 
             return ticks, [f"{10 ** t:.3g}" for t in ticks]
         ticks = [lo, (lo + hi) / 2, hi] if hi > lo else [lo]
         return ticks, [f"{10 ** t:.2g}" for t in ticks]
-    ticks, step = nice_ticks(lo, hi, max(2, height // 3))
-    if len(ticks) < 2:  # a narrow range between two round numbers: label its ends
+    for count in (max(2, height // 3), height):
+        ticks, step = nice_ticks(lo, hi, count)
+        if len(ticks) >= 2:
+            break
+    else:  # a narrow range between two round numbers: label its ends
         ticks, step = [lo, hi], (hi - lo) / 10 or 1.0
     return ticks, [tick_label(t, step) for t in ticks]
 
