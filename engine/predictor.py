@@ -19,20 +19,21 @@ from . import commands as cmd
 from . import events as ev
 from .checkpoint import load_checkpoint
 from .config import load_config
-from .data import Dataset, load_data
-from .data.tabular import Preprocessor
+from .data import Dataset, load_data, load_preprocessor
 from .errors import UserError
 from .evaluation import predict_outputs, predict_records
-from .models import Objective, build_model, loss_name, n_model_outputs
+from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
 from .runstore import RunFolder, read_events
 
 CHECKPOINTS = ("best", "last")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CHUNK = 256  # images decoded and predicted at a time
 
 
 class Predictor:
     """Frozen weights and the fitted preprocessing of one run: raw records in, answers out."""
 
-    def __init__(self, model: torch.nn.Module, objective: Objective, preprocess: Preprocessor,
+    def __init__(self, model: torch.nn.Module, objective: Objective, preprocess,
                  checkpoint: str, step: int):
         self.model = model
         self.objective = objective
@@ -56,10 +57,12 @@ class Predictor:
                             + (f"; try --checkpoint {other}" if (folder.checkpoints / f"{other}.pt").is_file()
                                else ": nothing has been saved"))
         cfg = load_config(folder.config)
-        pre = Preprocessor.from_json(folder.read_json("preprocess.json"))
+        # a python model's module lives next to the run's original config
+        cfg.base_dir = Path((folder.read_json("meta.json") or {}).get("config_dir", folder.path))
+        pre = load_preprocessor(folder.read_json("preprocess.json"))
         n_classes = len(pre.classes)
         objective = Objective(loss_name(cfg, pre.task, n_classes))
-        model = build_model(cfg, len(pre.output_names), n_model_outputs(objective.name, pre.task, n_classes))
+        model = build_model(cfg, DataInfo.of(pre, n_model_outputs(objective.name, pre.task, n_classes)))
         state = load_checkpoint(path)
         model.load_state_dict(state["model"])
         model.eval()
@@ -70,10 +73,33 @@ class Predictor:
         return predict_records(self.model, self.objective, self.preprocess, records, torch.device("cpu"))
 
     def predict_input(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-        """Row ids and answers for an input file of the kind the run trained on."""
+        """Row ids and answers for an input file of the kind the run trained on: a CSV of rows
+        (tables, text), or an image file or a folder of them (images)."""
+        kind = self.preprocess.kind
+        if kind == "image":
+            return self.predict_images(path)
+        if kind == "tensor":
+            raise UserError("this run trained on a Python dataset: predict from Python with records "
+                            '{"input": [...]}, or from the dashboard')
         if path.is_dir():
             raise UserError(f"input {path} is a folder; this run trained on a table: give a CSV file")
         return self.predict_csv(path)
+
+    def predict_images(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+        """An image file, or every image file under a folder (by suffix, sorted), and their answers."""
+        if not path.exists():
+            raise UserError(f"input {path} does not exist")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.name.startswith("."))
+            if not files:
+                raise UserError(f"input folder {path} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        else:
+            files = [path]
+        answers: list[dict[str, Any]] = []
+        for i in range(0, len(files), CHUNK):
+            answers += self.predict([{"path": str(f)} for f in files[i:i + CHUNK]])
+        return [str(f) for f in files], answers
 
     def predict_csv(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         """The rows of a CSV of raw features (extra columns ignored) and their answers."""
@@ -94,10 +120,11 @@ class Predictor:
         return ids, self.predict(frame.to_dict("records"))
 
     def header(self) -> list[str]:
-        """The columns of a predictions table."""
+        """The columns of a predictions table: the row (or the image's path), the prediction, ..."""
+        first = "path" if self.preprocess.kind == "image" else "row"
         if self.preprocess.task == "classification":
-            return ["row", "prediction"] + [f"p_{c}" for c in self.preprocess.classes]
-        return ["row", "prediction"]
+            return [first, "prediction"] + [f"p_{c}" for c in self.preprocess.classes]
+        return [first, "prediction"]
 
     def table(self, ids: list[str], answers: list[dict[str, Any]]) -> str:
         """Predictions as CSV text: the row id, the prediction, each class's probability."""
