@@ -245,9 +245,8 @@ def write_history(folder: RunFolder, n_steps: int, steps_per_epoch: int = 2500) 
         while step <= n_steps:
             epoch_end = epoch * steps_per_epoch
             k = min(int(rng.integers(200, 301)), epoch_end - step + 1, n_steps - step + 1)
-            recorder.first_step, recorder.n, recorder.lr = step, k, [0.001] * k
-            recorder.rows[:k] = torch.rand(k, 1 + len(LAYERS), generator=generator)
-            batch = recorder.take()
+            recorder.first_step, recorder.lr = step, [0.001] * k
+            batch = recorder.batch(torch.rand(k, 1 + len(LAYERS), generator=generator))
             t += k / 2500
             lines.append(ev.Steps(t=round(t, 4), epoch=[epoch] * k, samples_per_s=round(k * 64 / (k / 2500), 1),
                                   **batch).to_line())

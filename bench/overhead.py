@@ -7,7 +7,7 @@ and learning rate, writes events.jsonl and checkpoints, and prints its headless 
 /dev/null). Runs are interleaved, alternating which goes first; the figure is the median ratio of engine
 to bare steps/s.
 
-    python bench/overhead.py [--rounds 9] [--epochs 40]
+    python bench/overhead.py [--rounds 9] [--epochs 40] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -34,17 +34,18 @@ from traintop.tui.headless import HeadlessPrinter
 def bare_loop(data, cfg) -> float:
     """A plain PyTorch loop over the same tensors; steps per second."""
     torch.manual_seed(cfg.run.seed)
-    x, y = torch.as_tensor(data.x["train"]), torch.as_tensor(data.y["train"])
-    xv, yv = torch.as_tensor(data.x["val"]), torch.as_tensor(data.y["val"])
-    xt, yt = torch.as_tensor(data.x["test"]), torch.as_tensor(data.y["test"])
-    model = build_model(cfg, x.shape[1], len(data.classes))
+    device = torch.device(cfg.run.device)
+    x, y = torch.as_tensor(data.x["train"], device=device), torch.as_tensor(data.y["train"], device=device)
+    xv, yv = torch.as_tensor(data.x["val"], device=device), torch.as_tensor(data.y["val"], device=device)
+    xt, yt = torch.as_tensor(data.x["test"], device=device), torch.as_tensor(data.y["test"], device=device)
+    model = build_model(cfg, x.shape[1], len(data.classes)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     bs, n, steps = cfg.data.batch_size, len(y), 0
     start = time.perf_counter()
     for epoch in range(cfg.train.epochs):
         model.train()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch)).to(device)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
             loss = loss_fn(model(x[idx]), y[idx])
@@ -83,9 +84,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both loops run there)")
     args = parser.parse_args()
     cfg = load_config(None, [f"train.epochs={args.epochs}", "early_stopping.enabled=false",
-                             "model.hidden=[128, 128]", "data.batch_size=64", "run.device=cpu"])
+                             "model.hidden=[128, 128]", "data.batch_size=64", f"run.device={args.device}"])
     data = load_data(cfg)
     set_threads(cfg.run.threads)  # the bare loop gets the engine's thread count
     bare, engine, ratios = [], [], []
@@ -101,8 +103,9 @@ def main() -> None:
             bare.append(b), engine.append(e), ratios.append(e / b)
             print(f"round {r + 1}: bare {b:7.0f} steps/s  engine {e:7.0f} steps/s  ratio {e / b:.3f}",
                   file=sys.stderr)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"digits MLP 64-128-128-10, batch 64, Adam, {args.epochs} epochs x {args.rounds} rounds, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {args.device} ({where})")
     print(f"bare loop  median {statistics.median(bare):7.0f} steps/s")
     print(f"engine     median {statistics.median(engine):7.0f} steps/s")
     print(f"ratio      median {statistics.median(ratios):.3f}  (min {min(ratios):.3f}, max {max(ratios):.3f})")

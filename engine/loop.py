@@ -193,14 +193,14 @@ class Trainer:
             loss.backward()
             lr = self.lr.at(self.step)
             grads = self.grads()
-            row = self.recorder.record(loss, grads, lr)
+            values = self.recorder.record(loss, grads, lr)  # [loss, each gradient's norm]
             if clip:
-                total = torch.linalg.vector_norm(row[1:])
+                total = torch.linalg.vector_norm(torch.stack(values[1:]))
                 torch._foreach_mul_(grads, (clip / (total + 1e-6)).clamp(max=1.0))
             # update
             if lr != self.optimizer_lr:
                 self.set_optimizer_lr(lr)
-            if skip_nonfinite and not bool(torch.isfinite(row).all()):
+            if skip_nonfinite and not bool(torch.isfinite(torch.stack(values)).all()):
                 self.skipped.append(self.step + 1)  # one host sync per step: only with on_nan = "skip"
             else:
                 optimizer.step()

@@ -11,37 +11,46 @@ LAYER_SAMPLES = 8  # steps per batch whose per-layer norms are sent
 class StepRecorder:
     """Buffers each step's loss and per-parameter gradient norms on the device.
 
-    The per-parameter norms come from one fused `_foreach_norm`; the total norm is the norm of
-    those norms, computed for the whole batch at flush time rather than once per step.
+    One fused `_foreach_norm` per step gives the loss (a loss is never negative, so it is its own
+    norm) and every parameter's gradient norm; the results stay on the device as they are, and
+    are stacked and fetched once per flush. The total norm is the norm of the per-parameter
+    norms, computed for the whole batch at flush time rather than once per step.
     """
 
     def __init__(self, names: list[str], device: torch.device, capacity: int = 2048):
         self.names = names
         self.capacity = capacity
-        # One row per step: [loss, norm of each parameter's gradient...]
-        self.rows = torch.zeros(capacity, 1 + len(names), device=device)
+        self.device = device
+        self.steps: list[list[torch.Tensor]] = []  # per step: [loss, norm of each parameter's gradient...]
         self.lr: list[float] = []
         self.first_step = 0  # the step number of the first buffered step
-        self.n = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.steps)
 
     @property
     def full(self) -> bool:
-        return self.n == self.capacity
+        return len(self.steps) == self.capacity
 
-    def record(self, loss: torch.Tensor, grads: list[torch.Tensor], lr: float) -> torch.Tensor:
-        """Keep this step's loss, norms and rate (one fused norm, one copy); returns the row."""
-        row = self.rows[self.n]
-        torch.stack([loss.detach(), *torch._foreach_norm(grads)], out=row)
+    def record(self, loss: torch.Tensor, grads: list[torch.Tensor], lr: float) -> list[torch.Tensor]:
+        """Keep this step's loss, gradient norms and rate (one fused op); returns [loss, norms...]."""
+        values = torch._foreach_norm([loss.detach(), *grads])
+        self.steps.append(values)
         self.lr.append(lr)
-        self.n += 1
-        return row
+        return values
 
     def take(self) -> dict[str, list] | None:
         """The buffered steps as host lists, and an empty buffer; None when nothing is buffered."""
-        n = self.n
-        if n == 0:
+        if not self.steps:
             return None
-        rows = self.rows[:n]
+        rows = torch.stack([v for values in self.steps for v in values]).view(len(self.steps), -1)
+        self.steps = []
+        return self.batch(rows)
+
+    def batch(self, rows: torch.Tensor) -> dict[str, list]:
+        """A steps batch from rows of [loss, per-parameter norms...], starting at `first_step`."""
+        n = len(rows)
         total = torch.linalg.vector_norm(rows[:, 1:], dim=1)
         # Per-layer norms for a few evenly spaced steps of the batch, always its last: enough for
         # their curves, and the log stays small however many layers the model has.
@@ -61,6 +70,5 @@ class StepRecorder:
             "layer_steps": [self.first_step + i for i in picked],
         }
         self.first_step += n
-        self.n = 0
         self.lr = []
         return out
