@@ -120,11 +120,10 @@ class Predictor:
         return ids, self.predict(frame.to_dict("records"))
 
     def header(self) -> list[str]:
-        """The columns of a predictions table: the row (or the image's path), the prediction, ..."""
-        first = "path" if self.preprocess.kind == "image" else "row"
+        """The columns of a predictions table: the row (an image's path), the prediction, ..."""
         if self.preprocess.task == "classification":
-            return [first, "prediction"] + [f"p_{c}" for c in self.preprocess.classes]
-        return [first, "prediction"]
+            return ["row", "prediction"] + [f"p_{c}" for c in self.preprocess.classes]
+        return ["row", "prediction"]
 
     def table(self, ids: list[str], answers: list[dict[str, Any]]) -> str:
         """Predictions as CSV text: the row id, the prediction, each class's probability."""

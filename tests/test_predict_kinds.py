@@ -52,7 +52,7 @@ def test_predict_on_an_image_file_and_a_folder_matches_the_engine(tmp_path):
     files = sorted(str(p) for p in new.rglob("*.png"))
     engine = engine_answers(run, [{"path": f} for f in files])
     table = cli_predict(run, new)
-    assert [r["path"] for r in table] == files
+    assert [r["row"] for r in table] == files
     assert_same(table, engine, run.trainer.data.classes)
     one = cli_predict(run, files[0])
     assert_same(one, engine[:1], run.trainer.data.classes)
