@@ -8,7 +8,7 @@ from typing import Any
 def summary_lines(s: dict[str, Any]) -> list[str]:
     """Sizes per split, feature types, images or vocabulary, class balance, leakage, a batch's shape."""
     lines = [f"task        {s['task']}" + (f" ({s['kind']} data)" if s.get("kind", "tabular") != "tabular" else ""),
-             f"samples     {s['n_train']} train / {s['n_val']} val / {s['n_test']} test"]
+             f"{'rows' if s.get('kind', 'tabular') in ('tabular', 'text') else 'samples':<12}{s['n_train']} train / {s['n_val']} val / {s['n_test']} test"]
     kinds = s.get("feature_types", {})
     if "image_size" in s:
         how = "streamed through a DataLoader (over data.memory_limit_mb)" if s.get("streaming") else "in memory"
