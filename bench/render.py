@@ -137,7 +137,12 @@ def training_speed(rounds: int, epochs: int) -> tuple[list[float], list[float]]:
                                       capture_output=True, text=True, check=True)
                 folder = RunFolder(runs / proc.stdout.split()[0])
                 if with_dashboard:
-                    subprocess.run([sys.executable, __file__, "--watch", str(folder.path)], check=True)
+                    watcher = subprocess.run([sys.executable, __file__, "--watch", str(folder.path)],
+                                             capture_output=True, text=True, timeout=900)
+                    if watcher.returncode != 0:  # say why, with the run's side of the story
+                        log = folder.log.read_text(errors="replace") if folder.log.exists() else ""
+                        sys.exit(f"the watching dashboard exited with status {watcher.returncode}:\n"
+                                 f"{watcher.stderr[-3000:]}\nengine.log ends:\n{log[-1500:]}")
                 while not folder.report.exists():
                     time.sleep(0.1)
                 (watched if with_dashboard else alone).append(steps_per_s(folder))

@@ -174,6 +174,9 @@ async def test_every_key_is_in_the_command_palette_with_its_description(tmp_path
         smoothing = app.smoothing
         await next(c for c in commands if c.title.startswith("Loss smoothing")).callback()
         assert app.smoothing != smoothing
+        await pilot.press("ctrl+q")  # quits as `q` does: a finished run has nothing to ask about
+        await pilot.pause(0.2)
+    assert app.return_value == ""
 
 
 async def test_the_comparison_keys_are_in_its_palette(tmp_path):

@@ -23,10 +23,10 @@ from .app import REDRAW_SECONDS, HelpScreen, palette_commands, start_up_measured
 from .headless import fmt
 from .plot import Figure, Line, PlotWidget
 
-# (plotext colour, the same ANSI colour in Rich) per run, and the symbol that tells runs apart
-# without colour (NO_COLOR), with its glyph for the legend.
-RUN_COLORS = [("cyan", "cyan"), ("orange", "yellow"), ("magenta", "magenta"), ("green", "green"),
-              ("red", "red"), ("blue", "blue")]
+# (plotext colour, the same ANSI colour in Rich) per run, orange last: the axes are orange; and
+# the symbol that tells runs apart without colour (NO_COLOR), with its glyph for the legend.
+RUN_COLORS = [("cyan", "cyan"), ("magenta", "magenta"), ("green", "green"), ("red", "red"),
+              ("blue+", "bright_blue"), ("orange", "yellow")]
 RUN_SYMBOLS = [("braille", "⣿"), ("•", "•"), ("x", "x"), ("+", "+"), ("o", "o"), ("*", "*")]
 
 

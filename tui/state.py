@@ -110,6 +110,8 @@ class RunState:
         self.status = "running"
 
     def _on_steps(self, e: ev.Steps) -> None:
+        if not e.step:  # a batch with no steps (valid, if odd) changes nothing
+            return
         steps = np.asarray(e.step, dtype=np.float64)
         loss = np.asarray(e.loss, dtype=np.float64)
         self.loss.extend(steps, loss)
