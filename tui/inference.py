@@ -272,6 +272,9 @@ class InferenceView(Vertical, can_focus=True):
             return
         self.typed = True
         self.build_form()
+        self.query_one("#inf-answer", Static).update(
+            Text("Fill in the fields, then Enter.\nA blank field counts as missing and is filled as in training.",
+                 style="dim"))
         self.query_one("#inf-input").display = False
         self.query_one("#inf-form").display = True
         first = self.query("#inf-form Input, #inf-form Select")
@@ -306,8 +309,10 @@ class InferenceView(Vertical, can_focus=True):
         pre = self.preprocess()
         widgets: list = []
         if pre.get("kind") == "image":
-            widgets += [Label("image file"), Input(placeholder="path to an image file", id="field-path",
-                                                   name="path")]
+            widgets += [Label("image file"), Input(placeholder="path to an image file", name="path")]
+        elif pre.get("kind") == "tensor":
+            shape = pre.get("input_shape") or []
+            widgets += [Label(f"input: a JSON list of shape {shape}"), Input(placeholder="[0.5, 1.0, ...]", name="input")]
         else:
             for column in pre.get("columns") or [{"name": f, "kind": "numeric"} for f in self.data.get("features", [])]:
                 name, kind = column["name"], column.get("kind", "numeric")
@@ -321,6 +326,9 @@ class InferenceView(Vertical, can_focus=True):
                                          else "number", name=name, compact=True))
                 else:
                     widgets.append(Input(placeholder="text", name=name, compact=True))
+            if pre.get("text"):
+                widgets += [Label(pre["text"], classes="field-label"),
+                            Input(placeholder="free text", name=pre["text"], compact=True)]
         widgets += [Button("predict", id="inf-predict", compact=True, variant="primary"),
                     Label("", id="inf-form-error")]
         form.mount_all(widgets)
@@ -340,6 +348,8 @@ class InferenceView(Vertical, can_focus=True):
         """The typed record, and what is wrong with it ("" when nothing)."""
         pre = self.preprocess()
         kinds = {c["name"]: c.get("kind", "numeric") for c in pre.get("columns", [])}
+        if pre.get("text"):
+            kinds[pre["text"]] = "text"
         record: dict[str, Any] = {}
         for widget in self.query("#inf-form Input, #inf-form Select"):
             name = widget.name
@@ -351,6 +361,11 @@ class InferenceView(Vertical, can_focus=True):
                 if not value:
                     return record, "give the path of an image file"
                 record["path"] = value
+            elif name == "input":
+                try:
+                    record["input"] = json.loads(value)
+                except ValueError:
+                    return record, f"input: {value[:40]!r} is not a JSON list of numbers"
             elif kinds.get(name, "numeric") == "numeric":
                 if not value:
                     record[name] = None
@@ -473,7 +488,7 @@ class InferenceView(Vertical, can_focus=True):
         if self.typed:
             parts.append("typed input: Enter predicts, Esc goes back to samples")
         else:
-            parts.append("n/p/r: sample · w: weights · a: whole split · t: type input")
+            parts.append("n p r: samples · w: weights · a: whole split · t: type")
         if self.message:
             parts.insert(0, self.message)
         self.query_one("#inf-status", Static).update("  ·  ".join(parts))
