@@ -89,7 +89,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         rows = [f"{b.key_display or b.key:>7}  {b.tooltip or b.description}" for b in self.app.BINDINGS
                 if isinstance(b, Binding) and b.description]
-        with Vertical(id="dialog"):
+        with Vertical(id="dialog", classes="wide"):
             yield Static("traintop keys\n\n" + "\n".join(rows) + "\n\nEsc closes this help.")
 
 
@@ -113,8 +113,7 @@ class TrainTop(App):
         Binding("s", "smoothing", "smoothing", tooltip="Loss smoothing: off, EMA 0.6, 0.9, 0.99"),
         Binding("question_mark", "help", "help", key_display="?", tooltip="Show every key"),
         Binding("i", "inference", "inference", tooltip="Try the model on validation samples or a typed input"),
-        Binding("q", "quit_run", "quit",
-                tooltip="Quit (a live run asks: stop it, or detach and leave it training)"),
+        Binding("q", "quit_run", "quit", tooltip="Quit (a live run asks: stop it, or leave it training)"),
     ]
 
     def __init__(self, opener, title: str = "", engine_pid: int | None = None, log_path=None):
@@ -150,7 +149,7 @@ class TrainTop(App):
     # -- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(f"traintop · {self.state_title}  starting: loading PyTorch and the data…"), id="header")
+        yield Static(Text(f"traintop · {self.state_title}  {self.starting_text()}"), id="header")
         with TabbedContent(id="views"):
             with TabPane("Curves", id="curves"):
                 with Horizontal(id="body"):
@@ -299,7 +298,7 @@ class TrainTop(App):
     def header_text(self) -> Text:
         s = self.state
         elapsed = s.t
-        status = {"starting": "starting: loading PyTorch and the data…"}.get(s.status, s.status)
+        status = self.starting_text() if s.status == "starting" else s.status
         style = {"running": "bold green", "paused": "bold yellow", "failed": "bold red",
                  "finished": "bold cyan"}.get(s.status, "bold")
         if s.status == "finished" and s.final_status:
@@ -320,6 +319,11 @@ class TrainTop(App):
         elif s.error:
             t.append(f"\n{s.error.splitlines()[0]}", style="red")
         return t
+
+    def starting_text(self) -> str:
+        """What the header says before the first event: an engine of ours is loading, or an
+        existing run is being read."""
+        return "starting: loading PyTorch and the data…" if self.engine_pid else "reading the run…"
 
     def side_text(self) -> Text:
         s = self.state
