@@ -17,8 +17,10 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.
 EOF
 
 echo "== tests on the GPU"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_predict.py \
-    tests/test_inference_view.py tests/test_images.py tests/test_headless.py tests/test_lifecycle.py 2>&1 | tail -25
+parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+timeout 400 python3 -m pytest -q -p no:cacheprovider --tb=line $parallel tests/test_engine.py tests/test_predict.py \
+    tests/test_inference_view.py tests/test_images.py tests/test_headless.py tests/test_lifecycle.py \
+    tests/test_dashboard.py tests/test_text.py tests/test_python_source.py tests/test_predict_kinds.py 2>&1 | tail -25
 
 echo "== host syncs while training on the GPU"
 python3 - <<'EOF'

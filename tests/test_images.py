@@ -104,8 +104,10 @@ def test_streaming_path_trains_to_the_same_numbers_as_the_in_memory_path(tmp_pat
         results.append(([e["val_loss"] for e in events if e["event"] == "validation"],
                         next(e for e in events if e["event"] == "test_result")["metrics"]))
     (memory_val, memory_test), (stream_val, stream_test) = results
-    assert stream_val == pytest.approx(memory_val, rel=1e-4)
-    assert stream_test == pytest.approx(memory_test, rel=1e-4)
+    # On a GPU, convolutions pick their algorithms per call, so the last digits may differ.
+    rel = 1e-4 if run.trainer.device.type == "cpu" else 1e-3
+    assert stream_val == pytest.approx(memory_val, rel=rel)
+    assert stream_test == pytest.approx(memory_test, rel=rel)
 
 
 def test_flip_and_crop_gives_each_image_a_flipped_and_shifted_copy_of_itself():

@@ -21,7 +21,7 @@ from traintop.engine import server as server_module
 from traintop.engine.client import FinishedRun, LiveRun, open_run
 from traintop.engine.config import load_config
 from traintop.engine.run import Run
-from traintop.engine.runstore import RunFolder, read_events, resolve_run
+from traintop.engine.runstore import RunFolder, read_events, resolve_run, socket_address
 from traintop.engine.server import ControlServer
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
@@ -180,7 +180,8 @@ async def test_a_client_killed_mid_stream_leaves_the_run_training(detached):
 
 async def test_bad_commands_get_an_error_reply_and_change_nothing(detached):
     folder = detached(*LONG)
-    reader, writer = await asyncio.open_unix_connection(str(folder.socket), limit=1 << 26)
+    with socket_address(folder.socket) as address:  # tmp paths can pass the socket path limit
+        reader, writer = await asyncio.open_unix_connection(address, limit=1 << 26)
     writer.write(b'not json\n{"command": "paws", "id": 7}\n{"command": "set_lr", "id": 8}\n')
     await writer.drain()
     replies = []
@@ -210,7 +211,8 @@ async def test_a_slow_client_is_dropped_and_never_stalls_the_run(tmp_path, monke
     await server.start()
     slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.connect(str(run.folder.socket))  # connects, then never reads while the run trains
+    with socket_address(run.folder.socket) as address:
+        slow.connect(address)  # connects, then never reads while the run trains
     run.start()
     assert await asyncio.wait_for(run.wait(), 120) == "completed"
     for _ in range(200):  # the dropped client's connection ends by itself, not at close
