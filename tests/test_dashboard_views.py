@@ -203,9 +203,36 @@ def test_show_with_several_runs_rejects_a_run_named_twice(tmp_path):
     assert "no run matches 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_the_dashboard_loads_no_numpy_plotext_or_torch_before_its_first_frame():
-    probe = ("import sys\n"
-             "import traintop.tui.cli, traintop.tui.app, traintop.tui.compare, traintop.engine.runstore\n"
-             "print(sorted(m for m in ('numpy', 'plotext', 'torch') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+def test_the_first_frame_paints_before_numpy_plotext_or_the_client_load():
+    """Start-up: the first frame needs none of them; they load once it is on screen."""
+    probe = """
+import asyncio, json, sys
+from traintop.tui.app import TrainTop
+
+LATER = ("numpy", "plotext", "torch", "traintop.engine.client", "textual.widgets._data_table")
+
+async def main():
+    async def opener():
+        from traintop.engine.client import open_run
+        await asyncio.Event().wait()
+
+    app = TrainTop(opener, title="probe")
+    loaded = []
+    first_frame_done = app.start
+
+    async def start():
+        loaded.append(sorted(m for m in LATER if m in sys.modules))
+        await first_frame_done()
+    app.start = start
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.5)
+        loaded.append(sorted(m for m in LATER if m in sys.modules))
+    print(json.dumps(loaded))
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    at_first_frame, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert at_first_frame == []
+    assert "traintop.engine.client" in after and "textual.widgets._data_table" in after  # then they come

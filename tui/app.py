@@ -19,8 +19,7 @@ from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen
-from textual.widgets import (Button, DataTable, Footer, Input, Label, RichLog, Static, TabbedContent,
-                             TabPane)
+from textual.widgets import Button, Footer, Input, Label, Static, TabbedContent, TabPane
 
 from traintop.engine import commands as cmd
 from traintop.engine import events as ev
@@ -159,26 +158,32 @@ class TrainTop(App):
                         yield PlotWidget(id="lr-plot")
                         yield PlotWidget(id="metric-plot")
                     yield Static(id="side")
-            with TabPane("Layers", id="layers"):
-                yield DataTable(id="layers-table", cursor_type="row")
+            yield TabPane("Layers", id="layers")  # its table, and the event log, come after the first frame
             with TabPane("Inference", id="inference"):
                 yield InferenceView(id="inference-view")
             with TabPane("Config", id="config"):
                 yield Static(id="config-view")
-            with TabPane("Events", id="events"):
-                yield Input(placeholder="filter events (e.g. warning, lr_changed)", id="events-filter")
-                yield RichLog(id="events-log", max_lines=5000)
+            yield TabPane("Events", id="events")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.main.query_one("#layers-table", DataTable).add_columns("layer", "grad norm", "trend", "")
         self.on_resize()
         if start_up_measured(self, "frame"):
             return
         # Connecting, numpy and plotext wait until the first frame is on screen.
         self.call_after_refresh(self.start)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """After the first frame: the hidden views' widgets (DataTable and RichLog cost about a tenth
+        of the start-up), then the run."""
+        from textual.widgets import DataTable, RichLog
+
+        table = DataTable(id="layers-table", cursor_type="row")
+        await self.main.query_one("#layers", TabPane).mount(table)
+        table.add_columns("layer", "grad norm", "trend", "")
+        await self.main.query_one("#events", TabPane).mount_all([
+            Input(placeholder="filter events (e.g. warning, lr_changed)", id="events-filter"),
+            RichLog(id="events-log", max_lines=5000)])
         self.set_interval(REDRAW_SECONDS, self.redraw)
         self.follow()
 
@@ -355,7 +360,7 @@ class TrainTop(App):
         return t
 
     def update_layers(self) -> None:
-        table = self.main.query_one("#layers-table", DataTable)
+        table = self.main.query_one("#layers-table")
         table.clear()
         rows = []
         for name, series in self.state.layer_norms.items():
@@ -369,7 +374,7 @@ class TrainTop(App):
             table.add_row(name, fmt(last), sparkline(recent), flag)
 
     def update_events(self) -> None:
-        log = self.main.query_one("#events-log", RichLog)
+        log = self.main.query_one("#events-log")
         pattern = self.main.query_one("#events-filter", Input).value.strip().lower()
         shown = getattr(self, "_events_shown", 0)
         for e in self.state.log[shown:]:
@@ -380,7 +385,7 @@ class TrainTop(App):
 
     @on(Input.Changed, "#events-filter")
     def refilter(self) -> None:
-        self.main.query_one("#events-log", RichLog).clear()
+        self.main.query_one("#events-log").clear()
         self._events_shown = 0
         self.update_events()
 
