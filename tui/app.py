@@ -221,6 +221,7 @@ class TrainTop(App):
             self.state.error = self.source.closed_reason or "the engine went away"
             self.engine_died()
         self.state.version += 1
+        self.redraw()  # now, not at the next tick: a finished run's whole history has just been read
 
     def engine_died(self) -> bool:
         """True (and the log's tail shown) when the engine process we started has exited."""
