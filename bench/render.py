@@ -166,6 +166,8 @@ def startup_times(tries: int = 7) -> dict[str, list[tuple[float, float]]]:
         # ends, the server exits, and a `tmux new` racing with that exit fails.
         server = ["tmux", "-L", f"traintop-bench-{os.getpid()}"]
         subprocess.run([*server, "new", "-d", "-s", "keep", "sleep 3600"], check=True)
+        socket = subprocess.run([*server, "display", "-p", "#{socket_path}"], capture_output=True,
+                                text=True).stdout.strip()
         try:
             for i in range(tries):
                 for kind in times:  # interleaved, so that load from elsewhere hits all three alike
@@ -186,6 +188,8 @@ def startup_times(tries: int = 7) -> dict[str, list[tuple[float, float]]]:
                     time.sleep(0.3)  # let the window close before the next one starts
         finally:
             subprocess.run([*server, "kill-server"], check=False)
+            if socket:  # tmux leaves its socket file behind
+                Path(socket).unlink(missing_ok=True)
     return times
 
 
