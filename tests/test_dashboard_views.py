@@ -99,7 +99,10 @@ def check_snapshot(name: str, text: str) -> None:
     if text != expected:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
                                             f"{path.name} (stored)", "on screen now"))
-        raise AssertionError(f"the screen differs from {path}:\n{diff}")
+        from importlib.metadata import version
+
+        raise AssertionError(f"the screen differs from {path} (made with textual 8.2.8 and plotext 6.1.0; "
+                             f"this is textual {version('textual')}, plotext {version('plotext')}):\n{diff}")
 
 
 async def settle(pilot, done) -> None:
