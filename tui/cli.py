@@ -192,17 +192,32 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
     from traintop.engine.client import LiveRun
     from traintop.engine.runstore import socket_is_live
 
+    from traintop.engine.runstore import RunFolder
+
     from .app import TrainTop
 
-    folder, proc = spawn_engine(cfg, args, child_args, folder)
+    if folder is None:
+        folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
+    started = []
 
     async def opener():
+        # The engine starts once the dashboard's first frame is up: importing torch beside it
+        # would hold that frame back on a small machine.
+        if not started:
+            started.append(spawn_engine(cfg, args, child_args, folder)[1])
+            app.engine_pid, app.log_path = started[0].pid, str(folder.log)
         if not (folder.socket.exists() and socket_is_live(folder.socket)):
             raise UserError("waiting for the engine")
         return await LiveRun.connect(folder)
 
-    app = TrainTop(opener, title=folder.run_id, engine_pid=proc.pid, log_path=str(folder.log))
+    app = TrainTop(opener, title=folder.run_id)
     outcome = app.run()
+    if not started:  # the dashboard closed before the engine was started: there is no run
+        import shutil
+
+        shutil.rmtree(folder.path, ignore_errors=True)
+        return 0
+    proc = started[0]
     if outcome == "detached":
         print(f"{folder.run_id} goes on training in the background (pid {proc.pid}).")
         print(f"  attach again:  traintop attach {folder.run_id}")
