@@ -189,9 +189,6 @@ def spawn_engine(cfg, args, child_args: list, folder=None):
 
 def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
     """`traintop run` in a terminal: the engine in its own process, the dashboard attached to it."""
-    from traintop.engine.client import LiveRun
-    from traintop.engine.runstore import socket_is_live
-
     from traintop.engine.runstore import RunFolder
 
     from .app import TrainTop
@@ -203,6 +200,9 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
     async def opener():
         # The engine starts once the dashboard's first frame is up: importing torch beside it
         # would hold that frame back on a small machine.
+        from traintop.engine.client import LiveRun  # after the first frame, as the engine
+        from traintop.engine.runstore import socket_is_live
+
         if not started:
             started.append(spawn_engine(cfg, args, child_args, folder)[1])
             app.engine_pid, app.log_path = started[0].pid, str(folder.log)
