@@ -119,6 +119,7 @@ class FinishedRun:
         self.closed_reason = ""
         self._predictions: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
 
     async def events(self) -> AsyncIterator[ev.Event]:
         for event in self._events:
@@ -135,23 +136,31 @@ class FinishedRun:
     async def _predict(self, command: cmd.Predict, timeout: float) -> cmd.Reply:
         # A process of its own holds the model (this one never imports torch); started on first use.
         async with self._lock:
+            proc = self._predictions
             try:
-                if self._predictions is None or self._predictions.returncode is not None:
-                    self._predictions = await asyncio.create_subprocess_exec(
+                if proc is None or proc.returncode is not None:
+                    proc = self._predictions = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "traintop.tui", "predict", str(self.folder.path), "--serve",
                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
-                proc = self._predictions
-                proc.stdin.write(json.dumps({**command.to_json(), "id": 0}).encode() + b"\n")
+                request_id = next(self._ids)
+                proc.stdin.write(json.dumps({**command.to_json(), "id": request_id}).encode() + b"\n")
                 await proc.stdin.drain()
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-            except (ConnectionError, asyncio.TimeoutError) as e:
-                return cmd.Reply(False, f"the prediction process did not answer: {type(e).__name__}")
-            if not line:
-                err = (await proc.stderr.read()).decode(errors="replace").strip().splitlines()
-                return cmd.Reply(False, err[-1] if err else "the prediction process ended")
-            obj = json.loads(line)
-            return cmd.Reply(obj["ok"], obj.get("message", ""), obj.get("data") or {})
+                # An earlier request that was given up on may still have its reply on the way: skip it.
+                while line := await asyncio.wait_for(proc.stdout.readline(), timeout):
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(obj, dict) and obj.get("reply") == request_id:
+                        return cmd.Reply(obj["ok"], obj.get("message", ""), obj.get("data") or {})
+            except asyncio.TimeoutError:  # still working: its late reply is skipped by the next request
+                return cmd.Reply(False, f"no prediction within {timeout:g} s")
+            except ConnectionError:
+                pass  # it has exited: say why, below
+            err = (await proc.stderr.read()).decode(errors="replace").strip().splitlines()
+            await proc.wait()  # the next request starts a new one
+            return cmd.Reply(False, err[-1] if err else "the prediction process ended")
 
     async def close(self) -> None:
         proc, self._predictions = self._predictions, None

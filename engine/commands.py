@@ -134,6 +134,7 @@ class Predict(Command):
     request_id: str = ""
     inputs: list = field(default_factory=list)
     weights: str = "current"
+    with_inputs: bool = True  # held-out samples come back with their raw input (False: answers only)
 
     def check(self):
         if self.weights not in ("current", "best"):
@@ -142,6 +143,8 @@ class Predict(Command):
             raise UserError("predict inputs must be a list of objects")
         if not isinstance(self.request_id, str):
             raise UserError("predict request_id must be a string")
+        if not isinstance(self.with_inputs, bool):
+            raise UserError("predict with_inputs must be true or false")
 
 
 @dataclass(frozen=True)

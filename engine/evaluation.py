@@ -78,7 +78,7 @@ def _raw_value(v: Any) -> Any:
 
 
 def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dict], device: torch.device,
-                    allow_test: bool = False) -> list[dict[str, Any]]:
+                    allow_test: bool = False, with_inputs: bool = True) -> list[dict[str, Any]]:
     """One output per input: a raw record ({feature: value}, or {"path": ...} for an image), or a
     held-out reference {"split": "val", "index": i}.
 
@@ -100,8 +100,10 @@ def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dic
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
                 raise UserError(f"input {i}: index must be an integer from 0 to {n - 1}, got {index!r}")
             x = feeds[split].inputs([index])
-            row = {k: _raw_value(v) for k, v in data.raw[split].iloc[index].items()}
-            row.update(data.preprocess.preview(x[0].cpu().numpy()))
+            row = None
+            if with_inputs:  # a whole split's answers (a confusion table) need no inputs
+                row = {k: _raw_value(v) for k, v in data.raw[split].iloc[index].items()}
+                row.update(data.preprocess.preview(x[0].cpu().numpy()))
             truth = _raw_value(data.raw_target[split].iloc[index])
             shown.append((row, category_key(truth) if data.task == "classification" else truth))
         else:
@@ -113,7 +115,7 @@ def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dic
     results = answers(objective, data.preprocess, forward_all(model, torch.cat(xs)))
     for result, extra in zip(results, shown):
         if extra is not None:
-            result.update({"input": extra[0], "true": extra[1]})
+            result.update({"input": extra[0], "true": extra[1]} if extra[0] is not None else {"true": extra[1]})
     return results
 
 

@@ -389,7 +389,7 @@ class Trainer:
             return self._apply(c)
         except UserError as e:
             return cmd.Reply(False, str(e))
-        except (ValueError, TypeError, OverflowError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 - a prediction's failure is the input's, never the run's
             if isinstance(c, cmd.Predict):  # forward-only: a bad input cannot hurt training
                 return cmd.Reply(False, f"could not predict on these inputs: {type(e).__name__}: {e}")
             raise
@@ -448,8 +448,10 @@ class Trainer:
             model = copy.deepcopy(self.model)
             model.load_state_dict(self.best_state)
         outputs = predict_outputs(model, self.objective, self.data, c.inputs, self.device,
-                                  allow_test=self.test_done)
-        self.emit(ev.Prediction, request_id=c.request_id, outputs=outputs, weights=c.weights, step=self.step)
-        return cmd.Reply(True, f"{len(outputs)} prediction(s)",
-                         {"outputs": outputs, "weights": c.weights, "step": self.step})
+                                  allow_test=self.test_done, with_inputs=c.with_inputs)
+        step = self.early.best_step if c.weights == "best" else self.step
+        # The log keeps the answers; the raw inputs (a whole split of images, say) go to the asker only.
+        logged = [{k: v for k, v in o.items() if k != "input"} for o in outputs]
+        self.emit(ev.Prediction, request_id=c.request_id, outputs=logged, weights=c.weights, step=step)
+        return cmd.Reply(True, f"{len(outputs)} prediction(s)", {"outputs": outputs, "weights": c.weights, "step": step})
 

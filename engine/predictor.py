@@ -171,12 +171,12 @@ class RunPredictions:
             p = self.predictor(c.weights)
             if any("split" in item for item in c.inputs):
                 outputs = predict_outputs(p.model, p.objective, self.dataset(), c.inputs, torch.device("cpu"),
-                                          allow_test=self.test_done)
+                                          allow_test=self.test_done, with_inputs=c.with_inputs)
             else:
                 outputs = p.predict(c.inputs)
         except UserError as e:
             return cmd.Reply(False, str(e))
-        except (ValueError, TypeError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 - as in the engine: a bad input gets an answer, not a crash
             return cmd.Reply(False, f"could not predict on these inputs: {type(e).__name__}: {e}")
         return cmd.Reply(True, f"{len(outputs)} prediction(s)",
                          {"outputs": outputs, "weights": c.weights, "step": p.step})

@@ -174,7 +174,8 @@ async def test_predict_answers_while_paused(tmp_path):
     assert out["true"] == run.trainer.data.classes[int(run.trainer.data.y["val"][3])]
     assert len(out["input"]) == 64
     prediction = await next_event(stream, "prediction")
-    assert prediction.request_id == "r1" and prediction.outputs == reply.data["outputs"]
+    answers = [{k: v for k, v in o.items() if k != "input"} for o in reply.data["outputs"]]
+    assert prediction.request_id == "r1" and prediction.outputs == answers  # the log keeps no raw inputs
     refused = await run.send(cmd.Predict(request_id="r2", inputs=[{"split": "test", "index": 0}]))
     assert not refused.ok and "test" in refused.message
     assert run.trainer.step == step  # still paused
@@ -337,6 +338,42 @@ async def test_a_predict_input_that_breaks_preprocessing_is_refused_and_training
     await next_event(stream, "steps", where=lambda e: e.step[0] > before)  # still training
     await run.send(cmd.Stop())
     assert await run.wait() == "stopped"
+
+
+async def test_a_model_that_fails_on_a_predict_input_refuses_it_and_training_goes_on(tmp_path, monkeypatch):
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
+
+    def index_error(*args, **kwargs):  # as an embedding does with an index past its vocabulary
+        raise IndexError("index 99 is out of bounds for dimension 0 with size 10")
+
+    monkeypatch.setattr(loop, "predict_outputs", index_error)
+    run.start()
+    stream = run.events()
+    await next_event(stream, "steps")
+    reply = await asyncio.wait_for(run.send(cmd.Predict(request_id="x", inputs=[{"split": "val", "index": 0}])), 30)
+    assert not reply.ok and "IndexError" in reply.message
+    before = run.trainer.step
+    await next_event(stream, "steps", where=lambda e: e.step[0] > before)  # still training
+    await run.send(cmd.Stop())
+    assert await run.wait() == "stopped"
+
+
+async def test_prediction_events_log_answers_and_whole_split_replies_can_leave_inputs_out(tmp_path):
+    run = prepare(tmp_path, "train.epochs=1000", "early_stopping.enabled=false")
+    run.start()
+    stream = run.events()
+    await next_event(stream, "validation")
+    refs = [{"split": "val", "index": i} for i in range(len(run.trainer.data.y["val"]))]
+    full = await run.send(cmd.Predict(request_id="one", inputs=refs[:1]))
+    bare = await run.send(cmd.Predict(request_id="all", inputs=refs, with_inputs=False, weights="best"))
+    assert "input" in full.data["outputs"][0]
+    assert len(bare.data["outputs"]) == len(refs) and all("input" not in o for o in bare.data["outputs"])
+    assert all(o["true"] in run.trainer.data.classes for o in bare.data["outputs"])
+    assert bare.data["step"] == run.trainer.early.best_step  # the best weights' own step
+    logged = await next_event(stream, "prediction")
+    assert logged.request_id == "one" and "input" not in logged.outputs[0] and "label" in logged.outputs[0]
+    await run.send(cmd.Stop())
+    await run.wait()
 
 
 async def test_a_requested_validation_never_changes_early_stopping(tmp_path):

@@ -85,3 +85,24 @@ async def test_a_sample_shows_its_true_and_predicted_label_and_follows_training(
         await pilot.press("escape", "a")  # back to samples; the whole validation split at once
         await wait_for(pilot, lambda: "validation split:" in text_of(app, "#inf-answer"))
         assert "of 270 right" in text_of(app, "#inf-answer")
+
+
+async def test_after_a_live_run_finishes_its_saved_weights_answer(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", "train.epochs=150",
+                           "--set", "early_stopping.enabled=false"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    folder = resolve_run(proc.stdout.split()[0], runs)
+
+    async def opener():
+        return await open_run(folder)
+
+    app = TrainTop(opener, title=folder.run_id)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.state.final_status == "completed")
+        assert app.source.live  # it was attached while the engine still ran
+        await pilot.press("i", "n")
+        view = app.main.query_one("#inference-view")
+        await wait_for(pilot, lambda: view.answer is not None)
+        assert "current weights, step 3000" in text_of(app, "#inf-answer")  # last.pt: 150 epochs x 20 steps

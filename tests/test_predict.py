@@ -171,3 +171,20 @@ async def test_a_finished_run_answers_predict_from_its_saved_weights(finished):
         assert not refused.ok and "completed" in refused.message
     finally:
         await run.close()
+
+
+async def test_a_finished_runs_answers_stay_in_step_after_a_request_is_given_up(finished):
+    from traintop.engine.client import FinishedRun
+
+    run = FinishedRun(resolve_run("latest", finished))
+    try:
+        given_up = asyncio.create_task(run.send(cmd.Predict(request_id="a", inputs=[{"split": "val", "index": 0}])))
+        await asyncio.sleep(0.2)  # the prediction process is still starting
+        given_up.cancel()
+        fifth = await run.send(cmd.Predict(request_id="b", inputs=[{"split": "val", "index": 5}]))
+        again = await run.send(cmd.Predict(request_id="c", inputs=[{"split": "val", "index": 5}]))
+        first = await run.send(cmd.Predict(request_id="d", inputs=[{"split": "val", "index": 0}]))
+        assert fifth.ok and fifth.data["outputs"] == again.data["outputs"]  # not sample 0's late answer
+        assert first.data["outputs"][0]["input"] != fifth.data["outputs"][0]["input"]
+    finally:
+        await run.close()

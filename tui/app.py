@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -123,6 +124,7 @@ class TrainTop(App):
         self._state: RunState | None = None
         self.state_title = title
         self.engine_pid = engine_pid
+        self.engine_exit: int | None = None  # the engine's exit code, once the dashboard has reaped it
         self.log_path = log_path
         self.log_y = False
         self.smoothing = 1  # index into SMOOTHING: 0.6
@@ -229,9 +231,10 @@ class TrainTop(App):
             return False
         try:
             os.kill(self.engine_pid, 0)
-            waited = os.waitpid(self.engine_pid, os.WNOHANG)
-            if waited == (0, 0):
+            pid, status = os.waitpid(self.engine_pid, os.WNOHANG)
+            if pid == 0:
                 return False
+            self.engine_exit = os.waitstatus_to_exitcode(status)  # reaped here: the caller cannot wait
         except (ProcessLookupError, ChildProcessError):
             pass
         tail = ""
@@ -454,6 +457,8 @@ class TrainTop(App):
             if choice == "stop":
                 if self.source is not None:
                     await self.source.send(cmd.Stop(save=True))
+                elif self.engine_pid:  # still starting, not yet listening: it stops on SIGTERM
+                    os.kill(self.engine_pid, signal.SIGTERM)
                 self.outcome = "stopped"
                 await self.leave()
             elif choice == "detach":

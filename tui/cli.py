@@ -193,7 +193,8 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
 
     from .app import TrainTop
 
-    if folder is None:
+    created = folder is None  # a resumed run's folder is never this call's to remove
+    if created:
         folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
     started = []
 
@@ -212,17 +213,18 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
 
     app = TrainTop(opener, title=folder.run_id)
     outcome = app.run()
-    if not started:  # the dashboard closed before the engine was started: there is no run
-        import shutil
+    if not started:  # the dashboard closed before the engine was started: there is no new run
+        if created:
+            import shutil
 
-        shutil.rmtree(folder.path, ignore_errors=True)
+            shutil.rmtree(folder.path, ignore_errors=True)
         return 0
     proc = started[0]
     if outcome == "detached":
         print(f"{folder.run_id} goes on training in the background (pid {proc.pid}).")
         print(f"  attach again:  traintop attach {folder.run_id}")
         return 0
-    code = proc.wait()
+    code = app.engine_exit if app.engine_exit is not None else proc.wait()
     if code == 2 and not folder.meta.exists():
         print(folder.log.read_text(errors="replace").strip().splitlines()[-1], file=sys.stderr)
         import shutil
@@ -496,7 +498,9 @@ def cmd_predict(args) -> int:
     if args.serve:  # the dashboard's inference view on a run no engine serves
         from traintop.engine.predictor import serve_predictions
 
-        serve_predictions(folder, sys.stdin, sys.stdout)
+        replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what user code prints must not mix with replies
+        serve_predictions(folder, sys.stdin, replies)
         return 0
     if args.input is None:
         raise UserError("predict needs an INPUT: a CSV of raw rows (or an image file or folder)")

@@ -6,9 +6,11 @@ no engine serves any more, from its saved checkpoints; this view never runs the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -184,6 +186,7 @@ class InferenceView(Vertical, can_focus=True):
         self.pending = False
         self.form_built = False
         self.message = ""
+        self.finished_source = None  # answers from saved checkpoints once a live run has ended
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="inf-bar"):
@@ -260,7 +263,7 @@ class InferenceView(Vertical, can_focus=True):
         if not self.ready():
             return
         inputs = [{"split": "val", "index": i} for i in range(self.n_val)]
-        self.ask(inputs, kind="summary")
+        self.ask(inputs, kind="summary", with_inputs=False)
 
     def action_toggle_typed(self) -> None:
         if self.typed:
@@ -314,7 +317,9 @@ class InferenceView(Vertical, can_focus=True):
             shape = pre.get("input_shape") or []
             widgets += [Label(f"input: a JSON list of shape {shape}"), Input(placeholder="[0.5, 1.0, ...]", name="input")]
         else:
-            for column in pre.get("columns") or [{"name": f, "kind": "numeric"} for f in self.data.get("features", [])]:
+            columns = pre["columns"] if "columns" in pre else [{"name": f, "kind": "numeric"}
+                                                                for f in self.data.get("features", [])]
+            for column in columns:
                 name, kind = column["name"], column.get("kind", "numeric")
                 widgets.append(Label(name, classes="field-label"))
                 if kind == "categorical":
@@ -360,7 +365,7 @@ class InferenceView(Vertical, can_focus=True):
             if name == "path":
                 if not value:
                     return record, "give the path of an image file"
-                record["path"] = value
+                record["path"] = str(Path(value).expanduser().resolve())  # the engine's folder may differ
             elif name == "input":
                 try:
                     record["input"] = json.loads(value)
@@ -394,18 +399,39 @@ class InferenceView(Vertical, can_focus=True):
     def ask_sample(self) -> None:
         self.ask([{"split": "val", "index": self.index}], kind="sample")
 
-    def ask(self, inputs: list[dict], kind: str) -> None:
-        source = self.app.source
+    def ask(self, inputs: list[dict], kind: str, with_inputs: bool = True) -> None:
+        source = self.answering_source()
         if source is None:
             self.say("not connected to the run yet")
             return
         self.pending = True
         self.say("asking the model…")
-        self.run_worker(self._ask(source, inputs, kind), exclusive=True, group="inference")
+        command = cmd.Predict(request_id=f"view-{kind}", inputs=inputs, weights=self.weights,
+                              with_inputs=with_inputs)
+        self.run_worker(self._ask(source, command, kind), exclusive=True, group="inference")
 
-    async def _ask(self, source, inputs: list[dict], kind: str) -> None:
+    def answering_source(self):
+        """Who answers: the engine while it runs; once it has finished, the run's saved checkpoints."""
+        source = self.app.source
+        if source is None or not getattr(source, "live", False):
+            return source
+        if self.app.state.final_status or getattr(source, "closed_reason", ""):
+            if self.finished_source is None:
+                from traintop.engine.client import FinishedRun
+
+                self.finished_source = FinishedRun(source.folder)
+            return self.finished_source
+        return source
+
+    async def on_unmount(self) -> None:
+        if self.finished_source is not None:
+            await self.finished_source.close()
+
+    async def _ask(self, source, command: cmd.Predict, kind: str) -> None:
         try:
-            reply = await source.send(cmd.Predict(request_id=f"view-{kind}", inputs=inputs, weights=self.weights))
+            reply = await source.send(command)
+        except (asyncio.TimeoutError, TimeoutError):
+            reply = cmd.Reply(False, "the model did not answer within a minute; try again")
         finally:
             self.pending = False
         if not reply.ok:
