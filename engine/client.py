@@ -140,7 +140,7 @@ class FinishedRun:
             try:
                 if proc is None or proc.returncode is not None:
                     proc = self._predictions = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "traintop.tui", "predict", str(self.folder.path), "--serve",
+                        sys.executable, "-m", "traintop.engine.predictor", str(self.folder.path),
                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
                 request_id = next(self._ids)

@@ -183,7 +183,11 @@ class RunPredictions:
 
 
 def serve_predictions(folder: RunFolder, inp: IO[str], out: IO[str]) -> None:
-    """Answer `predict` command lines from `inp` with reply lines on `out`, as the socket does."""
+    """Answer `predict` command lines from `inp` with reply lines on `out`, as the socket does.
+
+    `python -m traintop.engine.predictor RUN_FOLDER` runs this on stdin and stdout, for a client
+    that must not import torch itself (the dashboard, on a run no engine serves).
+    """
     answers = RunPredictions(folder)
     for line in inp:
         request_id = None
@@ -199,3 +203,20 @@ def serve_predictions(folder: RunFolder, inp: IO[str], out: IO[str]) -> None:
         out.write(json.dumps({"reply": request_id, "ok": reply.ok, "message": reply.message,
                               "data": reply.data}) + "\n")
         out.flush()
+
+
+def main(argv: list[str]) -> int:
+    """Serve predictions for the run folder `argv[0]` on stdin and stdout."""
+    import os
+    import sys
+
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what user code prints must not mix with replies
+    serve_predictions(RunFolder(Path(argv[0])), sys.stdin, replies)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

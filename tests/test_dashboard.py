@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from traintop.engine.client import FinishedRun, LiveRun, open_run
+from traintop.engine.client import FinishedRun, open_run
 from traintop.engine.runstore import RunFolder, is_live, resolve_run
 from traintop.tui.app import TrainTop
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
-
-
-@pytest.fixture
-def live_run(tmp_path):
-    runs = tmp_path / "runs"
-    proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", "train.epochs=100000",
-                           "--set", "early_stopping.enabled=false"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    folder = resolve_run(proc.stdout.split()[0], runs)
-    yield folder
-    pid = (folder.read_json("meta.json") or {}).get("pid")
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def app_for(folder: RunFolder) -> TrainTop:

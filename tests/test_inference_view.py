@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-
-import pytest
 
 from traintop.engine.client import open_run
 from traintop.engine.runstore import resolve_run
 from traintop.tui.app import TrainTop
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
-
-
-@pytest.fixture
-def live_run(tmp_path):
-    runs = tmp_path / "runs"
-    proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", "train.epochs=100000",
-                           "--set", "early_stopping.enabled=false"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    folder = resolve_run(proc.stdout.split()[0], runs)
-    yield folder
-    pid = (folder.read_json("meta.json") or {}).get("pid")
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 async def wait_for(pilot, condition, seconds: float = 30) -> None:
@@ -87,13 +67,14 @@ async def test_a_sample_shows_its_true_and_predicted_label_and_follows_training(
         assert "of 270 right" in text_of(app, "#inf-answer")
 
 
-async def test_after_a_live_run_finishes_its_saved_weights_answer(tmp_path):
+async def test_after_a_live_run_finishes_its_saved_weights_answer(tmp_path, engines):
     runs = tmp_path / "runs"
     proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", "train.epochs=150",
                            "--set", "early_stopping.enabled=false"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     folder = resolve_run(proc.stdout.split()[0], runs)
+    engines.append(folder)
 
     async def opener():
         return await open_run(folder)

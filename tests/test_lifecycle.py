@@ -37,25 +37,17 @@ def traintop(*args, runs_dir, timeout=300, check=False) -> subprocess.CompletedP
 
 
 @pytest.fixture
-def detached(tmp_path):
-    """Start `traintop run --detach`; kill whatever engine is left at the end."""
-    folders: list[RunFolder] = []
+def detached(tmp_path, engines):
+    """Start `traintop run --detach`; whatever engine is left is killed at the end."""
 
     def start(*args: str) -> RunFolder:
         proc = traintop("run", "--detach", *args, runs_dir=tmp_path / "runs", check=True)
         run_id = proc.stdout.split()[0]
         folder = resolve_run(run_id, tmp_path / "runs")
-        folders.append(folder)
+        engines.append(folder)
         return folder
 
-    yield start
-    for folder in folders:
-        pid = (folder.read_json("meta.json") or {}).get("pid")
-        if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    return start
 
 
 async def collect(source, until=lambda e: False) -> list[ev.Event]:
@@ -93,28 +85,21 @@ async def test_attach_mid_run_receives_every_step_once_and_the_socket_is_private
     assert not folder.socket.exists()  # removed when the run ends
 
 
-def test_a_run_folder_deeper_than_the_socket_path_limit_is_still_reachable(tmp_path):
+def test_a_run_folder_deeper_than_the_socket_path_limit_is_still_reachable(tmp_path, engines):
     runs = tmp_path / ("deep-" * 12) / ("runs-" * 12)  # the socket path passes 108 bytes
     proc = traintop("run", "--detach", *LONG, runs_dir=runs, check=True)
     folder = resolve_run(proc.stdout.split()[0], runs)
+    engines.append(folder)
     assert len(str(folder.socket)) > 108
-    try:
-        paused = traintop("ctl", folder.run_id, "pause", runs_dir=runs)
-        assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
-        stopped = traintop("ctl", folder.run_id, "stop", runs_dir=runs)
-        assert stopped.returncode == 0, stopped.stderr
-        for _ in range(200):
-            if folder.read_json("report.json"):
-                break
-            time.sleep(0.1)
-        assert (folder.read_json("report.json") or {}).get("status") == "stopped"
-    finally:
-        pid = (folder.read_json("meta.json") or {}).get("pid")
-        if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    paused = traintop("ctl", folder.run_id, "pause", runs_dir=runs)
+    assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+    stopped = traintop("ctl", folder.run_id, "stop", runs_dir=runs)
+    assert stopped.returncode == 0, stopped.stderr
+    for _ in range(200):
+        if folder.read_json("report.json"):
+            break
+        time.sleep(0.1)
+    assert (folder.read_json("report.json") or {}).get("status") == "stopped"
 
 
 async def test_commands_from_a_client_take_effect_and_are_logged(detached):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,46 +40,38 @@ def finished(tmp_path_factory):
     return runs
 
 
-async def test_predict_on_a_live_run_equals_the_engines_answers_for_the_same_rows(tmp_path):
+async def test_predict_on_a_live_run_equals_the_engines_answers_for_the_same_rows(tmp_path, engines):
     runs = tmp_path / "runs"
     proc = traintop("run", str(PLANTS), "--detach", "--set", "train.epochs=5000",
                     "--set", "early_stopping.enabled=false", runs_dir=runs)
     assert proc.returncode == 0, proc.stderr
     folder = resolve_run(proc.stdout.split()[0], runs)
+    engines.append(folder)
+    rows = pd.read_csv(PLANTS_CSV)[FEATURES]  # the same rows in the same batch as the file
+    records = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in rows.to_dict("records")]
+    live = await LiveRun.connect(folder)
     try:
-        rows = pd.read_csv(PLANTS_CSV)[FEATURES]  # the same rows in the same batch as the file
-        records = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in rows.to_dict("records")]
-        live = await LiveRun.connect(folder)
-        try:
-            assert (await live.send(cmd.Pause())).ok
-            assert (await live.send(cmd.Checkpoint())).ok  # last.pt now holds the paused weights
-            reply = await live.send(cmd.Predict(request_id="p", inputs=records, weights="current"))
-            assert reply.ok, reply.message
-            engine = reply.data["outputs"]
-            # while the run stays live and paused, predict from its saved last.pt
-            out = await asyncio.to_thread(traintop, "predict", folder.run_id, str(PLANTS_CSV),
-                                          "--checkpoint", "last", runs_dir=runs)
-            assert out.returncode == 0, out.stderr
-            assert (await live.send(cmd.Resume())).ok  # the run was not disturbed
-            await live.send(cmd.Stop())
-        finally:
-            await live.close()
-        table = read_table(out.stdout)
-        assert [t["row"] for t in table] == [str(i) for i in range(len(rows))]
-        assert [t["prediction"] for t in table] == [e["label"] for e in engine]
-        # The same arithmetic on the CPU gives the same bits; an engine on a GPU agrees to float32 rounding.
-        on_cpu = folder.read_json("meta.json")["device"] == "cpu"
-        for t, e in zip(table, engine):
-            probabilities = {c: float(t[f"p_{c}"]) for c in e["probabilities"]}
-            assert probabilities == (e["probabilities"] if on_cpu else pytest.approx(e["probabilities"], abs=1e-6))
-        assert len({t["prediction"] for t in table}) >= 1
+        assert (await live.send(cmd.Pause())).ok
+        assert (await live.send(cmd.Checkpoint())).ok  # last.pt now holds the paused weights
+        reply = await live.send(cmd.Predict(request_id="p", inputs=records, weights="current"))
+        assert reply.ok, reply.message
+        engine = reply.data["outputs"]
+        # while the run stays live and paused, predict from its saved last.pt
+        out = await asyncio.to_thread(traintop, "predict", folder.run_id, str(PLANTS_CSV),
+                                      "--checkpoint", "last", runs_dir=runs)
+        assert out.returncode == 0, out.stderr
+        assert (await live.send(cmd.Resume())).ok  # the run was not disturbed
+        await live.send(cmd.Stop())
     finally:
-        pid = (folder.read_json("meta.json") or {}).get("pid")
-        if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        await live.close()
+    table = read_table(out.stdout)
+    assert [t["row"] for t in table] == [str(i) for i in range(len(rows))]
+    assert [t["prediction"] for t in table] == [e["label"] for e in engine]
+    # The same arithmetic on the CPU gives the same bits; an engine on a GPU agrees to float32 rounding.
+    on_cpu = folder.read_json("meta.json")["device"] == "cpu"
+    for t, e in zip(table, engine):
+        probabilities = {c: float(t[f"p_{c}"]) for c in e["probabilities"]}
+        assert probabilities == (e["probabilities"] if on_cpu else pytest.approx(e["probabilities"], abs=1e-6))
 
 
 def test_unseen_categories_and_missing_values_predict_like_training_handled_them(finished, tmp_path):

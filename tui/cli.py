@@ -80,12 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predictions for a file of raw inputs, with the run's saved preprocessing")
     predict.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
-    predict.add_argument("input", type=Path, nargs="?", help="a CSV with the training features (an image file "
+    predict.add_argument("input", type=Path, help="a CSV with the training features (an image file "
                          "or folder for image runs)")
     predict.add_argument("--checkpoint", choices=["best", "last"], default="best",
                          help="which saved weights (default: best)")
     predict.add_argument("--out", type=Path, help="write the predictions CSV here (default: stdout)")
-    predict.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # predict commands on stdin
     runs_dir(predict)
     return parser
 
@@ -495,15 +494,6 @@ def cmd_predict(args) -> int:
     from traintop.engine.predictor import Predictor
 
     folder = _folder(args)
-    if args.serve:  # the dashboard's inference view on a run no engine serves
-        from traintop.engine.predictor import serve_predictions
-
-        replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what user code prints must not mix with replies
-        serve_predictions(folder, sys.stdin, replies)
-        return 0
-    if args.input is None:
-        raise UserError("predict needs an INPUT: a CSV of raw rows (or an image file or folder)")
     predictor = Predictor.from_folder(folder, args.checkpoint)
     ids, answers = predictor.predict_input(args.input)
     text = predictor.table(ids, answers)
