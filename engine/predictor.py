@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-import pandas as pd
 import torch
 
 from . import commands as cmd
 from . import events as ev
 from .checkpoint import load_checkpoint
 from .config import load_config
-from .data import Dataset, load_data, load_preprocessor
+from .data import Dataset, load_data, load_preprocessor, read_csv_file
 from .errors import UserError
 from .evaluation import predict_outputs, predict_records
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
@@ -103,14 +102,7 @@ class Predictor:
 
     def predict_csv(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         """The rows of a CSV of raw features (extra columns ignored) and their answers."""
-        if not path.is_file():
-            raise UserError(f"input {path} does not exist" if not path.exists() else f"input {path} is not a file")
-        try:
-            frame = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            raise UserError(f"input {path} is empty") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise UserError(f"input {path} could not be read as CSV: {e}") from None
+        frame = read_csv_file(path, "input")
         missing = [c for c in self.preprocess.features if c not in frame.columns]
         if missing:
             raise UserError(f"input {path} is missing feature column(s) {', '.join(missing)}; "

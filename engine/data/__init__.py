@@ -3,6 +3,7 @@ factory and torchvision's datasets, each split and preprocessed into a Dataset."
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,18 +46,24 @@ def _builtin(source: str, seed: int) -> tuple[pd.DataFrame, pd.Series, list[str]
     return bunch.data, bunch.target.rename("target"), names, extra
 
 
+def read_csv_file(path: Path, label: str) -> pd.DataFrame:
+    """A CSV file as a table; a missing, empty or unreadable file is a UserError that names it as
+    `label` (the config key, or the command's argument)."""
+    if not path.exists():
+        raise UserError(f"{label}: CSV file {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"{label}: {path} is not a file")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{label}: CSV file {path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{label}: {path} could not be read as CSV: {e}") from None
+
+
 def _read_csv(cfg: Config) -> pd.DataFrame:
     path = cfg.resolve_path(cfg.data.path)
-    if not path.exists():
-        raise UserError(f"data.path: CSV file {path} does not exist")
-    if not path.is_file():
-        raise UserError(f"data.path: {path} is not a file")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"data.path: CSV file {path} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"data.path: {path} could not be read as CSV: {e}") from None
+    frame = read_csv_file(path, "data.path")
     if frame.empty:
         raise UserError(f"data.path: CSV file {path} has a header but no rows")
     return frame
