@@ -223,16 +223,17 @@ def write_history(folder: RunFolder, n_steps: int, steps_per_epoch: int = 2500) 
     """events.jsonl as the engine would leave it after `n_steps` steps; its number of events.
 
     Steps events of 200-300 steps (a ~100 ms flush at ~2500 steps/s), cut at epoch ends, made by
-    the engine's own StepRecorder.take() from random per-step values, so the lines have exactly
+    the engine's own StepRecorder.batch() from random per-step values, so the lines have exactly
     the engine's shape (rounded floats, per-layer norms on a few steps of each batch).
     """
     import numpy as np
     import torch
 
     from traintop.engine.config import load_config
+    from traintop.engine.gradients import Gradients
     from traintop.engine.recorder import StepRecorder
 
-    recorder = StepRecorder(LAYERS, torch.device("cpu"), capacity=400)
+    recorder = StepRecorder(LAYERS, Gradients([], torch.device("cpu")), capacity=400)
     generator = torch.Generator().manual_seed(0)
 
     rng = np.random.default_rng(0)
@@ -246,7 +247,9 @@ def write_history(folder: RunFolder, n_steps: int, steps_per_epoch: int = 2500) 
             epoch_end = epoch * steps_per_epoch
             k = min(int(rng.integers(200, 301)), epoch_end - step + 1, n_steps - step + 1)
             recorder.first_step, recorder.lr = step, [0.001] * k
-            batch = recorder.batch(torch.rand(k, 1 + len(LAYERS), generator=generator))
+            layer_at = sorted({round(i * (k - 1) / 7) for i in range(8)})  # ~every 12.5 ms of a 100 ms batch
+            batch = recorder.batch(torch.rand(k, generator=generator), torch.rand(k, generator=generator),
+                                   torch.rand(len(layer_at), len(LAYERS), generator=generator), layer_at)
             t += k / 2500
             lines.append(ev.Steps(t=round(t, 4), epoch=[epoch] * k, samples_per_s=round(k * 64 / (k / 2500), 1),
                                   **batch).to_line())

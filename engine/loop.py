@@ -21,6 +21,7 @@ from .data import Dataset
 from .early_stopping import EarlyStopping
 from .errors import UserError
 from .evaluation import evaluate, predict_outputs
+from .gradients import Gradients
 from .inbox import CommandInbox
 from .lr import LearningRate
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
@@ -81,14 +82,14 @@ class Trainer:
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.optimizer = build_optimizer(cfg, self.params)
-        self.no_grad = torch.zeros((), device=device)
+        self.gradients = Gradients(self.params, device)
 
         self.feeds = data.feeds(device)  # device tensors, or DataLoaders for streamed data
         self.batch_size = cfg.data.batch_size
         self.n_train = len(self.feeds["train"])
         self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
         self.lr = LearningRate(cfg, self.steps_per_epoch)
-        self.recorder = StepRecorder(self.param_names, device)
+        self.recorder = StepRecorder(self.param_names, self.gradients)
 
         es = cfg.early_stopping
         allowed = ["val_loss"] + [f"val_{m}" for m in metric_names(data.task)]
@@ -173,6 +174,7 @@ class Trainer:
 
     def train_epoch(self) -> None:
         model, objective, optimizer = self.model, self.objective, self.optimizer
+        gradients, recorder = self.gradients, self.recorder
         batches = self.feeds["train"].batches(self.permutation(self.epoch), self.batch_size,
                                               start=self.batch, augment=self.data.augment)
         clip = self.cfg.train.grad_clip
@@ -189,24 +191,23 @@ class Trainer:
             # forward
             loss = objective(model(xb), yb)
             # backward
-            optimizer.zero_grad(set_to_none=True)
+            gradients.zero()
             loss.backward()
+            now = time.perf_counter()
             lr = self.lr.at(self.step)
-            grads = self.grads()
-            values = self.recorder.record(loss, grads, lr)  # [loss, each gradient's norm]
+            recorder.record(loss, lr, now)  # loss and gradient norms, kept on the device
             if clip:
-                total = torch.linalg.vector_norm(torch.stack(values[1:]))
-                torch._foreach_mul_(grads, (clip / (total + 1e-6)).clamp(max=1.0))
+                gradients.clip_(recorder.last_total(), clip)
             # update
             if lr != self.optimizer_lr:
                 self.set_optimizer_lr(lr)
-            if skip_nonfinite and not bool(torch.isfinite(torch.stack(values)).all()):
+            if skip_nonfinite and not recorder.last_finite():
                 self.skipped.append(self.step + 1)  # one host sync per step: only with on_nan = "skip"
             else:
                 optimizer.step()
             self.step += 1
             self.batch += 1
-            if self.recorder.full or time.perf_counter() >= self.next_flush:
+            if recorder.full or now >= self.next_flush:
                 self.flush_and_deliver()
             if val_every and self.step % val_every == 0:
                 self.validate()
@@ -219,10 +220,6 @@ class Trainer:
         self.flush()
         self.deliver()
         self.next_flush = time.perf_counter() + FLUSH_SECONDS
-
-    def grads(self) -> list[torch.Tensor]:
-        """Each parameter's gradient; a parameter the loss did not reach counts as zero."""
-        return [p.grad if p.grad is not None else self.no_grad for p in self.params]
 
     def set_optimizer_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -10,7 +10,7 @@ import torch
 
 from traintop.engine import commands as cmd
 from traintop.engine import events as ev
-from traintop.engine import loop
+from traintop.engine import gradients, loop
 from traintop.engine.checkpoint import load_checkpoint
 from traintop.engine.config import load_config
 from traintop.engine.run import Run
@@ -74,7 +74,7 @@ async def test_digits_run_logs_every_step_once_and_tests_once(tmp_path):
         n = len(e.step)
         assert len(e.loss) == len(e.grad_norm) == len(e.lr) == len(e.epoch) == n
         assert set(e.layer_norms) == set(run.trainer.param_names)
-        assert e.layer_steps[-1] == e.step[-1] and set(e.layer_steps) <= set(e.step)
+        assert e.layer_steps[0] == e.step[0] and set(e.layer_steps) <= set(e.step)
         assert all(len(norms) == len(e.layer_steps) for norms in e.layer_norms.values())
         # the total norm is the norm of the per-layer norms
         for j, step in enumerate(e.layer_steps):
@@ -239,6 +239,55 @@ async def test_same_seed_gives_identical_losses(tmp_path):
     first, second, other = await losses(7), await losses(7), await losses(8)
     assert first == second
     assert first != other
+
+
+def autograd_gradients(monkeypatch):
+    """Gradients kept as autograd's own tensors, as on a GPU, instead of the CPU's flat buffer."""
+    monkeypatch.setattr(gradients, "flat_buffer", lambda params: None)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+async def test_the_gradient_layout_never_changes_the_numbers(tmp_path, monkeypatch, clip):
+    async def steps(*overrides):
+        run = prepare(tmp_path, "train.epochs=2", "model.dropout=0.2", f"train.grad_clip={clip}", *overrides)
+        run.start()
+        batches = [e for e in await collect(run) if isinstance(e, ev.Steps)]
+        return ([x for e in batches for x in e.loss], [x for e in batches for x in e.grad_norm],
+                run.trainer.gradients.flat is not None)
+
+    flat_loss, flat_norm, was_flat = await steps()
+    autograd_gradients(monkeypatch)
+    own_loss, own_norm, was_own_flat = await steps()
+    assert was_flat and not was_own_flat
+    if clip:  # the clip scale comes from each layout's own total norm, equal to float rounding
+        assert flat_loss == pytest.approx(own_loss, rel=1e-5)
+    else:  # autograd adds each gradient into zeros: exactly the same numbers
+        assert flat_loss == own_loss
+    assert flat_norm == pytest.approx(own_norm, rel=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["flat", "autograd"])
+async def test_grad_clip_bounds_every_update_by_the_clip_norm(tmp_path, monkeypatch, layout):
+    if layout == "autograd":
+        autograd_gradients(monkeypatch)
+
+    async def moved(clip):
+        run = prepare(tmp_path, "train.epochs=1", "optim.name=sgd", "optim.momentum=0", "optim.lr=0.1",
+                      f"train.grad_clip={clip}", "early_stopping.enabled=false")
+        before = [p.detach().clone() for p in run.trainer.params]
+        run.start()
+        events = await collect(run)
+        norms = [x for e in events if isinstance(e, ev.Steps) for x in e.grad_norm]
+        after = [p.detach() for p in run.trainer.params]
+        distance = math.sqrt(sum(float((a - b).pow(2).sum()) for a, b in zip(after, before)))
+        return distance, norms
+
+    clipped, norms = await moved(1e-3)
+    bound = len(norms) * 0.1 * 1e-3  # at most steps x lr x clip, however large the gradients
+    assert min(norms) > 1e-3  # the log keeps each norm before clipping
+    assert clipped <= bound * 1.0001
+    free, _ = await moved(0.0)
+    assert free > 10 * bound
 
 
 async def test_overfitting_is_called_out_when_val_loss_rises_while_train_loss_falls(tmp_path, monkeypatch):
