@@ -47,4 +47,4 @@ python3 -m traintop.tui run --headless --set train.epochs=20 2>&1 | tail -4
 python3 -m traintop.tui run sample_configs/shapes_cnn.toml --headless 2>&1 | tail -4
 
 echo "== bench/overhead.py on the GPU"
-timeout 200 python3 bench/overhead.py --device cuda --rounds 5 --epochs 30 2>&1 | tail -4
+timeout 200 python3 bench/overhead.py --device cuda --rounds 5 --epochs 30 2>&1 | tail -6

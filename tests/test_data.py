@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from traintop.engine.config import build_config
-from traintop.engine.data import load_data
+from traintop.engine.data import feed, load_data
 from traintop.engine.data.tabular import Preprocessor, split_indices
 from traintop.engine.errors import UserError
 
@@ -264,3 +265,16 @@ def test_distinct_rows_report_no_leakage(write_csv):
     data = csv_data(write_csv(table))
     assert data.summary()["leakage"] == 0
     assert not [m for kind, m in data.warnings if kind == "leakage"]
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 64 * 8 * 4 * 3, 16 << 20])
+def test_in_memory_batches_follow_the_permutation_however_many_rows_are_gathered(monkeypatch, gather_bytes):
+    monkeypatch.setattr(feed, "GATHER_BYTES", gather_bytes)
+    x = torch.arange(100 * 8, dtype=torch.float32).view(100, 8)
+    split = feed.TensorFeed(x, torch.arange(100), torch.device("cpu"))
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(3))
+    batches = list(split.batches(order, 8, start=2))
+    assert len(batches) == 11  # 13 batches of 8 (the last of 4), from the third on
+    assert torch.equal(torch.cat([yb for _, yb in batches]), order[16:])
+    assert all(torch.equal(xb, x[yb]) for xb, yb in batches)
+    assert [len(yb) for _, yb in batches][-2:] == [8, 4]

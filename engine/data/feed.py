@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 EVAL_BATCH = 512  # streamed validation and test batches
+GATHER_BYTES = 16 << 20  # in-memory batches: rows gathered at once, several batches' worth
 
 
 def stream_workers() -> int:
@@ -36,12 +37,21 @@ class TensorFeed:
 
     def batches(self, order: torch.Tensor, batch_size: int, start: int = 0,
                 augment: Callable | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in `order` (a permutation of the split), from batch number `start` on."""
+        """Batches in `order` (a permutation of the split), from batch number `start` on.
+
+        Rows are gathered for several batches at once (up to GATHER_BYTES), and each batch is a
+        slice of that: one indexing op per gather instead of one per batch (4% of a digits step).
+        """
         x, y = self.x, self.y
         order = order.to(x.device)
-        for b in range(start, math.ceil(len(order) / batch_size)):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            yield (augment(x[idx]) if augment else x[idx]), y[idx]
+        row_bytes = max(1, x.numel() // max(1, len(x)) * x.element_size())
+        per_gather = max(1, GATHER_BYTES // (row_bytes * batch_size))  # batches per indexing op
+        for first in range(start, math.ceil(len(order) / batch_size), per_gather):
+            idx = order[first * batch_size:(first + per_gather) * batch_size]
+            xs, ys = x[idx], y[idx]
+            for i in range(0, len(idx), batch_size):
+                xb = xs[i:i + batch_size]
+                yield (augment(xb) if augment else xb), ys[i:i + batch_size]
 
     def inputs(self, indices: list[int]) -> torch.Tensor:
         """The model inputs of some samples, as one tensor."""
