@@ -191,8 +191,7 @@ class Trainer:
             # forward
             loss = objective(model(xb), yb)
             # backward
-            gradients.zero()
-            loss.backward()
+            gradients.backward(loss)  # cleared, then filled
             now = time.perf_counter()
             lr = self.lr.at(self.step)
             recorder.record(loss, lr, now)  # loss and gradient norms, kept on the device

@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 
 from traintop.engine.config import load_config
 from traintop.engine.data import load_data, load_preprocessor
@@ -66,6 +67,18 @@ def model(info):
     return RingNet(info.input_shape[0], info.n_outputs)
 
 
+class WithSpare(RingNet):
+    """A parameter the loss never reaches, as in a model with an unused head."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__(n_in, n_out)
+        self.spare = nn.Parameter(torch.ones(4))
+
+
+def with_spare(info):
+    return WithSpare(info.input_shape[0], info.n_outputs)
+
+
 def not_a_model(info):
     return "a string"
 
@@ -112,6 +125,17 @@ def test_a_python_factory_dataset_and_model_train_and_the_model_sees_the_data_in
     assert test["metrics"]["accuracy"] >= 0.9, test
     started = next(e for e in events if e["event"] == "run_started")["data"]
     assert started["classes"] == ["inside", "outside"] and started["n_train"] == 1200
+
+
+def test_a_parameter_the_loss_never_reaches_is_left_alone_by_the_optimizer(tmp_path, user_folder):
+    path = user_folder(model='[model]\nkind = "python"\nfactory = "user_rings:with_spare"\n')
+    overrides = ["train.epochs=2", 'optim.name="adamw"', "optim.weight_decay=0.5"]
+    run = Run.prepare(load_config(path, overrides), tmp_path / "runs")
+    first = run.trainer.model.net[0].weight.detach().clone()
+    assert run.train() == "completed"
+    model = run.trainer.model
+    assert torch.equal(model.spare.detach(), torch.ones(4))  # no decay, as with zero_grad(set_to_none=True)
+    assert not torch.equal(model.net[0].weight.detach(), first)
 
 
 def test_tensor_pairs_with_float_targets_are_a_regression_in_the_targets_units(user_folder):
