@@ -97,6 +97,7 @@ class EarlyStoppingConfig:
 @dataclass
 class CheckpointConfig:
     every_epochs: int = 0
+    every_seconds: float = 120.0  # last.pt at the first step boundary this long after the last save; 0 = off
 
 
 @dataclass
@@ -144,6 +145,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 NOT_YET: dict[tuple[str, str], tuple[str, ...]] = {}
 
+# The learning rate a run may use, from the config or set live: lower bound excluded.
+LR_RANGE = (0.0, 10.0)
+
 POSITIVE = {
     ("data", "batch_size"), ("train", "epochs"), ("data", "image_size"),
     ("data", "memory_limit_mb"), ("data", "min_freq"), ("data", "max_vocab"),
@@ -153,7 +157,7 @@ NON_NEGATIVE = {
     ("optim", "weight_decay"), ("optim", "momentum"), ("schedule", "warmup_steps"),
     ("schedule", "plateau_patience"), ("schedule", "min_lr"), ("train", "grad_clip"),
     ("train", "val_every_steps"), ("early_stopping", "patience"), ("early_stopping", "min_delta"),
-    ("checkpoint", "every_epochs"), ("model", "dropout"), ("run", "seed"), ("run", "threads"),
+    ("checkpoint", "every_epochs"), ("checkpoint", "every_seconds"), ("model", "dropout"), ("run", "seed"), ("run", "threads"),
 }
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
