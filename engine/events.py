@@ -45,6 +45,8 @@ class Event:
         cls = EVENT_TYPES.get(obj.get("event", ""))
         if cls is None:
             return UnknownEvent(t=obj.get("t", 0.0), name=str(obj.get("event")), data=obj)
+        if cls is Steps:
+            return Steps.from_columns(obj)
         wire_to_py = {wire: py for py, wire in cls.renames.items()}
         names = {f.name for f in dataclasses.fields(cls)}
         values = {wire_to_py.get(k, k): v for k, v in obj.items() if k != "event"}
@@ -82,6 +84,9 @@ class RunStarted(Event):
     data: dict = field(default_factory=dict)  # task, n_train, n_val, n_test, features, classes
     epochs: int = 0
     steps_per_epoch: int = 0
+    layers: list = field(default_factory=list)  # [{"name", "describe" ("Linear 64→128"), "params"}]
+    world_size: int = 1
+    source: str = "config"  # config | watch | script | lightning | transformers
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,21 @@ class Steps(Event):
     samples_per_s: float = 0.0
     layer_norms: dict = field(default_factory=dict)  # parameter name -> norms at layer_steps
     layer_steps: list = field(default_factory=list)  # the steps layer_norms were taken at
+    scalars: dict = field(default_factory=dict)  # a loop's extra scalars: name -> one value per step
+
+    def to_json(self) -> dict[str, Any]:
+        """The batch as columns; each extra scalar is one more column beside loss and lr."""
+        data = super().to_json()
+        scalars = data.pop("scalars")
+        for name, values in scalars.items():
+            data.setdefault(name, values)
+        return data
+
+    @classmethod
+    def from_columns(cls, obj: dict[str, Any]) -> Steps:
+        names = {f.name for f in dataclasses.fields(cls)}
+        scalars = {k: v for k, v in obj.items() if k not in names and k != "event" and isinstance(v, list)}
+        return cls(**{k: v for k, v in obj.items() if k in names}, scalars=scalars)
 
 
 @dataclass(frozen=True)
@@ -155,9 +175,25 @@ class CheckpointSaved(Event):
 class RunWarning(Event):
     kind: ClassVar[str] = "warning"
     kind_: str = ""  # nan_loss | overfitting | leakage | ...; "kind" on the wire
-    message: str = ""
+    message: str = ""  # what and why
     step: int = 0
+    advice: str = ""  # what to try
+    id: str = ""  # the same id is the same condition, raised again: count, first_step, last_step say how often
+    count: int = 1
+    first_step: int = 0
+    last_step: int = 0
+    values: dict = field(default_factory=dict)  # the numbers behind it
     renames: ClassVar[dict[str, str]] = {"kind_": "kind"}
+
+
+@dataclass(frozen=True)
+class EarlyStoppingChanged(Event):
+    """Early stopping turned on or off, or its patience changed, as the engine decided it."""
+
+    kind: ClassVar[str] = "early_stopping_changed"
+    step: int = 0
+    enabled: bool = True
+    patience: int = 0
 
 
 @dataclass(frozen=True)

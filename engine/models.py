@@ -176,3 +176,36 @@ class Objective:
             p = torch.sigmoid(out.squeeze(1))
             return torch.stack([1 - p, p], dim=1)
         return torch.softmax(out, dim=1)
+
+
+def describe_module(module: nn.Module) -> str:
+    """What a layer is, in a few words: `Linear 64→128`, `Conv2d 3→32 3×3`, `Embedding 5000×64`."""
+    kind = type(module).__name__
+    if isinstance(module, nn.Linear):
+        return f"{kind} {module.in_features}→{module.out_features}"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        size = "×".join(str(k) for k in module.kernel_size)
+        return f"{kind} {module.in_channels}→{module.out_channels} {size}"
+    if isinstance(module, nn.Embedding):
+        return f"{kind} {module.num_embeddings}×{module.embedding_dim}"
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return f"{kind} {module.num_features}"
+    if isinstance(module, nn.LayerNorm):
+        return f"{kind} {'×'.join(str(d) for d in module.normalized_shape)}"
+    if isinstance(module, nn.RNNBase):
+        return f"{kind} {module.input_size}→{module.hidden_size}"
+    return kind
+
+
+def describe_layers(model: nn.Module) -> list[dict]:
+    """Every module that holds trainable parameters of its own: its name, what it is, its size,
+    and the names of its parameters (the keys of the per-layer gradient norms)."""
+    layers = []
+    for name, module in model.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        layers.append({"name": name or type(module).__name__, "describe": describe_module(module),
+                       "params": sum(p.numel() for _, p in own),
+                       "parameters": [f"{name}.{n}" if name else n for n, _ in own]})
+    return layers

@@ -9,6 +9,8 @@ from typing import TextIO
 from traintop.engine import events as ev
 
 LOG_SECONDS = 2.0  # within a long epoch, one step line at most this often
+LOOPS = {"watch": "your own, through traintop.watch", "script": "your script, watched through its optimizer",
+         "lightning": "Lightning, through TraintopCallback", "transformers": "Hugging Face Trainer, through TraintopCallback"}
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -60,9 +62,13 @@ class HeadlessPrinter:
         if self.folder:
             self.line(f"  folder  {self.folder}")
         self.line(f"  device  {e.device} · {e.params:,} parameters")
-        self.line(f"  data    {d['task']} · {d['n_train']} train / {d['n_val']} val / {d['n_test']} test"
-                  f" · {d.get('inputs', len(d['features']))} inputs{classes}")
-        self.line(f"  plan    {e.epochs} epochs × {e.steps_per_epoch} steps")
+        if d.get("task"):  # a loop of the user's own says nothing of its data
+            self.line(f"  data    {d['task']} · {d['n_train']} train / {d['n_val']} val / {d['n_test']} test"
+                      f" · {d.get('inputs', len(d.get('features', [])))} inputs{classes}")
+        if e.source != "config":
+            self.line(f"  loop    {LOOPS.get(e.source, e.source)}")
+        if e.epochs or e.steps_per_epoch:
+            self.line(f"  plan    {e.epochs or '?'} epochs × {e.steps_per_epoch or '?'} steps")
 
     def on_steps(self, e: ev.Steps) -> None:
         self.window.extend(e.loss)
@@ -77,7 +83,9 @@ class HeadlessPrinter:
         s = self.last
         total = self.epochs * self.steps_per_epoch
         loss = sum(self.window) / len(self.window)
-        self.line(f"epoch {s['epoch']:>3}/{self.epochs}  step {s['step']:>6}/{total}  loss {fmt(loss)}"
+        epoch = f"epoch {s['epoch']:>3}/{self.epochs}" if self.epochs else f"epoch {s['epoch']:>3}"
+        step = f"step {s['step']:>6}/{total}" if total else f"step {s['step']:>6}"
+        self.line(f"{epoch}  {step}  loss {fmt(loss)}"
                   f"  grad {fmt(s['grad_norm'], 3)}  lr {fmt(s['lr'], 3)}"
                   f"  {s['samples_per_s']:,.0f} samples/s")
         self.window = []

@@ -1,0 +1,92 @@
+"""A user's learning-rate change: a persistent scale applied around each optimizer step.
+
+Whoever owns the schedule (traintop's own, a torch scheduler, Lightning, Hugging Face) keeps
+writing its own value into `param_groups[i]["lr"]`; just before each `optimizer.step()` the
+groups' rates are multiplied by the user's scale, and just after it they are put back. So the
+scheduler never sees, overwrites or compounds the scale, and a cosine keeps decaying from the
+level the user set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import LR_RANGE
+from .errors import UserError
+
+
+def lr_value(lr) -> float:
+    """A group's rate as a float, whether it is a float or a tensor (compiled or capturable steps)."""
+    return float(lr) if not isinstance(lr, torch.Tensor) else float(lr.detach().cpu())
+
+
+def check_rate(rate: float, what: str) -> None:
+    """Refuse a rate outside LR_RANGE with a message that says why."""
+    low, high = LR_RANGE
+    if not (math.isfinite(rate) and low < rate <= high):
+        raise UserError(f"{what} would make the learning rate {rate:.3g}; allowed: above {low:g} and "
+                        f"at most {high:g} (a rate that large makes the weights blow up)")
+
+
+class LrScale:
+    """The user's scale on an optimizer's scheduled rates, applied by step pre/post hooks."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scale: float = 1.0):
+        self.optimizer = optimizer
+        self.scale = scale
+        self._saved: list = []
+        self._handles = [optimizer.register_step_pre_hook(self._before_step),
+                         optimizer.register_step_post_hook(self._after_step)]
+
+    def scheduled(self) -> float:
+        """The first group's rate as the schedule set it (outside a step, the scale is not applied)."""
+        return lr_value(self.optimizer.param_groups[0]["lr"])
+
+    def current(self) -> float:
+        """The rate the next step will use."""
+        return self.scheduled() * self.scale
+
+    def set_value(self, value: float) -> tuple[float, float]:
+        """Scale the schedule so that the rate becomes `value`; (old, new) rates."""
+        old = self.current()
+        scheduled = self.scheduled()
+        if scheduled <= 0:
+            raise UserError("the schedule's learning rate is 0 at this step; set it with a factor later")
+        check_rate(value, f"set_lr {value:g}")
+        self.scale = value / scheduled
+        return old, self.current()
+
+    def multiply(self, factor: float) -> tuple[float, float]:
+        """Multiply the rate by `factor` from now on; (old, new) rates."""
+        old = self.current()
+        check_rate(old * factor, f"set_lr x{factor:g}")
+        self.scale *= factor
+        return old, self.current()
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        if self.scale == 1.0:
+            self._saved = []
+            return
+        # A tensor rate is scaled in place, so a compiled step sees the same tensor (no recompile).
+        self._saved = [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
+                       for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].mul_(self.scale)
+            else:
+                group["lr"] = group["lr"] * self.scale
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        for group, lr in zip(optimizer.param_groups, self._saved):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
+        self._saved = []
+
+    def remove(self) -> None:
+        """Take the hooks off the optimizer; the schedule's own rates stay."""
+        for handle in self._handles:
+            handle.remove()

@@ -1,0 +1,94 @@
+"""What follows each validation, for every loop owner: the best marker, the overfitting warning
+and early stopping, hung on one named point (`ValidationPolicies.validated`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from . import commands as cmd
+from . import events as ev
+from .early_stopping import EarlyStopping
+
+OVERFIT_RISES = 3
+
+
+class ValidationPolicies:
+    """Best weights, overfitting and early stopping, decided from each scheduled validation.
+
+    A validation the user asks for (`v`, `ctl validate`) is a report: early stopping and the best
+    marker follow the schedule's validations only, so pressing `v` never changes what training does.
+    """
+
+    def __init__(self, session, early: EarlyStopping, on_best: Callable[[], None] = lambda: None):
+        self.session = session
+        self.early = early
+        self.on_best = on_best  # keep the best weights, say
+        self.history: list[tuple[float, float]] = []  # (val_loss, train loss) per scheduled validation
+        self.overfit_warned = False
+
+    def monitored(self, val_loss: float | None, metrics: dict) -> float | None:
+        """The value early stopping watches, from this validation."""
+        monitor = self.early.monitor
+        value = val_loss if monitor == "val_loss" else metrics.get(monitor[4:], metrics.get(monitor))
+        return None if value is None else float(value)
+
+    def validated(self, *, step: int, epoch: int, val_loss: float | None, metrics: dict,
+                  train_loss: float = math.nan, source: str = "schedule") -> bool:
+        """Publish the validation and apply the policies; True when it is the new best."""
+        value = self.monitored(val_loss, metrics)
+        best = source == "schedule" and value is not None and self.early.update(value, epoch, step)
+        self.session.emit(ev.Validation, step=step, epoch=epoch, val_loss=val_loss, metrics=metrics,
+                          best=best, since_best=self.early.since_best, source=source)
+        if best:
+            self.on_best()
+        if source != "schedule":
+            return best
+        if val_loss is not None:
+            self.check_overfitting(val_loss, train_loss, step)
+        if self.early.should_stop and self.session.stop_request is None:
+            self.session.request_stop(cmd.Stop(save=True), "early_stopped")
+            self.session.emit(ev.EarlyStopped, step=step, epoch=epoch, best_epoch=self.early.best_epoch,
+                              best_value=self.early.best, monitor=self.early.monitor)
+        return best
+
+    def check_overfitting(self, val_loss: float, train_loss: float, step: int) -> None:
+        """Warn once per stretch when validation loss rose 3 times in a row while training loss fell."""
+        self.history.append((val_loss, train_loss))
+        recent = self.history[-(OVERFIT_RISES + 1):]
+        rising = len(recent) == OVERFIT_RISES + 1 and all(b[0] > a[0] for a, b in zip(recent, recent[1:]))
+        if not rising:
+            self.overfit_warned = False
+            return
+        if recent[-1][1] < recent[0][1] and not self.overfit_warned:
+            self.overfit_warned = True
+            self.session.warn(
+                "overfitting", step=step, id=f"overfitting:{recent[0][0]!r}",
+                message=f"validation loss rose {OVERFIT_RISES} times in a row ({recent[0][0]:.4g} -> "
+                        f"{val_loss:.4g}) while training loss fell ({recent[0][1]:.4g} -> "
+                        f"{recent[-1][1]:.4g}): the model is overfitting",
+                advice="stop here (the best weights are kept), or add regularisation: dropout, "
+                       "weight decay, more data or augmentation",
+                val_loss=val_loss, train_loss=recent[-1][1])
+
+    def early_stopping(self, c: cmd.EarlyStopping) -> cmd.Reply:
+        """Turn early stopping on or off, or set its patience; the reply says what follows."""
+        if c.enabled is not None:
+            self.early.enabled = c.enabled
+        if c.patience is not None:
+            self.early.patience = c.patience
+        state = "on" if self.early.enabled else "off"
+        self.session.emit(ev.EarlyStoppingChanged, step=self.session.step_of(), enabled=self.early.enabled,
+                          patience=self.early.patience)
+        message = f"early stopping {state}, patience {self.early.patience}"
+        if self.early.enabled and self.early.best is not None and self.early.since_best >= self.early.patience:
+            message += (f": patience is already used up ({self.early.since_best} validations since the "
+                        "best), so the run stops at the next validation; set a larger patience to go on")
+        return cmd.Reply(True, message, {"enabled": self.early.enabled, "patience": self.early.patience})
+
+    def state_dict(self) -> dict:
+        return {"early_stopping": self.early.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.early.load_state_dict(state["early_stopping"])
+        self.history = [tuple(h) for h in state.get("history", [])]

@@ -1,0 +1,458 @@
+"""`traintop.watch`: a training loop of the user's own, recorded and steered like a config run.
+
+    run = traintop.watch(model, optimizer, name="mnist-cnn", config=vars(args))
+    for epoch in range(epochs):
+        for xb, yb in run.iter(train_loader, epoch=epoch):
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            run.step(loss)          # after backward, before optimizer.step()
+            optimizer.step()
+            scheduler.step()
+            if run.should_stop:
+                break
+        run.validate(val_loss=v, accuracy=a)
+    run.finish()
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from . import commands as cmd
+from . import events as ev
+from .checkpoint import save_checkpoint
+from .early_stopping import EarlyStopping
+from .errors import UserError
+from .gradients import Gradients
+from .lrscale import LrScale
+from .models import describe_layers
+from .policies import ValidationPolicies
+from .recorder import StepRecorder
+from .runstore import RunFolder, default_runs_dir
+from .session import Session
+
+_live: weakref.WeakSet = weakref.WeakSet()  # runs the exit handler finishes
+
+
+def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None = None, *,
+          name: str | None = None, config: dict | None = None, epochs: int | None = None,
+          early_stopping: dict | None = None, runs_dir: str | Path | None = None,
+          source: str = "watch", folder: str | Path | None = None) -> WatchedRun:
+    """Start recording and serving a run of your own loop; returns the run to call `step` on.
+
+    `model` gives the layers whose gradient norms are recorded; `optimizer` the learning rate
+    (changed live as a scale around its steps); `config` (any dict) is recorded with the run;
+    `epochs` (or `config["epochs"]`) lets the dashboard show progress and an ETA;
+    `early_stopping=dict(monitor="val_loss", patience=5)` turns early stopping on.
+    """
+    if model is None and optimizer is None:
+        raise UserError("watch needs the model, the optimizer, or both")
+    name = _run_name(name or (model.__class__.__name__.lower() if model is not None else "run"))
+    config = dict(config or {})
+    if folder is not None:
+        run_folder = RunFolder(Path(folder))
+    else:
+        base = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+        run_folder = RunFolder.create(base, name)
+    session = Session.open(run_folder, name=name, source=source, config=config)
+    run = WatchedRun(session, model, optimizer, name=name, config=config,
+                     epochs=epochs if epochs is not None else _int(config.get("epochs")),
+                     early_stopping=early_stopping)
+    session.serve()
+    _live.add(run)
+    return run
+
+
+class WatchedRun:
+    """A run whose loop belongs to the user: `step` records and obeys, `validate` reports."""
+
+    def __init__(self, session: Session, model, optimizer, *, name: str, config: dict,
+                 epochs: int | None, early_stopping: dict | None):
+        self.session = session
+        self.model = model
+        self.optimizer = optimizer
+        self.name = name
+        self.config = config
+        self.epochs = epochs or 0
+        if model is not None:
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        else:
+            named = [(f"param{i}", p) for i, g in enumerate(optimizer.param_groups) for p in g["params"]]
+        self.params = [p for _, p in named]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        gradients = Gradients(self.params, self.device)
+        gradients.may_flatten = False  # the user's loop owns zero_grad: autograd's layout stays
+        self.recorder = StepRecorder([n for n, _ in named], gradients)
+        self.recorder.first_step = 1
+        session.recorder = self.recorder
+        session.flush_hooks.append(self._count_epoch_loss)
+        self.lr = LrScale(optimizer) if optimizer is not None else None
+        es = dict(early_stopping or {})
+        enabled = bool(es.pop("enabled", early_stopping is not None))
+        try:
+            early = EarlyStopping(**{"monitor": "val_loss", "mode": "auto", **es}, enabled=enabled)
+        except TypeError as e:
+            raise UserError(f"watch(early_stopping=...): {e}; allowed keys: monitor, mode, patience, "
+                            "min_delta, enabled") from None
+        if early.mode == "auto":
+            early.mode = "max" if early.monitor.removeprefix("val_") in ("accuracy", "r2", "f1", "auc") else "min"
+        self.policies = ValidationPolicies(session, early)
+        session.handlers.update({
+            cmd.SetLr: self._set_lr, cmd.Validate: self._validate_now, cmd.Checkpoint: self._checkpoint,
+            cmd.EarlyStopping: self.policies.early_stopping, cmd.Predict: self._predict,
+        })
+        self.steps = 0  # optimizer steps recorded
+        self.steps_per_epoch = 0
+        self.started = False
+        self._epoch_loss = [0.0, 0]
+        self._epoch_started = time.perf_counter()
+        self._last_train_loss = math.nan
+        self._batch_samples = 0
+        self._user_validation = False
+        self._checkpoint_fn: Callable | None = None
+        self._validate_fn: Callable | None = None
+        self._predict_fn: Callable | None = None
+        self._samples = None
+
+    # -- what the loop calls -------------------------------------------------------------------
+
+    def iter(self, iterable: Iterable, epoch: int | None = None) -> Iterator:
+        """Yield from `iterable` (a DataLoader, say), telling the run the epoch (0-based, as
+        `range` counts) and its length for progress and ETA; its end is the epoch's end."""
+        if epoch is not None:
+            self.session.epoch = int(epoch) + 1
+        try:
+            length = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            length = 0
+        if length and length != self.steps_per_epoch:
+            self.steps_per_epoch = length
+        self._epoch_started = time.perf_counter()
+        for item in iterable:
+            self._batch_samples = _batch_len(item)
+            yield item
+        self._end_epoch()
+        if epoch is None:
+            self.session.epoch += 1
+
+    def step(self, loss, grad_norm=None, **scalars) -> None:
+        """Record this step (after backward, before `optimizer.step()`) and apply waiting commands.
+
+        `loss` stays on the device; `grad_norm`, when the loop has it (from `clip_grad_norm_`),
+        is used as the total instead of measuring it; `scalars` are more numbers to plot.
+        Pause blocks here; stop sets `should_stop`.
+        """
+        if not self.started:
+            self._start()
+        session = self.session
+        now = time.perf_counter()
+        self.recorder.record(loss, self._rate(), now, total=grad_norm, scalars=scalars)
+        self.steps += 1
+        session.samples += self._batch_samples
+        if session.inbox or session.paused:
+            session.serve_commands()
+        if self.recorder.full or now >= session.next_flush:
+            session.flush_and_deliver()
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the user asked to stop, or early stopping decided it."""
+        return self.session.stop_request is not None
+
+    def validate(self, **metrics) -> bool:
+        """Report a validation (`val_loss=`, and any metrics such as `accuracy=`); True when it is
+        the best so far. Early stopping and the overfitting warning follow it, as in config runs."""
+        if not self.started:
+            self._start()
+        val_loss = metrics.pop("val_loss", metrics.pop("loss", None))
+        values = {k: _number(v, k) for k, v in metrics.items()}
+        source = "user" if self._user_validation else "schedule"
+        train_loss = self._last_train_loss
+        if not math.isfinite(train_loss) and self._epoch_loss[1]:
+            train_loss = self._epoch_loss[0] / self._epoch_loss[1]
+        best = self.policies.validated(step=self.steps, epoch=self.session.epoch,
+                                       val_loss=None if val_loss is None else _number(val_loss, "val_loss"),
+                                       metrics=values, train_loss=train_loss, source=source)
+        self.session.flush_and_deliver()
+        return best
+
+    def finish(self, status: str | None = None, error: str = "") -> None:
+        """End the run: `run_finished` and report.json. Leaving a `with` block calls it."""
+        if self.session.closed:
+            return
+        if not self.started:
+            self._start()
+        if status is None:
+            status = self.session.stop_status if self.session.stop_request is not None else "completed"
+        if self.lr is not None:
+            self.lr.remove()
+        self.session.close(status, error, step=self.steps, epoch=self.session.epoch)
+        _live.discard(self)
+
+    def __enter__(self) -> WatchedRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.finish()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("stopped")
+        else:
+            self.finish("failed", f"{exc_type.__name__}: {exc}")
+        return False
+
+    # -- what the dashboard's keys call --------------------------------------------------------
+
+    def on_checkpoint(self, fn: Callable[[Path], Any]) -> Callable:
+        """`c` (and `ctl checkpoint`) call `fn(path)` instead of saving the model and optimizer."""
+        self._checkpoint_fn = fn
+        return fn
+
+    def on_validate(self, fn: Callable[[], Any]) -> Callable:
+        """`v` (and `ctl validate`) call `fn()`; it may call `run.validate(...)` or return the metrics."""
+        self._validate_fn = fn
+        return fn
+
+    def on_predict(self, fn: Callable[[list], list]) -> Callable:
+        """The inference view calls `fn(inputs)` with a list of inputs and shows what it returns:
+        one answer per input, a label, {"label", "probabilities"} or {"value"}."""
+        self._predict_fn = fn
+        return fn
+
+    def samples(self, dataset) -> None:
+        """Held-out samples the inference view can browse: `dataset[i]` is (input, target)."""
+        self._samples = dataset
+
+    # -- inside ----------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self.started = True
+        model = self.model
+        self.session.t0 = time.monotonic()
+        self.session.publish(ev.RunStarted(
+            t=0.0, run_id=self.session.run_id, name=self.name, config=_json_safe(self.config),
+            device=str(self.device), params=sum(p.numel() for p in self.params), data={},
+            epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+            layers=describe_layers(model) if model is not None else [],
+            world_size=1, source=self.session.source))
+        self.session.flush_started = time.perf_counter()
+
+    def _rate(self):
+        if self.lr is None:
+            return math.nan
+        lr = self.optimizer.param_groups[0]["lr"]
+        if isinstance(lr, torch.Tensor):
+            return lr.detach() * self.lr.scale
+        return lr * self.lr.scale
+
+    def _count_epoch_loss(self, batch: dict) -> None:
+        finite = [x for x in batch["loss"] if x is not None and math.isfinite(x)]
+        self._epoch_loss[0] += sum(finite)
+        self._epoch_loss[1] += len(finite)
+        if len(finite) < len(batch["loss"]):
+            bad = next(s for s, x in zip(batch["step"], batch["loss"]) if x is None or not math.isfinite(x))
+            self.session.warn("nan_loss", step=bad, id="nan_loss",
+                              message=f"the loss became non-finite at step {bad}",
+                              advice="lower the learning rate (-), clip gradients, or check the data "
+                                     "for NaN or infinite values")
+
+    def _end_epoch(self) -> None:
+        if not self.started:
+            return
+        self.session.flush()
+        total, n = self._epoch_loss
+        self._last_train_loss = total / n if n else math.nan
+        self._epoch_loss = [0.0, 0]
+        self.session.emit(ev.EpochEnd, epoch=self.session.epoch, step=self.steps,
+                          train_loss=self._last_train_loss,
+                          seconds=round(time.perf_counter() - self._epoch_started, 4))
+        self.session.flush_and_deliver()
+
+    def _set_lr(self, c: cmd.SetLr) -> cmd.Reply:
+        if self.lr is None:
+            return cmd.Reply(False, "this run was watched without its optimizer: pass it to watch() "
+                                    "to change the learning rate")
+        old, new = self.lr.set_value(c.value) if c.value is not None else self.lr.multiply(c.factor)
+        self.session.emit(ev.LrChanged, step=self.steps, old=old, new=new, source="user")
+        return cmd.Reply(True, f"learning rate {old:.3g} -> {new:.3g}", {"old": old, "new": new})
+
+    def _validate_now(self, c: cmd.Validate) -> cmd.Reply:
+        if self._validate_fn is None:
+            return cmd.Reply(False, "this loop has no validation to call: register one with "
+                                    "run.on_validate(fn)")
+        self._user_validation = True
+        try:
+            result = self._validate_fn()
+            if isinstance(result, dict):
+                self.validate(**result)
+        finally:
+            self._user_validation = False
+        return cmd.Reply(True, f"validated at step {self.steps}")
+
+    def _checkpoint(self, c: cmd.Checkpoint) -> cmd.Reply:
+        path = self.session.folder.last
+        if self._checkpoint_fn is not None:
+            result = self._checkpoint_fn(path)
+            path = Path(result) if isinstance(result, (str, os.PathLike)) else path
+        else:
+            state = {"step": self.steps, "epoch": self.session.epoch}
+            if self.model is not None:
+                state["model"] = self.model.state_dict()
+            if self.optimizer is not None:
+                state["optimizer"] = self.optimizer.state_dict()
+            path.parent.mkdir(exist_ok=True)
+            save_checkpoint(path, state)
+        self.session.emit(ev.CheckpointSaved, path=str(path), kind_="manual", step=self.steps)
+        return cmd.Reply(True, f"saved {path}")
+
+    def _predict(self, c: cmd.Predict) -> cmd.Reply:
+        if self._predict_fn is None:
+            return cmd.Reply(False, "this loop answers no predictions: register run.on_predict(fn)")
+        inputs, truths = [], []
+        for i, item in enumerate(c.inputs):
+            if "split" in item:
+                if self._samples is None:
+                    return cmd.Reply(False, "no samples to browse: register run.samples(dataset)")
+                index = item.get("index")
+                n = len(self._samples)
+                if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+                    return cmd.Reply(False, f"input {i}: index must be an integer from 0 to {n - 1}")
+                x, y = self._samples[index]
+                inputs.append(x)
+                truths.append(_plain(y))
+            else:
+                inputs.append(item.get("input", item))
+                truths.append(None)
+        model = self.model
+        was_training = model.training if model is not None else False
+        try:
+            if model is not None:
+                model.eval()
+            with torch.no_grad():
+                answers = list(self._predict_fn(inputs))
+        except Exception as e:  # noqa: BLE001 - a failing prediction never fails the run
+            return cmd.Reply(False, f"could not predict on these inputs: {type(e).__name__}: {e}")
+        finally:
+            if model is not None:
+                model.train(was_training)
+        outputs = []
+        for answer, truth in zip(answers, truths):
+            out = answer if isinstance(answer, dict) else {"label": _plain(answer)}
+            out = {k: _plain(v) for k, v in out.items()}
+            if truth is not None:
+                out["true"] = truth
+            outputs.append(out)
+        self.session.emit(ev.Prediction, request_id=c.request_id, outputs=outputs, weights="current",
+                          step=self.steps)
+        return cmd.Reply(True, f"{len(outputs)} prediction(s)",
+                         {"outputs": outputs, "weights": "current", "step": self.steps})
+
+
+def _finish_at_exit() -> None:
+    """A script that simply ends is finished; one that died of an exception failed; a notebook
+    kernel that goes leaves its runs as killed (no run_finished)."""
+    error = _uncaught[0] if _uncaught else None
+    for run in list(_live):
+        if _in_notebook():
+            run.session.abandon()
+        elif error is not None:
+            run.finish("failed", f"{type(error).__name__}: {error}")
+        else:
+            run.finish()
+
+
+_uncaught: list[BaseException] = []
+_previous_excepthook = sys.excepthook
+
+
+def _excepthook(exc_type, exc, tb):
+    _uncaught.append(exc)
+    _previous_excepthook(exc_type, exc, tb)
+
+
+sys.excepthook = _excepthook
+atexit.register(_finish_at_exit)
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    try:
+        return shell is not None and type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _run_name(name: str) -> str:
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-._") or "run"
+    return cleaned[:100]
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise UserError(f"validate: {name} holds {value.numel()} values; give one number")
+        return float(value.detach().cpu())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"validate: {name} is {value!r}, not a number") from None
+
+
+def _plain(value):
+    """A value as plain JSON: tensors as numbers or lists."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            pass
+    return value
+
+
+def _json_safe(value, depth: int = 0):
+    """A user's config as JSON: numbers, strings, lists and dicts kept, anything else as its repr."""
+    if depth > 20:
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def _batch_len(item) -> int:
+    """How many samples a batch holds: the length of its first tensor."""
+    first = item
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    if isinstance(first, dict) and first:
+        first = next(iter(first.values()))
+    shape = getattr(first, "shape", None)
+    return int(shape[0]) if shape else 0
