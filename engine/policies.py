@@ -63,7 +63,7 @@ class ValidationPolicies:
         if recent[-1][1] < recent[0][1] and not self.overfit_warned:
             self.overfit_warned = True
             self.session.warn(
-                "overfitting", step=step, id=f"overfitting:{recent[0][0]!r}",
+                "overfitting", step=step, id="overfitting",
                 message=f"validation loss rose {OVERFIT_RISES} times in a row ({recent[0][0]:.4g} -> "
                         f"{val_loss:.4g}) while training loss fell ({recent[0][1]:.4g} -> "
                         f"{recent[-1][1]:.4g}): the model is overfitting",

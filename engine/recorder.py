@@ -43,11 +43,13 @@ class StepRecorder:
     def full(self) -> bool:
         return len(self.losses) == self.capacity
 
-    def record(self, loss, lr, now: float, total=None, scalars: dict | None = None) -> None:
+    def record(self, loss, lr, now: float, total=None, scalars: dict | None = None,
+               norms: list[torch.Tensor] | None = None) -> None:
         """Keep this step's loss, gradient norms and rate; `now` is `time.perf_counter()`.
 
-        `total`: the step's total gradient norm when the loop already has it; `scalars`: extra
-        numbers to plot (tensors stay on the device until the flush).
+        `total`: the step's total gradient norm when the loop already has it; `norms`: its
+        per-layer norms, when they were measured earlier in the step (before the gradients were
+        cleared); `scalars`: extra numbers to plot (tensors stay on the device until the flush).
         """
         i = len(self.losses)
         self.losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
@@ -70,7 +72,7 @@ class StepRecorder:
             self.totals.append(None)
             sample = True  # this step's total comes from its row
         if sample:
-            self.rows.append(self.gradients.layer_norms())
+            self.rows.append(norms if norms is not None else self.gradients.layer_norms())
             self.row_at.append(i)
 
     def last_total(self) -> torch.Tensor:

@@ -83,7 +83,7 @@ class WatchedRun:
         self.optimizer = optimizer
         self.name = name
         self.config = config
-        self.epochs = epochs or 0
+        self.epochs_planned = epochs or 0
         if model is not None:
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         else:
@@ -117,7 +117,12 @@ class WatchedRun:
         self._epoch_loss = [0.0, 0]
         self._epoch_started = time.perf_counter()
         self._last_train_loss = math.nan
-        self._batch_samples = 0
+        self.batch_samples = 0  # samples in the batch being trained, for samples/s
+        self._iterating = False  # inside run.iter: a stop ends the iteration
+        self._stop_seen = False
+        self._validated_at = -1
+        self._epoch_given = False
+        self.extra_scales: list[LrScale] = []  # more optimizers, following the same scale
         self._user_validation = False
         self._checkpoint_fn: Callable | None = None
         self._validate_fn: Callable | None = None
@@ -126,24 +131,43 @@ class WatchedRun:
 
     # -- what the loop calls -------------------------------------------------------------------
 
+    def epochs(self, n: int) -> Iterator[int]:
+        """`range(n)` for the epoch loop that also tells the run how many epochs there are (for
+        progress and ETA), and ends early once the run is asked to stop."""
+        self.epochs_planned = int(n)
+        for epoch in range(int(n)):
+            if self.should_stop:
+                return
+            self.session.epoch = epoch + 1
+            self._epoch_given = True
+            yield epoch
+
     def iter(self, iterable: Iterable, epoch: int | None = None) -> Iterator:
         """Yield from `iterable` (a DataLoader, say), telling the run the epoch (0-based, as
         `range` counts) and its length for progress and ETA; its end is the epoch's end."""
         if epoch is not None:
             self.session.epoch = int(epoch) + 1
+            self._epoch_given = True
         try:
             length = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             length = 0
         if length and length != self.steps_per_epoch:
             self.steps_per_epoch = length
-        self._epoch_started = time.perf_counter()
+        self.mark_epoch_start()
+        if self.should_stop:  # a stopped run trains no more epochs: the loop runs on to its end
+            return
         for item in iterable:
-            self._batch_samples = _batch_len(item)
+            self.batch_samples = _batch_len(item)
+            self._iterating = True
             yield item
-        self._end_epoch()
-        if epoch is None:
+            if self.should_stop:
+                break
+        self._iterating = False
+        self.end_epoch()
+        if not self._epoch_given:  # counting epochs ourselves: the next iteration is the next epoch
             self.session.epoch += 1
+        self._epoch_given = False
 
     def step(self, loss, grad_norm=None, **scalars) -> None:
         """Record this step (after backward, before `optimizer.step()`) and apply waiting commands.
@@ -152,13 +176,22 @@ class WatchedRun:
         is used as the total instead of measuring it; `scalars` are more numbers to plot.
         Pause blocks here; stop sets `should_stop`.
         """
+        self.record_step(loss, total=grad_norm, scalars=scalars)
+
+    def record_step(self, loss, *, total=None, norms=None, scalars=None) -> None:
+        """`step` for the callbacks too: `norms` are per-layer gradient norms measured earlier in the
+        step (before the loop cleared the gradients)."""
         if not self.started:
             self._start()
         session = self.session
+        if session.stop_request is not None and not self._stop_seen and not self._iterating:
+            # The loop never looked at should_stop: stop it as Ctrl-C would.
+            self._stop_seen = True
+            raise KeyboardInterrupt("traintop: the run was asked to stop")
         now = time.perf_counter()
-        self.recorder.record(loss, self._rate(), now, total=grad_norm, scalars=scalars)
+        self.recorder.record(loss, self._rate(), now, total=total, scalars=scalars, norms=norms)
         self.steps += 1
-        session.samples += self._batch_samples
+        session.samples += self.batch_samples
         if session.inbox or session.paused:
             session.serve_commands()
         if self.recorder.full or now >= session.next_flush:
@@ -166,14 +199,20 @@ class WatchedRun:
 
     @property
     def should_stop(self) -> bool:
-        """True once the user asked to stop, or early stopping decided it."""
-        return self.session.stop_request is not None
+        """True once the user asked to stop, or early stopping decided it. A loop that never
+        reads it (nor iterates with `run.iter`) gets a KeyboardInterrupt at its next step."""
+        stop = self.session.stop_request is not None
+        self._stop_seen = self._stop_seen or stop
+        return stop
 
     def validate(self, **metrics) -> bool:
         """Report a validation (`val_loss=`, and any metrics such as `accuracy=`); True when it is
         the best so far. Early stopping and the overfitting warning follow it, as in config runs."""
         if not self.started:
             self._start()
+        if self.should_stop and self.steps == self._validated_at:
+            return False  # stopped: a validation with no training since the last one adds nothing
+        self._validated_at = self.steps
         val_loss = metrics.pop("val_loss", metrics.pop("loss", None))
         values = {k: _number(v, k) for k, v in metrics.items()}
         source = "user" if self._user_validation else "schedule"
@@ -194,8 +233,9 @@ class WatchedRun:
             self._start()
         if status is None:
             status = self.session.stop_status if self.session.stop_request is not None else "completed"
-        if self.lr is not None:
-            self.lr.remove()
+        for scale in [self.lr, *self.extra_scales]:
+            if scale is not None:
+                scale.remove()
         self.session.close(status, error, step=self.steps, epoch=self.session.epoch)
         _live.discard(self)
 
@@ -242,7 +282,7 @@ class WatchedRun:
         self.session.publish(ev.RunStarted(
             t=0.0, run_id=self.session.run_id, name=self.name, config=_json_safe(self.config),
             device=str(self.device), params=sum(p.numel() for p in self.params), data={},
-            epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+            epochs=self.epochs_planned, steps_per_epoch=self.steps_per_epoch,
             layers=describe_layers(model) if model is not None else [],
             world_size=1, source=self.session.source))
         self.session.flush_started = time.perf_counter()
@@ -266,7 +306,11 @@ class WatchedRun:
                               advice="lower the learning rate (-), clip gradients, or check the data "
                                      "for NaN or infinite values")
 
-    def _end_epoch(self) -> None:
+    def mark_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def end_epoch(self) -> None:
+        """The epoch's end: its mean training loss, as an `epoch_end` event."""
         if not self.started:
             return
         self.session.flush()
@@ -283,6 +327,8 @@ class WatchedRun:
             return cmd.Reply(False, "this run was watched without its optimizer: pass it to watch() "
                                     "to change the learning rate")
         old, new = self.lr.set_value(c.value) if c.value is not None else self.lr.multiply(c.factor)
+        for scale in self.extra_scales:
+            scale.scale = self.lr.scale
         self.session.emit(ev.LrChanged, step=self.steps, old=old, new=new, source="user")
         return cmd.Reply(True, f"learning rate {old:.3g} -> {new:.3g}", {"old": old, "new": new})
 

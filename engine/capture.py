@@ -1,0 +1,98 @@
+"""The loss of each backward pass, captured by wrapping `torch.Tensor.backward` and
+`torch.autograd.backward`: no global backward hook exists, and loops that never hand their loss
+to anyone (a script, the Hugging Face Trainer with a custom `compute_loss`) still call one of them.
+
+The wrappers call the originals with exactly the arguments they were given, so the user's numbers
+do not change; the captured loss is a detached view, kept on the device.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+_local = threading.local()
+_captures: list[LossCapture] = []
+_originals: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+class LossCapture:
+    """Collects the scalar losses backpropagated since the last `take`, on the device."""
+
+    def __init__(self, scaler=None):
+        self.losses: list[torch.Tensor] = []
+        self.scaler = scaler  # a GradScaler whose scale divides captured losses back
+
+    def add(self, tensor: torch.Tensor) -> None:
+        if tensor.numel() != 1 or not tensor.is_floating_point():
+            return
+        loss = tensor.detach().reshape(())
+        scale = getattr(self.scaler, "_scale", None)
+        if isinstance(scale, torch.Tensor):  # a mixed-precision loss comes scaled: divide on the device
+            loss = loss / scale.reshape(()).to(loss.device)
+        self.losses.append(loss)
+
+    def take(self) -> list[torch.Tensor]:
+        """The losses since the last call, oldest first."""
+        losses, self.losses = self.losses, []
+        return losses
+
+    def __enter__(self) -> LossCapture:
+        install(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        uninstall(self)
+
+
+def install(capture: LossCapture) -> None:
+    """Start feeding `capture`; the wrappers go in with the first capture."""
+    with _lock:
+        _captures.append(capture)
+        if _originals:
+            return
+        _originals["tensor"] = torch.Tensor.backward
+        _originals["autograd"] = torch.autograd.backward
+        torch.Tensor.backward = _tensor_backward
+        torch.autograd.backward = _autograd_backward
+
+
+def uninstall(capture: LossCapture) -> None:
+    """Stop feeding `capture`; the originals come back with the last one."""
+    with _lock:
+        if capture in _captures:
+            _captures.remove(capture)
+        if _captures or not _originals:
+            return
+        torch.Tensor.backward = _originals.pop("tensor")
+        torch.autograd.backward = _originals.pop("autograd")
+
+
+def _offer(tensors) -> None:
+    if getattr(_local, "inside", False):  # Tensor.backward calls autograd.backward: count it once
+        return
+    for tensor in tensors if isinstance(tensors, (list, tuple)) else (tensors,):
+        if isinstance(tensor, torch.Tensor):
+            for capture in _captures:
+                capture.add(tensor)
+
+
+def _tensor_backward(self, *args, **kwargs):
+    _offer(self)
+    _local.inside = True
+    try:
+        return _originals["tensor"](self, *args, **kwargs)
+    finally:
+        _local.inside = False
+
+
+def _autograd_backward(tensors, *args, **kwargs):
+    _offer(tensors)
+    was = getattr(_local, "inside", False)
+    _local.inside = True
+    try:
+        return _originals["autograd"](tensors, *args, **kwargs)
+    finally:
+        _local.inside = was
