@@ -57,6 +57,11 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     """
     if model is None and optimizer is None:
         raise UserError("watch needs the model, the optimizer, or both")
+    from . import script
+
+    if script.current is not None and script.current.optimizer is None:
+        return script.current.take_over(model, optimizer, name=name, config=config, epochs=epochs,
+                                        early_stopping=early_stopping)
     name = _run_name(name or (model.__class__.__name__.lower() if model is not None else "run"))
     config = dict(config or {})
     if folder is not None:
@@ -79,37 +84,19 @@ class WatchedRun:
     def __init__(self, session: Session, model, optimizer, *, name: str, config: dict,
                  epochs: int | None, early_stopping: dict | None):
         self.session = session
-        self.model = model
-        self.optimizer = optimizer
         self.name = name
         self.config = config
         self.epochs_planned = epochs or 0
-        if model is not None:
-            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        else:
-            named = [(f"param{i}", p) for i, g in enumerate(optimizer.param_groups) for p in g["params"]]
-        self.params = [p for _, p in named]
-        self.device = self.params[0].device if self.params else torch.device("cpu")
-        gradients = Gradients(self.params, self.device)
-        gradients.may_flatten = False  # the user's loop owns zero_grad: autograd's layout stays
-        self.recorder = StepRecorder([n for n, _ in named], gradients)
-        self.recorder.first_step = 1
-        session.recorder = self.recorder
+        self.model = self.optimizer = self.recorder = self.lr = None
+        self.params: list[torch.nn.Parameter] = []
+        self.device = torch.device("cpu")
         session.flush_hooks.append(self._count_epoch_loss)
-        self.lr = LrScale(optimizer) if optimizer is not None else None
-        es = dict(early_stopping or {})
-        enabled = bool(es.pop("enabled", early_stopping is not None))
-        try:
-            early = EarlyStopping(**{"monitor": "val_loss", "mode": "auto", **es}, enabled=enabled)
-        except TypeError as e:
-            raise UserError(f"watch(early_stopping=...): {e}; allowed keys: monitor, mode, patience, "
-                            "min_delta, enabled") from None
-        if early.mode == "auto":
-            early.mode = "max" if early.monitor.removeprefix("val_") in ("accuracy", "r2", "f1", "auc") else "min"
-        self.policies = ValidationPolicies(session, early)
+        if model is not None or optimizer is not None:
+            self.bind(model, optimizer)
+        self.set_early_stopping(early_stopping)
         session.handlers.update({
             cmd.SetLr: self._set_lr, cmd.Validate: self._validate_now, cmd.Checkpoint: self._checkpoint,
-            cmd.EarlyStopping: self.policies.early_stopping, cmd.Predict: self._predict,
+            cmd.EarlyStopping: lambda c: self.policies.early_stopping(c), cmd.Predict: self._predict,
         })
         self.steps = 0  # optimizer steps recorded
         self.steps_per_epoch = 0
@@ -122,12 +109,47 @@ class WatchedRun:
         self._stop_seen = False
         self._validated_at = -1
         self._epoch_given = False
+        self.epoch_end_step = 0  # the step of the last epoch_end
         self.extra_scales: list[LrScale] = []  # more optimizers, following the same scale
         self._user_validation = False
         self._checkpoint_fn: Callable | None = None
         self._validate_fn: Callable | None = None
         self._predict_fn: Callable | None = None
         self._samples = None
+
+    def set_early_stopping(self, options: dict | None) -> None:
+        """Early stopping as `watch(early_stopping=...)` describes it; off when None."""
+        es = dict(options or {})
+        enabled = bool(es.pop("enabled", options is not None))
+        try:
+            early = EarlyStopping(**{"monitor": "val_loss", "mode": "auto", **es}, enabled=enabled)
+        except TypeError as e:
+            raise UserError(f"watch(early_stopping=...): {e}; allowed keys: monitor, mode, patience, "
+                            "min_delta, enabled") from None
+        if early.mode == "auto":
+            early.mode = "max" if early.monitor.removeprefix("val_") in ("accuracy", "r2", "f1", "auc") else "min"
+        self.policies = ValidationPolicies(self.session, early)
+
+    def bind(self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
+             names: dict | None = None) -> None:
+        """Attach the model whose gradients are measured and the optimizer whose rate is scaled
+        (a watched script learns them at its first optimizer step). `names`: parameter -> name,
+        when the model is not known."""
+        self.model, self.optimizer = model, optimizer
+        if model is not None:
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        else:
+            names = names or {}
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            named = [(names.get(p, f"param{i}"), p) for i, p in enumerate(params)]
+        self.params = [p for _, p in named]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        gradients = Gradients(self.params, self.device)
+        gradients.may_flatten = False  # the user's loop owns zero_grad: autograd's layout stays
+        self.recorder = StepRecorder([n for n, _ in named], gradients)
+        self.recorder.first_step = 1
+        self.session.recorder = self.recorder
+        self.lr = LrScale(optimizer) if optimizer is not None else None
 
     # -- what the loop calls -------------------------------------------------------------------
 
@@ -178,9 +200,10 @@ class WatchedRun:
         """
         self.record_step(loss, total=grad_norm, scalars=scalars)
 
-    def record_step(self, loss, *, total=None, norms=None, scalars=None) -> None:
+    def record_step(self, loss, *, total=None, norms=None, scalars=None, boundary: bool = True) -> None:
         """`step` for the callbacks too: `norms` are per-layer gradient norms measured earlier in the
-        step (before the loop cleared the gradients)."""
+        step (before the loop cleared the gradients); `boundary=False` leaves the commands to a
+        later `step_boundary()`."""
         if not self.started:
             self._start()
         session = self.session
@@ -192,9 +215,15 @@ class WatchedRun:
         self.recorder.record(loss, self._rate(), now, total=total, scalars=scalars, norms=norms)
         self.steps += 1
         session.samples += self.batch_samples
+        if boundary:
+            self.step_boundary(now)
+
+    def step_boundary(self, now: float | None = None) -> None:
+        """Apply waiting commands (pause blocks here) and flush when it is time."""
+        session = self.session
         if session.inbox or session.paused:
             session.serve_commands()
-        if self.recorder.full or now >= session.next_flush:
+        if self.recorder.full or (now or time.perf_counter()) >= session.next_flush:
             session.flush_and_deliver()
 
     @property
@@ -314,6 +343,7 @@ class WatchedRun:
         if not self.started:
             return
         self.session.flush()
+        self.epoch_end_step = self.steps
         total, n = self._epoch_loss
         self._last_train_loss = total / n if n else math.nan
         self._epoch_loss = [0.0, 0]

@@ -1,0 +1,288 @@
+"""A user's own script as the engine: `traintop run train.py` watches a script that never
+imports traintop.
+
+    python -m traintop.engine.script RUN_FOLDER SCRIPT.py [ARGS...]
+
+Torch's global optimizer step hooks count the steps, read and scale the learning rate, measure the
+gradient norms the optimizer is about to use, and hold the step boundary where commands apply:
+pause blocks there, stop raises KeyboardInterrupt there (a script that catches it to save its work
+ends as it would on Ctrl-C). The loss of each backward pass is captured by wrapping backward (a
+step's loss is the mean of its backward passes). Optimizers that take a closure (LBFGS,
+Lightning's automatic optimization) run forward and backward inside `step`, so there the norms
+are measured after it. Nothing here changes the script's numbers. `TRAINTOP_AUTOWATCH=0` turns the
+hooks off; a script that calls `traintop.watch` itself is watched through that instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import runpy
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import commands as cmd
+from .capture import LossCapture
+from .errors import UserError
+from .lrscale import LrScale
+from .runstore import RunFolder
+
+ENV_FOLDER = "TRAINTOP_RUN_FOLDER"  # a run folder made for the script: traintop.watch uses it
+
+
+class AutoWatch:
+    """Global optimizer hooks that feed one watched run from whichever optimizer steps first."""
+
+    def __init__(self, run):
+        self.run = run  # a WatchedRun, bound at the first optimizer step
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.capture = LossCapture()
+        self.norms: list[torch.Tensor] | None = None
+        self.stopped = False  # traintop asked the script to stop
+        self._handles = []
+        self.active = False
+        self.loader = None  # the DataLoader being iterated when the optimizer steps: the training data
+        self._iterating = None  # the DataLoader whose batches are being drawn now
+        self._original_iter = None
+
+    def install(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        from torch.utils.data import DataLoader
+
+        self.capture.__enter__()
+        self._handles = [register_optimizer_step_pre_hook(self.before_step),
+                         register_optimizer_step_post_hook(self.after_step)]
+        self._original_iter = original = DataLoader.__iter__
+        watcher = self
+
+        def __iter__(loader):
+            return watcher.batches(loader, original(loader))
+
+        DataLoader.__iter__ = __iter__
+        self.active = True
+
+    def uninstall(self) -> None:
+        from torch.utils.data import DataLoader
+
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._original_iter is not None:
+            DataLoader.__iter__ = self._original_iter
+            self._original_iter = None
+        self.capture.__exit__(None, None, None)
+        self.active = False
+
+    def batches(self, loader, iterator):
+        """A DataLoader's batches as it yields them; the training loader's start is an epoch's start,
+        its length the epoch's steps, its batches' sizes the samples trained."""
+        from .watch import _batch_len
+
+        run = self.run
+        if loader is self.loader and run.started:
+            run.end_epoch()
+            run.session.epoch += 1
+            run.mark_epoch_start()
+        for batch in iterator:
+            self._iterating = loader
+            if loader is self.loader:
+                run.batch_samples = _batch_len(batch)
+            yield batch
+
+    def before_step(self, optimizer, args, kwargs) -> None:
+        if self.optimizer is None:
+            self.bind(optimizer)
+        elif optimizer is not self.optimizer:
+            if not any(scale.optimizer is optimizer for scale in self.run.extra_scales):
+                # A second optimizer follows the same scale; its hooks, added now, run for this step.
+                self.run.extra_scales.append(LrScale(optimizer, self.run.lr.scale))
+            return
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        # Without a closure, these are the gradients the optimizer is about to use.
+        self.norms = None if closure is not None else self.run.recorder.gradients.layer_norms()
+
+    def after_step(self, optimizer, args, kwargs) -> None:
+        if optimizer is not self.optimizer:
+            return
+        run = self.run
+        norms, self.norms = self.norms, None
+        if norms is None:  # a closure ran forward and backward inside the step
+            norms = run.recorder.gradients.layer_norms()
+        losses = self.capture.take()
+        loss = torch.stack([x.float() for x in losses]).mean() if losses else torch.tensor(math.nan)
+        run.record_step(loss, norms=norms, boundary=False)
+        run.step_boundary()
+        if run.should_stop and not self.stopped:
+            self.stopped = True
+            raise KeyboardInterrupt("traintop: the run was asked to stop")
+
+    def take_over(self, model, optimizer, *, name, config, epochs, early_stopping):
+        """The script called traintop.watch itself: that wins. The hooks come off and its run is
+        this one, bound to what it passed."""
+        global current
+        from .watch import _json_safe
+
+        if self.active:
+            self.uninstall()
+        current = None
+        run = self.run
+        run.config = {**run.config, **_json_safe(dict(config or {}))}
+        run.epochs_planned = epochs or run.epochs_planned
+        if name:
+            run.name = name
+        if early_stopping is not None:
+            run.set_early_stopping(early_stopping)
+        run.session.source = "watch"
+        run.bind(model, optimizer)
+        return run
+
+    def bind(self, optimizer) -> None:
+        self.optimizer = optimizer
+        self.loader = self._iterating
+        if self.loader is not None:
+            from .watch import _batch_len  # noqa: F401 - the first batch's size came before the bind
+            try:
+                self.run.steps_per_epoch = len(self.loader)
+            except TypeError:
+                pass
+        model, names = owning_module(optimizer)
+        self.run.bind(model, optimizer, names=names)  # its scale's hooks, added now, run for this step
+
+
+def owning_module(optimizer) -> tuple[torch.nn.Module | None, dict]:
+    """The module whose trainable parameters the optimizer updates (the model), found among live
+    objects; else None and a name for each parameter from whichever modules hold it."""
+    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    best, best_count, best_size, names = None, 0, 0, {}
+    with warnings.catch_warnings():  # some objects warn when merely looked at (deprecated proxies)
+        warnings.simplefilter("ignore")
+        modules = [obj for obj in gc.get_objects() if isinstance(obj, torch.nn.Module)]
+    for obj in modules:
+        try:
+            own = [(n, p) for n, p in obj.named_parameters() if p.requires_grad]
+        except Exception:  # noqa: BLE001 - a half-built module
+            continue
+        count = sum(1 for _, p in own if id(p) in params)
+        if count > best_count or (count == best_count and count and len(own) < best_size):
+            best, best_count, best_size = obj, count, len(own)
+    if best is not None and best_count == len(params):
+        return best, {}
+    if best is not None:
+        names = {p: n for n, p in best.named_parameters()}
+    return None, names
+
+
+EPOCH_FLAGS = ("--epochs", "--max-epochs", "--max_epochs", "--num-epochs", "--num_epochs", "--n-epochs",
+               "--n_epochs", "--num-train-epochs", "--num_train_epochs")
+
+
+def epochs_in(argv: list[str]) -> int | None:
+    """The epochs a script was asked for, when its arguments say (`--epochs 20`), for progress."""
+    for i, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        if flag in EPOCH_FLAGS:
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                epochs = int(float(value))
+            except ValueError:
+                return None
+            return epochs if epochs > 0 else None
+    return None
+
+
+class NoInput:
+    """stdin of a script under the dashboard: reading it says why there is nothing to read."""
+
+    def __getattr__(self, name):
+        raise OSError("this script runs under the traintop dashboard and has no standard input; "
+                      "run it with --headless to type into it")
+
+    def fileno(self):
+        return os.open(os.devnull, os.O_RDONLY)
+
+
+current: AutoWatch | None = None  # the script's watch, while it has not bound an optimizer
+
+
+def run_script(folder: RunFolder, script: Path, argv: list[str], printer=None, stdin: bool = True) -> int:
+    """Run `script` as __main__ with `argv`, watched through its optimizer; the exit code."""
+    from .watch import WatchedRun, _json_safe, _live
+    from .session import Session
+
+    if not script.is_file():
+        raise UserError(f"script {script} does not exist" if not script.exists() else f"{script} is not a file")
+    autowatch_on = os.environ.get("TRAINTOP_AUTOWATCH", "1") != "0"
+    name = (folder.read_json("meta.json") or {}).get("name") or script.stem
+    config = {"script": str(script), "args": argv}
+    os.environ[ENV_FOLDER] = str(folder.path)
+    session = Session.open(folder, name=name, source="script", config=config,
+                           meta={"script": str(script.resolve()), "args": argv, "cwd": os.getcwd()})
+    run = WatchedRun(session, None, None, name=name, config=_json_safe(config), epochs=epochs_in(argv),
+                     early_stopping=None)
+    auto = AutoWatch(run)
+    session.serve(printer)
+    _live.add(run)
+    global current
+    current = auto
+    if autowatch_on:
+        auto.install()
+    if not stdin:
+        sys.stdin = NoInput()
+    sys.argv = [str(script), *argv]
+    sys.path.insert(0, str(script.resolve().parent))
+    code, error = 0, ""
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException as e:  # noqa: BLE001 - the script's own failure ends its run as failed
+        import traceback
+
+        traceback.print_exc()
+        code, error = 1, f"{type(e).__name__}: {e}"
+    finally:
+        if auto.active:
+            auto.uninstall()
+    if session.closed:  # the script's own traintop.watch finished it
+        return code
+    if auto.stopped or run.session.stop_request is not None and code in (0, 1, 130):
+        _live.discard(run)
+        run.finish("stopped")
+        return 0
+    if run.recorder is None:
+        message = ("the script finished without a torch.optim optimizer step, so there was nothing to "
+                   "watch; a loop that updates its weights another way can be watched only through "
+                   "traintop.watch (see the README)")
+        if autowatch_on:
+            print(f"traintop: {message}", file=sys.stderr)
+        run.finish("failed" if autowatch_on else ("completed" if code == 0 else "failed"),
+                   message if autowatch_on else error)
+        return code or (1 if autowatch_on else 0)
+    if auto.loader is not None and run.steps > run.epoch_end_step:
+        run.end_epoch()
+    if code == 0:
+        run.finish("completed")
+    else:
+        run.finish("failed", error or f"the script exited with status {code}")
+    return code
+
+
+def main(argv: list[str]) -> int:
+    """`python -m traintop.engine.script [--no-stdin] RUN_FOLDER SCRIPT.py [ARGS...]`."""
+    stdin = True
+    if argv and argv[0] == "--no-stdin":
+        stdin, argv = False, argv[1:]
+    folder, script, *rest = argv
+    return run_script(RunFolder(Path(folder)), Path(script), rest, stdin=stdin)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
