@@ -35,10 +35,22 @@ class LrScale:
 
     def __init__(self, optimizer: torch.optim.Optimizer, scale: float = 1.0):
         self.optimizer = optimizer
-        self.scale = scale
+        self._scale = 1.0
         self._saved: list = []
-        self._handles = [optimizer.register_step_pre_hook(self._before_step),
-                         optimizer.register_step_post_hook(self._after_step)]
+        self._handles: list = []  # the hooks go on with the first change: until then they cost nothing
+        self.scale = scale
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        """Set between steps (at a step boundary): hooks go on the optimizer when first needed."""
+        self._scale = value
+        if value != 1.0 and not self._handles:
+            self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
+                             self.optimizer.register_step_post_hook(self._after_step)]
 
     def scheduled(self) -> float:
         """The first group's rate as the schedule set it (outside a step, the scale is not applied)."""
@@ -66,9 +78,6 @@ class LrScale:
         return old, self.current()
 
     def _before_step(self, optimizer, args, kwargs) -> None:
-        if self.scale == 1.0:
-            self._saved = []
-            return
         # A tensor rate is scaled in place, so a compiled step sees the same tensor (no recompile).
         self._saved = [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
                        for group in optimizer.param_groups]
@@ -90,3 +99,4 @@ class LrScale:
         """Take the hooks off the optimizer; the schedule's own rates stay."""
         for handle in self._handles:
             handle.remove()
+        self._handles = []

@@ -154,26 +154,36 @@ class AutoWatch:
 
 
 def owning_module(optimizer) -> tuple[torch.nn.Module | None, dict]:
-    """The module whose trainable parameters the optimizer updates (the model), found among live
-    objects; else None and a name for each parameter from whichever modules hold it."""
+    """The module whose trainable parameters the optimizer updates (the model): looked for in the
+    frames that called the step (the training loop's locals and the script's globals), then among
+    all live objects; else None, and a name for each parameter from the module holding most."""
     params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    best, best_count, best_size, names = None, 0, 0, {}
-    with warnings.catch_warnings():  # some objects warn when merely looked at (deprecated proxies)
-        warnings.simplefilter("ignore")
-        modules = [obj for obj in gc.get_objects() if isinstance(obj, torch.nn.Module)]
-    for obj in modules:
-        try:
-            own = [(n, p) for n, p in obj.named_parameters() if p.requires_grad]
-        except Exception:  # noqa: BLE001 - a half-built module
-            continue
-        count = sum(1 for _, p in own if id(p) in params)
-        if count > best_count or (count == best_count and count and len(own) < best_size):
-            best, best_count, best_size = obj, count, len(own)
-    if best is not None and best_count == len(params):
+
+    def best_of(candidates) -> tuple[torch.nn.Module | None, int]:
+        best, best_count, best_size = None, 0, 0
+        for obj in candidates:
+            try:
+                own = [p for p in obj.parameters() if p.requires_grad]
+            except Exception:  # noqa: BLE001 - a half-built module
+                continue
+            count = sum(1 for p in own if id(p) in params)
+            if count > best_count or (count == best_count and count and len(own) < best_size):
+                best, best_count, best_size = obj, count, len(own)
+        return best, best_count
+
+    frame, seen = sys._getframe(1), []
+    while frame is not None:
+        seen += [v for v in list(frame.f_locals.values()) + list(frame.f_globals.values())
+                 if isinstance(v, torch.nn.Module)]
+        frame = frame.f_back
+    best, count = best_of({id(m): m for m in seen}.values())
+    if count < len(params):
+        with warnings.catch_warnings():  # some objects warn when merely looked at (deprecated proxies)
+            warnings.simplefilter("ignore")
+            best, count = best_of([obj for obj in gc.get_objects() if isinstance(obj, torch.nn.Module)])
+    if best is not None and count == len(params):
         return best, {}
-    if best is not None:
-        names = {p: n for n, p in best.named_parameters()}
-    return None, names
+    return None, ({p: n for n, p in best.named_parameters()} if best is not None else {})
 
 
 EPOCH_FLAGS = ("--epochs", "--max-epochs", "--max_epochs", "--num-epochs", "--num_epochs", "--n-epochs",

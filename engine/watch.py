@@ -109,6 +109,7 @@ class WatchedRun:
         self._stop_seen = False
         self._validated_at = -1
         self._epoch_given = False
+        self._before_update = False  # at run.step: the optimizer has not yet stepped
         self.epoch_end_step = 0  # the step of the last epoch_end
         self.extra_scales: list[LrScale] = []  # more optimizers, following the same scale
         self._user_validation = False
@@ -216,7 +217,11 @@ class WatchedRun:
         self.steps += 1
         session.samples += self.batch_samples
         if boundary:
-            self.step_boundary(now)
+            self._before_update = True
+            try:
+                self.step_boundary(now)
+            finally:
+                self._before_update = False
 
     def step_boundary(self, now: float | None = None) -> None:
         """Apply waiting commands (pause blocks here) and flush when it is time."""
@@ -251,7 +256,6 @@ class WatchedRun:
         best = self.policies.validated(step=self.steps, epoch=self.session.epoch,
                                        val_loss=None if val_loss is None else _number(val_loss, "val_loss"),
                                        metrics=values, train_loss=train_loss, source=source)
-        self.session.flush_and_deliver()
         return best
 
     def finish(self, status: str | None = None, error: str = "") -> None:
@@ -350,7 +354,6 @@ class WatchedRun:
         self.session.emit(ev.EpochEnd, epoch=self.session.epoch, step=self.steps,
                           train_loss=self._last_train_loss,
                           seconds=round(time.perf_counter() - self._epoch_started, 4))
-        self.session.flush_and_deliver()
 
     def _set_lr(self, c: cmd.SetLr) -> cmd.Reply:
         if self.lr is None:
@@ -359,6 +362,8 @@ class WatchedRun:
         old, new = self.lr.set_value(c.value) if c.value is not None else self.lr.multiply(c.factor)
         for scale in self.extra_scales:
             scale.scale = self.lr.scale
+        if self._before_update and self.recorder.n:  # this step's update is still to come, at the new rate
+            self.recorder.lr[-1] = self._rate()
         self.session.emit(ev.LrChanged, step=self.steps, old=old, new=new, source="user")
         return cmd.Reply(True, f"learning rate {old:.3g} -> {new:.3g}", {"old": old, "new": new})
 

@@ -1,0 +1,197 @@
+"""A training loop of the user's own, with traintop.watch: driven over the real socket, in real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from traintop.engine import commands as cmd
+from traintop.engine import events as ev
+from traintop.engine.client import LiveRun
+from traintop.engine.runstore import read_events, resolve_run
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+PROBE = Path(__file__).resolve().parent / "scripts" / "lr_probe.py"
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+
+
+def env_for(runs: Path) -> dict:
+    return {**os.environ, "TRAINTOP_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1"}
+
+
+def start(script: Path, *args: str, runs: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=env_for(runs),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def live_folder(runs: Path, proc: subprocess.Popen, timeout: float = 60):
+    """The run folder once its socket answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if runs.is_dir():
+            for d in runs.iterdir():
+                if (d / "control.sock").exists():
+                    return resolve_run(str(d), runs)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the watched script never served its socket")
+
+
+async def wait_for(source, predicate, timeout: float = 60) -> list[ev.Event]:
+    seen = []
+
+    async def collect():
+        async for e in source.events():
+            seen.append(e)
+            if predicate(e):
+                return
+
+    await asyncio.wait_for(collect(), timeout)
+    return seen
+
+
+def steps_in(events) -> list[int]:
+    return [s for e in events if isinstance(e, ev.Steps) for s in e.step]
+
+
+def traintop(*args, runs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRAINTOP, *args, "--runs-dir", str(runs)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def watched(tmp_path):
+    """Start an example under watch; whatever is left running is killed after the test."""
+    procs = []
+
+    def run(script: str, *args: str) -> tuple[subprocess.Popen, object]:
+        proc = start(EXAMPLES / script, *args, runs=tmp_path / "runs", cwd=tmp_path)
+        procs.append(proc)
+        return proc, live_folder(tmp_path / "runs", proc)
+
+    yield run
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_pause_holds_a_watched_loop_until_resume_and_stop_ends_it_cleanly(watched, tmp_path):
+    proc, folder = watched("watch_digits.py", "--epochs", "100000")
+    source = await LiveRun.connect(folder)
+    await wait_for(source, lambda e: isinstance(e, ev.Steps) and e.step[-1] >= 30)
+    reply = await source.send(cmd.Pause())
+    assert reply.ok, reply.message
+    paused_at = int(reply.message.split()[-1])
+    await asyncio.sleep(1.0)
+    assert max(steps_in(read_events(folder.events)[0])) == paused_at  # not one step while paused
+    assert (await source.send(cmd.Resume())).ok
+    await wait_for(source, lambda e: isinstance(e, ev.Steps) and e.step[-1] > paused_at + 20)
+    assert (await source.send(cmd.Checkpoint())).ok
+    assert (await source.send(cmd.Stop())).ok
+    rest = await wait_for(source, lambda e: isinstance(e, ev.RunFinished))
+    await source.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert rest[-1].status == "stopped"
+    assert (tmp_path / "digits_mlp.pt").exists()  # the script went on to its end and saved its model
+    events = read_events(folder.events)[0]
+    assert steps_in(events) == list(range(1, max(steps_in(events)) + 1))
+    assert any(isinstance(e, ev.Validation) and "accuracy" in e.metrics for e in events)
+    state = torch.load(folder.last, weights_only=True)  # `c` saved the model and the optimizer
+    assert set(state["model"]) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
+    assert "state" in state["optimizer"]
+    started = events[0]
+    assert started.source == "watch" and started.config["epochs"] == 100000
+    assert [layer["describe"] for layer in started.layers] == ["Linear 64→128", "Linear 128→128", "Linear 128→10"]
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "onecycle"])
+def test_lr_x2_doubles_the_rate_the_optimizer_uses_and_the_schedule_goes_on(tmp_path, schedule):
+    runs = tmp_path / "runs"
+    reference = tmp_path / "reference.json"
+    subprocess.run([sys.executable, str(PROBE), str(reference), schedule, "120"], env=env_for(runs),
+                   check=True, timeout=120, capture_output=True)
+    out = tmp_path / "out.json"
+    proc = subprocess.Popen([sys.executable, str(PROBE), str(out), schedule, "120", "--sleep", "0.02"],
+                            env=env_for(runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc)
+        while max(steps_in(read_events(folder.events)[0]) or [0]) < 30:
+            time.sleep(0.05)
+        ctl = traintop("ctl", folder.run_id, "lr", "x2", runs=runs)
+        assert ctl.returncode == 0, ctl.stderr
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    used, believed = json.loads(out.read_text())["used"], json.loads(out.read_text())["believed"]
+    assert believed == json.loads(reference.read_text())["believed"]  # the schedule never saw the change
+    changed = next(e for e in read_events(folder.events)[0] if isinstance(e, ev.LrChanged))
+    first = changed.step - 1  # the step whose update first used the new rate
+    assert 30 <= first < 120
+    assert used[:first] == pytest.approx(believed[:first], rel=1e-12)
+    assert used[first:] == pytest.approx([2 * b for b in believed[first:]], rel=1e-12)
+    recorded = [lr for e in read_events(folder.events)[0] if isinstance(e, ev.Steps) for lr in e.lr]
+    assert recorded == pytest.approx(used, rel=1e-6)  # the curve shows the rate actually used
+
+
+def test_a_killed_watched_script_reads_as_killed(watched, tmp_path):
+    proc, folder = watched("watch_digits.py", "--epochs", "100000")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    listing = traintop("ls", runs=tmp_path / "runs")
+    assert listing.returncode == 0, listing.stderr
+    assert "killed" in listing.stdout.splitlines()[1]
+
+
+def test_the_watched_example_adds_three_lines_to_the_plain_script():
+    import difflib
+
+    def code(path):
+        lines = path.read_text().splitlines()
+        body = lines[lines.index('"""', 1) + 1:]  # past the docstring
+        return [line for line in body if line.strip()]
+
+    diff = list(difflib.ndiff(code(EXAMPLES / "train_digits.py"), code(EXAMPLES / "watch_digits.py")))
+    added = [d for d in diff if d.startswith("+ ")]
+    removed = [d for d in diff if d.startswith("- ")]
+    assert len(added) - len(removed) <= 3, added
+
+
+def test_watch_in_process_records_every_step_and_reports_a_failure(tmp_path):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ZeroDivisionError):
+        with traintop.watch(model, optimizer, name="fails", runs_dir=tmp_path / "runs") as run:
+            for _ in range(5):
+                loss = model(torch.randn(8, 3)).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                run.step(loss, extra=loss * 2)
+                optimizer.step()
+            1 / 0
+    events = read_events(run.session.folder.events)[0]
+    assert steps_in(events) == [1, 2, 3, 4, 5]
+    steps = [e for e in events if isinstance(e, ev.Steps)]
+    assert [x for e in steps for x in e.scalars["extra"]] == pytest.approx(
+        [2 * x for e in steps for x in e.loss], rel=1e-5)
+    assert events[-1].status == "failed" and "ZeroDivisionError" in events[-1].error
+    assert not run.session.folder.socket.exists()
+
+
+def test_importing_traintop_does_not_import_torch():
+    code = "import sys, traintop; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
