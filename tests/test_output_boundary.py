@@ -25,12 +25,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from rich.text import Text
 
 from traintop.engine import events as ev
 from traintop.engine.client import FinishedRun, open_run
 from traintop.engine.runstore import RunFolder, read_events, resolve_run
 from traintop.tui.app import TrainTop
 from traintop.tui.compare import CompareTop
+from traintop.tui.literal import LiteralText, shown
 from traintop.tui.terminal import terminal_safe
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
@@ -113,6 +115,19 @@ def test_escaping_leaves_nothing_a_terminal_acts_on_and_is_stable():
         assert terminal_safe(once) == once
         if text.isprintable():  # no control, format or separator characters: nothing to escape
             assert once == text
+
+
+def test_dashboard_text_keeps_its_styles_and_shows_what_rich_would_drop():
+    styled = Text()
+    styled.append("best ", style="bold").append(f"{RED}hot", style="red").append(" end")
+    out = shown(styled)
+    assert out.plain == "best \\x1b[31mhot end"
+    assert [(out.plain[s.start:s.end], str(s.style)) for s in out.spans] == [("best ", "bold"),
+                                                                              ("\\x1b[31mhot", "red")]
+    assert shown("[/] [bold]x").plain == "[/] [bold]x" and not shown("[bold]x").spans
+    assert Text("a\x07b").plain == "ab"  # Rich drops a bell unseen...
+    assert LiteralText("a\x07b").plain == "a\\x07b"  # ...the dashboard's text shows it
+    assert LiteralText().append("c\rd").plain == "c\\rd"
 
 
 # -- the command line ----------------------------------------------------------------------------------
