@@ -1,6 +1,7 @@
 """The events a run emits: one JSON object per line in events.jsonl, the same on the socket.
 
-Every event has "event" (its kind) and "t" (seconds since the run started). Torch-free, so the
+Every event has "event" (its kind) and "t" (seconds since the run started). Lines are strict JSON:
+a non-finite number is written as null and read back as NaN. Torch-free, so the
 dashboard can import it.
 """
 
@@ -8,10 +9,45 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 EVENT_TYPES: dict[str, type[Event]] = {}
+
+# Strict JSON: Python would write NaN and Infinity, which jq and most parsers refuse.
+_LINE = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def json_line(obj: Any) -> str:
+    """`obj` as one line of strict JSON: a non-finite number is written as null."""
+    try:
+        return _LINE.encode(obj)
+    except ValueError:  # a NaN or an infinity somewhere: rare, so only then is the object walked
+        return _LINE.encode(finite_or_null(obj))
+
+
+def finite_or_null(obj: Any) -> Any:
+    """`obj` with every non-finite float, however deep in dicts and lists, replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def _null_as_nan(value: Any) -> Any:
+    """A number field read back: null (written for NaN or an infinity) becomes NaN, in lists and
+    dicts of numbers too, so readers compute and format as they did before."""
+    if value is None:
+        return math.nan
+    if isinstance(value, list):
+        return [math.nan if v is None else v for v in value] if None in value else value
+    if isinstance(value, dict):
+        return {k: _null_as_nan(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -19,6 +55,8 @@ class Event:
     """Base of all events; `kind` is the "event" field on the wire."""
 
     kind: ClassVar[str] = ""
+    # Fields that hold numbers (or lists and dicts of them), where null on the wire means NaN.
+    numbers: ClassVar[tuple[str, ...]] = ()
     # Fields whose wire name clashes with `kind`: Python name -> wire name.
     renames: ClassVar[dict[str, str]] = {}
     t: float = 0.0
@@ -36,8 +74,8 @@ class Event:
         return data
 
     def to_line(self) -> str:
-        """The event as one JSON line, without the newline."""
-        return json.dumps(self.to_json(), separators=(",", ":"))
+        """The event as one line of strict JSON (non-finite numbers as null), without the newline."""
+        return json_line(self.to_json())
 
     @staticmethod
     def from_json(obj: dict[str, Any]) -> Event:
@@ -50,6 +88,9 @@ class Event:
         wire_to_py = {wire: py for py, wire in cls.renames.items()}
         names = {f.name for f in dataclasses.fields(cls)}
         values = {wire_to_py.get(k, k): v for k, v in obj.items() if k != "event"}
+        for name in ("t", *cls.numbers):
+            if name in values:
+                values[name] = _null_as_nan(values[name])
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
@@ -94,6 +135,7 @@ class Steps(Event):
     """A batch of training steps, columnar: every list has one entry per step."""
 
     kind: ClassVar[str] = "steps"
+    numbers: ClassVar[tuple[str, ...]] = ("loss", "grad_norm", "lr", "samples_per_s", "layer_norms")
     step: list = field(default_factory=list)
     epoch: list = field(default_factory=list)
     loss: list = field(default_factory=list)
@@ -122,6 +164,7 @@ class Steps(Event):
 @dataclass(frozen=True)
 class Validation(Event):
     kind: ClassVar[str] = "validation"
+    numbers: ClassVar[tuple[str, ...]] = ("val_loss", "metrics")
     step: int = 0
     epoch: int = 0
     val_loss: float = 0.0
@@ -134,6 +177,7 @@ class Validation(Event):
 @dataclass(frozen=True)
 class EpochEnd(Event):
     kind: ClassVar[str] = "epoch_end"
+    numbers: ClassVar[tuple[str, ...]] = ("train_loss", "seconds")
     epoch: int = 0
     step: int = 0
     train_loss: float = 0.0
@@ -143,6 +187,7 @@ class EpochEnd(Event):
 @dataclass(frozen=True)
 class LrChanged(Event):
     kind: ClassVar[str] = "lr_changed"
+    numbers: ClassVar[tuple[str, ...]] = ("old", "new")
     step: int = 0
     old: float = 0.0
     new: float = 0.0
@@ -199,6 +244,7 @@ class EarlyStoppingChanged(Event):
 @dataclass(frozen=True)
 class EarlyStopped(Event):
     kind: ClassVar[str] = "early_stopped"
+    numbers: ClassVar[tuple[str, ...]] = ("best_value",)
     step: int = 0
     epoch: int = 0
     best_epoch: int = 0
@@ -218,6 +264,7 @@ class Prediction(Event):
 @dataclass(frozen=True)
 class TestResult(Event):
     kind: ClassVar[str] = "test_result"
+    numbers: ClassVar[tuple[str, ...]] = ("metrics",)
     __test__: ClassVar[bool] = False  # not a pytest test class
     metrics: dict = field(default_factory=dict)
     step: int = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .events import Event, parse_line
+from .events import Event, finite_or_null, parse_line
 
 
 def default_runs_dir() -> Path:
@@ -75,9 +75,9 @@ class RunFolder:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically: a reader never sees half a file."""
+    """Write strict JSON atomically (non-finite numbers as null): a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(finite_or_null(obj), indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

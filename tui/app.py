@@ -9,6 +9,7 @@ most ten times a second, and only when something changed.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -20,14 +21,15 @@ from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Static, TabbedContent, TabPane
+from textual.widgets import Button, Footer, Input, TabbedContent, TabPane
 
 from traintop.engine import commands as cmd
 from traintop.engine import events as ev
 
-from .inference import InferenceView
-from .plot import Figure, Line, PlotWidget
 from .headless import fmt
+from .inference import InferenceView
+from .literal import Literal, LiteralApp, LiteralLabel, LiteralText, shown
+from .plot import Figure, Line, PlotWidget
 
 if TYPE_CHECKING:
     from .state import RunState
@@ -43,7 +45,7 @@ class QuitScreen(ModalScreen[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label("The run is still training. Stop it (saving last.pt), or detach and leave it running?")
+            yield LiteralLabel("The run is still training. Stop it (saving last.pt), or detach and leave it running?")
             with Horizontal():
                 yield Button("Detach", id="detach", variant="primary")
                 yield Button("Stop the run", id="stop", variant="error")
@@ -65,9 +67,9 @@ class LrScreen(ModalScreen[float | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"Learning rate (now {self.current:.3g}):")
+            yield LiteralLabel(f"Learning rate (now {self.current:.3g}):")
             yield Input(placeholder="e.g. 0.0005", id="lr-input")
-            yield Label("", id="lr-error")
+            yield LiteralLabel("", id="lr-error")
 
     @on(Input.Submitted)
     def submitted(self, event: Input.Submitted) -> None:
@@ -76,7 +78,7 @@ class LrScreen(ModalScreen[float | None]):
         except ValueError:
             value = float("nan")
         if not (value > 0 and value < float("inf")):
-            self.query_one("#lr-error", Label).update(f"{event.value!r} is not a positive number")
+            self.query_one("#lr-error", LiteralLabel).update(f"{event.value!r} is not a positive number")
             return
         self.dismiss(value)
 
@@ -90,10 +92,10 @@ class HelpScreen(ModalScreen[None]):
         rows = [f"{b.key_display or b.key:>7}  {b.tooltip or b.description}" for b in self.app.BINDINGS
                 if isinstance(b, Binding) and b.description]
         with Vertical(id="dialog", classes="wide"):
-            yield Static("traintop keys\n\n" + "\n".join(rows) + "\n\nEsc closes this help.")
+            yield Literal("traintop keys\n\n" + "\n".join(rows) + "\n\nEsc closes this help.")
 
 
-class TrainTop(App):
+class TrainTop(LiteralApp):
     """The run screen: header, curves, side panel, and views for layers, config and events."""
 
     CSS_PATH = "app.tcss"
@@ -150,7 +152,7 @@ class TrainTop(App):
     # -- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(f"traintop · {self.state_title}  {self.starting_text()}"), id="header")
+        yield Literal(f"traintop · {self.state_title}  {self.starting_text()}", id="header")
         with TabbedContent(id="views"):
             with TabPane("Curves", id="curves"):
                 with Horizontal(id="body"):
@@ -159,12 +161,12 @@ class TrainTop(App):
                         yield PlotWidget(id="grad-plot")
                         yield PlotWidget(id="lr-plot")
                         yield PlotWidget(id="metric-plot")
-                    yield Static(id="side")
+                    yield Literal(id="side")
             yield TabPane("Layers", id="layers")  # its table, and the event log, come after the first frame
             with TabPane("Inference", id="inference"):
                 yield InferenceView(id="inference-view")
             with TabPane("Config", id="config"):
-                yield Static(id="config-view")
+                yield Literal(id="config-view")
             yield TabPane("Events", id="events")
         yield Footer()
 
@@ -257,10 +259,10 @@ class TrainTop(App):
     def _redraw(self) -> None:
         s = self.state
         if s.version == self.drawn_version:
-            self.main.query_one("#header", Static).update(self.header_text())  # elapsed keeps ticking
+            self.main.query_one("#header", Literal).update(self.header_text())  # elapsed keeps ticking
             return
         self.drawn_version = s.version
-        self.main.query_one("#header", Static).update(self.header_text())
+        self.main.query_one("#header", Literal).update(self.header_text())
         width = max(20, self.main.query_one("#loss-plot").size.width)
         buckets = max(10, width)
         self.main.query_one("#loss-plot", PlotWidget).show(self.loss_figure(buckets))
@@ -273,7 +275,7 @@ class TrainTop(App):
         self.main.query_one("#metric-plot", PlotWidget).show(
             Figure(f"val {s.metric_name}", [Line(mx, my, s.metric_name, "magenta")], self.vlines(),
                    empty_text="after the first validation"))
-        self.main.query_one("#side", Static).update(self.side_text())
+        self.main.query_one("#side", Literal).update(self.side_text())
         if len(s.loss):
             start_up_measured(self, "curves")
         if self.main.query_one("#views", TabbedContent).active == "layers":
@@ -282,7 +284,8 @@ class TrainTop(App):
         if s.config and not self.config_shown:
             from traintop.engine.config import dumps_toml
 
-            self.main.query_one("#config-view", Static).update(dumps_toml(s.config))
+            # Literal: as markup, every [section] header of the TOML would vanish.
+            self.main.query_one("#config-view", Literal).update(dumps_toml(s.config))
             self.config_shown = True
 
     def vlines(self) -> list[tuple[float, str]]:
@@ -312,7 +315,7 @@ class TrainTop(App):
                  "finished": "bold cyan"}.get(s.status, "bold")
         if s.status == "finished" and s.final_status:
             status = s.final_status.replace("_", " ")
-        t = Text()
+        t = LiteralText()
         t.append(f"{s.name or self.state_title}", style="bold")
         t.append(f"  {s.device}  " if s.device else "  ")
         t.append(status, style=style)
@@ -336,7 +339,7 @@ class TrainTop(App):
 
     def side_text(self) -> Text:
         s = self.state
-        t = Text()
+        t = LiteralText()
         t.append("best\n", style="bold")
         best = s.best_value()
         if best is not None:
@@ -375,16 +378,16 @@ class TrainTop(App):
         for last, name, recent in rows:
             flag = Text("vanishing", style="yellow") if last < 1e-6 else (
                 Text("exploding", style="red") if last > 1e3 else Text(""))
-            table.add_row(name, fmt(last), sparkline(recent), flag)
+            table.add_row(shown(name), fmt(last), sparkline(recent), flag)
 
     def update_events(self) -> None:
         log = self.main.query_one("#events-log")
         pattern = self.main.query_one("#events-filter", Input).value.strip().lower()
-        shown = getattr(self, "_events_shown", 0)
-        for e in self.state.log[shown:]:
+        written = getattr(self, "_events_shown", 0)
+        for e in self.state.log[written:]:
             line = event_line(e)
             if not pattern or pattern in line.lower():
-                log.write(line)
+                log.write(shown(line))
         self._events_shown = len(self.state.log)
 
     @on(Input.Changed, "#events-filter")
@@ -509,6 +512,8 @@ def palette_commands(app: App, system_commands):
 
 def duration(seconds: float) -> str:
     """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
+    if not math.isfinite(seconds):
+        return "-"
     if seconds < 10:
         return f"{seconds:.1f}s"
     if seconds < 60:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from traintop.engine.errors import UserError
 
+from .terminal import guard_streams
+
 EXIT_CODES = {"completed": 0, "early_stopped": 0, "stopped": 0, "failed": 1}
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -94,6 +96,9 @@ CTL_ACTIONS = ["pause", "resume", "stop", "validate", "checkpoint", "lr"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `traintop` console script."""
+    # Everything printed from here on (log lines, tables, predictions, errors, argparse's usage,
+    # a traceback) reaches the terminal through the one boundary that escapes control characters.
+    guard_streams()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]

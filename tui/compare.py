@@ -13,14 +13,15 @@ from typing import Any, Callable
 
 from rich.text import Text
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal
 from textual.css.query import NoMatches
-from textual.widgets import Footer, Static
+from textual.widgets import Footer
 
 from .app import REDRAW_SECONDS, HelpScreen, palette_commands, start_up_measured
 from .headless import fmt
+from .literal import Literal, LiteralApp, LiteralText
 from .plot import Figure, Line, PlotWidget
 
 # (plotext colour, the same ANSI colour in Rich) per run, orange last: the axes are orange; and
@@ -44,7 +45,7 @@ class ComparedRun:
     source: Any = None
 
 
-class CompareTop(App):
+class CompareTop(LiteralApp):
     """Several runs on the same axes: loss, validation metric, gradient norm, learning rate."""
 
     CSS_PATH = "app.tcss"
@@ -73,14 +74,14 @@ class CompareTop(App):
         self.no_color = "NO_COLOR" in os.environ
 
     def compose(self) -> ComposeResult:
-        yield Static(self.header_text(), id="header")
+        yield Literal(self.header_text(), id="header")
         with Horizontal(id="body"):
             with Container(id="plots"):
                 yield PlotWidget(id="loss-plot")
                 yield PlotWidget(id="metric-plot")
                 yield PlotWidget(id="grad-plot")
                 yield PlotWidget(id="lr-plot")
-            yield Static(id="side")
+            yield Literal(id="side")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -157,19 +158,19 @@ class CompareTop(App):
             Figure(f"val {' / '.join(names) or 'metric'}", metric, empty_text="after the first validation"))
         self.query_one("#grad-plot", PlotWidget).show(Figure("gradient norm (log)", grad, log_y=True))
         self.query_one("#lr-plot", PlotWidget).show(Figure("learning rate", lr))
-        self.query_one("#header", Static).update(self.header_text())
-        self.query_one("#side", Static).update(self.side_text())
+        self.query_one("#header", Literal).update(self.header_text())
+        self.query_one("#side", Literal).update(self.side_text())
 
     def legend(self) -> Text:
         """Each run's colour (or, without colour, its symbol) and name."""
-        t = Text()
+        t = LiteralText()
         for run in self.runs:
             t.append(f"{run.glyph * 2} " if self.no_color else "━━ ", style=f"bold {run.rich_color}")
             t.append(run.label + "   ")
         return t
 
     def header_text(self) -> Text:
-        t = Text()
+        t = LiteralText()
         t.append(f"comparing {len(self.runs)} runs", style="bold")
         states = [run.state for run in self.runs if run.state is not None]
         if states:
@@ -184,7 +185,7 @@ class CompareTop(App):
         return t + self.legend()
 
     def side_text(self) -> Text:
-        t = Text()
+        t = LiteralText()
         for run in self.runs:
             s = run.state
             t.append(f"{run.glyph * 2} " if self.no_color else "━━ ", style=f"bold {run.rich_color}")

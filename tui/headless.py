@@ -31,8 +31,8 @@ def metrics_text(metrics: dict) -> str:
 class HeadlessPrinter:
     """Turns events into log lines; knows nothing of where they came from."""
 
-    def __init__(self, out: TextIO = sys.stdout):
-        self.out = out
+    def __init__(self, out: TextIO | None = None):
+        self.out = out  # None: sys.stdout when each line is printed, the CLI's guarded stream
         self.epochs = 0
         self.steps_per_epoch = 0
         self.monitor = "val_loss"
@@ -45,7 +45,7 @@ class HeadlessPrinter:
         self.status = ""
 
     def line(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stdout, flush=True)
 
     def show(self, e: ev.Event) -> None:
         """Print what a person should see of one event."""

@@ -18,9 +18,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Input, Select
 
 from traintop.engine import commands as cmd
+
+from .literal import Literal, LiteralLabel, LiteralText, shown
+from .terminal import terminal_safe
 
 TOP_CLASSES = 5
 BAR = 24  # width of a probability bar
@@ -78,21 +81,22 @@ def _grey(level: float) -> str:
 
 def record_table(record: dict[str, Any], limit: int = 40) -> Text:
     """A raw record as `feature  value` lines, as the user's file had it."""
-    text = Text()
-    width = min(22, max((len(str(k)) for k in record), default=0))
-    for i, (k, v) in enumerate(record.items()):
+    text = LiteralText()
+    names = [terminal_safe(str(k)) for k in record]  # escaped before measuring, so columns line up
+    width = min(22, max(map(len, names), default=0))
+    for i, (name, v) in enumerate(zip(names, record.values())):
         if i == limit:
             text.append(f"… {len(record) - limit} more features\n", style="dim")
             break
-        shown = "(missing)" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
-        text.append(f"{str(k)[:width]:<{width}}  ", style="bold")
-        text.append(shown[:60] + "\n", style="dim" if v is None else "")
+        value = "(missing)" if v is None else (f"{v:.6g}" if isinstance(v, float) else terminal_safe(str(v)))
+        text.append(f"{name[:width]:<{width}}  ", style="bold")
+        text.append(value[:60] + "\n", style="dim" if v is None else "")
     return text
 
 
 def answer_text(answer: dict[str, Any], no_color: bool = False) -> Text:
     """The model's answer: the true and predicted label (right or wrong), and the top classes."""
-    text = Text()
+    text = LiteralText()
     true = answer.get("true")
     if "probabilities" in answer:
         label = answer["label"]
@@ -105,12 +109,13 @@ def answer_text(answer: dict[str, Any], no_color: bool = False) -> Text:
                         style="" if no_color else ("bold green" if right else "bold red"))
         text.append("\n\n")
         ranked = sorted(answer["probabilities"].items(), key=lambda kv: -kv[1])[:TOP_CLASSES]
-        name_width = min(14, max(len(str(c)) for c, _ in ranked))
+        name_width = min(14, max(len(terminal_safe(str(c))) for c, _ in ranked))
         for c, p in ranked:
             filled = p * BAR
             bar = "█" * int(filled) + (" ▏▎▍▌▋▊▉"[int((filled % 1) * 8)] if filled < BAR else "")
             style = "" if no_color else ("green" if str(c) == str(true) else "cyan")
-            text.append(f"{str(c)[:name_width]:>{name_width}} ").append(f"{bar:<{BAR}}", style=style)
+            name = terminal_safe(str(c))[:name_width]
+            text.append(f"{name:>{name_width}} ").append(f"{bar:<{BAR}}", style=style)
             text.append(f" {p * 100:5.1f}%\n")
     else:
         value = answer["value"]
@@ -123,7 +128,7 @@ def answer_text(answer: dict[str, Any], no_color: bool = False) -> Text:
 
 def summary_text(outputs: list[dict[str, Any]], classes: list[str]) -> Text:
     """The whole validation split at once: accuracy and where the mistakes go, or MAE and RMSE."""
-    text = Text()
+    text = LiteralText()
     if not outputs:
         return text.append("no validation samples")
     if "probabilities" not in outputs[0]:
@@ -140,14 +145,15 @@ def summary_text(outputs: list[dict[str, Any]], classes: list[str]) -> Text:
             key = (str(o["true"]), str(o["label"]))
             confusions[key] = confusions.get(key, 0) + 1
     if len(classes) <= 10:
-        width = max(3, max(len(c) for c in classes))
+        names = {c: terminal_safe(c) for c in classes}  # escaped before measuring, so columns line up
+        width = max(3, max(map(len, names.values())))
         counts = {(str(o["true"]), str(o["label"])): 0 for o in outputs}
         for o in outputs:
             counts[(str(o["true"]), str(o["label"]))] += 1
-        text.append(f"{'true↓ pred→':>{width + 1}}" + "".join(f"{c[:width]:>{width + 1}}" for c in classes) + "\n",
-                    style="dim")
+        text.append(f"{'true↓ pred→':>{width + 1}}" + "".join(f"{names[c][:width]:>{width + 1}}" for c in classes)
+                    + "\n", style="dim")
         for t in classes:
-            text.append(f"{t[:width]:>{width + 1}}", style="bold")
+            text.append(f"{names[t][:width]:>{width + 1}}", style="bold")
             for p in classes:
                 n = counts.get((t, p), 0)
                 text.append(f"{n or '·':>{width + 1}}", style="green" if t == p and n else ("red" if n else "dim"))
@@ -196,13 +202,13 @@ class InferenceView(Vertical, can_focus=True):
             yield Button("weights: current", id="inf-weights", compact=True)
             yield Button("all val", id="inf-all", compact=True)
             yield Button("type input", id="inf-typed", compact=True)
-        yield Static(id="inf-status")
+        yield Literal(id="inf-status")
         with Horizontal(id="inf-body"):
             with VerticalScroll(id="inf-left"):
-                yield Static(id="inf-input")
+                yield Literal(id="inf-input")
                 yield Vertical(id="inf-form")
             with VerticalScroll(id="inf-right"):
-                yield Static(id="inf-answer")
+                yield Literal(id="inf-answer")
 
     def on_mount(self) -> None:
         self.query_one("#inf-form").display = False
@@ -275,7 +281,7 @@ class InferenceView(Vertical, can_focus=True):
             return
         self.typed = True
         self.build_form()
-        self.query_one("#inf-answer", Static).update(
+        self.query_one("#inf-answer", Literal).update(
             Text("Fill in the fields, then Enter.\nA blank field counts as missing and is filled as in training.",
                  style="dim"))
         self.query_one("#inf-input").display = False
@@ -312,18 +318,18 @@ class InferenceView(Vertical, can_focus=True):
         pre = self.preprocess()
         widgets: list = []
         if pre.get("kind") == "image":
-            widgets += [Label("image file"), Input(placeholder="path to an image file", name="path")]
+            widgets += [LiteralLabel("image file"), Input(placeholder="path to an image file", name="path")]
         elif pre.get("kind") == "tensor":
             shape = pre.get("input_shape") or []
-            widgets += [Label(f"input: a JSON list of shape {shape}"), Input(placeholder="[0.5, 1.0, ...]", name="input")]
+            widgets += [LiteralLabel(f"input: a JSON list of shape {shape}"), Input(placeholder="[0.5, 1.0, ...]", name="input")]
         else:
             columns = pre["columns"] if "columns" in pre else [{"name": f, "kind": "numeric"}
                                                                 for f in self.data.get("features", [])]
             for column in columns:
                 name, kind = column["name"], column.get("kind", "numeric")
-                widgets.append(Label(name, classes="field-label"))
+                widgets.append(LiteralLabel(name, classes="field-label"))
                 if kind == "categorical":
-                    options = [(str(c), c) for c in column.get("categories", [])]
+                    options = [(shown(c), c) for c in column.get("categories", [])]
                     widgets.append(Select(options, prompt="(missing)", name=name, compact=True))
                 elif kind == "numeric":
                     hint = column.get("fill")
@@ -332,10 +338,10 @@ class InferenceView(Vertical, can_focus=True):
                 else:
                     widgets.append(Input(placeholder="text", name=name, compact=True))
             if pre.get("text"):
-                widgets += [Label(pre["text"], classes="field-label"),
+                widgets += [LiteralLabel(pre["text"], classes="field-label"),
                             Input(placeholder="free text", name=pre["text"], compact=True)]
         widgets += [Button("predict", id="inf-predict", compact=True, variant="primary"),
-                    Label("", id="inf-form-error")]
+                    LiteralLabel("", id="inf-form-error")]
         form.mount_all(widgets)
         self.form_built = True
 
@@ -388,7 +394,7 @@ class InferenceView(Vertical, can_focus=True):
 
     def submit_form(self) -> None:
         record, problem = self.form_record()
-        error = self.query_one("#inf-form-error", Label)
+        error = self.query_one("#inf-form-error", LiteralLabel)
         error.update(problem)
         if problem:
             return
@@ -436,7 +442,7 @@ class InferenceView(Vertical, can_focus=True):
             self.pending = False
         if not reply.ok:
             if kind == "typed":
-                self.query_one("#inf-form-error", Label).update(reply.message)
+                self.query_one("#inf-form-error", LiteralLabel).update(reply.message)
             self.say(reply.message)
             return
         self.message = ""
@@ -447,8 +453,8 @@ class InferenceView(Vertical, can_focus=True):
         if kind == "summary":
             self.sample = None
             self.answer = None
-            self.query_one("#inf-input", Static).update(Text(f"whole validation split\n{answered_by}", style="dim"))
-            self.query_one("#inf-answer", Static).update(summary_text(outputs, self.data.get("classes", [])))
+            self.query_one("#inf-input", Literal).update(Text(f"whole validation split\n{answered_by}", style="dim"))
+            self.query_one("#inf-answer", Literal).update(summary_text(outputs, self.data.get("classes", [])))
             self.show_status()
             return
         self.answer = outputs[0]
@@ -497,10 +503,10 @@ class InferenceView(Vertical, can_focus=True):
             pixels = image_pixels(self.sample, self.data)
             shown = draw_image(pixels, no_color) if pixels else record_table(self.sample)
             head = Text(f"validation sample {self.index + 1} of {self.n_val}\n\n", style="bold")
-            self.query_one("#inf-input", Static).update(head + shown)
+            self.query_one("#inf-input", Literal).update(head + shown)
         body = answer_text(self.answer, no_color)
         body.append(f"\n{self.answer.get('answered_by', '')}", style="dim")
-        self.query_one("#inf-answer", Static).update(body)
+        self.query_one("#inf-answer", Literal).update(body)
         self.show_status()
 
     def say(self, message: str) -> None:
@@ -517,4 +523,4 @@ class InferenceView(Vertical, can_focus=True):
             parts.append("n p r: samples · w: weights · a: whole split · t: type")
         if self.message:
             parts.insert(0, self.message)
-        self.query_one("#inf-status", Static).update("  ·  ".join(parts))
+        self.query_one("#inf-status", Literal).update("  ·  ".join(parts))

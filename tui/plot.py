@@ -13,6 +13,8 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
+from .terminal import terminal_safe
+
 MARKER_COLOR = "gray"  # vertical markers; other colours are plotext's names (cyan, orange, ...)
 
 
@@ -103,6 +105,7 @@ def y_ticks(lo: float, hi: float, height: int, log: bool) -> tuple[list[float], 
 
 def render_figure(fig: Figure, width: int, height: int, color: bool = True) -> Text:
     """The figure drawn by plotext into `width` x `height` cells."""
+    title = terminal_safe(fig.title)  # plotext writes it among its own escape sequences
     lines = [ln for ln in fig.lines if len(ln.x)]
     if lines and fig.log_y:  # plotted as log10 with ticks labelled in the data's units
         import numpy as np
@@ -111,7 +114,7 @@ def render_figure(fig: Figure, width: int, height: int, color: bool = True) -> T
                  for ln in lines]
         lines = [ln for ln in lines if len(ln.x)]
     if width < 20 or height < 5 or not lines:
-        return Text(f"{fig.title}\n{fig.empty_text}" if height > 1 else fig.title, style="dim")
+        return Text(f"{title}\n{fig.empty_text}" if height > 1 else title, style="dim")
     import plotext  # here, not at the top: the first frame paints before any plot needs it
 
     f = plotext.figure
@@ -149,7 +152,7 @@ def render_figure(fig: Figure, width: int, height: int, color: bool = True) -> T
     f.ruler("y").lim(y_lo, y_hi)
     f.ruler("y").ticks(*y_ticks(y_lo, y_hi, height, fig.log_y))
     f.legend(False)
-    f.title(fig.title)
+    f.title(title)
     f.plot_size(width, height)
     # plotext may draw a little wider or taller than asked (long tick labels): crop to the cell
     # box, so a plot never spills into its neighbours.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,10 +89,11 @@ class RunState:
     def eta(self) -> float | None:
         """Seconds left at the recent pace, or None before it is known."""
         done = self.step
-        if self.status != "running" or not done or not self.samples_per_s:
+        # NaN when its event carried null: no pace, no ETA
+        if self.status != "running" or not done or not 0 < self.samples_per_s < math.inf:
             return None
         steps_per_s = self.samples_per_s / max(1, self.config.get("data", {}).get("batch_size", 1))
-        return (self.total_steps - done) / steps_per_s if steps_per_s else None
+        return (self.total_steps - done) / steps_per_s
 
     def best_value(self) -> float | None:
         if self.best is None:
