@@ -156,9 +156,15 @@ class Steps(Event):
 
     @classmethod
     def from_columns(cls, obj: dict[str, Any]) -> Steps:
+        """A batch read back: unknown list columns are the loop's extra scalars; null is NaN."""
         names = {f.name for f in dataclasses.fields(cls)}
-        scalars = {k: v for k, v in obj.items() if k not in names and k != "event" and isinstance(v, list)}
-        return cls(**{k: v for k, v in obj.items() if k in names}, scalars=scalars)
+        values = {k: v for k, v in obj.items() if k in names}
+        for name in ("t", *cls.numbers):
+            if name in values:
+                values[name] = _null_as_nan(values[name])
+        scalars = {k: _null_as_nan(v) for k, v in obj.items()
+                   if k not in names and k != "event" and isinstance(v, list)}
+        return cls(**values, scalars=scalars)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,8 @@ class _Traintop:
         norms, self._norms = self._norms, None
         run.batch_samples = args.per_device_train_batch_size * args.gradient_accumulation_steps
         self._control = control
-        run.record_step(loss, norms=norms)
+        run.record_step(loss, norms=norms, boundary=False)
+        run.step_boundary()  # after the update: a changed rate applies from the next step
         if run.should_stop:
             control.should_training_stop = True
         return control

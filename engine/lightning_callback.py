@@ -157,7 +157,8 @@ class _Traintop:
         losses, self._losses = self._losses, []
         step_loss = torch.stack(losses).mean() if losses else torch.tensor(math.nan)
         run.batch_samples = _batch_len(batch)
-        run.record_step(step_loss, norms=norms)
+        run.record_step(step_loss, norms=norms, boundary=False)
+        run.step_boundary()  # after the update: a changed rate applies from the next step
         if run.should_stop:
             trainer.should_stop = True
 
