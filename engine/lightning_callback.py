@@ -10,7 +10,6 @@ Works with `lightning` and with `pytorch_lightning`, whichever the Trainer comes
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable
 

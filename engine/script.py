@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from . import commands as cmd
 from .capture import LossCapture
 from .errors import UserError
 from .lrscale import LrScale
@@ -144,7 +143,6 @@ class AutoWatch:
         self.optimizer = optimizer
         self.loader = self._iterating
         if self.loader is not None:
-            from .watch import _batch_len  # noqa: F401 - the first batch's size came before the bind
             try:
                 self.run.steps_per_epoch = len(self.loader)
             except TypeError:
