@@ -7,6 +7,7 @@ and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -347,11 +348,30 @@ def _toml_value(v) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def dumps_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """TOML text for sections of plain values (tomllib only reads)."""
-    out = []
-    for name, values in sections.items():
-        out.append(f"[{name}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-        out.append("")
-    return "\n".join(out)
+def dumps_toml(values: dict[str, Any], prefix: str = "") -> str:
+    """TOML text for a config (tomllib only reads): sections of plain values, or any dict of them
+    (a loop's own config), plain keys first, then tables; other values are written as text."""
+    def plain(v):
+        return isinstance(v, (bool, int, float, str)) or (isinstance(v, list) and all(
+            isinstance(x, (bool, int, float, str)) for x in v))
+
+    lines, tables = [], []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif plain(value) and not (isinstance(value, float) and value != value or value in (math.inf, -math.inf)):
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        elif value is not None:
+            lines.append(f"{_toml_key(key)} = {_toml_value(repr(value))}")
+    for key, table in tables:
+        name = f"{prefix}{_toml_key(key)}"
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(dumps_toml(table, name + ".").splitlines())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key) -> str:
+    key = str(key)
+    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else _toml_value(key)

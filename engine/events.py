@@ -245,6 +245,8 @@ class EarlyStoppingChanged(Event):
     step: int = 0
     enabled: bool = True
     patience: int = 0
+    monitor: str = ""
+    mode: str = ""
 
 
 @dataclass(frozen=True)

@@ -78,13 +78,17 @@ class ValidationPolicies:
         if c.patience is not None:
             self.early.patience = c.patience
         state = "on" if self.early.enabled else "off"
-        self.session.emit(ev.EarlyStoppingChanged, step=self.session.step_of(), enabled=self.early.enabled,
-                          patience=self.early.patience)
+        self.announce()
         message = f"early stopping {state}, patience {self.early.patience}"
         if self.early.enabled and self.early.best is not None and self.early.since_best >= self.early.patience:
             message += (f": patience is already used up ({self.early.since_best} validations since the "
                         "best), so the run stops at the next validation; set a larger patience to go on")
         return cmd.Reply(True, message, {"enabled": self.early.enabled, "patience": self.early.patience})
+
+    def announce(self) -> None:
+        """Say how early stopping stands (at the start, and after each change), as an event."""
+        self.session.emit(ev.EarlyStoppingChanged, step=self.session.step_of(), enabled=self.early.enabled,
+                          patience=self.early.patience, monitor=self.early.monitor, mode=self.early.mode)
 
     def state_dict(self) -> dict:
         return {"early_stopping": self.early.state_dict(), "history": self.history}

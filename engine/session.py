@@ -24,6 +24,7 @@ from . import commands as cmd
 from . import events as ev
 from .errors import UserError
 from .inbox import CommandInbox
+from .config import dumps_toml
 from .runstore import RunFolder, report_from_events, write_json
 
 FLUSH_SECONDS = 0.1
@@ -122,7 +123,7 @@ class Session:
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
         write_json(folder.meta, run_meta(folder, name=name, source=source, **(meta or {})))
         if config is not None:
-            folder.config.write_text(toml_document(config))
+            folder.config.write_text(dumps_toml(config))
         return cls(folder, source=source)
 
     @property
@@ -379,36 +380,6 @@ def version() -> str:
         return installed("traintop")
     except Exception:  # noqa: BLE001 - running from a source tree
         return "unknown"
-
-
-def toml_document(values: dict, prefix: str = "") -> str:
-    """A loop's config (any dict of plain values) as TOML text: plain keys first, then tables."""
-    from .config import _toml_value
-
-    def plain(v):
-        return isinstance(v, (bool, int, float, str)) or (isinstance(v, list) and all(
-            isinstance(x, (bool, int, float, str)) for x in v))
-
-    lines, tables = [], []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif plain(value) and not (isinstance(value, float) and not math.isfinite(value)):
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-        elif value is not None:
-            lines.append(f"{_toml_key(key)} = {_toml_value(repr(value))}")
-    for key, table in tables:
-        name = f"{prefix}{_toml_key(key)}"
-        lines.append(f"\n[{name}]")
-        lines.extend(toml_document(table, name + ".").splitlines())
-    return "\n".join(lines) + "\n"
-
-
-def _toml_key(key) -> str:
-    import re
-
-    key = str(key)
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def finite_or_none(value) -> float | None:

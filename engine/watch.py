@@ -318,6 +318,7 @@ class WatchedRun:
             epochs=self.epochs_planned, steps_per_epoch=self.steps_per_epoch,
             layers=describe_layers(model) if model is not None else [],
             world_size=1, source=self.session.source))
+        self.policies.announce()
         self.session.flush_started = time.perf_counter()
 
     def _rate(self):

@@ -113,6 +113,7 @@ class TrainTop(LiteralApp):
         Binding("e", "early_stopping", "early stop on/off", tooltip="Turn early stopping on or off"),
         Binding("y", "log_scale", "log y", tooltip="Loss axis: log or linear scale"),
         Binding("s", "smoothing", "smoothing", tooltip="Loss smoothing: off, EMA 0.6, 0.9, 0.99"),
+        Binding("m", "next_metric", "metric", tooltip="The fourth plot: the next validation metric or extra scalar"),
         Binding("question_mark", "help", "help", key_display="?", tooltip="Show every key"),
         Binding("i", "inference", "inference", tooltip="Try the model on validation samples or a typed input"),
         Binding("q", "quit_run", "quit", tooltip="Quit (a live run asks: stop it, or leave it training)"),
@@ -134,6 +135,7 @@ class TrainTop(LiteralApp):
         self.outcome = ""  # "detached" or "stopped" once the user has quit a live run
         self.no_color = "NO_COLOR" in os.environ
         self.config_shown = False
+        self.metric_choice = 0  # which metric or scalar the fourth plot shows
 
     @property
     def state(self) -> RunState:
@@ -271,10 +273,7 @@ class TrainTop(LiteralApp):
                                                              self.vlines(), log_y=True))
         lx, ly = s.lr_series.view(buckets)
         self.main.query_one("#lr-plot", PlotWidget).show(Figure("learning rate", [Line(lx, ly, "lr", "orange")], self.vlines()))
-        mx, my = s.val_metric.view(buckets)
-        self.main.query_one("#metric-plot", PlotWidget).show(
-            Figure(f"val {s.metric_name}", [Line(mx, my, s.metric_name, "magenta")], self.vlines(),
-                   empty_text="after the first validation"))
+        self.main.query_one("#metric-plot", PlotWidget).show(self.metric_figure(buckets))
         self.main.query_one("#side", Literal).update(self.side_text())
         if len(s.loss):
             start_up_measured(self, "curves")
@@ -287,6 +286,28 @@ class TrainTop(LiteralApp):
             # Literal: as markup, every [section] header of the TOML would vanish.
             self.main.query_one("#config-view", Literal).update(dumps_toml(s.config))
             self.config_shown = True
+
+    def metric_choices(self) -> list[tuple[str, object]]:
+        """What the fourth plot can show: each validation metric, then each extra scalar of the loop."""
+        s = self.state
+        shown_first = [s.metric_name] if s.metric_name else []
+        names = shown_first + [n for n in s.metrics if n not in shown_first]
+        return [(f"val {n}", s.metrics.get(n, s.val_metric)) for n in names] + \
+            [(n, series) for n, series in s.scalars.items()]
+
+    def metric_figure(self, buckets: int) -> Figure:
+        choices = self.metric_choices()
+        if not choices:
+            return Figure(f"val {self.state.metric_name}".strip(), [], self.vlines(),
+                          empty_text="after the first validation")
+        title, series = choices[self.metric_choice % len(choices)]
+        x, y = series.view(buckets)
+        more = f"  (m: {len(choices) - 1} more)" if len(choices) > 1 else ""
+        return Figure(title + more, [Line(x, y, title, "magenta")], self.vlines())
+
+    def action_next_metric(self) -> None:
+        self.metric_choice += 1
+        self.drawn_version = -1
 
     def vlines(self) -> list[tuple[float, str]]:
         return [(m.step, m.label) for m in self.state.markers]
@@ -351,10 +372,11 @@ class TrainTop(LiteralApp):
             t.append(f" on, patience left {max(0, s.patience - s.since_best)}/{s.patience}\n")
         else:
             t.append(" off\n")
-        t.append("test\n", style="bold")
         if s.test:
+            t.append("test\n", style="bold")
             t.append("".join(f" {k} {fmt(v)}\n" for k, v in s.test.items()))
-        else:
+        elif s.source == "config":  # a loop of the user's own has no test of traintop's
+            t.append("test\n", style="bold")
             t.append(" after training\n", style="dim")
         if s.warnings:
             t.append(f"warnings ({len(s.warnings)})\n", style="bold red")

@@ -53,6 +53,9 @@ class RunState:
     val_loss: Series = field(default_factory=Series)
     val_metric: Series = field(default_factory=Series)
     metric_name: str = ""
+    source: str = "config"  # who owns the loop: config, watch, script, lightning, transformers
+    metrics: dict[str, Series] = field(default_factory=dict)  # every validation metric, by name
+    scalars: dict[str, Series] = field(default_factory=dict)  # a loop's extra per-step scalars
     layer_norms: dict[str, Series] = field(default_factory=dict)
     smoothers: dict[float, Ema] = field(default_factory=dict)
     markers: list[Marker] = field(default_factory=list)
@@ -108,7 +111,8 @@ class RunState:
         es = e.config.get("early_stopping", {})
         self.monitor, self.mode = es.get("monitor", "val_loss"), es.get("mode", "min")
         self.patience, self.early_enabled = es.get("patience", 0), es.get("enabled", True)
-        self.metric_name = "accuracy" if e.data.get("task") == "classification" else "rmse"
+        self.metric_name = {"classification": "accuracy", "regression": "rmse"}.get(e.data.get("task"), "")
+        self.source = e.source
         self.status = "running"
 
     def _on_steps(self, e: ev.Steps) -> None:
@@ -124,6 +128,9 @@ class RunState:
         layer_steps = np.asarray(getattr(e, "layer_steps", None) or e.step, dtype=np.float64)
         for name, norms in e.layer_norms.items():
             self.layer_norms.setdefault(name, Series(summarize=False)).extend(layer_steps[:len(norms)], norms)
+        for name, values in getattr(e, "scalars", {}).items():
+            self.scalars.setdefault(name, Series()).extend(
+                steps, np.asarray([np.nan if v is None else v for v in values], dtype=np.float64))
         self.step, self.epoch = e.step[-1], e.epoch[-1]
         self.samples_per_s, self.lr = e.samples_per_s, e.lr[-1]
         if self.status == "starting":
@@ -131,8 +138,12 @@ class RunState:
 
     def _on_validation(self, e: ev.Validation) -> None:
         self.val_loss.append(e.step, e.val_loss)
+        if not self.metric_name and e.metrics:  # a loop's own metrics: accuracy first, else the first named
+            self.metric_name = "accuracy" if "accuracy" in e.metrics else next(iter(e.metrics))
         if self.metric_name in e.metrics:
             self.val_metric.append(e.step, e.metrics[self.metric_name])
+        for name, value in e.metrics.items():
+            self.metrics.setdefault(name, Series()).append(e.step, value)
         self.since_best = e.since_best
         if e.best:
             self.best = e
@@ -155,6 +166,11 @@ class RunState:
 
     def _on_warning(self, e: ev.RunWarning) -> None:
         self.warnings.append(e)
+
+    def _on_early_stopping_changed(self, e: ev.EarlyStoppingChanged) -> None:
+        self.early_enabled, self.patience = e.enabled, e.patience
+        if e.monitor:
+            self.monitor = e.monitor
 
     def _on_early_stopped(self, e: ev.EarlyStopped) -> None:
         self.markers.append(Marker(e.step, "stop", "early stop"))
