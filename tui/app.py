@@ -27,7 +27,7 @@ from traintop.engine import events as ev
 
 from .inference import InferenceView
 from .plot import Figure, Line, PlotWidget
-from .headless import fmt
+from .headless import duration, fmt
 
 if TYPE_CHECKING:
     from .state import RunState
@@ -422,8 +422,16 @@ class TrainTop(App):
         await self.command(cmd.Checkpoint())
 
     async def action_early_stopping(self) -> None:
-        self.state.early_enabled = not self.state.early_enabled
-        await self.command(cmd.EarlyStopping(enabled=self.state.early_enabled))
+        if self.source is None:
+            self.notify("the engine is still starting", severity="warning")
+            return
+        reply = await self.source.send(cmd.EarlyStopping(enabled=not self.state.early_enabled))
+        # The engine's message is the confirmation: it warns when the run will stop at once.
+        severity = "error" if not reply.ok else ("warning" if reply.data.get("stops_next") else "information")
+        self.notify(reply.message, severity=severity, timeout=12 if severity == "warning" else None)
+        if reply.ok:
+            self.state.early_enabled = reply.data.get("enabled", not self.state.early_enabled)
+            self.state.patience = reply.data.get("patience", self.state.patience)
         self.state.version += 1
 
     def action_log_scale(self) -> None:
@@ -505,17 +513,6 @@ def palette_commands(app: App, system_commands):
     for command in system_commands:
         if command.title != "Quit":
             yield command
-
-
-def duration(seconds: float) -> str:
-    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def sparkline(values) -> str:
