@@ -111,7 +111,7 @@ class Run:
             "config_dir": str(cfg.base_dir),
             # who made the folder, and where: code named by the config is imported from it only
             # while both still hold (predict, show), unless the user passes --trust
-            "uid": os.getuid(), "folder": str(folder.path.resolve()), "inode": folder.path.stat().st_ino,
+            "uid": os.getuid(), "folder": str(folder.path.resolve()),
             "versions": {"traintop": _version(), "torch": torch.__version__,
                          "python": platform.python_version()},
         })

@@ -187,14 +187,15 @@ def foreign_reason(folder: RunFolder, meta: dict[str, Any] | None) -> str:
     """Why code recorded in this run folder is not the current user's own, in place; "" when it is.
 
     A folder is the user's own when they own it and meta.json records them as its maker, and in
-    place when its path and inode are the ones meta.json recorded: a copied or unpacked folder is
-    neither. meta.json can be forged; --trust is still the user's call on code from others.
+    place when its path is the one meta.json recorded: a folder copied or unpacked elsewhere is
+    not. This catches folders that came from elsewhere by accident; a meta.json forged to name
+    this user and the exact path it will be unpacked to would pass.
     """
     try:
-        stat = os.stat(folder.path)
+        owner = os.stat(folder.path).st_uid
     except OSError as e:
         return f"its folder could not be checked ({e.strerror or e})"
-    owner, me = stat.st_uid, os.getuid()
+    me = os.getuid()
     if owner != me:
         return f"the run folder belongs to another user (uid {owner})"
     if meta is None:
@@ -208,8 +209,6 @@ def foreign_reason(folder: RunFolder, meta: dict[str, Any] | None) -> str:
         return "its meta.json does not record where it was made"
     if made_at != here:
         return f"the run folder has moved since it was made (made at {made_at}, now at {here})"
-    if meta.get("inode") != stat.st_ino:  # a copy put back where the original was made
-        return "the run folder is not the one made there (it was copied or restored)"
     return ""
 
 
