@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     advises retrying with weights_only=False, which would run whatever the file holds.
     """
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
     except OSError as e:
         raise UserError(f"{path} could not be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device behind a symlink: reading could never end
+        raise UserError(f"{path} is not a regular file: the checkpoint is damaged and was not loaded")
+    size = info.st_size
     if size == 0:
         raise UserError(f"{path} is empty (0 bytes): the checkpoint is damaged and was not loaded")
     try:

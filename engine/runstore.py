@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -73,12 +74,9 @@ class RunFolder:
         UserError naming it: a damaged folder says so instead of passing for an empty one.
         """
         path = self.path / which
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        data = read_file(path)
+        if data is None:
             return None
-        except OSError as e:
-            raise UserError(f"{path} could not be read: {e.strerror or e}") from None
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError) as e:  # ValueError includes bytes that are not UTF-8
@@ -87,6 +85,19 @@ class RunFolder:
         if not isinstance(obj, dict):
             raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object: the file is damaged")
         return obj
+
+
+def read_file(path: Path) -> bytes | None:
+    """The bytes of a file of a run folder; None when absent. Anything but a regular file (a
+    FIFO, /dev/zero behind a symlink) is refused, not read: reading it could hang or never end."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(f"{path} is not a regular file: the run folder is damaged")
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UserError(f"{path} could not be read: {e.strerror or e}") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -101,12 +112,9 @@ def read_events(path: Path) -> tuple[list[Event], bool]:
 
     A missing or unreadable file, or a bad line before the last, is a UserError naming the file.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: the run folder is incomplete or damaged") from None
-    except OSError as e:
-        raise UserError(f"{path} could not be read: {e.strerror or e}") from None
+    data = read_file(path)
+    if data is None:
+        raise UserError(f"{path} is missing: the run folder is incomplete or damaged")
     events: list[Event] = []
     torn = False
     lines = data.split(b"\n")

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import termios
 import time
-from pathlib import Path
 
 from traintop.engine import commands as cmd
 from traintop.engine import events as ev

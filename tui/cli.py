@@ -19,6 +19,7 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def build_parser() -> argparse.ArgumentParser:
     from traintop.engine.runstore import STATUSES
+
     parser = argparse.ArgumentParser(
         prog="traintop", description="Run, watch and steer PyTorch training from a terminal.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -645,7 +646,7 @@ def cmd_ls(args) -> int:
     if args.last:
         runs = runs[-args.last:]
     if not runs:
-        print(f"no runs in {runs_dir} match")
+        print(f"no runs in {runs_dir} match these filters")
         return 0
     rows = [("RUN", "NAME", "STATUS", "EPOCHS", "BEST VAL", "TEST", "STARTED", "DURATION")]
     rows += [(r.run_id, r.name or "-", r.status, str(r.epochs) if r.status != "unreadable" else "-", r.best,
