@@ -113,9 +113,15 @@ class FinishedRun:
 
     live = False
 
-    def __init__(self, folder: RunFolder):
+    def __init__(self, folder: RunFolder, trust: bool = False):
+        """Read the run's events.jsonl (a missing or damaged one is a UserError naming it).
+
+        `trust`: the prediction process may import the run's Python model and data even from a
+        folder that is not the user's own, in place (`--trust`).
+        """
         self.folder = folder
-        self._events, self.torn = read_events(folder.events) if folder.events.exists() else ([], False)
+        self.trust = trust
+        self._events, self.torn = read_events(folder.events)
         self.closed_reason = ""
         self._predictions: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
@@ -141,6 +147,7 @@ class FinishedRun:
                 if proc is None or proc.returncode is not None:
                     proc = self._predictions = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "traintop.engine.predictor", str(self.folder.path),
+                        *(["--trust"] if self.trust else []),
                         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
                 request_id = next(self._ids)
@@ -172,11 +179,14 @@ class FinishedRun:
                 proc.kill()
 
 
-async def open_run(folder: RunFolder, parse_events: bool = True) -> LiveRun | FinishedRun:
-    """The run as a client sees it: live through its socket when an engine serves it, else its log."""
+async def open_run(folder: RunFolder, parse_events: bool = True, trust: bool = False) -> LiveRun | FinishedRun:
+    """The run as a client sees it: live through its socket when an engine serves it, else its log.
+
+    `trust` reaches a finished run's prediction process; a live run's engine predicts itself.
+    """
     if folder.socket.exists() and socket_is_live(folder.socket):
         try:
             return await LiveRun.connect(folder, parse_events)
         except UserError:
             pass  # it finished between the check and the connect
-    return FinishedRun(folder)
+    return FinishedRun(folder, trust)

@@ -82,16 +82,47 @@ class Event:
         """The event for a dict read from JSON; fields this version does not know are dropped."""
         cls = EVENT_TYPES.get(obj.get("event", ""))
         if cls is None:
-            return UnknownEvent(t=obj.get("t", 0.0), name=str(obj.get("event")), data=obj)
+            t = obj.get("t", 0.0)
+            if isinstance(t, bool) or not isinstance(t, (int, float)):
+                raise ValueError(f"event field 't' is {type(t).__name__}, not a number")
+            return UnknownEvent(t=t, name=str(obj.get("event")), data=obj)
         if cls is Steps:
             return Steps.from_columns(obj)
         wire_to_py = {wire: py for py, wire in cls.renames.items()}
-        names = {f.name for f in dataclasses.fields(cls)}
+        types = _field_types(cls)
         values = {wire_to_py.get(k, k): v for k, v in obj.items() if k != "event"}
-        for name in ("t", *cls.numbers):
-            if name in values:
-                values[name] = _null_as_nan(values[name])
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**checked(cls, {k: v for k, v in values.items() if k in types}))
+
+
+def checked(cls: type, kept: dict[str, Any]) -> dict[str, Any]:
+    """Field values read from the wire, each of its field's type (ValueError naming the field),
+    with null in number fields read back as NaN."""
+    types = _field_types(cls)
+    for name, value in kept.items():
+        allowed = WIRE_TYPES.get(types[name])
+        if allowed is not None and (not isinstance(value, allowed) or isinstance(value, bool) != (bool in allowed)):
+            # a damaged or forged log line: readers would fail on it later, far from the cause
+            wanted = "a number" if types[name] == "t" else types[name]
+            raise ValueError(f"{cls.kind} field {name!r} is {type(value).__name__}, not {wanted}")
+    for name in ("t", *cls.numbers):
+        if name in kept:
+            kept[name] = _null_as_nan(kept[name])
+    return kept
+
+
+# What each field type may hold on the wire; a float may be null (a non-finite number), not `t`.
+WIRE_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (int, float, type(None)), "bool": (bool,),
+    "dict": (dict,), "list": (list,), "t": (int, float),
+}
+_TYPES: dict[type, dict[str, str]] = {}
+
+
+def _field_types(cls: type) -> dict[str, str]:
+    """Field name -> the name of its type ("t" for the time every event has), per event class."""
+    if cls not in _TYPES:
+        _TYPES[cls] = {f.name: "t" if f.name == "t" else str(f.type) for f in dataclasses.fields(cls)}
+    return _TYPES[cls]
 
 
 def parse_line(line: str) -> Event:
@@ -158,10 +189,7 @@ class Steps(Event):
     def from_columns(cls, obj: dict[str, Any]) -> Steps:
         """A batch read back: unknown list columns are the loop's extra scalars; null is NaN."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in obj.items() if k in names}
-        for name in ("t", *cls.numbers):
-            if name in values:
-                values[name] = _null_as_nan(values[name])
+        values = checked(cls, {k: v for k, v in obj.items() if k in names})
         scalars = {k: _null_as_nan(v) for k, v in obj.items()
                    if k not in names and k != "event" and isinstance(v, list)}
         return cls(**values, scalars=scalars)

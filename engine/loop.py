@@ -428,12 +428,28 @@ class Trainer:
                 self.early.enabled = c.enabled
             if c.patience is not None:
                 self.early.patience = c.patience
-            state = "on" if self.early.enabled else "off"
-            return cmd.Reply(True, f"early stopping {state}, patience {self.early.patience}",
-                             {"enabled": self.early.enabled, "patience": self.early.patience})
+            return self.early_stopping_reply()
         if isinstance(c, cmd.Predict):
             return self.predict(c)
         return cmd.Reply(False, f"command {c.name!r} is not served by this engine")
+
+    def early_stopping_reply(self) -> cmd.Reply:
+        """What early stopping will now do, said before it happens: turned on with its patience
+        already used up, the run stops at the very next validation that does not improve."""
+        es = self.early
+        data = {"enabled": es.enabled, "patience": es.patience, "since_best": es.since_best,
+                "stops_next": es.enabled and es.best is not None and 0 < es.since_best and es.since_best >= es.patience}
+        if not es.enabled:
+            return cmd.Reply(True, f"early stopping off (patience {es.patience})", data)
+        if not data["stops_next"]:
+            return cmd.Reply(True, f"early stopping on, patience {es.patience} "
+                                   f"({es.since_best} validation(s) since the best)", data)
+        run = self.folder.run_id if self.folder else "RUN"
+        counted = f"{es.since_best} validation{'s' if es.since_best != 1 else ''} since the best"
+        return cmd.Reply(True, f"early stopping on: patience {es.patience} is already used up ({counted}); "
+                               "the run stops at the next validation unless it improves. Set a larger patience: "
+                               f"traintop ctl {run} early-stopping on --patience {es.since_best + max(es.patience, 1)}",
+                         data)
 
     def predict(self, c: cmd.Predict) -> cmd.Reply:
         """Forward only, on the current or best weights; emits a `prediction` event."""

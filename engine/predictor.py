@@ -17,16 +17,45 @@ import torch
 from . import commands as cmd
 from . import events as ev
 from .checkpoint import load_checkpoint
-from .config import load_config
+from .config import Config, load_config
 from .data import Dataset, load_data, load_preprocessor, read_csv_file
 from .errors import UserError
 from .evaluation import predict_outputs, predict_records
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
-from .runstore import RunFolder, read_events
+from .runstore import RunFolder, foreign_reason, read_events
 
 CHECKPOINTS = ("best", "last")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CHUNK = 256  # images decoded and predicted at a time
+
+
+def run_config(folder: RunFolder, trust: bool = False) -> Config:
+    """The run's resolved config, with relative paths and Python factories found where it was
+    configured (meta.json's config_dir).
+
+    Every path that builds a run's model or data from its folder comes through here. A config
+    that imports code (model.kind or data.source "python") is refused, unless `trust`, when the
+    folder is not the current user's own, in place: importing runs that code as the user.
+    """
+    if not folder.config.is_file():
+        raise UserError(f"{folder.config} is missing: the run folder is incomplete or damaged")
+    cfg = load_config(folder.config)
+    meta = folder.read_json("meta.json")
+    config_dir = (meta or {}).get("config_dir", str(folder.path))
+    if not isinstance(config_dir, str) or not config_dir:
+        raise UserError(f"{folder.meta} is damaged: its config_dir is {config_dir!r}, not a folder's path")
+    cfg.base_dir = Path(config_dir)
+    code = [(key, spec) for key, spec, imported in (
+        ("model.factory", cfg.model.factory, cfg.model.kind == "python"),
+        ("data.factory", cfg.data.factory, cfg.data.source == "python")) if imported]
+    if code and not trust:
+        why = foreign_reason(folder, meta)
+        if why:
+            modules = ", ".join(f"{spec.partition(':')[0]!r} ({key} = {spec!r})" for key, spec in code)
+            raise UserError(f"run {folder.run_id} imports Python code: module {modules} from {config_dir}. "
+                            f"It was not imported, because {why}; importing it would run that code as you. "
+                            "If you trust this run folder and that code, add --trust")
+    return cfg
 
 
 class Predictor:
@@ -41,8 +70,11 @@ class Predictor:
         self.step = step
 
     @classmethod
-    def from_folder(cls, folder: RunFolder, checkpoint: str = "best") -> Predictor:
-        """The run's model with the weights of `checkpoint` (best or last), on the CPU."""
+    def from_folder(cls, folder: RunFolder, checkpoint: str = "best", trust: bool = False) -> Predictor:
+        """The run's model with the weights of `checkpoint` (best or last), on the CPU.
+
+        `trust`: import the run's Python model even from a folder not the user's own, in place.
+        """
         if checkpoint not in CHECKPOINTS:
             raise UserError(f"--checkpoint is {checkpoint!r}; allowed: {', '.join(CHECKPOINTS)}")
         for path, what in ((folder.config, "config.toml"), (folder.preprocess, "preprocess.json")):
@@ -55,17 +87,29 @@ class Predictor:
             raise UserError(f"run {folder.run_id} has no {checkpoint}.pt yet"
                             + (f"; try --checkpoint {other}" if (folder.checkpoints / f"{other}.pt").is_file()
                                else ": nothing has been saved"))
-        cfg = load_config(folder.config)
-        # a python model's module lives next to the run's original config
-        cfg.base_dir = Path((folder.read_json("meta.json") or {}).get("config_dir", folder.path))
-        pre = load_preprocessor(folder.read_json("preprocess.json"))
-        n_classes = len(pre.classes)
-        objective = Objective(loss_name(cfg, pre.task, n_classes))
-        model = build_model(cfg, DataInfo.of(pre, n_model_outputs(objective.name, pre.task, n_classes)))
+        cfg = run_config(folder, trust)
+        fitted = folder.read_json("preprocess.json")
+        try:
+            pre = load_preprocessor(fitted)
+            n_classes = len(pre.classes)
+            objective = Objective(loss_name(cfg, pre.task, n_classes))
+            info = DataInfo.of(pre, n_model_outputs(objective.name, pre.task, n_classes))
+        except UserError as e:
+            raise UserError(f"{folder.preprocess}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - any odd value in a damaged file
+            raise UserError(f"{folder.preprocess} is damaged: it does not describe fitted preprocessing "
+                            f"({type(e).__name__}: {e})") from None
+        model = build_model(cfg, info)
         state = load_checkpoint(path)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+            step = int(state.get("step", 0))
+        except Exception as e:  # noqa: BLE001 - a checkpoint of another model, or damaged values
+            reason = f"no {e}" if isinstance(e, KeyError) else type(e).__name__
+            raise UserError(f"{path} does not fit this run's model ({reason}): it is damaged or "
+                            "comes from another run") from None
         model.eval()
-        return cls(model, objective, pre, checkpoint, int(state.get("step", 0)))
+        return cls(model, objective, pre, checkpoint, step)
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One answer per raw record: a label with class probabilities, or a value."""
@@ -137,24 +181,23 @@ class RunPredictions:
     come from the run's own split of its data, loaded once on first use.
     """
 
-    def __init__(self, folder: RunFolder):
+    def __init__(self, folder: RunFolder, trust: bool = False):
         self.folder = folder
+        self.trust = trust
         self.predictors: dict[str, Predictor] = {}
         self.data: Dataset | None = None
-        events, _ = read_events(folder.events) if folder.events.exists() else ([], False)
+        events, _ = read_events(folder.events)
         self.test_done = any(isinstance(e, ev.TestResult) for e in events)
 
     def predictor(self, weights: str) -> Predictor:
         checkpoint = "last" if weights == "current" else "best"
         if checkpoint not in self.predictors:
-            self.predictors[checkpoint] = Predictor.from_folder(self.folder, checkpoint)
+            self.predictors[checkpoint] = Predictor.from_folder(self.folder, checkpoint, self.trust)
         return self.predictors[checkpoint]
 
     def dataset(self) -> Dataset:
         if self.data is None:
-            cfg = load_config(self.folder.config)
-            cfg.base_dir = Path((self.folder.read_json("meta.json") or {}).get("config_dir", self.folder.path))
-            self.data = load_data(cfg)
+            self.data = load_data(run_config(self.folder, self.trust))
         return self.data
 
     def answer(self, c: cmd.Predict) -> cmd.Reply:
@@ -174,13 +217,13 @@ class RunPredictions:
                          {"outputs": outputs, "weights": c.weights, "step": p.step})
 
 
-def serve_predictions(folder: RunFolder, inp: IO[str], out: IO[str]) -> None:
+def serve_predictions(folder: RunFolder, inp: IO[str], out: IO[str], trust: bool = False) -> None:
     """Answer `predict` command lines from `inp` with reply lines on `out`, as the socket does.
 
-    `python -m traintop.engine.predictor RUN_FOLDER` runs this on stdin and stdout, for a client
-    that must not import torch itself (the dashboard, on a run no engine serves).
+    `python -m traintop.engine.predictor RUN_FOLDER [--trust]` runs this on stdin and stdout, for
+    a client that must not import torch itself (the dashboard, on a run no engine serves).
     """
-    answers = RunPredictions(folder)
+    answers = RunPredictions(folder, trust)
     for line in inp:
         request_id = None
         try:
@@ -198,13 +241,17 @@ def serve_predictions(folder: RunFolder, inp: IO[str], out: IO[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Serve predictions for the run folder `argv[0]` on stdin and stdout."""
+    """Serve predictions for the run folder `argv[0]` on stdin and stdout (`--trust` passed on)."""
     import os
     import sys
 
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what user code prints must not mix with replies
-    serve_predictions(RunFolder(Path(argv[0])), sys.stdin, replies)
+    try:
+        serve_predictions(RunFolder(Path(argv[0])), sys.stdin, replies, trust="--trust" in argv[1:])
+    except UserError as e:  # the client shows the last line of stderr as the reason
+        print(f"traintop: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -109,6 +109,9 @@ class Run:
             "host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now().isoformat(),
             "threads": torch.get_num_threads(),
             "config_dir": str(cfg.base_dir),
+            # who made the folder, and where: code named by the config is imported from it only
+            # while both still hold (predict, show), unless the user passes --trust
+            "uid": os.getuid(), "folder": str(folder.path.resolve()),
             "versions": {"traintop": _version(), "torch": torch.__version__,
                          "python": platform.python_version()},
         })

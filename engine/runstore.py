@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -67,11 +68,36 @@ class RunFolder:
         raise UserError(f"could not create a run folder in {runs_dir}")
 
     def read_json(self, which: str) -> dict[str, Any] | None:
-        """meta.json or report.json as a dict, or None when absent or unreadable."""
-        try:
-            return json.loads((self.path / which).read_text())
-        except (OSError, ValueError):
+        """meta.json, report.json or preprocess.json as a dict; None when the file is absent.
+
+        A file that is there but cannot be read, is not JSON or holds no JSON object is a
+        UserError naming it: a damaged folder says so instead of passing for an empty one.
+        """
+        path = self.path / which
+        data = read_file(path)
+        if data is None:
             return None
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError) as e:  # ValueError includes bytes that are not UTF-8
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+            raise UserError(f"{path} is not valid JSON ({reason}): the file is damaged") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object: the file is damaged")
+        return obj
+
+
+def read_file(path: Path) -> bytes | None:
+    """The bytes of a file of a run folder; None when absent. Anything but a regular file (a
+    FIFO, /dev/zero behind a symlink) is refused, not read: reading it could hang or never end."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(f"{path} is not a regular file: the run folder is damaged")
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UserError(f"{path} could not be read: {e.strerror or e}") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -82,31 +108,36 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_events(path: Path) -> tuple[list[Event], bool]:
-    """All events of a run; a torn last line (a killed writer) is skipped and reported as True."""
+    """All events of a run; a torn last line (a killed writer) is skipped and reported as True.
+
+    A missing or unreadable file, or a bad line before the last, is a UserError naming the file.
+    """
+    data = read_file(path)
+    if data is None:
+        raise UserError(f"{path} is missing: the run folder is incomplete or damaged")
     events: list[Event] = []
     torn = False
-    if not path.exists():  # a run still loading its data has written nothing yet
-        return events, torn
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = data.split(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            events.append(parse_line(line))
-        except ValueError:
+            events.append(parse_line(line.decode("utf-8")))
+        except (ValueError, TypeError, RecursionError):  # not JSON, not UTF-8, not an event
             if i >= len(lines) - 2:  # the last line written: torn by a kill
                 torn = True
             else:
-                raise UserError(f"{path}: line {i + 1} is not a valid event") from None
+                raise UserError(f"{path}: line {i + 1} is not a valid event: the file is damaged") from None
     return events, torn
 
 
 def pid_alive(pid: int) -> bool:
     """True when a process with this pid exists."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # kill(-1, 0) and kill(0, 0) would ask about many processes at once
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -160,6 +191,35 @@ def is_live(folder: RunFolder) -> bool:
     return folder.read_json("report.json") is None and pid_alive(meta.get("pid", -1)) and not folder.socket.exists()
 
 
+def foreign_reason(folder: RunFolder, meta: dict[str, Any] | None) -> str:
+    """Why code recorded in this run folder is not the current user's own, in place; "" when it is.
+
+    A folder is the user's own when they own it and meta.json records them as its maker, and in
+    place when its path is the one meta.json recorded: a folder copied or unpacked elsewhere is
+    not. This catches folders that came from elsewhere by accident; a meta.json forged to name
+    this user and the exact path it will be unpacked to would pass.
+    """
+    try:
+        owner = os.stat(folder.path).st_uid
+    except OSError as e:
+        return f"its folder could not be checked ({e.strerror or e})"
+    me = os.getuid()
+    if owner != me:
+        return f"the run folder belongs to another user (uid {owner})"
+    if meta is None:
+        return "it has no meta.json, so who made it and where is unknown"
+    if "uid" not in meta:
+        return "its meta.json does not record who made it"
+    if meta["uid"] != me:
+        return f"its meta.json says another user made it (uid {meta['uid']!r})"
+    made_at, here = meta.get("folder"), str(folder.path.resolve())
+    if not isinstance(made_at, str):
+        return "its meta.json does not record where it was made"
+    if made_at != here:
+        return f"the run folder has moved since it was made (made at {made_at}, now at {here})"
+    return ""
+
+
 def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
     """A run from an id, a unique id prefix, a name, a folder path, or `latest`."""
     p = Path(spec).expanduser()
@@ -175,7 +235,7 @@ def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
         return RunFolder(exact[0])
     matches = [d for d in runs if d.name.startswith(spec)]
     if not matches:
-        matches = [d for d in runs if (RunFolder(d).read_json("meta.json") or {}).get("name") == spec]
+        matches = [d for d in runs if _name_of(RunFolder(d)) == spec]
         if len(matches) > 1:  # a name used twice means its latest run
             matches = matches[-1:]
     if len(matches) == 1:
@@ -185,9 +245,22 @@ def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
     raise UserError(f"{spec!r} matches {len(matches)} runs: " + ", ".join(d.name for d in matches[:5]))
 
 
+def _name_of(folder: RunFolder) -> str | None:
+    """The run's name from meta.json; None when a damaged meta.json does not say."""
+    try:
+        name = (folder.read_json("meta.json") or {}).get("name")
+    except UserError:
+        return None
+    return name if isinstance(name, str) else None
+
+
+STATUSES = ("running", "paused", "completed", "early-stopped", "stopped", "failed", "killed", "unreadable")
+RUN_FILES = ("meta.json", "events.jsonl", "report.json")  # any of them makes a run folder
+
+
 @dataclass
 class RunSummary:
-    """One line of `traintop ls`."""
+    """One line of `traintop ls`; `reason` says why an unreadable run could not be read."""
 
     run_id: str
     name: str
@@ -196,31 +269,83 @@ class RunSummary:
     best: str
     test: str
     started: str
+    seconds: float | None = None  # how long it trained: report.json's seconds, else its last event's t
+    reason: str = ""
+    sort_key: str = ""  # its start time (ISO), or the folder's modification time when unknown
 
 
-def _metric_text(name: str, value: float | None) -> str:
-    return "-" if value is None else f"{name} {value:.4g}"
+def _metric_text(name: str, value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return f"{name} {value:.4g}"
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def paused_now(events: list[Event]) -> bool:
+    """True when the last pause of these events has no resume after it."""
+    from . import events as ev
+
+    state = [e for e in events if isinstance(e, (ev.Paused, ev.Resumed))]
+    return bool(state) and isinstance(state[-1], ev.Paused)
 
 
 def summarize(folder: RunFolder) -> RunSummary:
-    """What `ls` shows of a run: from report.json when finished, else from its events."""
-    meta = folder.read_json("meta.json") or {}
+    """What `ls` shows of a run: from report.json when finished, else from its events.
+
+    A damaged file (or a missing events.jsonl) is a UserError naming it.
+    """
+    meta = folder.read_json("meta.json")
+    if meta is None:
+        raise UserError(f"{folder.meta} is missing: the run folder is incomplete or damaged")
     report = folder.read_json("report.json")
+    seconds = report.get("seconds") if report is not None else None
+    if report is not None and not folder.events.exists():  # show, attach and export would fail
+        raise UserError(f"{folder.events} is missing: the run folder is incomplete or damaged")
     if report is None:
-        report = report_from_events(read_events(folder.events)[0]) if folder.events.exists() else {}
-        report["status"] = "running" if is_live(folder) else "killed"
-    best = report.get("best") or {}
-    test = report.get("test") or {}
+        live = is_live(folder)
+        if not folder.events.exists() and live:
+            events = []  # still loading its data: nothing logged yet
+        else:
+            events = read_events(folder.events)[0]
+        report = report_from_events(events)
+        if live:
+            report["status"] = "paused" if paused_now(events) else "running"
+        elif "status" not in report:  # run_finished logged, but no report.json: keep what it said
+            report["status"] = "killed"
+        seconds = events[-1].t if events else None
+    best, test = _dict(report.get("best")), _dict(report.get("test"))
     test_name = "accuracy" if "accuracy" in test else ("rmse" if "rmse" in test else "loss")
+    started = meta.get("started") if isinstance(meta.get("started"), str) else ""
+    name = meta.get("name") if isinstance(meta.get("name"), str) else ""
+    epochs = report.get("epochs", 0)
     return RunSummary(
         run_id=folder.run_id,
-        name=meta.get("name", ""),
-        status=report.get("status", "?").replace("_", "-"),
-        epochs=report.get("epochs", 0),
-        best=_metric_text(best.get("monitor", ""), best.get("value")),
+        name=name,
+        status=str(report.get("status", "?")).replace("_", "-"),
+        epochs=epochs if isinstance(epochs, int) else 0,
+        best=_metric_text(str(best.get("monitor", "")), best.get("value")),
         test=_metric_text(test_name, test.get(test_name)),
-        started=meta.get("started", "")[:19].replace("T", " "),
+        started=started[:19].replace("T", " "),
+        seconds=float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None,
+        sort_key=started or _mtime(folder.path),
     )
+
+
+def _mtime(path: Path) -> str:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime).isoformat()
+    except OSError:
+        return ""
+
+
+def unreadable(folder: RunFolder, reason: str) -> RunSummary:
+    """The `ls` line of a run whose files cannot be read; the reason names the file at fault."""
+    reason = reason.replace(str(folder.path) + os.sep, "")  # the file's name is enough beside its run
+    return RunSummary(run_id=folder.run_id, name="", status="unreadable", epochs=0, best="-", test="-",
+                      started="", reason=reason, sort_key=_mtime(folder.path))
 
 
 def report_from_events(events: list[Event]) -> dict[str, Any]:
@@ -245,8 +370,21 @@ def report_from_events(events: list[Event]) -> dict[str, Any]:
 
 
 def list_runs(runs_dir: Path) -> list[RunSummary]:
-    """Every run in `runs_dir`, oldest first."""
-    if not runs_dir.is_dir():
-        return []
-    return [summarize(RunFolder(d)) for d in sorted(runs_dir.iterdir())
-            if d.is_dir() and (d / "meta.json").exists()]
+    """Every run in `runs_dir`, oldest start first. A run whose files cannot be read is listed as
+    `unreadable` with the reason, so one damaged folder never hides the others."""
+    try:
+        entries = list(runs_dir.iterdir()) if runs_dir.is_dir() else []
+    except OSError as e:
+        raise UserError(f"runs dir {runs_dir} could not be read: {e.strerror or e}") from None
+    runs: list[RunSummary] = []
+    for d in entries:
+        folder = RunFolder(d)
+        try:
+            if not d.is_dir() or not any((d / f).exists() for f in RUN_FILES):
+                continue  # not a run: a stray file, or a run still creating its folder
+            runs.append(summarize(folder))
+        except UserError as e:
+            runs.append(unreadable(folder, str(e)))
+        except Exception as e:  # noqa: BLE001 - odd values in a damaged file: the listing goes on
+            runs.append(unreadable(folder, f"its files do not read as a run's ({type(e).__name__}: {e})"))
+    return sorted(runs, key=lambda r: (r.sort_key, r.run_id))

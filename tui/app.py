@@ -9,7 +9,6 @@ most ten times a second, and only when something changed.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ from textual.widgets import Button, Footer, Input, TabbedContent, TabPane
 from traintop.engine import commands as cmd
 from traintop.engine import events as ev
 
-from .headless import fmt
+from .headless import duration, fmt
 from .inference import InferenceView
 from .literal import Literal, LiteralApp, LiteralLabel, LiteralText, shown
 from .plot import Figure, Line, PlotWidget
@@ -447,8 +446,16 @@ class TrainTop(LiteralApp):
         await self.command(cmd.Checkpoint())
 
     async def action_early_stopping(self) -> None:
-        self.state.early_enabled = not self.state.early_enabled
-        await self.command(cmd.EarlyStopping(enabled=self.state.early_enabled))
+        if self.source is None:
+            self.notify("the engine is still starting", severity="warning")
+            return
+        reply = await self.source.send(cmd.EarlyStopping(enabled=not self.state.early_enabled))
+        # The engine's message is the confirmation: it warns when the run will stop at once.
+        severity = "error" if not reply.ok else ("warning" if reply.data.get("stops_next") else "information")
+        self.notify(reply.message, severity=severity, timeout=12 if severity == "warning" else None)
+        if reply.ok:
+            self.state.early_enabled = reply.data.get("enabled", not self.state.early_enabled)
+            self.state.patience = reply.data.get("patience", self.state.patience)
         self.state.version += 1
 
     def action_log_scale(self) -> None:
@@ -530,19 +537,6 @@ def palette_commands(app: App, system_commands):
     for command in system_commands:
         if command.title != "Quit":
             yield command
-
-
-def duration(seconds: float) -> str:
-    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
-    if not math.isfinite(seconds):
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def sparkline(values) -> str:

@@ -20,9 +20,16 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from traintop.engine.runstore import STATUSES
+
     parser = argparse.ArgumentParser(
         prog="traintop", description="Run, watch and steer PyTorch training from a terminal.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def trust_flag(p):
+        p.add_argument("--trust", action="store_true",
+                       help="import the run's Python model or data (model.kind or data.source \"python\") "
+                       "even from a run folder that is not your own, in place (copied, moved, another user's)")
 
     def runs_dir(p):
         p.add_argument("--runs-dir", type=Path, help="where runs live (default: TRAINTOP_RUNS_DIR "
@@ -50,22 +57,35 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", nargs="?", help="a TOML config; none means the built-in demo")
     overrides(check)
 
-    ls = sub.add_parser("ls", help="list runs")
+    ls = sub.add_parser("ls", help="list runs, oldest start first")
+    ls.add_argument("--status", type=lambda text: text.replace("_", "-"), choices=STATUSES,
+                    help="only runs in this state")
+    ls.add_argument("--name", help="only runs of this name (shell patterns allowed: 'digits*')")
+    ls.add_argument("--last", type=positive_int, metavar="N", help="only the N most recently started")
     runs_dir(ls)
+
+    rm = sub.add_parser("rm", help="remove finished runs (never a live one)")
+    rm.add_argument("runs", nargs="+", metavar="RUN", help="run id, unique prefix, name, folder or `latest`")
+    rm.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    runs_dir(rm)
 
     attach = sub.add_parser("attach", help="follow a live run (its history, then live), or read a finished one")
     attach.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     attach.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
+    trust_flag(attach)
     runs_dir(attach)
 
     show = sub.add_parser("show", help="the dashboard on finished (or live) runs")
     show.add_argument("runs", nargs="+", metavar="RUN", help="run id, unique prefix, name, folder or `latest`")
+    trust_flag(show)
     runs_dir(show)
 
     ctl = sub.add_parser("ctl", help="steer a live run from a script or another shell")
     ctl.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     ctl.add_argument("action", choices=CTL_ACTIONS, help="what to do")
-    ctl.add_argument("value", nargs="?", help="lr: a value (0.01) or a factor (x0.5)")
+    ctl.add_argument("value", nargs="?", help="lr: a value (0.01) or a factor (x0.5); early-stopping: on or off")
+    ctl.add_argument("--patience", metavar="N", help="early-stopping: validations without improvement "
+                     "before the run stops")
     runs_dir(ctl)
 
     resume = sub.add_parser("resume", help="continue a stopped or killed run from its last checkpoint")
@@ -87,11 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", choices=["best", "last"], default="best",
                          help="which saved weights (default: best)")
     predict.add_argument("--out", type=Path, help="write the predictions CSV here (default: stdout)")
+    trust_flag(predict)
     runs_dir(predict)
     return parser
 
 
-CTL_ACTIONS = ["pause", "resume", "stop", "validate", "checkpoint", "lr"]
+CTL_ACTIONS = ["pause", "resume", "stop", "validate", "checkpoint", "lr", "early-stopping"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
                 "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show,
-                "predict": cmd_predict}
+                "predict": cmd_predict, "rm": cmd_rm}
     try:
         code = commands[args.command](args)
     except UserError as e:
@@ -234,11 +266,31 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
         import shutil
 
         shutil.rmtree(folder.path, ignore_errors=True)
-    report = folder.read_json("report.json") or {}
-    if report:
-        print(f"{folder.run_id}: {report.get('status', '?').replace('_', ' ')}"
-              + (f", test {report['test']}" if report.get("test") else ""))
+    for line in report_lines(folder):
+        print(line)
     return code
+
+
+def report_lines(folder) -> list[str]:
+    """A finished run in a few lines, as the headless log ends: status, best, test, folder."""
+    from .headless import fmt, metrics_text
+
+    try:
+        report = folder.read_json("report.json") or {}
+    except UserError as e:
+        return [f"traintop: {e}"]
+    if not report:
+        return []
+    lines = [f"{folder.run_id}: {str(report.get('status', '?')).replace('_', ' ')}"]
+    best = report.get("best")
+    if isinstance(best, dict) and isinstance(best.get("value"), (int, float)):
+        lines.append(f"  best    {best.get('monitor', '')} {fmt(best['value'])} at epoch {best.get('epoch')}"
+                     f" (step {best.get('step')})")
+    test = report.get("test")
+    if isinstance(test, dict) and test:
+        lines.append(f"  test    {metrics_text(test)}")
+    lines.append(f"  folder  {folder.path}")
+    return lines
 
 
 def detach(cfg, args, child_args: list, folder=None) -> int:
@@ -335,14 +387,37 @@ def run_engine(run) -> int:
     return EXIT_CODES.get(status, 1)
 
 
-def dashboard(folder) -> int:
-    """The dashboard on an existing run, live or finished."""
-    from .app import TrainTop
+def finished_run(folder, trust: bool = False):
+    """The run read from its folder when no engine serves it, else None (a live one is reached
+    from the dashboard). Read here, before a dashboard takes the terminal, so that a damaged
+    folder is a plain message; a run still starting up is told apart from a damaged one."""
+    from traintop.engine.client import FinishedRun
+    from traintop.engine.runstore import is_live, socket_is_live
+
+    if folder.socket.exists() and socket_is_live(folder.socket):
+        return None
+    if not folder.events.exists() and is_live(folder):
+        raise UserError(f"run {folder.run_id} is still starting (nothing logged yet); try again in a moment")
+    return FinishedRun(folder, trust)
+
+
+def source_opener(folder, trust: bool = False):
+    """The dashboard's opener for a run: its finished log, read now, or its live socket, later."""
+    finished = finished_run(folder, trust)
 
     async def opener():
+        if finished is not None:
+            return finished
         from traintop.engine.client import open_run  # after the first frame: it is not needed before
 
-        return await open_run(folder)
+        return await open_run(folder, trust=trust)
+    return opener
+
+
+def dashboard(folder, trust: bool = False) -> int:
+    """The dashboard on an existing run, live or finished."""
+    opener = source_opener(folder, trust)
+    from .app import TrainTop
 
     outcome = TrainTop(opener, title=folder.run_id).run()
     if outcome == "detached":
@@ -355,11 +430,11 @@ def cmd_show(args) -> int:
 
     folders = [resolve_run(spec, _runs_dir(args)) for spec in args.runs]
     if len(folders) == 1:
-        return dashboard(folders[0])
-    return compare(folders)
+        return dashboard(folders[0], args.trust)
+    return compare(folders, args.trust)
 
 
-def compare(folders: list) -> int:
+def compare(folders: list, trust: bool = False) -> int:
     """Several runs overlaid, one colour per run; a run's name labels it unless two share it."""
     from .compare import CompareTop
 
@@ -368,17 +443,10 @@ def compare(folders: list) -> int:
         if folder.path.resolve() in seen:
             raise UserError(f"run {folder.run_id} is named twice; name each run once")
         seen.add(folder.path.resolve())
-    names = [(folder.read_json("meta.json") or {}).get("name") or folder.run_id for folder in folders]
+    names = [str((folder.read_json("meta.json") or {}).get("name") or folder.run_id) for folder in folders]
     labels = [name if names.count(name) == 1 else folder.run_id for name, folder in zip(names, folders)]
-
-    def opener(folder):
-        async def open_it():
-            from traintop.engine.client import open_run
-
-            return await open_run(folder)
-        return open_it
-
-    CompareTop([(label, opener(folder)) for label, folder in zip(labels, folders)]).run()
+    openers = [source_opener(folder, trust) for folder in folders]
+    CompareTop(list(zip(labels, openers))).run()
     return 0
 
 
@@ -390,12 +458,13 @@ def cmd_attach(args) -> int:
 
     folder = _folder(args)
     if wants_dashboard(args):
-        return dashboard(folder)
+        return dashboard(folder, args.trust)
     printer = HeadlessPrinter()
     printer.folder = str(folder.path)
+    finished = finished_run(folder)
 
     async def follow():
-        source = await open_run(folder)
+        source = finished or await open_run(folder)
         if source.torn:
             print("note: the last line of events.jsonl was torn (its writer was killed) and is skipped",
                   file=sys.stderr)
@@ -420,9 +489,20 @@ def cmd_attach(args) -> int:
         return 0
 
 
-def ctl_command(action: str, value: str | None):
-    """The engine command for `traintop ctl RUN ACTION [VALUE]`."""
+def ctl_command(action: str, value: str | None, patience: str | None = None):
+    """The engine command for `traintop ctl RUN ACTION [VALUE] [--patience N]`."""
     from traintop.engine import commands as c
+
+    if action == "early-stopping":
+        switch = {"on": True, "off": False, None: None}
+        key = value.lower() if value is not None else None
+        if key not in switch:
+            raise UserError(f"ctl early-stopping {value!r}: expected on or off (and --patience N to set it)")
+        if key is None and patience is None:
+            raise UserError("ctl early-stopping needs on, off or --patience N")
+        return c.EarlyStopping(enabled=switch[key], patience=None if patience is None else patience_value(patience))
+    if patience is not None:
+        raise UserError(f"--patience goes with `ctl RUN early-stopping`, not with ctl {action}")
 
     if action == "lr":
         if value is None:
@@ -439,10 +519,24 @@ def ctl_command(action: str, value: str | None):
             "checkpoint": c.Checkpoint}[action]()
 
 
+PATIENCE_MAX = 1_000_000
+
+
+def patience_value(text: str) -> int:
+    """--patience N: a whole number of validations, 0 to PATIENCE_MAX."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= PATIENCE_MAX:
+        raise UserError(f"--patience {text!r}: expected a whole number of validations from 0 to {PATIENCE_MAX:,}")
+    return value
+
+
 def cmd_ctl(args) -> int:
     from traintop.engine.client import LiveRun
 
-    command = ctl_command(args.action, args.value)
+    command = ctl_command(args.action, args.value, args.patience)
     folder = _folder(args)
 
     async def send():
@@ -499,7 +593,7 @@ def cmd_predict(args) -> int:
     from traintop.engine.predictor import Predictor
 
     folder = _folder(args)
-    predictor = Predictor.from_folder(folder, args.checkpoint)
+    predictor = Predictor.from_folder(folder, args.checkpoint, trust=args.trust)
     ids, answers = predictor.predict_input(args.input)
     text = predictor.table(ids, answers)
     if args.out is None:
@@ -539,16 +633,79 @@ def cmd_check(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from traintop.engine.runstore import default_runs_dir, list_runs
+    from fnmatch import fnmatchcase
 
-    runs_dir = args.runs_dir or default_runs_dir()
+    from traintop.engine.runstore import list_runs
+
+    from .headless import duration
+
+    runs_dir = _runs_dir(args)
     runs = list_runs(runs_dir)
     if not runs:
         print(f"no runs in {runs_dir}")
         return 0
-    rows = [("RUN", "NAME", "STATUS", "EPOCHS", "BEST VAL", "TEST", "STARTED")]
-    rows += [(r.run_id, r.name, r.status, str(r.epochs), r.best, r.test, r.started) for r in runs]
+    if args.status:
+        runs = [r for r in runs if r.status == args.status]
+    if args.name:
+        runs = [r for r in runs if fnmatchcase(r.name, args.name)]
+    if args.last:
+        runs = runs[-args.last:]
+    if not runs:
+        print(f"no runs in {runs_dir} match these filters")
+        return 0
+    rows = [("RUN", "NAME", "STATUS", "EPOCHS", "BEST VAL", "TEST", "STARTED", "DURATION")]
+    rows += [(r.run_id, r.name or "-", r.status, str(r.epochs) if r.status != "unreadable" else "-", r.best,
+              r.test, r.started or "-", "-" if r.seconds is None else duration(r.seconds)) for r in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    for r in runs:
+        if r.reason:
+            print(f"unreadable: {r.run_id}: {r.reason}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    """Remove finished runs' folders, after asking (or with --yes); never a live run's."""
+    import shutil
+
+    from traintop.engine.runstore import RUN_FILES, is_live, resolve_run, socket_is_live
+
+    runs_dir = _runs_dir(args)
+    folders = []
+    for spec in args.runs:
+        folder = resolve_run(spec, runs_dir)
+        if folder.path.is_symlink():
+            raise UserError(f"{folder.path} is a symbolic link, not a run folder; nothing removed")
+        if not any((folder.path / f).exists() for f in RUN_FILES):
+            raise UserError(f"{folder.path} is not a run folder (it has no {', '.join(RUN_FILES)}); "
+                            "nothing removed")
+        try:
+            live = is_live(folder)
+        except UserError:  # a damaged meta.json: only the socket can tell
+            live = folder.socket.exists() and socket_is_live(folder.socket)
+        if live:
+            raise UserError(f"run {folder.run_id} is live; stop it first (traintop ctl {folder.run_id} stop), "
+                            "then remove it; nothing removed")
+        if folder.path.resolve() not in [f.path.resolve() for f in folders]:
+            folders.append(folder)
+    names = ", ".join(f.run_id for f in folders)
+    what = f"{len(folders)} run{'s' if len(folders) != 1 else ''} ({names})"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"rm asks before it removes {what}, and there is no terminal to ask on; "
+                            "add --yes to remove them")
+        try:
+            answer = input(f"remove {what}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 0
+    for folder in folders:
+        try:
+            shutil.rmtree(folder.path)
+        except OSError as e:
+            raise UserError(f"could not remove {folder.path}: {e.strerror or e}") from None
+        print(f"removed {folder.run_id}")
     return 0

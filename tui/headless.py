@@ -24,6 +24,19 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
 
 
+def duration(seconds: float) -> str:
+    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
+    if not math.isfinite(seconds):
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
 def metrics_text(metrics: dict) -> str:
     return "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items())
 

@@ -1,0 +1,381 @@
+"""Run folders as users find them: damaged, copied, hostile, many. Real runs, real files, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from traintop.engine import commands as cmd
+from traintop.engine.client import FinishedRun
+from traintop.engine.errors import UserError
+from traintop.engine.predictor import Predictor
+from traintop.engine.runstore import RunFolder, resolve_run
+
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+DIGIT_FEATURES = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+
+
+def traintop(*args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRAINTOP, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def refused(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """Assert a clean refusal: exit 2, a message holding `words`, no traceback; the message."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+class Planted:
+    """An object whose unpickling would write a file: loading it would run code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "the checkpoint ran code"))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> RunFolder:
+    """A finished digits run (two epochs), made once for the module; tests damage copies of it."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = traintop("run", "--headless", "--set", "train.epochs=2", "--runs-dir", str(runs))
+    assert proc.returncode == 0, proc.stderr
+    return resolve_run("latest", runs)
+
+
+@pytest.fixture(scope="module")
+def digits_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "digits.csv"
+    path.write_text(",".join(DIGIT_FEATURES) + "\n" + ",".join("3" for _ in DIGIT_FEATURES) + "\n")
+    return path
+
+
+def copy_of(run: RunFolder, into: Path, name: str, killed: bool = False) -> RunFolder:
+    """A copy of the run's folder; `killed`: as if the engine died before the end (resumable)."""
+    into.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(Path(shutil.copytree(run.path, into / name)))
+    if killed:
+        meta = json.loads(folder.meta.read_text())
+        folder.meta.write_text(json.dumps({**meta, "pid": -1}))  # its engine is gone, whatever reuses the pid
+        folder.report.unlink()
+        lines = folder.events.read_text().splitlines(keepends=True)
+        folder.events.write_text("".join(line for line in lines if '"run_finished"' not in line))
+    return folder
+
+
+DAMAGE = {
+    "random": lambda path: path.write_bytes(os.urandom(4000)),
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[:3000]),
+    "empty": lambda path: path.write_bytes(b""),
+    "a list": lambda path: torch.save([1, 2, 3], path),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_checkpoint_is_named_by_predict_and_resume_never_with_a_traceback(finished, tmp_path,
+                                                                                     digits_csv, damage):
+    folder = copy_of(finished, tmp_path, "copy", killed=True)
+    DAMAGE[damage](folder.best)
+    DAMAGE[damage](folder.last)
+    events_before = folder.events.read_bytes()
+    refused(traintop("predict", str(folder.path), str(digits_csv)), "checkpoints/best.pt", "was not loaded")
+    refused(traintop("predict", str(folder.path), str(digits_csv), "--checkpoint", "last"), "checkpoints/last.pt")
+    refused(traintop("resume", str(folder.path)), "checkpoints/last.pt", "was not loaded")
+    assert folder.events.read_bytes() == events_before  # the refused resume touched nothing
+
+
+def test_a_checkpoint_holding_pickled_code_is_refused_as_possibly_hostile_and_never_run(finished, tmp_path,
+                                                                                       digits_csv):
+    folder = copy_of(finished, tmp_path, "copy", killed=True)
+    marker = tmp_path / "ran"
+    for path in (folder.best, folder.last):
+        torch.save({"model": Planted(marker), "step": 1}, path)
+    for args in (["predict", str(folder.path), str(digits_csv)], ["resume", str(folder.path)]):
+        message = refused(traintop(*args), "may be hostile", "was not loaded")
+        assert "weights_only" not in message and "trust the source" not in message  # torch's advice, never ours
+    assert not marker.exists()
+
+
+async def test_the_inference_view_of_a_finished_run_says_which_checkpoint_is_damaged(finished, tmp_path):
+    folder = copy_of(finished, tmp_path, "copy")
+    torch.save({"model": Planted(tmp_path / "ran")}, folder.best)
+    DAMAGE["truncated"](folder.last)
+    run = FinishedRun(folder)  # the dashboard's source: predictions come from a process of its own
+    try:
+        best = await run.send(cmd.Predict(request_id="b", weights="best", inputs=[{"split": "val", "index": 0}]))
+        assert not best.ok and "best.pt" in best.message and "may be hostile" in best.message
+        assert "weights_only" not in best.message
+        last = await run.send(cmd.Predict(request_id="c", weights="current", inputs=[{"split": "val", "index": 0}]))
+        assert not last.ok and "last.pt is damaged" in last.message
+    finally:
+        await run.close()
+    assert not (tmp_path / "ran").exists()
+
+
+JUNK_JSON = {
+    "not JSON": b"junk{",
+    "not UTF-8": b"\xff\xfe\x00junk",
+    "a list": b"[1, 2]",
+    "nested too deep": b"[" * 100000,
+}
+
+
+@pytest.mark.parametrize("which", ["preprocess.json", "meta.json"])
+@pytest.mark.parametrize("junk", list(JUNK_JSON))
+def test_a_junk_json_file_is_named_by_predict(finished, tmp_path, digits_csv, which, junk):
+    folder = copy_of(finished, tmp_path, "copy")
+    (folder.path / which).write_bytes(JUNK_JSON[junk])
+    refused(traintop("predict", str(folder.path), str(digits_csv)), which, "damaged")
+
+
+def test_preprocess_json_that_describes_nothing_and_a_junk_config_are_named(finished, tmp_path, digits_csv):
+    folder = copy_of(finished, tmp_path, "copy")
+    folder.preprocess.write_text('{"kind": "tabular", "features": 5}')
+    refused(traintop("predict", str(folder.path), str(digits_csv)), "preprocess.json", "damaged")
+    other = copy_of(finished, tmp_path, "other")
+    other.config.write_text("junk = [")
+    refused(traintop("predict", str(other.path), str(digits_csv)), "config.toml", "not valid TOML")
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_it(finished, tmp_path, digits_csv):
+    folder = copy_of(finished, tmp_path, "copy")
+    torch.save({"model": {"weight": torch.zeros(2, 2)}, "step": 3}, folder.best)
+    refused(traintop("predict", str(folder.path), str(digits_csv)), "best.pt does not fit this run's model")
+
+
+@pytest.mark.parametrize("damage", ["missing", "junk line", "not UTF-8", "wrong types"])
+def test_a_missing_or_damaged_events_log_is_named_by_show_attach_and_export(finished, tmp_path, damage):
+    folder = copy_of(finished, tmp_path, "copy")
+    if damage == "missing":
+        folder.events.unlink()
+    elif damage == "junk line":
+        folder.events.write_text("garbage\n" + folder.events.read_text())
+    elif damage == "not UTF-8":
+        folder.events.write_bytes(b"\xff\xfe garbage\n" + folder.events.read_bytes())
+    else:  # JSON, but not what the events' fields hold
+        folder.events.write_text('{"event": "validation", "t": 1, "val_loss": "high", "metrics": []}\n'
+                                 + folder.events.read_text())
+    for args in (["show", str(folder.path)], ["attach", str(folder.path)], ["attach", str(folder.path), "--headless"],
+                 ["export", str(folder.path), "--out", str(tmp_path / "out")]):
+        refused(traintop(*args), "events.jsonl")
+    assert not (tmp_path / "out" / "steps.csv").exists()
+
+
+def ls(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = traintop("ls", "--runs-dir", str(runs), *args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def rows(listing: str) -> dict[str, list[str]]:
+    """The table of `ls` by run id: its columns split on runs of two spaces."""
+    lines = [line for line in listing.splitlines() if line and not line.startswith(("RUN ", "unreadable:"))]
+    return {line.split()[0]: re.split(r"\s{2,}", line) for line in lines}
+
+
+def test_ls_lists_every_readable_run_and_marks_each_damaged_one_unreadable_with_why(finished, tmp_path):
+    runs = tmp_path / "runs"
+    copy_of(finished, runs, "good")
+    (copy_of(finished, runs, "junk-meta").meta).write_text("{junk")
+    (copy_of(finished, runs, "junk-report").report).write_bytes(b"\x00\x01")
+    copy_of(finished, runs, "no-events").events.unlink()
+    copy_of(finished, runs, "no-meta").meta.unlink()
+    (copy_of(finished, runs, "listed-meta", killed=True).meta).write_text("[]")
+    (copy_of(finished, runs, "bad-log", killed=True).events).write_text("{}\nnot json\n{}\n")
+    odd = copy_of(finished, runs, "odd-values")
+    odd.meta.write_text(json.dumps({"name": ["x"], "started": 5, "pid": "abc"}))
+    odd.report.write_text(json.dumps({"status": "completed", "best": 3, "test": "high", "epochs": "two",
+                                      "seconds": "long"}))
+    (runs / "not-a-run").mkdir()
+    (runs / "stray-file.txt").write_text("hello")
+
+    out = ls(runs).stdout
+    table = rows(out)
+    assert table["good"][2] == "completed" and table["good"][5].startswith("accuracy 0.")
+    assert table["odd-values"][2] == "completed"  # odd values shown as unknown, not fatal
+    assert "not-a-run" not in table and "stray-file.txt" not in table
+    reasons = dict(re.findall(r"^unreadable: (\S+): (.*)$", out, re.M))
+    assert {name: table[name][2] for name in reasons} == {name: "unreadable" for name in reasons}
+    assert set(reasons) == {"junk-meta", "junk-report", "no-events", "no-meta", "listed-meta", "bad-log"}
+    assert reasons["junk-meta"].startswith("meta.json is not valid JSON")
+    assert reasons["junk-report"].startswith("report.json is not valid JSON")
+    assert reasons["no-events"].startswith("events.jsonl is missing")
+    assert reasons["no-meta"].startswith("meta.json is missing")
+    assert reasons["listed-meta"].startswith("meta.json holds a JSON list")
+    assert reasons["bad-log"].startswith("events.jsonl: line 2 is not a valid event")
+    assert "unreadable:" not in ls(runs, "--status", "completed").stdout
+
+
+def test_ls_sorts_by_start_time_filters_by_status_name_and_last_and_shows_durations(finished, tmp_path):
+    runs = tmp_path / "runs"
+    starts = {"a-first-by-name": "2026-03-01T10:00:00", "b-oldest": "2025-01-01T10:00:00",
+              "c-newest": "2027-05-01T10:00:00"}
+    for run_id, started in starts.items():
+        folder = copy_of(finished, runs, run_id, killed=run_id == "c-newest")
+        meta = json.loads(folder.meta.read_text())
+        meta.update(started=started, name="probe" if run_id == "b-oldest" else "digits-mlp", pid=-1)
+        folder.meta.write_text(json.dumps(meta))
+
+    table = rows(ls(runs).stdout)
+    assert list(table) == ["b-oldest", "a-first-by-name", "c-newest"]
+    report = json.loads((runs / "b-oldest" / "report.json").read_text())
+    last_t = json.loads((runs / "c-newest" / "events.jsonl").read_text().splitlines()[-1])["t"]
+    assert table["b-oldest"][7] == f"{report['seconds']:.1f}s"  # finished: report.json's seconds
+    assert table["c-newest"][7] == f"{last_t:.1f}s" and table["c-newest"][2] == "killed"  # else its last event
+
+    assert list(rows(ls(runs, "--status", "killed").stdout)) == ["c-newest"]
+    assert list(rows(ls(runs, "--status", "completed").stdout)) == ["b-oldest", "a-first-by-name"]
+    assert list(rows(ls(runs, "--name", "probe").stdout)) == ["b-oldest"]
+    assert list(rows(ls(runs, "--name", "digits*").stdout)) == ["a-first-by-name", "c-newest"]
+    assert list(rows(ls(runs, "--last", "2").stdout)) == ["a-first-by-name", "c-newest"]
+    assert list(rows(ls(runs, "--status", "completed", "--last", "1").stdout)) == ["a-first-by-name"]
+    assert "match" in ls(runs, "--status", "paused").stdout
+    for bad in (["--status", "finished"], ["--last", "0"], ["--last", "x"]):
+        proc = traintop("ls", "--runs-dir", str(runs), *bad)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and bad[0] in proc.stderr
+
+
+def test_rm_removes_finished_runs_only_when_told_yes(finished, tmp_path):
+    runs = tmp_path / "runs"
+    for run_id in ("one", "two", "three"):
+        copy_of(finished, runs, run_id)
+    refused(traintop("rm", "one", "two", "--runs-dir", str(runs), stdin=subprocess.DEVNULL),
+            "no terminal", "--yes", "one", "two")
+    assert (runs / "one").is_dir() and (runs / "two").is_dir()
+    refused(traintop("rm", "one", "nothing-like-it", "--yes", "--runs-dir", str(runs)), "nothing-like-it")
+    assert (runs / "one").is_dir()
+
+    answered = answer_rm(runs, ["one", "two"], b"n\n")
+    assert "remove 2 runs (one, two)? [y/N]" in answered and "nothing removed" in answered
+    assert (runs / "one").is_dir() and (runs / "two").is_dir()
+    answered = answer_rm(runs, ["one", "two"], b"y\n")
+    assert "removed one" in answered and "removed two" in answered
+    assert not (runs / "one").exists() and not (runs / "two").exists()
+
+    proc = traintop("rm", str(runs / "three"), "--yes", "--runs-dir", str(runs))
+    assert proc.returncode == 0 and "removed three" in proc.stdout
+    assert not (runs / "three").exists() and finished.path.is_dir()
+
+
+def answer_rm(runs: Path, specs: list[str], answer: bytes) -> str:
+    """`traintop rm` at a terminal (a pty), answering its question; what the terminal showed."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*TRAINTOP, "rm", *specs, "--runs-dir", str(runs)], stdin=slave, stdout=slave,
+                            stderr=slave)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 60
+    while b"[y/N]" not in shown and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.5)[0]:
+            shown += os.read(master, 4096)
+    assert b"[y/N]" in shown, shown
+    os.write(master, answer)
+    proc.wait(timeout=30)
+    try:
+        while select.select([master], [], [], 0.5)[0] and (chunk := os.read(master, 4096)):
+            shown += chunk
+    except OSError:  # the terminal closed with the process
+        pass
+    os.close(master)
+    assert proc.returncode == 0, shown
+    return shown.decode()
+
+
+def test_rm_refuses_a_live_run_naming_it_and_removes_nothing(finished, live_run):
+    runs = live_run.path.parent
+    kept = copy_of(finished, runs, "finished-one")
+    message = refused(traintop("rm", "finished-one", live_run.run_id, "--yes", "--runs-dir", str(runs)),
+                      live_run.run_id, "live")
+    assert "ctl" in message and "stop" in message
+    assert kept.path.is_dir() and live_run.path.is_dir()
+    assert rows(ls(runs).stdout)[live_run.run_id][2] == "running"
+
+
+USER_MODEL = '''
+from torch import nn
+
+
+def model(info):
+    return nn.Sequential(nn.Linear(info.input_shape[0], 16), nn.ReLU(), nn.Linear(16, info.n_outputs))
+'''
+
+
+@pytest.fixture(scope="module")
+def python_run(tmp_path_factory) -> RunFolder:
+    """A finished digits run whose model comes from the user's module next to its config."""
+    home = tmp_path_factory.mktemp("project")
+    (home / "own_model.py").write_text(USER_MODEL)
+    (home / "config.toml").write_text('[model]\nkind = "python"\nfactory = "own_model:model"\n'
+                                      "[train]\nepochs = 2\n")
+    proc = traintop("run", str(home / "config.toml"), "--headless", "--runs-dir", str(home / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    return resolve_run("latest", home / "runs")
+
+
+def test_code_is_imported_from_a_copied_run_folder_only_with_trust(python_run, tmp_path, digits_csv):
+    own = traintop("predict", str(python_run.path), str(digits_csv))
+    assert own.returncode == 0, own.stderr  # the user's own folder, in place
+    copied = copy_of(python_run, tmp_path, "copied")
+    message = refused(traintop("predict", str(copied.path), str(digits_csv)), "'own_model'",
+                      str(python_run.path.parent.parent), "moved", "--trust")
+    trusted = traintop("predict", str(copied.path), str(digits_csv), "--trust")
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.stdout == own.stdout
+    assert "model.factory" in message
+
+
+def test_a_run_folder_made_or_owned_by_another_user_is_not_imported_from(python_run, tmp_path, monkeypatch):
+    recorded = copy_of(python_run, tmp_path, "recorded")
+    meta = json.loads(recorded.meta.read_text())
+    meta.update(uid=os.getuid() + 1, folder=str(recorded.path.resolve()))  # as if made here, by another user
+    recorded.meta.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"another user made it .*--trust"):
+        Predictor.from_folder(recorded)
+    meta.update(uid=os.getuid())
+    recorded.meta.write_text(json.dumps(meta))
+    assert Predictor.from_folder(recorded).step > 0  # in place and recorded as the user's: imported
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(recorded.path).st_uid + 1)
+    with pytest.raises(UserError, match=r"belongs to another user"):
+        Predictor.from_folder(recorded)
+    assert Predictor.from_folder(recorded, trust=True).step > 0
+
+
+async def test_the_inference_view_of_a_copied_run_imports_its_code_only_when_trusted(python_run, tmp_path):
+    copied = copy_of(python_run, tmp_path, "copied")
+    sample = cmd.Predict(request_id="s", weights="best", inputs=[{"split": "val", "index": 0}])
+    wary = FinishedRun(copied)
+    try:
+        reply = await wary.send(sample)
+        assert not reply.ok and "own_model" in reply.message and "--trust" in reply.message
+    finally:
+        await wary.close()
+    trusting = FinishedRun(copied, trust=True)  # `traintop show RUN --trust`
+    try:
+        reply = await trusting.send(sample)
+        assert reply.ok, reply.message
+        assert reply.data["outputs"][0]["label"] in [str(d) for d in range(10)]
+    finally:
+        await trusting.close()
+
+
+def test_show_and_attach_take_trust(python_run, tmp_path):
+    copied = copy_of(python_run, tmp_path, "copied")
+    copied.events.unlink()  # fails after the arguments were taken, before any dashboard starts
+    for command in ("show", "attach"):
+        refused(traintop(command, str(copied.path), "--trust"), "events.jsonl is missing")
+    assert traintop("attach", str(python_run.path), "--headless", "--trust").returncode == 0
