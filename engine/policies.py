@@ -72,18 +72,26 @@ class ValidationPolicies:
                 val_loss=val_loss, train_loss=recent[-1][1])
 
     def early_stopping(self, c: cmd.EarlyStopping) -> cmd.Reply:
-        """Turn early stopping on or off, or set its patience; the reply says what follows."""
+        """Turn early stopping on or off, or set its patience; the reply says what follows, before
+        it happens: turned on with its patience used up, the run stops at the next validation."""
+        es = self.early
         if c.enabled is not None:
-            self.early.enabled = c.enabled
+            es.enabled = c.enabled
         if c.patience is not None:
-            self.early.patience = c.patience
-        state = "on" if self.early.enabled else "off"
+            es.patience = c.patience
         self.announce()
-        message = f"early stopping {state}, patience {self.early.patience}"
-        if self.early.enabled and self.early.best is not None and self.early.since_best >= self.early.patience:
-            message += (f": patience is already used up ({self.early.since_best} validations since the "
-                        "best), so the run stops at the next validation; set a larger patience to go on")
-        return cmd.Reply(True, message, {"enabled": self.early.enabled, "patience": self.early.patience})
+        data = {"enabled": es.enabled, "patience": es.patience, "since_best": es.since_best,
+                "stops_next": es.enabled and es.best is not None and 0 < es.since_best and es.since_best >= es.patience}
+        if not es.enabled:
+            return cmd.Reply(True, f"early stopping off (patience {es.patience})", data)
+        if not data["stops_next"]:
+            return cmd.Reply(True, f"early stopping on, patience {es.patience} "
+                                   f"({es.since_best} validation(s) since the best)", data)
+        counted = f"{es.since_best} validation{'s' if es.since_best != 1 else ''} since the best"
+        return cmd.Reply(True, f"early stopping on: patience {es.patience} is already used up ({counted}); "
+                               "the run stops at the next validation unless it improves. Set a larger patience: "
+                               f"traintop ctl {self.session.run_id} early-stopping on --patience "
+                               f"{es.since_best + max(es.patience, 1)}", data)
 
     def announce(self) -> None:
         """Say how early stopping stands (at the start, and after each change), as an event."""
