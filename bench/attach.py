@@ -17,8 +17,18 @@
    socket from another process. A LiveRun client is timed from connect until it has parsed the
    last history event; then the same bytes are timed raw, line by line, and parsed in memory
    to show where the time goes.
+3. Many clients at once (`--clients 50 --history-mb 64`, instead of 1 and 2). A live digits run
+   (`traintop run --detach`) is given a long history through its own socket: `predict` requests of
+   100 validation samples each, whose `prediction` events (every answer logged) fill events.jsonl
+   until it holds `--history-mb` MB. Then `--clients` processes, started and imported beforehand,
+   attach at the same moment as dashboards do (LiveRun, every event parsed); each sends one
+   command as it connects (`early_stopping` with no fields: a query that changes nothing) and
+   times its reply, then times its history (every event the log held when they attached). Once
+   with one client, then with all of them. The engine's steps/s comes from its own log: before the
+   attach, and from the attach until every client has its history.
 
     python bench/attach.py [--rounds 5] [--epochs 200] [--history-steps 1000000] [--threads N]
+    python bench/attach.py --clients 50 --history-mb 64
 """
 
 from __future__ import annotations
@@ -415,6 +425,154 @@ def history_delivery(tmp: Path, n_steps: int, repeats: int = 3) -> dict:
             "leaner": leaner_lines(folder)}
 
 
+# -- 3. many clients ---------------------------------------------------------------------------
+
+REPLY_LIMIT = 120  # seconds a client waits for its reply before it counts as no reply
+HISTORY_LIMIT = 300  # seconds a client waits for its history
+
+
+async def attach_and_ask(path: str, n_history: int) -> dict:
+    """A client: connect, send a query at once, time its reply and the history's last event."""
+    from traintop.engine.commands import EarlyStopping
+
+    start = time.perf_counter()
+    source = await LiveRun.connect(RunFolder(Path(path)))
+    out: dict = {"reply_s": None, "history_s": None, "events": 0}
+
+    async def ask():
+        reply = await source.send(EarlyStopping(), timeout=REPLY_LIMIT)
+        out["reply_s"], out["ok"] = time.perf_counter() - start, reply.ok
+
+    async def history():
+        async for _ in source.events():
+            out["events"] += 1
+            if out["events"] >= n_history:
+                out["history_s"] = time.perf_counter() - start
+                return
+
+    asking = asyncio.create_task(ask())
+    try:
+        await asyncio.wait_for(history(), HISTORY_LIMIT)
+    except asyncio.TimeoutError:
+        pass
+    try:
+        await asking
+    except asyncio.TimeoutError:
+        pass
+    out["closed"] = source.closed_reason
+    await source.close()
+    return out
+
+
+def attach_client_main() -> None:
+    """`--attach-client`: wait for "FOLDER N" on stdin, attach, print what it measured as JSON."""
+    line = sys.stdin.readline().split()
+    if line:
+        print(json.dumps(asyncio.run(attach_and_ask(line[0], int(line[1])))), flush=True)
+
+
+def last_step(folder: RunFolder) -> tuple[int, float]:
+    """The last step in the run's log, and when this process read it."""
+    with open(folder.events, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - (4 << 20)))
+        tail = f.read().splitlines()
+    for line in reversed(tail):
+        if line.startswith(b'{"event":"steps"'):
+            try:
+                return json.loads(line)["step"][-1], time.perf_counter()
+            except ValueError:
+                continue
+    return 0, time.perf_counter()
+
+
+async def grow_history(folder: RunFolder, mb: float, connections: int = 4) -> None:
+    """Predict requests of 100 validation samples until events.jsonl holds `mb` MB."""
+    from traintop.engine.commands import Predict
+
+    target = mb * 1e6
+    sources = [await LiveRun.connect(folder, parse_events=False) for _ in range(connections)]
+
+    async def ask(source):
+        i = 0
+        while folder.events.stat().st_size < target:
+            first = (i * 100) % 170
+            reply = await source.send(Predict(request_id="fill", inputs=[{"split": "val", "index": first + k}
+                                                                          for k in range(100)],
+                                              with_inputs=False))
+            if not reply.ok:
+                raise RuntimeError(reply.message)
+            i += 1
+
+    await asyncio.gather(*(ask(s) for s in sources))
+    for s in sources:
+        await s.close()
+
+
+def attach_at_once(folder: RunFolder, n_clients: int, window: float = 5.0) -> dict:
+    """Attach `n_clients` client processes at the same moment; their figures and the engine's
+    steps/s before and during the attach."""
+    clients = [subprocess.Popen([sys.executable, __file__, "--attach-client"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(n_clients)]
+    try:
+        time.sleep(3.0)  # their imports done
+        before = last_step(folder)
+        time.sleep(window)
+        attach = last_step(folder)
+        with open(folder.events, "rb") as f:
+            n_history = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+        for c in clients:
+            c.stdin.write(f"{folder.path} {n_history}\n")
+            c.stdin.flush()
+        results = []
+        for c in clients:
+            c.stdin.close()
+            results.append(json.loads(c.stdout.readline() or "{}"))
+        done = last_step(folder)
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+            c.wait()
+    return {"results": results, "size_mb": folder.events.stat().st_size / 1e6,
+            "before": (attach[0] - before[0]) / (attach[1] - before[1]),
+            "during": (done[0] - attach[0]) / (done[1] - attach[1]), "attach_s": done[1] - attach[1]}
+
+
+def many_clients(tmp: Path, n_clients: int, history_mb: float) -> list[tuple[int, dict]]:
+    """A live digits run with a `history_mb` MB history; one client, then `n_clients`, attach."""
+    runs_dir = tmp / "runs"
+    out = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--detach", "--runs-dir", str(runs_dir),
+                          "--set", "train.epochs=1000000", "--set", "early_stopping.enabled=false"],
+                         capture_output=True, text=True, check=True)
+    folder = RunFolder(runs_dir / out.stdout.split()[0])
+    try:
+        start = time.perf_counter()
+        asyncio.run(grow_history(folder, history_mb))
+        print(f"history: {folder.events.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - start:.0f} s",
+              file=sys.stderr)
+        return [(n, attach_at_once(folder, n)) for n in (1, n_clients)]
+    finally:
+        stop_leftovers(runs_dir)
+
+
+def print_many(figures: list[tuple[int, dict]]) -> None:
+    for n, f in figures:
+        results = f["results"]
+        replies = [r["reply_s"] for r in results if r.get("reply_s") is not None]
+        histories = [r["history_s"] for r in results if r.get("history_s") is not None]
+        print(f"{n} client(s) attach at once to a live digits run with a {f['size_mb']:.0f} MB history")
+        print(f"  command reply: {len(replies)} of {n} within {REPLY_LIMIT} s"
+              + (f"; median {statistics.median(replies):.2f} s, slowest {max(replies):.2f} s" if replies else ""))
+        print(f"  whole history parsed: {len(histories)} of {n} within {HISTORY_LIMIT} s"
+              + (f"; median {statistics.median(histories):.1f} s, slowest {max(histories):.1f} s"
+                 if histories else ""))
+        closed = {r.get("closed") for r in results if r.get("closed")}
+        if closed:
+            print(f"  connections ended early: {', '.join(sorted(closed))}")
+        print(f"  engine: {f['before']:.0f} steps/s before, {f['during']:.0f} steps/s over the "
+              f"{f['attach_s']:.0f} s of the attach")
+
+
 # -- the summary -------------------------------------------------------------------------------
 
 
@@ -423,12 +581,20 @@ def main() -> None:
         return client_main()
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":  # hidden: the history server process
         return serve_main(sys.argv[2])
+    if sys.argv[1:] == ["--attach-client"]:  # hidden: one client of the many-clients attach
+        return attach_client_main()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=200, help="digits: 20 steps per epoch")
     parser.add_argument("--history-steps", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the engine (default: torch's)")
+    parser.add_argument("--clients", type=int, help="many clients attach at once to a live run "
+                        "(instead of measurements 1 and 2)")
+    parser.add_argument("--history-mb", type=float, default=64, help="--clients: the live run's history")
     args = parser.parse_args()
+    if args.clients:
+        with tempfile.TemporaryDirectory(prefix="traintop-bench-") as tmp:
+            return print_many(many_clients(Path(tmp), args.clients, args.history_mb))
     wall = time.perf_counter()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="traintop-bench-") as tmp:

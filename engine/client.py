@@ -17,10 +17,21 @@ from typing import AsyncIterator
 
 from . import commands as cmd
 from . import events as ev
+from . import wire
 from .errors import UserError
 from .runstore import RunFolder, read_events, socket_address, socket_is_live
 
-LINE_LIMIT = 64 << 20  # a steps batch is one line; allow big ones
+LINE_LIMIT = wire.LINE_LIMIT  # a steps batch is one line; allow big ones, skip longer ones
+
+
+class HistoryEnd:
+    """Where the history ends and live events begin, for a reader that asks to see it."""
+
+    def __repr__(self) -> str:
+        return "HISTORY_END"
+
+
+HISTORY_END = HistoryEnd()
 
 
 class LiveRun:
@@ -36,6 +47,7 @@ class LiveRun:
         self.parse_events = parse_events
         self.torn = False
         self.closed_reason = ""  # why the stream ended early: the engine went away, or dropped us
+        self.notes: list[str] = []  # lines of the stream this client could not read, and why
         self._queue: asyncio.Queue = asyncio.Queue()
         self._replies: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
@@ -53,21 +65,17 @@ class LiveRun:
 
     async def _read(self) -> None:
         try:
-            while line := await self.reader.readline():
-                if line.startswith(b'{"event"'):
+            while line := await wire.read_line(self.reader):
+                if isinstance(line, wire.Overlong):
+                    self._skipped(line)
+                elif line.startswith(b'{"event"'):
                     if self.parse_events:
-                        self._queue.put_nowait(ev.parse_line(line.decode()))
-                    continue
-                obj = json.loads(line)
-                if "reply" in obj:
-                    future = self._replies.pop(obj["reply"], None)
-                    if future is not None and not future.done():
-                        future.set_result(cmd.Reply(obj["ok"], obj.get("message", ""), obj.get("data") or {}))
-                elif "error" in obj:
-                    self.closed_reason = obj["error"]
+                        self._event(line)
+                else:
+                    self._control(line)
             if not self.closed_reason:
                 self.closed_reason = "the engine closed the connection"
-        except (ConnectionError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - a reset or closed connection; never a line's content
             self.closed_reason = f"the connection to the engine broke: {e}"
         finally:
             self._queue.put_nowait(None)
@@ -75,12 +83,62 @@ class LiveRun:
                 if not future.done():
                     future.set_result(cmd.Reply(False, self.closed_reason or "the run has ended"))
 
-    async def events(self) -> AsyncIterator[ev.Event]:
-        """The run's history, then live events, until run_finished (or the engine goes away)."""
+    def _event(self, line: bytes) -> None:
+        try:
+            event = ev.parse_line(line.decode())
+        except Exception as e:  # noqa: BLE001 - one bad line must not end the stream
+            self._note(f"skipped an event line this client could not read ({type(e).__name__}: {str(e)[:200]})")
+            return
+        self._queue.put_nowait(event)
+
+    def _control(self, line: bytes) -> None:
+        """A line that is not an event: a reply, the end of the history, or why we were dropped."""
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            return  # not ours to read (a torn line of a killed engine)
+        if not isinstance(obj, dict):
+            return
+        if "reply" in obj:
+            key = obj["reply"]
+            future = self._replies.pop(key, None) if isinstance(key, int) else None
+            if future is not None and not future.done():
+                data = obj.get("data")
+                future.set_result(cmd.Reply(bool(obj.get("ok")), str(obj.get("message", "")),
+                                            data if isinstance(data, dict) else {}))
+        elif "history_end" in obj:
+            self._queue.put_nowait(HISTORY_END)
+        elif "error" in obj:
+            self.closed_reason = str(obj["error"])
+
+    def _skipped(self, line: wire.Overlong) -> None:
+        """A line longer than this client reads: a reply to us fails, anything else is a note."""
+        limit = f"{LINE_LIMIT / (1 << 20):.0f} MB"
+        key = line.reply_id()
+        future = self._replies.pop(key, None) if isinstance(key, int) else None
+        if future is not None:
+            if not future.done():
+                future.set_result(cmd.Reply(False, f"the engine's answer was {line.size / 1e6:.1f} MB, longer "
+                                                   f"than the {limit} a client reads; ask for fewer inputs"))
+            return
+        self._note(f"skipped {line.describe()} of the run's stream: longer than the {limit} a client reads")
+
+    def _note(self, message: str) -> None:
+        self.notes.append(message)
+        if self.parse_events:  # shown where warnings are: the dashboard's panel, the headless log
+            self._queue.put_nowait(ev.RunWarning(kind_="stream", message=message))
+
+    async def events(self, history_end: bool = False) -> AsyncIterator[ev.Event | HistoryEnd]:
+        """The run's history, then live events, until run_finished (or the engine goes away).
+
+        With `history_end`, HISTORY_END comes between the two (from an engine that marks it).
+        """
         while True:
             event = await self._queue.get()
             if event is None:
                 return
+            if event is HISTORY_END and not history_end:
+                continue
             yield event
             if isinstance(event, ev.RunFinished):
                 return
@@ -123,13 +181,17 @@ class FinishedRun:
         self.trust = trust
         self._events, self.torn = read_events(folder.events)
         self.closed_reason = ""
+        self.notes: list[str] = []
         self._predictions: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
 
-    async def events(self) -> AsyncIterator[ev.Event]:
+    async def events(self, history_end: bool = False) -> AsyncIterator[ev.Event | HistoryEnd]:
+        """Every event of the log: all history (followed by HISTORY_END when asked)."""
         for event in self._events:
             yield event
+        if history_end:
+            yield HISTORY_END
 
     async def send(self, command: cmd.Command, timeout: float = 120) -> cmd.Reply:
         """Predictions come from the saved checkpoints; every other command needs a live run."""
@@ -154,13 +216,21 @@ class FinishedRun:
                 proc.stdin.write(json.dumps({**command.to_json(), "id": request_id}).encode() + b"\n")
                 await proc.stdin.drain()
                 # An earlier request that was given up on may still have its reply on the way: skip it.
-                while line := await asyncio.wait_for(proc.stdout.readline(), timeout):
+                while line := await asyncio.wait_for(wire.read_line(proc.stdout), timeout):
+                    if isinstance(line, wire.Overlong):
+                        if line.reply_id() == request_id:
+                            return cmd.Reply(False, f"the answer was {line.size / 1e6:.1f} MB, longer than the "
+                                                    f"{LINE_LIMIT / (1 << 20):.0f} MB a client reads; "
+                                                    "ask for fewer inputs")
+                        continue
                     try:
                         obj = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue
                     if isinstance(obj, dict) and obj.get("reply") == request_id:
-                        return cmd.Reply(obj["ok"], obj.get("message", ""), obj.get("data") or {})
+                        data = obj.get("data")
+                        return cmd.Reply(bool(obj.get("ok")), str(obj.get("message", "")),
+                                         data if isinstance(data, dict) else {})
             except asyncio.TimeoutError:  # still working: its late reply is skipped by the next request
                 return cmd.Reply(False, f"no prediction within {timeout:g} s")
             except ConnectionError:

@@ -14,6 +14,9 @@ from typing import Any, ClassVar
 from .errors import UserError, did_you_mean
 
 COMMAND_TYPES: dict[str, type[Command]] = {}
+# One predict answers at most this many inputs: it runs between two training steps, so it must stay
+# short, and its reply must fit on one line. A whole split is asked for in pages of this size.
+MAX_PREDICT_INPUTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,10 @@ class Predict(Command):
             raise UserError(f"predict weights is {self.weights!r}; allowed: current, best")
         if not isinstance(self.inputs, list) or not all(isinstance(i, dict) for i in self.inputs):
             raise UserError("predict inputs must be a list of objects")
+        if len(self.inputs) > MAX_PREDICT_INPUTS:
+            raise UserError(f"predict asks for {len(self.inputs):,} inputs; one request takes at most "
+                            f"{MAX_PREDICT_INPUTS:,}: send them in requests of up to {MAX_PREDICT_INPUTS:,} "
+                            "(the dashboard's `a` asks for a whole split that way)")
         if not isinstance(self.request_id, str):
             raise UserError("predict request_id must be a string")
         if not isinstance(self.with_inputs, bool):

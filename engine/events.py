@@ -290,11 +290,16 @@ class EarlyStopped(Event):
 
 @dataclass(frozen=True)
 class Prediction(Event):
+    """A predict request answered. `outputs` holds every answer of a small request and none of a
+    big one (more than 100): its `summary` says how many and, for held-out samples, how well."""
+
     kind: ClassVar[str] = "prediction"
     request_id: str = ""
     outputs: list = field(default_factory=list)
     weights: str = "current"
     step: int = 0
+    n_outputs: int = 0
+    summary: dict = field(default_factory=dict)  # inputs, held_out, and accuracy or mae
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from .config import Config
 from .data import Dataset
 from .early_stopping import EarlyStopping
 from .errors import UserError
-from .evaluation import evaluate, predict_outputs
+from .evaluation import evaluate, predict_outputs, prediction_summary
 from .gradients import Gradients
 from .inbox import CommandInbox
 from .lr import LearningRate
@@ -31,6 +31,7 @@ from .runstore import RunFolder
 FLUSH_SECONDS = 0.1
 BEST_SAVE_SECONDS = 2.0  # best.pt is rewritten at most this often; the final best is always saved
 OVERFIT_RISES = 3
+LOGGED_OUTPUTS = 100  # a prediction event lists the answers of requests up to this size
 
 
 class NonFiniteLoss(Exception):
@@ -462,8 +463,11 @@ class Trainer:
         outputs = predict_outputs(model, self.objective, self.data, c.inputs, self.device,
                                   allow_test=self.test_done, with_inputs=c.with_inputs)
         step = self.early.best_step if c.weights == "best" else self.step
-        # The log keeps the answers; the raw inputs (a whole split of images, say) go to the asker only.
-        logged = [{k: v for k, v in o.items() if k != "input"} for o in outputs]
-        self.emit(ev.Prediction, request_id=c.request_id, outputs=logged, weights=c.weights, step=step)
+        # The log keeps the answers of a small request; a big one (a whole split, page by page) is
+        # summarised, and the raw inputs (a split of images, say) go to the asker only.
+        logged = [{k: v for k, v in o.items() if k != "input"}
+                  for o in (outputs if len(outputs) <= LOGGED_OUTPUTS else [])]
+        self.emit(ev.Prediction, request_id=c.request_id, outputs=logged, weights=c.weights, step=step,
+                  n_outputs=len(outputs), summary=prediction_summary(outputs))
         return cmd.Reply(True, f"{len(outputs)} prediction(s)", {"outputs": outputs, "weights": c.weights, "step": step})
 

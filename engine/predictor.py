@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,6 +15,7 @@ import torch
 
 from . import commands as cmd
 from . import events as ev
+from . import wire
 from .checkpoint import load_checkpoint
 from .config import Config, load_config
 from .data import Dataset, load_data, load_preprocessor, read_csv_file
@@ -217,26 +217,23 @@ class RunPredictions:
                          {"outputs": outputs, "weights": c.weights, "step": p.step})
 
 
-def serve_predictions(folder: RunFolder, inp: IO[str], out: IO[str], trust: bool = False) -> None:
-    """Answer `predict` command lines from `inp` with reply lines on `out`, as the socket does.
+def serve_predictions(folder: RunFolder, inp: IO[bytes], out: IO[bytes], trust: bool = False) -> None:
+    """Answer `predict` command lines from `inp` with reply lines on `out`, as the socket does:
+    every line gets one reply, whatever its bytes.
 
     `python -m traintop.engine.predictor RUN_FOLDER [--trust]` runs this on stdin and stdout, for
     a client that must not import torch itself (the dashboard, on a run no engine serves).
     """
     answers = RunPredictions(folder, trust)
     for line in inp:
-        request_id = None
-        try:
-            obj = json.loads(line)
-            request_id = obj.get("id") if isinstance(obj, dict) else None
-            command = cmd.Command.from_json(obj)
-            if not isinstance(command, cmd.Predict):
-                raise UserError(f"run {folder.run_id} has finished; only predict is answered")
+        request_id, command = wire.read_command(line)
+        if isinstance(command, cmd.Reply):
+            reply = command
+        elif not isinstance(command, cmd.Predict):
+            reply = cmd.Reply(False, f"run {folder.run_id} has finished; only predict is answered")
+        else:
             reply = answers.answer(command)
-        except (ValueError, UserError) as e:
-            reply = cmd.Reply(False, str(e))
-        out.write(json.dumps({"reply": request_id, "ok": reply.ok, "message": reply.message,
-                              "data": reply.data}) + "\n")
+        out.write(wire.reply_line(request_id, reply))
         out.flush()
 
 
@@ -245,10 +242,10 @@ def main(argv: list[str]) -> int:
     import os
     import sys
 
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what user code prints must not mix with replies
     try:
-        serve_predictions(RunFolder(Path(argv[0])), sys.stdin, replies, trust="--trust" in argv[1:])
+        serve_predictions(RunFolder(Path(argv[0])), sys.stdin.buffer, replies, trust="--trust" in argv[1:])
     except UserError as e:  # the client shows the last line of stderr as the reason
         print(f"traintop: error: {e}", file=sys.stderr)
         return 2

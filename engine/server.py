@@ -1,16 +1,21 @@
 """The control socket: a Unix socket in the run folder, mode 0600, JSON lines both ways.
 
-On connect a client gets the run's history (the bytes of events.jsonl so far), then every live
-event; no event is lost or repeated across that seam. Lines a client sends are commands; each gets
-a reply line `{"reply": id, "ok": ..., "message": ...}`. A client that leaves, or reads too
-slowly, never stalls the run: the loop only hands batches to this thread, and a client whose
-backlog passes MAX_BACKLOG bytes is dropped with a message.
+On connect a client gets the run's history (the bytes of events.jsonl so far), then a line
+`{"history_end": offset}` (its length in bytes), then every live event; no event is lost or
+repeated across that seam. Lines a client sends are commands; each gets a reply line
+`{"reply": id, "ok": ..., "message": ..., "data": ...}`, also while the history is still on its
+way: the history goes out in line-aligned chunks and replies go out between them. A client that
+leaves, or reads too slowly, never stalls the run: the loop only hands batches to this thread, and
+a client whose backlog passes MAX_BACKLOG bytes is dropped with a message.
+
+The history is sent by the kernel (sendfile), so a client costs the engine about nothing however
+long the history is; where sendfile is not available, asyncio falls back to reading the file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import bisect
 import os
 import socket
 import sys
@@ -18,12 +23,14 @@ from collections import deque
 from pathlib import Path
 
 from . import commands as cmd
+from . import wire
 from .errors import UserError
 from .runstore import socket_address, socket_is_live
 
-CHUNK = 1 << 20
+HISTORY_CHUNK = 256 << 10  # history bytes sent between two chances to reply
 MAX_BACKLOG = 64 << 20  # bytes queued for one client before it is dropped
-LINE_LIMIT = 64 << 20  # the longest command line (a predict with many records) we accept
+LINE_LIMIT = wire.LINE_LIMIT  # the longest command line (a predict with many records) we accept
+FINISHED = b'{"event":"run_finished"'
 
 
 def bind_private(path: Path) -> socket.socket:
@@ -43,44 +50,91 @@ def bind_private(path: Path) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(16)
+    sock.listen(128)  # many clients may attach at the same moment
     sock.setblocking(False)
     return sock
 
 
 class Client:
-    """One connected client: a writer and the live bytes waiting for it."""
+    """One connected client: its writer and what waits to be written to it.
 
-    def __init__(self, writer: asyncio.StreamWriter):
+    One task writes to a client (`task`); everything else only queues, so a reply never lands
+    inside a line, nor beside a sendfile in progress.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, task: asyncio.Task):
         self.writer = writer
-        self.backlog: deque[bytes] = deque()
+        self.task = task
+        self.backlog: deque[bytes] = deque()  # live events, then replies too once the history is out
+        self.replies: deque[bytes] = deque()  # replies that go out between history chunks
         self.backlog_bytes = 0
         self.wake = asyncio.Event()
-        self.history_sent = asyncio.Event()  # replies wait for it: history is sent in raw chunks
+        self.in_history = True
         self.dropped = False
         self.finished = False  # run_finished is queued: the stream ends after it
 
     def offer(self, batch: list, data: bytes) -> None:
+        """Queue a delivery of live events (called on this loop for every delivery of the run)."""
         if self.dropped:
             return
         self.finished = self.finished or any(e.kind == "run_finished" for e in batch)
-        self.backlog.append(data)
+        self._queue(self.backlog, data)
+
+    def answer(self, line: bytes) -> None:
+        """Queue a reply line: between history chunks while the history is sent, else in turn."""
+        if not self.dropped:
+            self._queue(self.replies if self.in_history else self.backlog, line)
+
+    def _queue(self, queue: deque, data: bytes) -> None:
+        queue.append(data)
         self.backlog_bytes += len(data)
         if self.backlog_bytes > MAX_BACKLOG:
             self.drop()
         self.wake.set()
 
+    def take(self, queue: deque) -> bytes:
+        data = queue.popleft()
+        self.backlog_bytes -= len(data)
+        return data
+
     def drop(self) -> None:
-        """Cut off a client that cannot keep up: say why, then close without waiting for it."""
+        """Cut off a client that cannot keep up: its writing task ends, saying why."""
         self.dropped = True
         self.backlog.clear()
-        transport = self.writer.transport
-        transport.write(b'{"error":"dropped: this client read too slowly to keep up with the run"}\n')
-        transport.abort()  # a client that does not read would hold a normal close forever
+        self.replies.clear()
+        self.backlog_bytes = 0
+        self.task.cancel()  # also when it waits in a sendfile that a reader who never reads holds
         print("traintop: dropped a client that read too slowly", file=sys.stderr, flush=True)
 
-    def send_line(self, obj: dict) -> None:
-        self.writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+class LineCuts:
+    """Offsets in events.jsonl where a line ends, about HISTORY_CHUNK apart: the history's chunks.
+
+    The log only grows while the server runs, so a cut found once holds for every later client;
+    each is found by reading a little past HISTORY_CHUNK, never the file in between.
+    """
+
+    def __init__(self):
+        self.cuts = [0]
+
+    def after(self, fd: int, position: int, end: int) -> int:
+        """The first cut after `position` (a cut), or `end` when none comes before it."""
+        i = bisect.bisect_right(self.cuts, position)
+        if i < len(self.cuts):
+            return min(self.cuts[i], end)
+        start = position + HISTORY_CHUNK
+        while start < end:
+            block = os.pread(fd, min(64 << 10, end - start), start)
+            newline = block.find(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                if position == self.cuts[-1]:
+                    self.cuts.append(cut)
+                return cut
+            if not block:
+                break
+            start += len(block)
+        return end
 
 
 class ControlServer:
@@ -96,6 +150,7 @@ class ControlServer:
         self.server: asyncio.base_events.Server | None = None
         self.clients: set[Client] = set()
         self.tasks: set[asyncio.Task] = set()
+        self.cuts = LineCuts()
 
     async def start(self) -> None:
         self.server = await asyncio.start_unix_server(self._serve, sock=bind_private(self.path),
@@ -117,70 +172,84 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self.tasks.add(task)
-        client = Client(writer)
-        callback = client.offer
-        offset = self.run.subscribe(callback)
+        client = Client(writer, task)
+        offset = self.run.subscribe(client.offer)
         self.clients.add(client)
         commands = asyncio.create_task(self._read_commands(reader, client))
         try:
             ended = await self._send_history(client, offset)
-            client.history_sent.set()
+            self._write_replies(client)
+            writer.write(b'{"history_end":%d}\n' % offset)
+            client.in_history = False
             if not ended:
                 await self._send_live(client)
             await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
+        except (OSError, RuntimeError, asyncio.CancelledError):  # gone, closing, dropped or shut down
             pass
         finally:
-            self.run.unsubscribe(callback)
+            self.run.unsubscribe(client.offer)
             self.clients.discard(client)
             commands.cancel()
-            writer.close()
+            if client.dropped:
+                try:
+                    writer.write(b'{"error":"dropped: this client read too slowly to keep up with the run"}\n')
+                except RuntimeError:  # the transport is closing
+                    pass
+                writer.transport.abort()  # a client that does not read would hold a normal close forever
+            else:
+                writer.close()
             self.tasks.discard(task)
 
     async def _send_history(self, client: Client, offset: int) -> bool:
-        """The bytes of events.jsonl before `offset`; True when they end with run_finished."""
-        tail = b""
+        """The bytes of events.jsonl before `offset`, replies between chunks; True when they end
+        with run_finished."""
+        loop = asyncio.get_running_loop()
         with open(self.run.folder.events, "rb") as f:
-            remaining = offset
-            while remaining > 0:
-                chunk = f.read(min(CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                tail = (tail + chunk)[-4096:]
-                client.writer.write(chunk)
-                await client.writer.drain()
+            fd = f.fileno()
+            position = 0
+            while position < offset:
+                end = self.cuts.after(fd, position, offset)
+                self._write_replies(client)
+                await loop.sendfile(client.writer.transport, f, position, end - position)
+                position = end
+                # sendfile stops reading this client's lines while it runs: let them in before the next
+                # chunk (one turn of the loop to see them, one to read them)
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            tail = os.pread(fd, min(offset, 64 << 10), max(0, offset - (64 << 10)))
         last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-        return last.startswith(b'{"event":"run_finished"')
+        return last.startswith(FINISHED)
+
+    def _write_replies(self, client: Client) -> None:
+        while client.replies:
+            client.writer.write(client.take(client.replies))
 
     async def _send_live(self, client: Client) -> None:
         while not client.dropped:
             await client.wake.wait()
             client.wake.clear()
             while client.backlog:
-                data = client.backlog.popleft()
-                client.backlog_bytes -= len(data)
-                client.writer.write(data)
+                client.writer.write(client.take(client.backlog))
                 await client.writer.drain()
             if client.finished:
                 return
 
     async def _read_commands(self, reader: asyncio.StreamReader, client: Client) -> None:
+        """Every line the client sends gets one reply line; nothing it sends ends this loop."""
         while True:
-            request_id = None
             try:
-                line = await reader.readline()
-                if not line:
-                    return
-                obj = json.loads(line)
-                request_id = obj.get("id") if isinstance(obj, dict) else None
-                command = cmd.Command.from_json(obj)
-            except (ValueError, UserError) as e:  # too long, bad JSON, or a bad command
-                message = str(e) if isinstance(e, UserError) else f"not a JSON command line: {e}"
-                await client.history_sent.wait()
-                client.send_line({"reply": request_id, "ok": False, "message": message})
-                continue
-            reply = await asyncio.wrap_future(self.run.send_nowait(command))
-            await client.history_sent.wait()
-            client.send_line({"reply": request_id, "ok": reply.ok, "message": reply.message,
-                              "data": reply.data})
+                line = await wire.read_line(reader)
+            except Exception:  # noqa: BLE001 - the connection broke (reset, closed): the client has gone
+                return
+            if not line:
+                return
+            if isinstance(line, wire.Overlong):
+                request_id, reply = wire.refuse_overlong(line, LINE_LIMIT)
+            else:
+                request_id, reply = wire.read_command(line)
+            if isinstance(reply, cmd.Command):
+                try:
+                    reply = await asyncio.wrap_future(self.run.send_nowait(reply))
+                except Exception as e:  # noqa: BLE001 - a command the run could not take is answered too
+                    reply = cmd.Reply(False, f"the engine could not take this command: {type(e).__name__}: {e}")
+            client.answer(wire.reply_line(request_id, reply))

@@ -1,7 +1,8 @@
-"""The inference view driven as a user drives it, against a real engine process training digits."""
+"""The inference view driven as a user drives it, against a real engine process training digits (or a big table)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -87,3 +88,47 @@ async def test_after_a_live_run_finishes_its_saved_weights_answer(tmp_path, engi
         view = app.main.query_one("#inference-view")
         await wait_for(pilot, lambda: view.answer is not None)
         assert "current weights, step 3000" in text_of(app, "#inf-answer")  # last.pt: 150 epochs x 20 steps
+
+
+async def test_a_validation_split_bigger_than_one_request_is_asked_in_pages_and_shown_whole(tmp_path, engines):
+    import numpy as np
+    import pandas as pd
+
+    from traintop.engine import commands as cmd
+    from traintop.engine import events as ev
+    from traintop.engine.runstore import read_events
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({name: rng.normal(size=70_000).round(3) for name in ("height", "width", "depth")})
+    frame["fits"] = np.where(frame["height"] + frame["width"] > 0, "yes", "no")
+    path = tmp_path / "boxes.csv"
+    frame.to_csv(path, index=False)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", 'data.source="csv"',
+                           "--set", f'data.path="{path}"', "--set", 'data.target="fits"',
+                           "--set", "train.epochs=1000", "--set", "early_stopping.enabled=false"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    folder = resolve_run(proc.stdout.split()[0], runs)
+    engines.append(folder)
+
+    async def opener():
+        return await open_run(folder)
+
+    app = TrainTop(opener, title=folder.run_id)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.state.step > 0)
+        n_val = app.state.data["n_val"]
+        assert cmd.MAX_PREDICT_INPUTS < n_val <= 2 * cmd.MAX_PREDICT_INPUTS  # more than one request holds
+        await pilot.press("i", "a")
+        await wait_for(pilot, lambda: "validation split:" in text_of(app, "#inf-answer"), seconds=60)
+        assert f"of {n_val} right" in text_of(app, "#inf-answer")
+        assert "in 2 requests of up to 10,000" in text_of(app, "#inf-input")
+        assert (await app.source.send(cmd.Stop(save=False))).ok
+    for _ in range(100):
+        if folder.read_json("report.json"):
+            break
+        await asyncio.sleep(0.1)
+    pages = [e for e in read_events(folder.events)[0] if isinstance(e, ev.Prediction)]
+    assert [p.n_outputs for p in pages] == [cmd.MAX_PREDICT_INPUTS, n_val - cmd.MAX_PREDICT_INPUTS]
+    assert all(p.outputs == [] and p.summary["held_out"] == p.n_outputs for p in pages)

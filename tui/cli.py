@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     attach.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
     trust_flag(attach)
+    attach.add_argument("--tail", type=tail_lines, default=TAIL_DEFAULT, metavar="N",
+                        help=f"log lines: the header, then the last N lines of the history (default "
+                             f"{TAIL_DEFAULT}; `all` for every line), then live lines")
     runs_dir(attach)
 
     show = sub.add_parser("show", help="the dashboard on finished (or live) runs")
@@ -124,6 +127,49 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+TAIL_DEFAULT = 10
+
+
+def tail_lines(text: str) -> int | None:
+    """`--tail`: a number of lines (0 or more), or `all` (None: no limit)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more) or `all`, got {text!r}")
+    return n
+
+
+class TailOfLines:
+    """Stands in for stdout while history is printed: keeps only its last `n` lines."""
+
+    def __init__(self, n: int):
+        from collections import deque
+
+        self.lines: deque[str] = deque(maxlen=n)
+        self.count = 0
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        *done, self.partial = (self.partial + text).split("\n")
+        self.lines.extend(done)
+        self.count += len(done)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def print_to(self, out) -> None:
+        """The kept lines, after a line that says how many earlier ones are left out."""
+        left_out = self.count - len(self.lines)
+        if left_out:
+            print(f"… {left_out:,} earlier line(s) of history not shown (--tail all shows every line)", file=out)
+        for line in self.lines:
+            print(line, file=out)
+        out.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -451,8 +497,9 @@ def compare(folders: list, trust: bool = False) -> int:
 
 
 def cmd_attach(args) -> int:
-    """History, then live events, as log lines; Ctrl-C leaves the run training."""
-    from traintop.engine.client import open_run
+    """History (its last --tail lines), then live events, as log lines; Ctrl-C leaves the run training."""
+    from traintop.engine import events as ev
+    from traintop.engine.client import HISTORY_END, open_run
 
     from .headless import HeadlessPrinter
 
@@ -468,11 +515,21 @@ def cmd_attach(args) -> int:
         if source.torn:
             print("note: the last line of events.jsonl was torn (its writer was killed) and is skipped",
                   file=sys.stderr)
+        tail = TailOfLines(args.tail) if args.tail is not None else None
         try:
-            async for event in source.events():
+            async for event in source.events(history_end=True):
+                if event is HISTORY_END:  # the history is out: its last lines, then live ones
+                    if tail is not None:
+                        tail.print_to(sys.stdout)
+                    tail, printer.out = None, sys.stdout
+                    continue
+                # the header is always shown whole; the rest of the history only as its last lines
+                printer.out = sys.stdout if tail is None or isinstance(event, ev.RunStarted) else tail
                 printer.show(event)
         finally:
             await source.close()
+            if tail is not None:  # an engine that does not mark the end of its history
+                tail.print_to(sys.stdout)
         if source.live and source.closed_reason and not printer.status:
             print(f"traintop: {source.closed_reason}", file=sys.stderr)
             return 1

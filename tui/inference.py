@@ -165,6 +165,13 @@ def summary_text(outputs: list[dict[str, Any]], classes: list[str]) -> Text:
     return text
 
 
+async def _send(source, command: cmd.Predict) -> cmd.Reply:
+    try:
+        return await source.send(command)
+    except (asyncio.TimeoutError, TimeoutError):
+        return cmd.Reply(False, "the model did not answer within a minute; try again")
+
+
 # -- the view --------------------------------------------------------------------------------------
 
 class InferenceView(Vertical, can_focus=True):
@@ -266,10 +273,16 @@ class InferenceView(Vertical, can_focus=True):
         self.show_status()
 
     def action_whole_split(self) -> None:
+        """Every validation sample, asked for in pages of at most MAX_PREDICT_INPUTS; one table."""
         if not self.ready():
             return
-        inputs = [{"split": "val", "index": i} for i in range(self.n_val)]
-        self.ask(inputs, kind="summary", with_inputs=False)
+        source = self.answering_source()
+        if source is None:
+            self.say("not connected to the run yet")
+            return
+        self.pending = True
+        self.say("asking the model…")
+        self.run_worker(self._ask_split(source, self.n_val, self.weights), exclusive=True, group="inference")
 
     def action_toggle_typed(self) -> None:
         if self.typed:
@@ -433,11 +446,40 @@ class InferenceView(Vertical, can_focus=True):
         if self.finished_source is not None:
             await self.finished_source.close()
 
+    async def _ask_split(self, source, n: int, weights: str) -> None:
+        page = cmd.MAX_PREDICT_INPUTS
+        outputs: list[dict[str, Any]] = []
+        steps: list[int] = []
+        try:
+            for first in range(0, n, page):
+                if n > page:
+                    self.say(f"asking the model… {first:,} of {n:,} samples")
+                inputs = [{"split": "val", "index": i} for i in range(first, min(n, first + page))]
+                reply = await _send(source, cmd.Predict(request_id="view-summary", inputs=inputs,
+                                                        weights=weights, with_inputs=False))
+                if not reply.ok:
+                    self.say(reply.message)
+                    return
+                outputs += reply.data.get("outputs", [])
+                step = reply.data.get("step")
+                steps.append(step if isinstance(step, int) else self.app.state.step)
+        finally:
+            self.pending = False
+        self.message = ""
+        self.sample = None
+        self.answer = None
+        self.answered_step = max(steps)
+        # with current weights on a live run, training goes on between pages: say over which steps
+        at = f"step {steps[0]}" if min(steps) == max(steps) else f"steps {min(steps)}-{max(steps)}"
+        pages = f", in {len(steps)} requests of up to {page:,}" if len(steps) > 1 else ""
+        self.query_one("#inf-input", Literal).update(
+            Text(f"whole validation split\n{weights} weights, {at}{pages}", style="dim"))
+        self.query_one("#inf-answer", Literal).update(summary_text(outputs, self.data.get("classes", [])))
+        self.show_status()
+
     async def _ask(self, source, command: cmd.Predict, kind: str) -> None:
         try:
-            reply = await source.send(command)
-        except (asyncio.TimeoutError, TimeoutError):
-            reply = cmd.Reply(False, "the model did not answer within a minute; try again")
+            reply = await _send(source, command)
         finally:
             self.pending = False
         if not reply.ok:
@@ -450,13 +492,6 @@ class InferenceView(Vertical, can_focus=True):
         step = reply.data.get("step")
         self.answered_step = step if isinstance(step, int) else self.app.state.step
         answered_by = f"{reply.data.get('weights', self.weights)} weights, step {self.answered_step}"
-        if kind == "summary":
-            self.sample = None
-            self.answer = None
-            self.query_one("#inf-input", Literal).update(Text(f"whole validation split\n{answered_by}", style="dim"))
-            self.query_one("#inf-answer", Literal).update(summary_text(outputs, self.data.get("classes", [])))
-            self.show_status()
-            return
         self.answer = outputs[0]
         self.answer["answered_by"] = answered_by
         if kind == "sample":
