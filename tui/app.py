@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .state import RunState
 
 REDRAW_SECONDS = 0.1
+OUTPUT_LINES = 5000  # lines of the engine's output kept in the Output view
+OUTPUT_BYTES = 1 << 20  # of a long output, its last this many bytes are read at first
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -169,6 +171,7 @@ class TrainTop(LiteralApp):
             with TabPane("Config", id="config"):
                 yield Literal(id="config-view")
             yield TabPane("Events", id="events")
+            yield TabPane("Output", id="output")  # the engine's own output: a watched script's prints
         yield Footer()
 
     def on_mount(self) -> None:
@@ -189,6 +192,7 @@ class TrainTop(LiteralApp):
         await self.main.query_one("#events", TabPane).mount_all([
             Input(placeholder="filter events (e.g. warning, lr_changed)", id="events-filter"),
             RichLog(id="events-log", max_lines=5000)])
+        await self.main.query_one("#output", TabPane).mount(RichLog(id="output-log", max_lines=OUTPUT_LINES))
         self.set_interval(REDRAW_SECONDS, self.redraw)
         self.follow()
 
@@ -259,6 +263,7 @@ class TrainTop(LiteralApp):
 
     def _redraw(self) -> None:
         s = self.state
+        self.update_output()
         if s.version == self.drawn_version:
             self.main.query_one("#header", Literal).update(self.header_text())  # elapsed keeps ticking
             return
@@ -400,6 +405,30 @@ class TrainTop(LiteralApp):
             flag = Text("vanishing", style="yellow") if last < 1e-6 else (
                 Text("exploding", style="red") if last > 1e3 else Text(""))
             table.add_row(shown(name), fmt(last), sparkline(recent), flag)
+
+    def update_output(self) -> None:
+        """What the engine printed (a watched script's own output, or the engine's log), as it grows."""
+        if not self.log_path:
+            return
+        try:
+            size = os.path.getsize(self.log_path)
+        except OSError:
+            return
+        offset = getattr(self, "_output_offset", None)
+        if size == offset:
+            return
+        if offset is None or size < offset:
+            offset = max(0, size - OUTPUT_BYTES)  # a long log: its end is what matters
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size - offset)
+        self._output_offset = offset + len(data)
+        text = getattr(self, "_output_partial", "") + data.decode(errors="replace")
+        *lines, self._output_partial = text.split("\n")
+        log = self.main.query_one("#output-log")
+        for line in lines:
+            # A progress bar redraws its line after each carriage return: show what a terminal would.
+            log.write(shown(Text.from_ansi(line.rsplit("\r", 1)[-1])))
 
     def update_events(self) -> None:
         log = self.main.query_one("#events-log")

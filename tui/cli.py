@@ -465,7 +465,7 @@ def dashboard(folder, trust: bool = False) -> int:
     opener = source_opener(folder, trust)
     from .app import TrainTop
 
-    outcome = TrainTop(opener, title=folder.run_id).run()
+    outcome = TrainTop(opener, title=folder.run_id, log_path=str(folder.log)).run()
     if outcome == "detached":
         print(f"detached; {folder.run_id} goes on training (traintop attach {folder.run_id})")
     return 0
