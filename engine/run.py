@@ -28,18 +28,14 @@ import torch
 from . import commands as cmd
 from . import events as ev
 from .checkpoint import Checkpointer, load_checkpoint
-from .config import Config, load_config, parse_override
+from .config import Config
 from .data import load_data
 from .errors import DiskFull, UserError
 from .inbox import CommandInbox
 from .loop import NonFiniteLoss, Trainer
+from .resume import resume_config
 from .runstore import (RunFolder, RunLock, default_runs_dir, disk_full, read_events, report_from_events,
                        write_json, write_text)
-
-# What `resume --set` may not change: the checkpoint was made with this data, this model, this
-# optimizer and this random stream. How long, how fast and what to watch may change.
-FIXED_ON_RESUME = {"run": ("name", "seed"), "data": None, "model": None, "optim": ("name",),
-                   "early_stopping": ("monitor", "mode")}  # None: every key of the section
 
 
 def set_threads(threads: int) -> int:
@@ -146,23 +142,11 @@ class Run:
 
     @classmethod
     def _resume(cls, folder: RunFolder, lock: RunLock, overrides: list[str]) -> Run:
-        meta = folder.read_json("meta.json") or {}
-        status = (folder.read_json("report.json") or {}).get("status")  # None: killed
-        if not folder.last.is_file():
-            raise UserError(f"run {folder.run_id} has no checkpoints/last.pt to resume from")
-        old = load_config(folder.config)
-        cfg = load_config(folder.config, overrides)
-        _check_resumable(old, cfg, folder)
-        cfg.base_dir = Path(meta.get("config_dir", folder.path))
+        cfg, keys, status = resume_config(folder, overrides)
         state = load_checkpoint(folder.last)
-        done = state["epoch"]
-        if cfg.train.epochs < done:
-            raise UserError(f"run {folder.run_id} has already trained {done} epochs; "
+        if cfg.train.epochs < state["epoch"]:
+            raise UserError(f"run {folder.run_id} has already trained {state['epoch']} epochs; "
                             f"train.epochs = {cfg.train.epochs} would leave nothing to train")
-        if status in ("completed", "early_stopped") and done >= cfg.train.epochs:
-            raise UserError(f"run {folder.run_id} has {status.replace('_', ' ')} after {done} epochs, "
-                            f"with no epochs left to train; for more: traintop resume {folder.run_id} "
-                            f"--set train.epochs=N (N > {done})")
         data = load_data(cfg)
         device = resolve_device(cfg.run.device)
         set_threads(cfg.run.threads)
@@ -170,7 +154,6 @@ class Run:
         trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
         trainer.folder = folder
         trainer.load_state_dict(state, map_location=device)
-        keys = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides)}
         notes = _apply_overrides(trainer, cfg, keys)
         if status == "early_stopped":
             trainer.early.since_best = 0
@@ -182,6 +165,7 @@ class Run:
                  "from": status or "killed"}
         if keys:
             entry["set"] = keys
+        meta = folder.read_json("meta.json") or {}
         meta.setdefault("resumes", []).append(entry)
         meta["pid"] = os.getpid()
         write_json(folder.meta, meta)
@@ -383,19 +367,6 @@ class Run:
                        "error": error, "epochs": self.trainer.epoch, "steps": self.trainer.step,
                        "seconds": round(self.trainer.clock(), 3)})
         write_json(self.folder.report, report)
-
-
-def _check_resumable(old: Config, new: Config, folder: RunFolder) -> None:
-    """UserError naming the keys a resume would change that the checkpoint depends on."""
-    before, after = old.to_dict(), new.to_dict()
-    fixed = [f"{section}.{key}" for section, values in after.items() for key, value in values.items()
-             if value != before[section][key] and section in FIXED_ON_RESUME
-             and (FIXED_ON_RESUME[section] is None or key in FIXED_ON_RESUME[section])]
-    if fixed:
-        raise UserError(f"--set {', '.join(fixed)}: cannot change when run {folder.run_id} resumes (its "
-                        "checkpoint was made with this data, model, optimizer and seed); what can: "
-                        "train.*, optim.lr, optim.weight_decay, optim.momentum, schedule.*, checkpoint.*, "
-                        "early_stopping.enabled/patience/min_delta/restore_best, run.device, run.threads")
 
 
 def _apply_overrides(trainer: Trainer, cfg: Config, keys: dict) -> list[str]:

@@ -335,8 +335,9 @@ def test_a_completed_run_extended_by_resume_is_tested_again_and_keeps_its_first_
     folder = resolve_run("latest", runs)
     first = finished(folder)["test"]
     files = {f: f.read_bytes() for f in (folder.events, folder.meta, folder.config)}
-    more = traintop("resume", "latest", runs_dir=runs)
+    more = traintop("resume", "latest", "--detach", runs_dir=runs)
     assert more.returncode == 2 and "--set train.epochs=N (N > 3)" in more.stderr
+    assert not folder.log.exists()  # refused before an engine was started
     fixed = traintop("resume", "latest", "--set", "train.epochs=5", "--set", "model.hidden=[32]",
                      "--set", "run.seed=4", runs_dir=runs)
     assert fixed.returncode == 2 and "--set model.hidden, run.seed: cannot change" in fixed.stderr.replace(

@@ -166,6 +166,10 @@ def cmd_resume(args) -> int:
 
     folder = RunFolder(args.into) if args.into else _folder(args)
     child_args = ["resume", str(folder.path), *[x for o in args.overrides for x in ("--set", o)]]
+    if args.detach or wants_dashboard(args):
+        from traintop.engine.resume import resume_config
+
+        resume_config(folder, args.overrides)  # refused here, before an engine or a dashboard starts
     if args.detach:
         return detach(None, args, child_args, folder=folder)
     if wants_dashboard(args):
@@ -243,8 +247,9 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
         print(f"  attach again:  traintop attach {folder.run_id}")
         return 0
     code = app.engine_exit if app.engine_exit is not None else proc.wait()
-    if code == 2 and not folder.meta.exists():
+    if code == 2 and (not created or not folder.meta.exists()):
         print(folder.log.read_text(errors="replace").strip().splitlines()[-1], file=sys.stderr)
+    if code == 2 and created and not folder.meta.exists():
         import shutil
 
         shutil.rmtree(folder.path, ignore_errors=True)
