@@ -205,12 +205,12 @@ class Run:
             return
         data = "".join(e.to_line() + "\n" for e in batch).encode()
         self._notable.extend(e for e in batch if not isinstance(e, ev.Steps))
+        subscribers = []
         try:
-            with self._lock:
+            with self._lock:  # one section: a new subscriber gets a batch as history or live, never both
+                subscribers = list(self._subscribers)
                 self._append(data)
         finally:  # written or not (a full disk), a front end sees every event up to run_finished
-            with self._lock:
-                subscribers = list(self._subscribers)
             for loop, callback in subscribers:
                 loop.call_soon_threadsafe(callback, batch, data)
 
