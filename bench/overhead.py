@@ -7,8 +7,10 @@ and learning rate, writes events.jsonl and checkpoints, and prints its headless 
 /dev/null). Runs are interleaved, rotating which goes first; the figure is the median ratio of engine to
 bare steps/s. A third loop, the bare one with its gradients in one flat buffer as the engine keeps
 them on the CPU, separates what that layout saves from what recording, events and the log cost.
+`--every-seconds 120 1` runs the engine once per checkpoint.every_seconds value in each round
+(the default is 120; give the run enough epochs for the timer to fire, e.g. --epochs 400).
 
-    python bench/overhead.py [--rounds 9] [--epochs 40] [--device cpu|cuda]
+    python bench/overhead.py [--rounds 9] [--epochs 40] [--device cpu|cuda] [--every-seconds S ...]
 """
 
 from __future__ import annotations
@@ -80,18 +82,27 @@ def bare_loop(data, cfg, flat: bool = False) -> float:
 def engine_run(cfg, runs_dir: Path) -> float:
     """traintop's engine as `traintop run --headless` drives it; steps/s from start to report."""
     run = Run.prepare(cfg, runs_dir)
+    periodic = []
     printer = HeadlessPrinter(open(os.devnull, "w"))
 
     async def follow():
         async for event in run.events():
             printer.show(event)
+            if event.kind == "checkpoint_saved" and event.kind_ == "periodic":
+                periodic.append(event.step)
 
     follower = threading.Thread(target=asyncio.run, args=(follow(),))
     start = time.perf_counter()
     follower.start()
     run.train()
     follower.join()
-    return run.trainer.step / (time.perf_counter() - start)
+    speed = run.trainer.step / (time.perf_counter() - start)
+    run.close()
+    engine_run.saves.append(len(periodic))
+    return speed
+
+
+engine_run.saves = []  # periodic saves per run
 
 
 def main() -> None:
@@ -99,34 +110,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both loops run there)")
+    parser.add_argument("--every-seconds", type=float, nargs="+", default=[120.0], metavar="S",
+                        help="checkpoint.every_seconds of the engine runs, one engine per value (default 120)")
     args = parser.parse_args()
-    cfg = load_config(None, [f"train.epochs={args.epochs}", "early_stopping.enabled=false",
-                             "model.hidden=[128, 128]", "data.batch_size=64", f"run.device={args.device}"])
+    base = [f"train.epochs={args.epochs}", "early_stopping.enabled=false", "model.hidden=[128, 128]",
+            "data.batch_size=64", f"run.device={args.device}"]
+    cfg = load_config(None, base)
     data = load_data(cfg)
     set_threads(cfg.run.threads)  # the bare loop gets the engine's thread count
-    names = ["bare", "flat", "engine"]
+    engines = {f"engine {s:g}s": load_config(None, base + [f"checkpoint.every_seconds={s}"])
+               for s in args.every_seconds}
+    names = ["bare", "flat", *engines]
     speeds: dict[str, list[float]] = {name: [] for name in names}
-    runs = {"bare": lambda: bare_loop(data, cfg), "flat": lambda: bare_loop(data, cfg, flat=True),
-            "engine": lambda: engine_run(cfg, Path(tmp))}
+    saves: dict[str, list[int]] = {name: [] for name in engines}
+    runs = {"bare": lambda: bare_loop(data, cfg), "flat": lambda: bare_loop(data, cfg, flat=True)}
+    runs.update({name: (lambda c=c: engine_run(c, Path(tmp))) for name, c in engines.items()})
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:  # warm up each
             runs[name]()
         for r in range(args.rounds):
             # Rotate which goes first, so drift in the machine's speed cancels out.
-            for name in names[r % 3:] + names[:r % 3]:
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
                 speeds[name].append(runs[name]())
+                if name in engines:
+                    saves[name].append(engine_run.saves[-1])
             print(f"round {r + 1}: " + "  ".join(f"{n} {speeds[n][-1]:6.0f}" for n in names) + " steps/s",
                   file=sys.stderr)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"digits MLP 64-128-128-10, batch 64, Adam, {args.epochs} epochs x {args.rounds} rounds, "
           f"torch {torch.__version__}, {args.device} ({where})")
-    labels = {"bare": "bare loop", "flat": "bare loop, flat gradients", "engine": "engine"}
+    labels = {"bare": "bare loop", "flat": "bare loop, flat gradients"}
     for name in names:
-        print(f"{labels[name]:26s} median {statistics.median(speeds[name]):7.0f} steps/s")
-    for against in ("bare", "flat"):
-        ratios = [e / b for e, b in zip(speeds["engine"], speeds[against])]
-        print(f"engine / {labels[against]:15s} median {statistics.median(ratios):.3f}  "
-              f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+        extra = f"  ({statistics.median(saves[name]):g} periodic saves a run)" if name in engines else ""
+        print(f"{labels.get(name, name):26s} median {statistics.median(speeds[name]):7.0f} steps/s{extra}")
+    for name in engines:
+        for against in ("bare", "flat"):
+            ratios = [e / b for e, b in zip(speeds[name], speeds[against])]
+            print(f"{name} / {labels[against]:15s} median {statistics.median(ratios):.3f}  "
+                  f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
 if __name__ == "__main__":

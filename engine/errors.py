@@ -13,3 +13,16 @@ def did_you_mean(word: str, choices) -> str:
     """' (did you mean "x"?)' when a close choice exists, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+class DiskFull(Exception):
+    """A run's file could not be written for want of space (or over a size limit or quota).
+
+    Not a UserError: the run ends `failed` (exit 1) and can be resumed once space is freed.
+    `folder` is the run folder whose disk is full; `errno` is ENOSPC, EDQUOT or EFBIG.
+    """
+
+    def __init__(self, message: str, folder=None, errno: int | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.errno = errno

@@ -239,6 +239,8 @@ class Resumed(Event):
     kind: ClassVar[str] = "resumed"
     step: int = 0
     source: str = "pause"  # "pause", or "checkpoint" when `traintop resume` continues the run
+    epochs: int = 0  # from a checkpoint: the epochs the run now trains to (0: unchanged)
+    note: str = ""  # from a checkpoint: what the resume changed, in words
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,7 @@ class TestResult(Event):
     __test__: ClassVar[bool] = False  # not a pytest test class
     metrics: dict = field(default_factory=dict)
     step: int = 0
+    extension: bool = False  # measured after `resume` trained a finished run further; the first test stays its score
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import torch
 
 from . import commands as cmd
 from . import events as ev
-from .checkpoint import save_checkpoint
-from .config import Config
+from .checkpoint import Checkpointer, all_finite, snapshot
+from .config import LR_RANGE, Config
 from .data import Dataset
 from .early_stopping import EarlyStopping
 from .errors import UserError
@@ -30,16 +30,18 @@ from .runstore import RunFolder
 
 FLUSH_SECONDS = 0.1
 BEST_SAVE_SECONDS = 2.0  # best.pt is rewritten at most this often; the final best is always saved
+LR_SAVE_SECONDS = 5.0  # a user's LR change saves last.pt first when the last save is older than this
 OVERFIT_RISES = 3
 LOGGED_OUTPUTS = 100  # a prediction event lists the answers of requests up to this size
 
 
 class NonFiniteLoss(Exception):
-    """The loss or gradient became NaN or infinite at `step`."""
+    """The loss or gradient (or, found at a save, the weights) became NaN or infinite at `step`."""
 
-    def __init__(self, step: int):
-        super().__init__(f"non-finite loss or gradient at step {step}")
+    def __init__(self, step: int, what: str = "loss or gradient"):
+        super().__init__(f"non-finite {what} at step {step}")
         self.step = step
+        self.what = what
 
 
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
@@ -72,6 +74,7 @@ class Trainer:
         self.log_offset: Callable[[], int] = lambda: 0  # bytes of events.jsonl delivered so far
         self.inbox = inbox
         self.folder: RunFolder | None = None  # set once the run folder exists
+        self.checkpointer: Checkpointer | None = None  # writes the folder's checkpoints, with it
         torch.manual_seed(cfg.run.seed)
 
         n_classes = len(data.classes)
@@ -115,6 +118,11 @@ class Trainer:
         self.history: list[tuple[float, float]] = []  # (val_loss, epoch train loss) per scheduled validation
         self.overfit_warned = False
         self.test_done = False
+        self.tested_at: list[int] = []  # steps of the tests in the run's history (an extended run's)
+        self.save_every = cfg.checkpoint.every_seconds
+        self.saved_at = time.perf_counter()  # the last save of last.pt, or the start of training
+        self.save_due = False  # last.pt is written at the next step boundary
+        self.saved_step: int | None = None  # the step of the last.pt on disk
         self.t0 = time.monotonic()
         self.flush_started = time.perf_counter()
         self.last_train_loss = math.nan
@@ -158,7 +166,7 @@ class Trainer:
 
     def fit(self) -> str:
         """Train until the epochs run out, early stopping, a stop command, or a failure."""
-        self.flush_started = time.perf_counter()
+        self.flush_started = self.saved_at = time.perf_counter()
         self.recorder.first_step = self.step + 1
         self.set_optimizer_lr(self.lr.at(self.step))
         while self.epoch < self.cfg.train.epochs and self.stop_request is None:
@@ -184,8 +192,8 @@ class Trainer:
         started = time.perf_counter()
         model.train()
         while self.batch < self.steps_per_epoch:
-            if self.inbox or self.paused:
-                self.serve_commands()
+            if self.inbox or self.paused or self.save_due:
+                self.at_boundary()
                 if self.stop_request is not None:
                     return
             xb, yb = next(batches)
@@ -216,10 +224,26 @@ class Trainer:
         self.end_epoch(time.perf_counter() - started)
 
     def flush_and_deliver(self) -> None:
-        """The timed flush: about every 100 ms, steps and events go out together."""
+        """The timed flush: about every 100 ms, steps and events go out together, and a
+        periodic save falls due."""
         self.flush()
+        self.announce_saves()
         self.deliver()
-        self.next_flush = time.perf_counter() + FLUSH_SECONDS
+        now = time.perf_counter()
+        self.next_flush = now + FLUSH_SECONDS
+        if self.save_every and now - self.saved_at >= self.save_every:
+            self.save_due = True
+
+    def at_boundary(self) -> None:
+        """Between two steps: the periodic save when due, then the waiting commands.
+
+        Here, before the next step, the state is whole: a resume from it starts this very step.
+        """
+        if self.save_due:
+            self.save_due = False
+            self.save("periodic")
+        if self.inbox or self.paused:
+            self.serve_commands()
 
     def set_optimizer_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -314,6 +338,7 @@ class Trainer:
         self.lr.load_state_dict(state["lr"])
         self.early.load_state_dict(state["early_stopping"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.saved_step = self.step
         self.epoch_loss_sum, self.epoch_loss_n, self.last_train_loss = state["epoch_loss"]
         self.history = [tuple(h) for h in state["history"]]
         self.best_state = state.get("best_model") or None
@@ -322,45 +347,78 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def save(self, kind: str) -> None:
-        """Write last.pt (kinds last, periodic, manual) and announce it.
+        """Save last.pt (kinds last, periodic, manual); it is announced once the file is in place.
 
-        Everything logged so far is delivered first, and best.pt brought up to date, so that a
-        resume from this checkpoint sees a log and a best model that match it.
+        The steps since the last flush are checked first (a non-finite one raises), then the
+        weights themselves: weights that went bad are never saved, so the last finite last.pt
+        stays. Everything logged so far is delivered before the copy, so the log offset in the
+        state matches the log a resume cuts back to. A periodic save is written in the
+        background; the others wait until the file is in place (stop and the end of the run,
+        and a user's `checkpoint`, whose reply means the file is there).
         """
-        if self.folder is None:
+        if self.checkpointer is None:
             return
-        self.save_best()
         self.flush()
+        if not self.weights_finite():
+            raise NonFiniteLoss(self.step, "weights")
+        self.save_best()
         self.deliver()
-        path = self.folder.last
-        save_checkpoint(path, self.state_dict())
-        self.emit(ev.CheckpointSaved, path=str(path), kind_=kind, step=self.step)
+        self.checkpointer.write("last", snapshot(self.state_dict()), kind, self.step)
+        self.saved_at = time.perf_counter()
+        self.save_due = False
+        if kind != "periodic":
+            self.checkpointer.wait()
+            self.announce_saves()
+
+    def weights_finite(self) -> bool:
+        """Whether the model and the optimizer's state hold only finite numbers (one host sync)."""
+        tensors = list(self.model.state_dict().values())
+        tensors += [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return all_finite(tensors)
 
     def save_best(self) -> None:
-        """Write best.pt from the best weights kept in memory."""
-        if self.folder is None or self.best_state is None or not self.best_pending:
+        """Save best.pt from the best weights kept in memory (announced once in place)."""
+        if self.checkpointer is None or self.best_state is None or not self.best_pending:
             return
         state = {"model": self.best_state, "step": self.early.best_step, "epoch": self.early.best_epoch,
                  "value": self.early.best, "monitor": self.early.monitor}
-        save_checkpoint(self.folder.best, state)
+        self.checkpointer.write("best", snapshot(state), "best", self.early.best_step)
         self.best_saved_at = time.monotonic()
         self.best_pending = False
-        self.emit(ev.CheckpointSaved, path=str(self.folder.best), kind_="best", step=self.early.best_step)
+
+    def announce_saves(self) -> None:
+        """A checkpoint_saved event for each file the checkpointer has put in place."""
+        if self.checkpointer is None:
+            return
+        for saved in self.checkpointer.written():
+            if saved.kind != "best":
+                self.saved_step = saved.step
+            self.emit(ev.CheckpointSaved, path=str(saved.path), kind_=saved.kind, step=saved.step)
 
     # -- the end -------------------------------------------------------------------------------
 
     def finish(self, status: str) -> None:
-        """After training: last.pt, best.pt, then the one test on the restored best weights."""
+        """After training: last.pt, best.pt, then the one test on the restored best weights.
+
+        A run extended by `resume` is tested once more, marked as the extension's; a run whose
+        test at this very step is already in its history (killed during its end) is not.
+        """
         if status in ("completed", "early_stopped") or (status == "stopped" and self.stop_request.save):
             self.save("last")
         self.save_best()
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+            self.announce_saves()
         if status not in ("completed", "early_stopped") or len(self.feeds["test"]) == 0:
+            return
+        if self.step in self.tested_at:
             return
         if self.cfg.early_stopping.restore_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         loss, metrics = evaluate(self.model, self.objective, self.feeds["test"], self.data)
         self.test_done = True
-        self.emit(ev.TestResult, metrics={**metrics, "loss": loss}, step=self.step)
+        self.emit(ev.TestResult, metrics={**metrics, "loss": loss}, step=self.step, extension=bool(self.tested_at))
+        self.tested_at.append(self.step)
 
     # -- commands, at step boundaries ------------------------------------------------------------
 
@@ -406,6 +464,14 @@ class Trainer:
             return cmd.Reply(True, f"resumed at step {self.step}")
         if isinstance(c, cmd.SetLr):
             old = self.lr.at(self.step)
+            new = c.value if c.value is not None else old * c.factor
+            low, high = LR_RANGE
+            if not low < new <= high:
+                asked = f"{new:.3g}" if c.value is not None else f"x{c.factor:g} (which gives {new:.3g})"
+                return cmd.Reply(False, f"learning rate {asked} refused: allowed {low:g} < lr <= {high:g}; "
+                                        f"it stays {old:.3g}")
+            if self.save_every and time.perf_counter() - self.saved_at >= LR_SAVE_SECONDS:
+                self.save("periodic")  # a new rate is the usual cause of a blow-up: keep a way back
             if c.value is not None:
                 self.lr.set_value(self.step, c.value)
             else:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import socket
@@ -26,13 +27,15 @@ import torch
 
 from . import commands as cmd
 from . import events as ev
-from .checkpoint import load_checkpoint
-from .config import Config, load_config
+from .checkpoint import Checkpointer, load_checkpoint
+from .config import Config
 from .data import load_data
-from .errors import UserError
+from .errors import DiskFull, UserError
 from .inbox import CommandInbox
 from .loop import NonFiniteLoss, Trainer
-from .runstore import RunFolder, default_runs_dir, is_live, read_events, report_from_events, write_json
+from .resume import resume_config
+from .runstore import (RunFolder, RunLock, default_runs_dir, disk_full, read_events, report_from_events,
+                       write_json, write_text)
 
 
 def set_threads(threads: int) -> int:
@@ -69,24 +72,30 @@ def resolve_device(name: str) -> torch.device:
 class Run:
     """One training run, from its prepared data to its report."""
 
-    def __init__(self, cfg: Config, trainer: Trainer, folder: RunFolder, inbox: CommandInbox):
+    def __init__(self, cfg: Config, trainer: Trainer, folder: RunFolder, inbox: CommandInbox, lock: RunLock):
         self.cfg = cfg
         self.trainer = trainer
         self.folder = folder
         self.inbox = inbox
+        self.lock = lock  # the folder is this process's until close() or its end
         self.resumed_from: int | None = None  # the step a resumed run continues from
+        self.resume_note = ""  # what the resume changed, in words
+        self.failure: DiskFull | None = None  # a full disk ended the run
+        self.unrecorded: list[str] = []  # what a full disk kept from being written at the end
         self._lock = threading.Lock()
         self._pending: list[ev.Event] = []  # published, not yet delivered
         self._notable: list[ev.Event] = []  # every event but steps: what the report is made of
         self._closed = False
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, Callable]] = []
-        self._events_file = open(folder.events, "ab")
+        # Unbuffered: a write that fails leaves nothing queued to be written later, out of place.
+        self._events_file = open(folder.events, "ab", buffering=0)
         self._offset = self._events_file.tell()  # bytes of events.jsonl written so far
         self._done: Future = Future()
         self._thread: threading.Thread | None = None
         trainer.emit_event = self.publish
         trainer.deliver = self.deliver
         trainer.log_offset = lambda: self._offset
+        trainer.checkpointer = Checkpointer(folder.checkpoints)
 
     @classmethod
     def prepare(cls, cfg: Config, runs_dir: Path | None = None, folder: RunFolder | None = None) -> Run:
@@ -101,8 +110,9 @@ class Run:
         trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
         if folder is None:
             folder = RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
+        lock = folder.lock()
         folder.checkpoints.mkdir(exist_ok=True)
-        folder.config.write_text(cfg.to_toml())
+        write_text(folder.config, cfg.to_toml())
         write_json(folder.preprocess, data.preprocess.to_json())
         write_json(folder.meta, {
             "run_id": folder.run_id, "name": cfg.run.name, "seed": cfg.run.seed, "device": str(device),
@@ -116,23 +126,30 @@ class Run:
                          "python": platform.python_version()},
         })
         trainer.folder = folder
-        return cls(cfg, trainer, folder, inbox)
+        return cls(cfg, trainer, folder, inbox, lock)
 
     @classmethod
-    def resume(cls, folder: RunFolder) -> Run:
-        """A stopped or killed run, ready to continue from checkpoints/last.pt."""
-        meta = folder.read_json("meta.json") or {}
-        report = folder.read_json("report.json")
-        if report is None and is_live(folder) and meta.get("pid") != os.getpid():
-            raise UserError(f"run {folder.run_id} is still running (pid {meta['pid']}); attach to it instead")
-        if report is not None and report.get("status") not in ("stopped", None):
-            raise UserError(f"run {folder.run_id} has {report['status'].replace('_', ' ')}; "
-                            "only a stopped or killed run can be resumed")
-        if not folder.last.is_file():
-            raise UserError(f"run {folder.run_id} has no checkpoints/last.pt to resume from")
-        cfg = load_config(folder.config)
-        cfg.base_dir = Path(meta.get("config_dir", folder.path))
+    def resume(cls, folder: RunFolder, overrides: list[str] = ()) -> Run:
+        """A stopped, killed, failed or finished run, ready to continue from checkpoints/last.pt.
+
+        `overrides` (`--set KEY=VALUE`) change the run's config from here on: more epochs, a
+        lower learning rate. The folder is locked first, and nothing in it changes until every
+        check has passed.
+        """
+        lock = folder.lock()
+        try:
+            return cls._resume(folder, lock, list(overrides))
+        except BaseException:
+            lock.close()
+            raise
+
+    @classmethod
+    def _resume(cls, folder: RunFolder, lock: RunLock, overrides: list[str]) -> Run:
+        cfg, keys, status = resume_config(folder, overrides)
         state = load_checkpoint(folder.last)
+        if cfg.train.epochs < state["epoch"]:
+            raise UserError(f"run {folder.run_id} has already trained {state['epoch']} epochs; "
+                            f"train.epochs = {cfg.train.epochs} would leave nothing to train")
         data = load_data(cfg)
         device = resolve_device(cfg.run.device)
         set_threads(cfg.run.threads)
@@ -140,18 +157,34 @@ class Run:
         trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
         trainer.folder = folder
         trainer.load_state_dict(state, map_location=device)
+        notes = _apply_overrides(trainer, cfg, keys)
+        if status == "early_stopped":
+            trainer.early.since_best = 0
+            notes.append(f"early stopping counts again from here (patience {trainer.early.patience})")
         # Events logged after the checkpoint describe training that is now done again.
         last_t = _truncate_log(folder.events, state.get("events_offset"))
         folder.report.unlink(missing_ok=True)
-        meta.setdefault("resumes", []).append({"at": datetime.now().isoformat(), "step": trainer.step,
-                                               "pid": os.getpid()})
+        entry = {"at": datetime.now().isoformat(), "step": trainer.step, "pid": os.getpid(),
+                 "from": status or "killed"}
+        if keys:
+            entry["set"] = keys
+        meta = folder.read_json("meta.json") or {}
+        meta.setdefault("resumes", []).append(entry)
         meta["pid"] = os.getpid()
         write_json(folder.meta, meta)
-        run = cls(cfg, trainer, folder, inbox)
+        if overrides:
+            write_text(folder.config, cfg.to_toml())
+        run = cls(cfg, trainer, folder, inbox, lock)
         run.resumed_from = trainer.step
+        run.resume_note = "; ".join(notes)
         run._notable = [e for e in read_events(folder.events)[0] if not isinstance(e, ev.Steps)]
+        trainer.tested_at = [e.step for e in run._notable if isinstance(e, ev.TestResult)]
         trainer.t0 -= last_t
         return run
+
+    def close(self) -> None:
+        """Release the run folder for another process; the end of this process does the same."""
+        self.lock.close()
 
     @property
     def run_id(self) -> str:
@@ -175,13 +208,26 @@ class Run:
             return
         data = "".join(e.to_line() + "\n" for e in batch).encode()
         self._notable.extend(e for e in batch if not isinstance(e, ev.Steps))
-        with self._lock:
-            self._events_file.write(data)
-            self._events_file.flush()
-            self._offset += len(data)
-            subscribers = list(self._subscribers)
-        for loop, callback in subscribers:
-            loop.call_soon_threadsafe(callback, batch, data)
+        subscribers = []
+        try:
+            with self._lock:  # one section: a new subscriber gets a batch as history or live, never both
+                subscribers = list(self._subscribers)
+                self._append(data)
+        finally:  # written or not (a full disk), a front end sees every event up to run_finished
+            for loop, callback in subscribers:
+                loop.call_soon_threadsafe(callback, batch, data)
+
+    def _append(self, data: bytes) -> None:
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):
+                done += self._events_file.write(view[done:])
+        except OSError as e:
+            # Half a batch would leave a broken line inside the log once anything follows it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._events_file.fileno(), self._offset)
+            raise disk_full(e, self.folder.path) or e
+        self._offset += len(data)
 
     def subscribe(self, callback: Callable[[list[ev.Event], bytes], None]) -> int:
         """Call `callback(events, data)` on this asyncio loop for every later delivery.
@@ -260,28 +306,62 @@ class Run:
             for kind, message in t.data.warnings:
                 t.emit(ev.RunWarning, kind_=kind, message=message, step=0)
         else:
-            t.emit(ev.Resumed, step=t.step, source="checkpoint")
+            t.emit(ev.Resumed, step=t.step, source="checkpoint", epochs=self.cfg.train.epochs,
+                   note=self.resume_note)
         error = ""
         try:
-            status = t.fit()
-            t.finish(status)
-        except NonFiniteLoss as e:
-            status, error = "failed", str(e)
-            t.emit(ev.RunWarning, kind_="nan_loss", step=e.step,
-                   message=f"the loss or gradient became non-finite at step {e.step}; stopped "
-                           "(set train.on_nan = \"skip\" to skip such updates, or lower optim.lr)")
-            t.finish("failed")
+            try:
+                status = t.fit()
+                t.finish(status)
+            except NonFiniteLoss as e:
+                status, error = "failed", str(e)
+                t.finish("failed")  # best.pt, and the periodic write in flight: both finite
+                kept = (f"checkpoints/last.pt keeps step {t.saved_step}, the last finite weights: resume "
+                        f"it with a lower rate (traintop resume {self.run_id} --set optim.lr=...), "
+                        if t.saved_step is not None else "lower optim.lr, ")
+                t.emit(ev.RunWarning, kind_="nan_loss", step=e.step,
+                       message=f"the {e.what} became non-finite at step {e.step}; stopped ({kept}"
+                               "or set train.on_nan = \"skip\" to skip such updates)")
+        except DiskFull as e:
+            status, error, self.failure = "failed", str(e), e
         except Exception as e:  # noqa: BLE001 - a failed run must still finish its log
             status, error = "failed", f"{type(e).__name__}: {e}"
             traceback.print_exc(file=sys.stderr)
+        try:
+            status = self._end(status, error)
+        finally:
+            with self._lock:
+                self._closed = True
+                self._events_file.close()
+            self._done.set_result(status)
+        return status
+
+    def _end(self, status: str, error: str) -> str:
+        """Record how the run ended, as far as the disk allows; the final status."""
+        t = self.trainer
         self.inbox.close(f"the run has finished ({status})")
+        with contextlib.suppress(NonFiniteLoss):
+            t.flush()  # steps still buffered go out before run_finished (a failing run's, too)
+        try:
+            saved = t.checkpointer.close()  # the write in flight; temporary files removed
+        except Exception as e:  # noqa: BLE001 - a failed write fails the run, if nothing did before
+            saved = []
+            if status != "failed":
+                status, error = "failed", str(e)
+                self.failure = e if isinstance(e, DiskFull) else None
+        for s in saved:
+            t.emit(ev.CheckpointSaved, path=str(s.path), kind_=s.kind, step=s.step)
+        if self.failure is not None:
+            self.lock.give_back_reserve()  # room for run_finished and report.json
         t.emit(ev.RunFinished, status=status, error=error, step=t.step, epoch=t.epoch)
-        self._write_report(status, error)
-        self.deliver()
-        with self._lock:
-            self._closed = True
-            self._events_file.close()
-        self._done.set_result(status)
+        try:
+            self._write_report(status, error)
+        except Exception:  # noqa: BLE001 - a full disk: said below, the run's end still goes out
+            self.unrecorded.append("report.json")
+        try:
+            self.deliver()
+        except Exception:  # noqa: BLE001 - the subscribers have it; the log could not take it
+            self.unrecorded.append("the run_finished event in events.jsonl")
         return status
 
     def _write_report(self, status: str, error: str) -> None:
@@ -292,18 +372,51 @@ class Run:
         write_json(self.folder.report, report)
 
 
+def _apply_overrides(trainer: Trainer, cfg: Config, keys: dict) -> list[str]:
+    """Put a resume's --set values over the state its checkpoint restored; what changed, in words."""
+    notes = []
+    for group in trainer.optimizer.param_groups:  # the checkpoint restored the old values
+        if "weight_decay" in group:
+            group["weight_decay"] = cfg.optim.weight_decay
+        if cfg.optim.name == "sgd":
+            group["momentum"] = cfg.optim.momentum
+    if "optim.lr" in keys:
+        trainer.lr.user_scale = 1.0  # the new base rate is the rate: live changes before are dropped
+        notes.append(f"learning rate {cfg.optim.lr:g}")
+    for key in ("enabled", "patience", "min_delta"):
+        if f"early_stopping.{key}" in keys:
+            setattr(trainer.early, key, getattr(cfg.early_stopping, key))
+    if "train.epochs" in keys:
+        notes.append(f"training to epoch {cfg.train.epochs}")
+    notes += [f"{k} = {v}" for k, v in keys.items() if k not in ("optim.lr", "train.epochs")]
+    return notes
+
+
 def _truncate_log(path: Path, offset: int | None) -> float:
-    """Cut events.jsonl back to `offset` (or its last whole line); the `t` of its last event."""
+    """Cut events.jsonl back to `offset` (or its last whole line); the `t` of its last event.
+
+    A test result after the offset stays: it measured the end of training that is not done
+    again (a finished run extended by `resume`), and the first test is the run's score.
+    """
     with open(path, "rb+") as f:
         data = f.read()
         end = offset if offset is not None and offset <= len(data) else data.rfind(b"\n") + 1
+        kept = [line for line in data[end:].splitlines() if isinstance(_parse(line), ev.TestResult)]
         f.truncate(end)
-    for line in reversed(data[:end].splitlines()):
-        try:
-            return float(ev.parse_line(line.decode()).t)
-        except ValueError:
-            continue
+        f.seek(end)
+        f.write(b"".join(line + b"\n" for line in kept))
+    for line in reversed(data[:end].splitlines() + kept):
+        event = _parse(line)
+        if event is not None:
+            return float(event.t)
     return 0.0
+
+
+def _parse(line: bytes) -> ev.Event | None:
+    try:
+        return ev.parse_line(line.decode())
+    except ValueError:  # a torn line (UnicodeDecodeError is one too)
+        return None
 
 
 def _version() -> str:

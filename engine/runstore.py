@@ -9,16 +9,23 @@ Torch-free: `traintop ls`, the dashboard and the CLI read runs without the engin
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import stat
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import DiskFull, UserError
 from .events import Event, finite_or_null, parse_line
+
+LOCK_ENV = "TRAINTOP_RUN_LOCK_FD"  # a run folder's lock handed to the engine process started for it
+LOCK_PATIENCE = 0.5  # seconds a writer retries the lock: a reader may probe it for a moment
+LOCK_RESERVE = 16 << 10  # bytes the lock file keeps, given back when the disk fills
 
 
 def default_runs_dir() -> Path:
@@ -51,6 +58,7 @@ class RunFolder:
     report = property(lambda self: self.path / "report.json")
     socket = property(lambda self: self.path / "control.sock")
     log = property(lambda self: self.path / "engine.log")
+    lock_file = property(lambda self: self.path / ".lock")
 
     @classmethod
     def create(cls, runs_dir: Path, name: str, now: datetime | None = None) -> RunFolder:
@@ -66,6 +74,70 @@ class RunFolder:
             (path / "checkpoints").mkdir()
             return cls(path)
         raise UserError(f"could not create a run folder in {runs_dir}")
+
+    def lock(self) -> RunLock:
+        """Take this folder for the calling process before it writes anything there.
+
+        The lock (flock on `.lock`) is held until `RunLock.close()` or the process's end, so a
+        run killed with -9 never leaves a stale one. Another process holding it: UserError
+        naming that process. An engine started for this folder adopts the lock its parent
+        took and handed over (LOCK_ENV), so there is no moment where the folder is free.
+        """
+        inherited = self._inherited_lock()
+        if inherited is not None:
+            return inherited
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise disk_full(e, self.path) or UserError(
+                f"cannot take run folder {self.path} for writing: {e.strerror}") from None
+        deadline = time.monotonic() + LOCK_PATIENCE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    pid = _lock_holder(fd)
+                    os.close(fd)
+                    who = f"process {pid}" if pid else "another process"
+                    raise UserError(f"run {self.run_id} is in use by {who}; `traintop attach {self.run_id}` "
+                                    "follows it, `traintop ctl` steers it") from None
+                time.sleep(0.01)
+        return RunLock(self, fd)
+
+    def _inherited_lock(self) -> RunLock | None:
+        value = os.environ.pop(LOCK_ENV, None)
+        if not value:
+            return None
+        try:
+            fd = int(value)
+            if not os.path.samestat(os.fstat(fd), os.stat(self.lock_file)):
+                return None  # handed over for another folder
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the same open file: already held
+        except (OSError, ValueError):
+            return None
+        os.set_inheritable(fd, False)
+        return RunLock(self, fd)
+
+    def locked_by(self) -> int | None:
+        """The pid of the process that holds this folder (0 when unknown), or None when none does.
+
+        Only probes: a shared lock for an instant, which a writer's retries outlast.
+        """
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _lock_holder(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def read_json(self, which: str) -> dict[str, Any] | None:
         """meta.json, report.json or preprocess.json as a dict; None when the file is absent.
@@ -100,11 +172,91 @@ def read_file(path: Path) -> bytes | None:
         raise UserError(f"{path} could not be read: {e.strerror or e}") from None
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write strict JSON atomically (non-finite numbers as null): a reader never sees half a file."""
+class RunLock:
+    """A run folder held by this process (see `RunFolder.lock`).
+
+    The lock file holds the holder's pid, then LOCK_RESERVE bytes kept in reserve: when the disk
+    fills, `give_back_reserve()` frees them so the run can still record how it ended.
+    """
+
+    def __init__(self, folder: RunFolder, fd: int):
+        self.folder = folder
+        self.fd = fd
+        pid = f"{os.getpid()}\n".encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid, 0)
+            os.pwrite(fd, b"\0" * LOCK_RESERVE, len(pid))
+        except OSError:  # a full disk: the lock holds without the pid or the reserve
+            pass
+
+    def give_back_reserve(self) -> None:
+        """Free the reserved bytes for what the run must still write."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, len(f"{os.getpid()}\n"))
+
+    def child_env(self) -> dict[str, str]:
+        """The environment that hands this lock to an engine process started with pass_fds=(fd,)."""
+        return {**os.environ, LOCK_ENV: str(self.fd)}
+
+    def close(self) -> None:
+        """Release the folder (the process's end does the same)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _lock_holder(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).split(b"\n", 1)[0] or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+SPACE_ERRORS = {errno.ENOSPC: "no space left", errno.EDQUOT: "the disk quota is used up",
+                errno.EFBIG: "a file reached the size limit (ulimit -f)"}
+
+
+def mount_of(path: Path) -> tuple[str, str]:
+    """The mount point holding `path`, and the device mounted there ("" when unknown)."""
+    p = Path(os.path.abspath(path))
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    device = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 1 and fields[1].replace("\\040", " ") == str(p):
+                device = fields[0]  # the last mount on a point is the one in use
+    return str(p), device
+
+
+def disk_full(error: OSError, folder: Path) -> DiskFull | None:
+    """A DiskFull naming the disk that holds `folder` when `error` is for want of space, else None."""
+    what = SPACE_ERRORS.get(getattr(error, "errno", None))
+    if what is None:
+        return None
+    mount, device = mount_of(folder)
+    disk = f"{device} mounted at {mount}" if device else f"mounted at {mount}"
+    return DiskFull(f"{what} on the disk holding {folder} ({disk})", Path(folder), error.errno)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a run file atomically: a reader never sees half of it, and a full disk leaves no
+    temporary file behind (DiskFull naming the disk)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(finite_or_null(obj), indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise disk_full(e, path.parent) or e
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write strict JSON atomically (non-finite numbers as null; see `write_text`)."""
+    write_text(path, json.dumps(finite_or_null(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def read_events(path: Path) -> tuple[list[Event], bool]:
@@ -184,7 +336,10 @@ def socket_is_live(path: Path) -> bool:
 
 
 def is_live(folder: RunFolder) -> bool:
-    """A run is live while its engine serves the control socket (or its process still starts up)."""
+    """A run is live while a process holds its folder; a folder from before the lock, while its
+    engine serves the control socket (or its process still starts up)."""
+    if folder.lock_file.exists():
+        return folder.locked_by() is not None
     if folder.socket.exists() and socket_is_live(folder.socket):
         return True
     meta = folder.read_json("meta.json") or {}
@@ -363,7 +518,11 @@ def report_from_events(events: list[Event]) -> dict[str, Any]:
             value = e.val_loss if monitor == "val_loss" else e.metrics.get(monitor[4:])
             out["best"] = {"monitor": monitor, "value": value, "epoch": e.epoch, "step": e.step}
         elif isinstance(e, ev.TestResult):
-            out["test"] = e.metrics
+            # The first test is the run's score; a test after an extension is kept beside it.
+            if e.extension and out["test"] is not None:
+                out["extension_test"] = {"step": e.step, "metrics": e.metrics}
+            elif out["test"] is None:
+                out["test"] = e.metrics
         elif isinstance(e, ev.RunFinished):
             out["status"], out["error"] = e.status, e.error
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from traintop.engine.errors import UserError
+from traintop.engine.errors import DiskFull, UserError
 
 from .terminal import guard_streams
 
@@ -91,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "before the run stops")
     runs_dir(ctl)
 
-    resume = sub.add_parser("resume", help="continue a stopped or killed run from its last checkpoint")
+    resume = sub.add_parser("resume", help="continue a stopped, killed, failed or finished run from its last "
+                            "checkpoint (--set train.epochs=N for more epochs)")
     resume.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
+    overrides(resume)
     foreground(resume)
     resume.add_argument("--into", type=Path, help=argparse.SUPPRESS)
     runs_dir(resume)
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"traintop: error: {e}", file=sys.stderr)
         code = 2
+    except DiskFull as e:
+        print(f"traintop: error: {e}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:  # `traintop attach RUN | head`: the reader has gone
@@ -242,30 +248,45 @@ def cmd_resume(args) -> int:
     from traintop.engine.runstore import RunFolder
 
     folder = RunFolder(args.into) if args.into else _folder(args)
+    child_args = ["resume", str(folder.path), *[x for o in args.overrides for x in ("--set", o)]]
+    if args.detach or wants_dashboard(args):
+        from traintop.engine.resume import resume_config
+
+        resume_config(folder, args.overrides)  # refused here, before an engine or a dashboard starts
     if args.detach:
-        return detach(None, args, ["resume", str(folder.path)], folder=folder)
+        return detach(None, args, child_args, folder=folder)
     if wants_dashboard(args):
-        return watch_new_run(None, args, ["resume", str(folder.path)], folder=folder)
+        return watch_new_run(None, args, child_args, folder=folder)
     from traintop.engine.run import Run
 
-    return run_engine(Run.resume(folder))
+    return run_engine(Run.resume(folder, args.overrides))
 
 
-def spawn_engine(cfg, args, child_args: list, folder=None):
-    """Start the engine as a background process in its own session, logging to engine.log."""
+def spawn_engine(cfg, args, child_args: list, folder=None, lock=None):
+    """Start the engine as a background process in its own session, logging to engine.log.
+
+    The run folder is locked here first (UserError when another process has it) and the lock
+    handed to the engine, so no other writer can slip in between.
+    """
     import subprocess
 
     from traintop.engine.runstore import RunFolder
 
     if folder is None:
         folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
+    if lock is None:
+        lock = folder.lock()
     child = [sys.executable, "-m", "traintop.tui", *[a for a in child_args if a is not None],
              "--headless", "--into", str(folder.path)]
     if getattr(args, "name", None):
         child += ["--name", args.name]
-    with open(folder.log, "ab") as log:
-        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=Path.cwd())
+    try:
+        with open(folder.log, "ab") as log:
+            proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=Path.cwd(), pass_fds=(lock.fd,),
+                                    env=lock.child_env())
+    finally:
+        lock.close()  # the engine holds the folder now (or nobody, if it could not start)
     return folder, proc
 
 
@@ -278,6 +299,7 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
     created = folder is None  # a resumed run's folder is never this call's to remove
     if created:
         folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
+    lock = folder.lock()  # before the dashboard opens: a folder in use is refused at once
     started = []
 
     async def opener():
@@ -287,7 +309,7 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
         from traintop.engine.runstore import socket_is_live
 
         if not started:
-            started.append(spawn_engine(cfg, args, child_args, folder)[1])
+            started.append(spawn_engine(cfg, args, child_args, folder, lock)[1])
             app.engine_pid, app.log_path = started[0].pid, str(folder.log)
         if not (folder.socket.exists() and socket_is_live(folder.socket)):
             raise UserError("waiting for the engine")
@@ -296,6 +318,7 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
     app = TrainTop(opener, title=folder.run_id)
     outcome = app.run()
     if not started:  # the dashboard closed before the engine was started: there is no new run
+        lock.close()
         if created:
             import shutil
 
@@ -307,8 +330,9 @@ def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
         print(f"  attach again:  traintop attach {folder.run_id}")
         return 0
     code = app.engine_exit if app.engine_exit is not None else proc.wait()
-    if code == 2 and not folder.meta.exists():
+    if code == 2 and (not created or not folder.meta.exists()):
         print(folder.log.read_text(errors="replace").strip().splitlines()[-1], file=sys.stderr)
+    if code == 2 and created and not folder.meta.exists():
         import shutil
 
         shutil.rmtree(folder.path, ignore_errors=True)
@@ -427,10 +451,26 @@ def run_engine(run) -> int:
     if failure:
         raise failure[0]
     status = run.train()
-    beside.join()
+    beside.join()  # the control socket is gone when this returns
+    run.close()
+    if run.failure is not None:
+        say_disk_full(run)
     if received:
         return SIGNAL_EXIT[received[0]]
     return EXIT_CODES.get(status, 1)
+
+
+def say_disk_full(run) -> None:
+    """One line: which disk filled, what of the run's end could not be written, how to go on."""
+    lost = f"; could not write {' or '.join(run.unrecorded)}" if run.unrecorded else ""
+    step = run.trainer.saved_step
+    fix = "raise the file size limit" if run.failure.errno == errno.EFBIG else "free some space"
+    then = (f"; {fix}, then `traintop resume {run.run_id}` continues from step {step}"
+            if step is not None else "; it saved no checkpoint to resume from")
+    try:
+        print(f"traintop: error: {run.failure}{lost}{then}", file=sys.stderr, flush=True)
+    except OSError:  # stderr is a file on the same full disk (a detached run's engine.log)
+        pass
 
 
 def finished_run(folder, trust: bool = False):

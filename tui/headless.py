@@ -54,7 +54,8 @@ class HeadlessPrinter:
         self.window: list[float] = []  # losses since the last step line
         self.last: dict = {}
         self.best: ev.Validation | None = None
-        self.test: dict | None = None
+        self.test: ev.TestResult | None = None  # the first test: the run's score
+        self.extension_test: ev.TestResult | None = None  # the latest test after an extension
         self.status = ""
 
     def line(self, text: str) -> None:
@@ -123,8 +124,9 @@ class HeadlessPrinter:
 
     def on_resumed(self, e: ev.Resumed) -> None:
         if e.source == "checkpoint":
+            self.epochs = e.epochs or self.epochs
             self.line(f"resumed from checkpoints/last.pt at epoch {e.step // max(1, self.steps_per_epoch)}, "
-                      f"step {e.step}")
+                      f"step {e.step}" + (f": {e.note}" if e.note else ""))
         else:
             self.line(f"  resumed at step {e.step}")
 
@@ -140,7 +142,10 @@ class HeadlessPrinter:
                   f"{e.best_epoch} ({fmt(e.best_value)})")
 
     def on_test_result(self, e: ev.TestResult) -> None:
-        self.test = e.metrics
+        if e.extension and self.test is not None:
+            self.extension_test = e
+        elif self.test is None:
+            self.test = e
 
     def on_run_finished(self, e: ev.RunFinished) -> None:
         self.step_line()
@@ -152,8 +157,13 @@ class HeadlessPrinter:
         if self.best is not None:
             value = self.best.val_loss if self.monitor == "val_loss" else self.best.metrics.get(self.monitor[4:])
             self.line(f"  best    {self.monitor} {fmt(value)} at epoch {self.best.epoch} (step {self.best.step})")
-        if self.test is not None:
-            self.line(f"  test    {metrics_text(self.test)}")
+        if self.test is not None and self.extension_test is not None:
+            self.line(f"  test    {metrics_text(self.test.metrics)}  (the first test, step {self.test.step}: "
+                      "the run's score)")
+            self.line(f"  retest  {metrics_text(self.extension_test.metrics)}  (after the extension, "
+                      f"step {self.extension_test.step})")
+        elif self.test is not None:
+            self.line(f"  test    {metrics_text(self.test.metrics)}")
         elif e.status == "stopped":
             self.line("  test    not run: the run was stopped before the end")
         if self.folder:

@@ -163,6 +163,8 @@ class RunState:
 
     def _on_resumed(self, e: ev.Resumed) -> None:
         self.status = "running"
+        if e.source == "checkpoint" and e.epochs:
+            self.epochs = e.epochs  # `resume --set train.epochs=N`
 
     def _on_warning(self, e: ev.RunWarning) -> None:
         self.warnings.append(e)
@@ -176,7 +178,8 @@ class RunState:
         self.markers.append(Marker(e.step, "stop", "early stop"))
 
     def _on_test_result(self, e: ev.TestResult) -> None:
-        self.test = e.metrics
+        if self.test is None or not e.extension:  # the first test stays the run's score
+            self.test = e.metrics
 
     def _on_run_finished(self, e: ev.RunFinished) -> None:
         self.final_status = e.status

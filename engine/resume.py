@@ -1,0 +1,48 @@
+"""What `traintop resume` may do to a run, decided from its folder alone.
+
+Torch-free, so the CLI refuses a resume before it starts an engine or a dashboard for it; the
+engine checks the same again, under the run folder's lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config, parse_override
+from .errors import UserError
+from .runstore import RunFolder
+
+# What `resume --set` may not change: the checkpoint was made with this data, this model, this
+# optimizer and this random stream. How long, how fast and what to watch may change.
+FIXED_ON_RESUME = {"run": ("name", "seed"), "data": None, "model": None, "optim": ("name",),
+                   "early_stopping": ("monitor", "mode")}  # None: every key of the section
+CHANGEABLE = ("train.*, optim.lr, optim.weight_decay, optim.momentum, schedule.*, checkpoint.*, "
+              "early_stopping.enabled/patience/min_delta/restore_best, run.device, run.threads")
+
+
+def resume_config(folder: RunFolder, overrides: list[str]) -> tuple[Config, dict[str, Any], str | None]:
+    """The run's config with `overrides` applied, the keys they set, and how the run ended (None:
+    killed). UserError when the run cannot be resumed that way; nothing is written."""
+    if not folder.last.is_file():
+        raise UserError(f"run {folder.run_id} has no checkpoints/last.pt to resume from")
+    old = load_config(folder.config)
+    cfg = load_config(folder.config, overrides)
+    before, after = old.to_dict(), cfg.to_dict()
+    fixed = [f"{section}.{key}" for section, values in after.items() for key, value in values.items()
+             if value != before[section][key] and section in FIXED_ON_RESUME
+             and (FIXED_ON_RESUME[section] is None or key in FIXED_ON_RESUME[section])]
+    if fixed:
+        raise UserError(f"--set {', '.join(fixed)}: cannot change when run {folder.run_id} resumes (its "
+                        f"checkpoint was made with this data, model, optimizer and seed); what can: {CHANGEABLE}")
+    report = folder.read_json("report.json") or {}
+    status = report.get("status")
+    done = report.get("epochs", 0)
+    if status in ("completed", "early_stopped") and done >= cfg.train.epochs:
+        raise UserError(f"run {folder.run_id} has {status.replace('_', ' ')} after {done} epochs, with no "
+                        f"epochs left to train; for more: traintop resume {folder.run_id} "
+                        f"--set train.epochs=N (N > {done})")
+    meta = folder.read_json("meta.json") or {}
+    cfg.base_dir = Path(meta.get("config_dir", folder.path))
+    keys = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides)}
+    return cfg, keys, status
