@@ -26,3 +26,12 @@ class DiskFull(Exception):
         super().__init__(message)
         self.folder = folder
         self.errno = errno
+
+
+class NonFiniteLoss(Exception):
+    """The loss or gradient (or, found at a save, the weights) became NaN or infinite at `step`."""
+
+    def __init__(self, step: int, what: str = "loss or gradient"):
+        super().__init__(f"non-finite {what} at step {step}")
+        self.step = step
+        self.what = what

@@ -1,8 +1,8 @@
-"""The learning rate: the schedule's value times a persistent user scale.
+"""A config run's learning-rate schedule: warm-up, then step / cosine / onecycle / plateau decay.
 
-The schedule owns its value (warm-up, then step / cosine / onecycle / plateau decay); a user's
-change is a scale on top of it, so a cosine keeps decaying from the new level and the schedule
-never overwrites or compounds what the user set.
+The schedule owns its value, written into the optimizer's groups; a user's change is a scale
+applied around each optimizer step (lrscale.LrScale), so a cosine keeps decaying from the new
+level and the schedule never overwrites or compounds what the user set.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 from .config import Config
-from .errors import UserError
 
 
 class LearningRate:
@@ -26,7 +25,6 @@ class LearningRate:
         self.step_size = s.step_epochs * steps_per_epoch
         self.total = max(1, cfg.train.epochs * steps_per_epoch)
         self.plateau_patience = s.plateau_patience
-        self.user_scale = 1.0
         self.plateau_scale = 1.0
         self.plateau_best = math.inf
         self.plateau_bad = 0
@@ -54,21 +52,11 @@ class LearningRate:
         return rate * warm
 
     def at(self, step: int) -> float:
-        """The rate the optimizer uses at `step`."""
+        """The schedule's rate at `step`, written into the optimizer's groups (the user's scale is
+        applied around each step)."""
         if self.name == "none" and not self.warmup:
-            return self.base * self.user_scale  # the common case, once per step
-        return self.scheduled(step) * self.user_scale
-
-    def set_value(self, step: int, value: float) -> None:
-        """Scale the schedule so that the rate at `step` becomes `value`."""
-        scheduled = self.scheduled(step)
-        if scheduled <= 0:
-            raise UserError("the schedule's learning rate is 0 at this step; set it with a factor later")
-        self.user_scale = value / scheduled
-
-    def multiply(self, factor: float) -> None:
-        """Multiply the rate by `factor` from now on."""
-        self.user_scale *= factor
+            return self.base  # the common case, once per step
+        return self.scheduled(step)
 
     def observe_validation(self, val_loss: float) -> bool:
         """Feed the plateau schedule; True when it just decayed the rate."""
@@ -85,9 +73,10 @@ class LearningRate:
         return False
 
     def state_dict(self) -> dict:
-        return {"user_scale": self.user_scale, "plateau_scale": self.plateau_scale,
-                "plateau_best": self.plateau_best, "plateau_bad": self.plateau_bad}
+        return {"plateau_scale": self.plateau_scale, "plateau_best": self.plateau_best,
+                "plateau_bad": self.plateau_bad}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        for key in ("plateau_scale", "plateau_best", "plateau_bad"):
+            if key in state:
+                setattr(self, key, state[key])

@@ -22,12 +22,12 @@ def lr_value(lr) -> float:
     return float(lr) if not isinstance(lr, torch.Tensor) else float(lr.detach().cpu())
 
 
-def check_rate(rate: float, what: str) -> None:
-    """Refuse a rate outside LR_RANGE with a message that says why."""
+def check_rate(rate: float, asked: str, current: float) -> None:
+    """Refuse a rate outside LR_RANGE with a reply that says why: `asked` is what the user asked
+    for, in words; `current` the rate that stays."""
     low, high = LR_RANGE
     if not (math.isfinite(rate) and low < rate <= high):
-        raise UserError(f"{what} would make the learning rate {rate:.3g}; allowed: above {low:g} and "
-                        f"at most {high:g} (a rate that large makes the weights blow up)")
+        raise UserError(f"learning rate {asked} refused: allowed {low:g} < lr <= {high:g}; it stays {current:.3g}")
 
 
 class LrScale:
@@ -60,21 +60,22 @@ class LrScale:
         """The rate the next step will use."""
         return self.scheduled() * self.scale
 
-    def set_value(self, value: float) -> tuple[float, float]:
-        """Scale the schedule so that the rate becomes `value`; (old, new) rates."""
+    def check(self, c) -> tuple[float, float]:
+        """The (old, new) rates a set_lr command asks for; UserError when the new one is refused."""
         old = self.current()
-        scheduled = self.scheduled()
-        if scheduled <= 0:
+        new = c.value if c.value is not None else old * c.factor
+        check_rate(new, f"{new:.3g}" if c.value is not None else f"x{c.factor:g} (which gives {new:.3g})", old)
+        if c.value is not None and self.scheduled() <= 0:
             raise UserError("the schedule's learning rate is 0 at this step; set it with a factor later")
-        check_rate(value, f"set_lr {value:g}")
-        self.scale = value / scheduled
-        return old, self.current()
+        return old, new
 
-    def multiply(self, factor: float) -> tuple[float, float]:
-        """Multiply the rate by `factor` from now on; (old, new) rates."""
-        old = self.current()
-        check_rate(old * factor, f"set_lr x{factor:g}")
-        self.scale *= factor
+    def apply(self, c) -> tuple[float, float]:
+        """Apply a set_lr command (checked first): a value, or a factor; (old, new) rates."""
+        old, _ = self.check(c)
+        if c.value is not None:
+            self.scale = c.value / self.scheduled()
+        else:
+            self.scale = self.scale * c.factor
         return old, self.current()
 
     def _before_step(self, optimizer, args, kwargs) -> None:

@@ -26,6 +26,7 @@ class ValidationPolicies:
         self.on_best = on_best  # keep the best weights, say
         self.history: list[tuple[float, float]] = []  # (val_loss, train loss) per scheduled validation
         self.overfit_warned = False
+        self.checks: list[Callable[[float], None]] = []  # more policies on each scheduled val_loss (plateau)
 
     def monitored(self, val_loss: float | None, metrics: dict) -> float | None:
         """The value early stopping watches, from this validation."""
@@ -46,6 +47,8 @@ class ValidationPolicies:
             return best
         if val_loss is not None:
             self.check_overfitting(val_loss, train_loss, step)
+            for check in self.checks:
+                check(val_loss)
         if self.early.should_stop and self.session.stop_request is None:
             self.session.request_stop(cmd.Stop(save=True), "early_stopped")
             self.session.emit(ev.EarlyStopped, step=step, epoch=epoch, best_epoch=self.early.best_epoch,

@@ -24,6 +24,15 @@ CHANGEABLE = ("train.*, optim.lr, optim.weight_decay, optim.momentum, schedule.*
 def resume_config(folder: RunFolder, overrides: list[str]) -> tuple[Config, dict[str, Any], str | None]:
     """The run's config with `overrides` applied, the keys they set, and how the run ended (None:
     killed). UserError when the run cannot be resumed that way; nothing is written."""
+    meta = folder.read_json("meta.json") or {}
+    source = meta.get("source", "config")
+    if source != "config":
+        loop = {"script": f"your script ({meta.get('script', 'the script')})",
+                "lightning": "your Lightning Trainer", "transformers": "your Hugging Face Trainer"}.get(
+                    source, "your own loop (traintop.watch)")
+        raise UserError(f"run {folder.run_id} was trained by {loop}, which only it can continue: run it "
+                        "again, loading its own checkpoint (checkpoints/last.pt, if traintop saved one, holds "
+                        "the model's and the optimizer's state_dict)")
     if not folder.last.is_file():
         raise UserError(f"run {folder.run_id} has no checkpoints/last.pt to resume from")
     old = load_config(folder.config)
@@ -42,7 +51,6 @@ def resume_config(folder: RunFolder, overrides: list[str]) -> tuple[Config, dict
         raise UserError(f"run {folder.run_id} has {status.replace('_', ' ')} after {done} epochs, with no "
                         f"epochs left to train; for more: traintop resume {folder.run_id} "
                         f"--set train.epochs=N (N > {done})")
-    meta = folder.read_json("meta.json") or {}
     cfg.base_dir = Path(meta.get("config_dir", folder.path))
     keys = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides)}
     return cfg, keys, status

@@ -9,11 +9,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import platform
-import socket
 import sys
 import threading
 import time
@@ -21,21 +17,21 @@ import traceback
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import torch
 
 from . import commands as cmd
 from . import events as ev
-from .checkpoint import Checkpointer, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import Config
 from .data import load_data
-from .errors import DiskFull, UserError
-from .inbox import CommandInbox
-from .loop import NonFiniteLoss, Trainer
+from .errors import DiskFull, NonFiniteLoss, UserError
+from .loop import Model, Trainer
+from .models import describe_layers
 from .resume import resume_config
-from .runstore import (RunFolder, RunLock, default_runs_dir, disk_full, read_events, report_from_events,
-                       write_json, write_text)
+from .runstore import RunFolder, RunLock, default_runs_dir, read_events, write_json, write_text
+from .session import EventLog, Session
 
 
 def set_threads(threads: int) -> int:
@@ -70,32 +66,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Run:
-    """One training run, from its prepared data to its report."""
+    """A config run: its Trainer on its Session, from prepared data to its report."""
 
-    def __init__(self, cfg: Config, trainer: Trainer, folder: RunFolder, inbox: CommandInbox, lock: RunLock):
+    def __init__(self, cfg: Config, trainer: Trainer, session: Session):
         self.cfg = cfg
         self.trainer = trainer
-        self.folder = folder
-        self.inbox = inbox
-        self.lock = lock  # the folder is this process's until close() or its end
+        self.session = session
+        self.folder = session.folder
         self.resumed_from: int | None = None  # the step a resumed run continues from
         self.resume_note = ""  # what the resume changed, in words
-        self.failure: DiskFull | None = None  # a full disk ended the run
-        self.unrecorded: list[str] = []  # what a full disk kept from being written at the end
-        self._lock = threading.Lock()
-        self._pending: list[ev.Event] = []  # published, not yet delivered
-        self._notable: list[ev.Event] = []  # every event but steps: what the report is made of
-        self._closed = False
-        self._subscribers: list[tuple[asyncio.AbstractEventLoop, Callable]] = []
-        # Unbuffered: a write that fails leaves nothing queued to be written later, out of place.
-        self._events_file = open(folder.events, "ab", buffering=0)
-        self._offset = self._events_file.tell()  # bytes of events.jsonl written so far
-        self._done: Future = Future()
         self._thread: threading.Thread | None = None
-        trainer.emit_event = self.publish
-        trainer.deliver = self.deliver
-        trainer.log_offset = lambda: self._offset
-        trainer.checkpointer = Checkpointer(folder.checkpoints)
 
     @classmethod
     def prepare(cls, cfg: Config, runs_dir: Path | None = None, folder: RunFolder | None = None) -> Run:
@@ -106,27 +86,19 @@ class Run:
         data = load_data(cfg)
         device = resolve_device(cfg.run.device)
         set_threads(cfg.run.threads)
-        inbox = CommandInbox()
-        trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
+        model = Model(cfg, data, device)  # a model that cannot be built fails here, before any folder exists
         if folder is None:
             folder = RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
         lock = folder.lock()
-        folder.checkpoints.mkdir(exist_ok=True)
-        write_text(folder.config, cfg.to_toml())
-        write_json(folder.preprocess, data.preprocess.to_json())
-        write_json(folder.meta, {
-            "run_id": folder.run_id, "name": cfg.run.name, "seed": cfg.run.seed, "device": str(device),
-            "host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now().isoformat(),
-            "threads": torch.get_num_threads(),
-            "config_dir": str(cfg.base_dir),
-            # who made the folder, and where: code named by the config is imported from it only
-            # while both still hold (predict, show), unless the user passes --trust
-            "uid": os.getuid(), "folder": str(folder.path.resolve()),
-            "versions": {"traintop": _version(), "torch": torch.__version__,
-                         "python": platform.python_version()},
-        })
-        trainer.folder = folder
-        return cls(cfg, trainer, folder, inbox, lock)
+        try:
+            write_json(folder.preprocess, data.preprocess.to_json())
+            session = Session.open(folder, name=cfg.run.name, source="config", config=cfg.to_dict(), lock=lock,
+                                   meta={"seed": cfg.run.seed, "device": str(device),
+                                         "threads": torch.get_num_threads(), "config_dir": str(cfg.base_dir)})
+        except BaseException:
+            lock.close()
+            raise
+        return cls(cfg, Trainer(cfg, data, device, session, model), session)
 
     @classmethod
     def resume(cls, folder: RunFolder, overrides: list[str] = ()) -> Run:
@@ -153,16 +125,17 @@ class Run:
         data = load_data(cfg)
         device = resolve_device(cfg.run.device)
         set_threads(cfg.run.threads)
-        inbox = CommandInbox()
-        trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=inbox)
-        trainer.folder = folder
+        session = Session(folder, source="config", lock=lock)
+        trainer = Trainer(cfg, data, device, session)
         trainer.load_state_dict(state, map_location=device)
         notes = _apply_overrides(trainer, cfg, keys)
         if status == "early_stopped":
             trainer.early.since_best = 0
             notes.append(f"early stopping counts again from here (patience {trainer.early.patience})")
         # Events logged after the checkpoint describe training that is now done again.
+        session.log.close()
         last_t = _truncate_log(folder.events, state.get("events_offset"))
+        session.log = EventLog(folder)
         folder.report.unlink(missing_ok=True)
         entry = {"at": datetime.now().isoformat(), "step": trainer.step, "pid": os.getpid(),
                  "from": status or "killed"}
@@ -174,109 +147,61 @@ class Run:
         write_json(folder.meta, meta)
         if overrides:
             write_text(folder.config, cfg.to_toml())
-        run = cls(cfg, trainer, folder, inbox, lock)
+        run = cls(cfg, trainer, session)
         run.resumed_from = trainer.step
         run.resume_note = "; ".join(notes)
-        run._notable = [e for e in read_events(folder.events)[0] if not isinstance(e, ev.Steps)]
-        trainer.tested_at = [e.step for e in run._notable if isinstance(e, ev.TestResult)]
-        trainer.t0 -= last_t
+        session.log.notable = [e for e in read_events(folder.events)[0] if not isinstance(e, ev.Steps)]
+        trainer.tested_at = [e.step for e in session.log.notable if isinstance(e, ev.TestResult)]
+        session.t0 -= last_t
         return run
 
-    def close(self) -> None:
-        """Release the run folder for another process; the end of this process does the same."""
-        self.lock.close()
+    # -- what the CLI and front ends use --------------------------------------------------------
 
     @property
     def run_id(self) -> str:
         return self.folder.run_id
 
-    # -- the event stream ------------------------------------------------------------------------
+    @property
+    def failure(self) -> DiskFull | None:
+        return self.session.failure
 
-    def publish(self, event: ev.Event) -> None:
-        """Queue an event for the next delivery (the training thread calls this)."""
-        if not self._closed:
-            self._pending.append(event)
+    @property
+    def unrecorded(self) -> list[str]:
+        return self.session.unrecorded
 
-    def deliver(self) -> None:
-        """Append queued events to events.jsonl in one write and hand them to every subscriber.
+    @property
+    def saved_step(self) -> int | None:
+        return self.session.saved_step
 
-        The loop calls this about every 100 ms and after each command, so a front end wakes
-        about ten times a second however fast the events come.
-        """
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        data = "".join(e.to_line() + "\n" for e in batch).encode()
-        self._notable.extend(e for e in batch if not isinstance(e, ev.Steps))
-        subscribers = []
-        try:
-            with self._lock:  # one section: a new subscriber gets a batch as history or live, never both
-                subscribers = list(self._subscribers)
-                self._append(data)
-        finally:  # written or not (a full disk), a front end sees every event up to run_finished
-            for loop, callback in subscribers:
-                loop.call_soon_threadsafe(callback, batch, data)
+    def close(self) -> None:
+        """Release the run folder for another process; the end of this process does the same."""
+        self.session.release()
 
-    def _append(self, data: bytes) -> None:
-        view, done = memoryview(data), 0
-        try:
-            while done < len(data):
-                done += self._events_file.write(view[done:])
-        except OSError as e:
-            # Half a batch would leave a broken line inside the log once anything follows it.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._events_file.fileno(), self._offset)
-            raise disk_full(e, self.folder.path) or e
-        self._offset += len(data)
+    def subscribe(self, callback) -> int:
+        return self.session.subscribe(callback)
 
-    def subscribe(self, callback: Callable[[list[ev.Event], bytes], None]) -> int:
-        """Call `callback(events, data)` on this asyncio loop for every later delivery.
+    def unsubscribe(self, callback) -> None:
+        self.session.unsubscribe(callback)
 
-        Returns the length of events.jsonl at that moment: the history is exactly its bytes
-        before that offset, the live stream exactly what comes after.
-        """
-        with self._lock:
-            self._subscribers.append((asyncio.get_running_loop(), callback))
-            return self._offset
-
-    def unsubscribe(self, callback: Callable) -> None:
-        with self._lock:
-            self._subscribers = [(lp, cb) for lp, cb in self._subscribers if cb is not callback]
-
-    async def events(self) -> AsyncIterator[ev.Event]:
+    def events(self) -> AsyncIterator[ev.Event]:
         """Every event of the run: its history so far, then live ones, ending with run_finished."""
-        queue: asyncio.Queue = asyncio.Queue()
-        callback = lambda batch, data: queue.put_nowait(batch)  # noqa: E731
-        offset = self.subscribe(callback)
-        try:
-            with open(self.folder.events, "rb") as f:
-                history = f.read(offset).decode().splitlines()
-            for line in history:
-                event = ev.parse_line(line)
-                yield event
-                if isinstance(event, ev.RunFinished):
-                    return
-            while True:
-                for event in await queue.get():
-                    yield event
-                    if isinstance(event, ev.RunFinished):
-                        return
-        finally:
-            self.unsubscribe(callback)
-
-    # -- commands --------------------------------------------------------------------------------
+        return self.session.events()
 
     def send_nowait(self, command: cmd.Command) -> Future:
         """Queue a command for the next step boundary; the future gets the Reply."""
-        if self.inbox.closed_reason is not None and isinstance(command, cmd.Predict):
-            future: Future = Future()  # the loop has ended: the model is idle, answer here
-            future.set_result(self.trainer.apply(command))
-            return future
-        return self.inbox.submit(command)
+        return self.session.send_nowait(command)
 
     async def send(self, command: cmd.Command) -> cmd.Reply:
         """Apply a command at the next step boundary and return the engine's Reply."""
-        return await asyncio.wrap_future(self.send_nowait(command))
+        return await self.session.send(command)
+
+    async def wait(self) -> str:
+        """Wait for the run to finish; its final status."""
+        return await self.session.wait()
+
+    def serve(self, printer=None) -> None:
+        """The control socket (and `printer`'s log lines) on a thread of their own."""
+        self.session.serve(printer)
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -285,29 +210,27 @@ class Run:
         self._thread = threading.Thread(target=self.train, name="traintop-loop", daemon=True)
         self._thread.start()
 
-    async def wait(self) -> str:
-        """Wait for the run to finish; its final status."""
-        return await asyncio.wrap_future(self._done)
-
     def train(self) -> str:
         """Train in the calling thread until the run finishes; its final status.
 
         The CLI trains on the main thread: PyTorch's CPU thread pool runs about 3x slower when a
         second thread drives it after the main thread has used it (measured on the digits MLP).
         """
-        t = self.trainer
+        t, session = self.trainer, self.session
         if self.resumed_from is None:
-            t.t0 = time.monotonic()
-            self.publish(ev.RunStarted(
+            session.t0 = time.monotonic()
+            session.publish(ev.RunStarted(
                 t=0.0, run_id=self.run_id, name=self.cfg.run.name, config=self.cfg.to_dict(),
                 device=str(t.device), params=sum(p.numel() for p in t.params),
                 data=t.data.summary(self.cfg.data.batch_size),
-                epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch))
-            for kind, message in t.data.warnings:
-                t.emit(ev.RunWarning, kind_=kind, message=message, step=0)
+                epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch,
+                layers=describe_layers(t.model), world_size=1, source="config"))
+            for kind, message in [*getattr(self.cfg, "warnings", []), *t.data.warnings]:
+                session.warn(kind, message, step=0)
+            t.policies.announce()
         else:
-            t.emit(ev.Resumed, step=t.step, source="checkpoint", epochs=self.cfg.train.epochs,
-                   note=self.resume_note)
+            session.emit(ev.Resumed, step=t.step, source="checkpoint", epochs=self.cfg.train.epochs,
+                         note=self.resume_note)
         error = ""
         try:
             try:
@@ -316,60 +239,18 @@ class Run:
             except NonFiniteLoss as e:
                 status, error = "failed", str(e)
                 t.finish("failed")  # best.pt, and the periodic write in flight: both finite
-                kept = (f"checkpoints/last.pt keeps step {t.saved_step}, the last finite weights: resume "
-                        f"it with a lower rate (traintop resume {self.run_id} --set optim.lr=...), "
-                        if t.saved_step is not None else "lower optim.lr, ")
-                t.emit(ev.RunWarning, kind_="nan_loss", step=e.step,
-                       message=f"the {e.what} became non-finite at step {e.step}; stopped ({kept}"
-                               "or set train.on_nan = \"skip\" to skip such updates)")
+                kept = (f"checkpoints/last.pt keeps step {session.saved_step}, the last finite weights: "
+                        f"resume it with a lower rate (traintop resume {self.run_id} --set optim.lr=...), "
+                        if session.saved_step is not None else "lower optim.lr, ")
+                session.warn("nan_loss", step=e.step, id="nan_loss",
+                             message=f"the {e.what} became non-finite at step {e.step}; stopped",
+                             advice=f"{kept}or set train.on_nan = \"skip\" to skip such updates")
         except DiskFull as e:
-            status, error, self.failure = "failed", str(e), e
+            status, error, session.failure = "failed", str(e), e
         except Exception as e:  # noqa: BLE001 - a failed run must still finish its log
             status, error = "failed", f"{type(e).__name__}: {e}"
             traceback.print_exc(file=sys.stderr)
-        try:
-            status = self._end(status, error)
-        finally:
-            with self._lock:
-                self._closed = True
-                self._events_file.close()
-            self._done.set_result(status)
-        return status
-
-    def _end(self, status: str, error: str) -> str:
-        """Record how the run ended, as far as the disk allows; the final status."""
-        t = self.trainer
-        self.inbox.close(f"the run has finished ({status})")
-        with contextlib.suppress(NonFiniteLoss):
-            t.flush()  # steps still buffered go out before run_finished (a failing run's, too)
-        try:
-            saved = t.checkpointer.close()  # the write in flight; temporary files removed
-        except Exception as e:  # noqa: BLE001 - a failed write fails the run, if nothing did before
-            saved = []
-            if status != "failed":
-                status, error = "failed", str(e)
-                self.failure = e if isinstance(e, DiskFull) else None
-        for s in saved:
-            t.emit(ev.CheckpointSaved, path=str(s.path), kind_=s.kind, step=s.step)
-        if self.failure is not None:
-            self.lock.give_back_reserve()  # room for run_finished and report.json
-        t.emit(ev.RunFinished, status=status, error=error, step=t.step, epoch=t.epoch)
-        try:
-            self._write_report(status, error)
-        except Exception:  # noqa: BLE001 - a full disk: said below, the run's end still goes out
-            self.unrecorded.append("report.json")
-        try:
-            self.deliver()
-        except Exception:  # noqa: BLE001 - the subscribers have it; the log could not take it
-            self.unrecorded.append("the run_finished event in events.jsonl")
-        return status
-
-    def _write_report(self, status: str, error: str) -> None:
-        report = report_from_events(self._notable + self._pending)
-        report.update({"run_id": self.run_id, "name": self.cfg.run.name, "status": status,
-                       "error": error, "epochs": self.trainer.epoch, "steps": self.trainer.step,
-                       "seconds": round(self.trainer.clock(), 3)})
-        write_json(self.folder.report, report)
+        return session.close(status, error, step=t.step, epoch=t.epoch, name=self.cfg.run.name, epochs=t.epoch)
 
 
 def _apply_overrides(trainer: Trainer, cfg: Config, keys: dict) -> list[str]:
@@ -381,7 +262,7 @@ def _apply_overrides(trainer: Trainer, cfg: Config, keys: dict) -> list[str]:
         if cfg.optim.name == "sgd":
             group["momentum"] = cfg.optim.momentum
     if "optim.lr" in keys:
-        trainer.lr.user_scale = 1.0  # the new base rate is the rate: live changes before are dropped
+        trainer.lr_scale.scale = 1.0  # the new base rate is the rate: live changes before are dropped
         notes.append(f"learning rate {cfg.optim.lr:g}")
     for key in ("enabled", "patience", "min_delta"):
         if f"early_stopping.{key}" in keys:
@@ -417,15 +298,3 @@ def _parse(line: bytes) -> ev.Event | None:
         return ev.parse_line(line.decode())
     except ValueError:  # a torn line (UnicodeDecodeError is one too)
         return None
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("traintop")
-    except Exception:  # noqa: BLE001 - running from a source tree
-        return "unknown"
-
-
-__all__ = ["Run", "resolve_device"]

@@ -249,8 +249,8 @@ def run_script(folder: RunFolder, script: Path, argv: list[str], printer=None, s
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, (int, type(None))):
             print(e.code, file=sys.stderr)
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt as e:
+        code = 143 if str(e) == "SIGTERM" else 130
     except BaseException as e:  # noqa: BLE001 - the script's own failure ends its run as failed
         import traceback
 
@@ -262,9 +262,13 @@ def run_script(folder: RunFolder, script: Path, argv: list[str], printer=None, s
     if session.closed:  # the script's own traintop.watch finished it
         return code
     if auto.stopped or run.session.stop_request is not None and code in (0, 1, 130):
-        _live.discard(run)
+        _live.discard(run)  # traintop asked it to stop: ended as asked, whatever its exit status
         run.finish("stopped")
         return 0
+    if code in (130, 143):  # Ctrl-C or SIGTERM: stopped by the user, as a config run would be
+        _live.discard(run)
+        run.finish("stopped")
+        return code
     if run.recorder is None:
         message = ("the script finished without a torch.optim optimizer step, so there was nothing to "
                    "watch; a loop that updates its weights another way can be watched only through "
@@ -285,10 +289,18 @@ def run_script(folder: RunFolder, script: Path, argv: list[str], printer=None, s
 
 def main(argv: list[str]) -> int:
     """`python -m traintop.engine.script [--no-stdin] RUN_FOLDER SCRIPT.py [ARGS...]`."""
+    import signal
+
     stdin = True
     if argv and argv[0] == "--no-stdin":
         stdin, argv = False, argv[1:]
     folder, script, *rest = argv
+
+    def on_term(sig, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_term)  # stop as Ctrl-C would: the script's own handlers run
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run_script(RunFolder(Path(folder)), Path(script), rest, stdin=stdin)
 
 

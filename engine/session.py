@@ -1,20 +1,22 @@
 """The session under every training loop: one run's folder, event log, commands and control server.
 
 A config run's Trainer, `traintop.watch`, the Lightning and Hugging Face callbacks and a watched
-script each own their loop; all of them record steps, obey commands and report through one
-Session. Only the owner of the loop differs.
+script each own their loop; all of them record steps, obey commands, save checkpoints and end
+through one Session. Only the owner of the loop differs.
 
-    session = Session.create(runs_dir, name, source="watch")   # folder made and locked
-    session.start(run_started_fields)                          # the first event
-    session.serve()                                            # control socket, on its own thread
-    ...  session.record_step(...); session.at_step_boundary(apply) ...
-    session.close("completed")                                 # run_finished, report.json
+    session = Session.open(folder, name=..., source="watch", config=...)  # folder locked, meta written
+    session.recorder = StepRecorder(...)                                    # the loop's per-step numbers
+    session.serve()                                                         # control socket, own thread
+    ...  session.emit(...); session.serve_commands(); session.flush_and_deliver() ...
+    session.close("completed", step=..., epoch=...)                         # run_finished, report.json
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -22,10 +24,10 @@ from typing import AsyncIterator, Callable
 
 from . import commands as cmd
 from . import events as ev
-from .errors import UserError
-from .inbox import CommandInbox
 from .config import dumps_toml
-from .runstore import RunFolder, report_from_events, write_json
+from .errors import DiskFull, NonFiniteLoss, UserError
+from .inbox import CommandInbox
+from .runstore import RunFolder, RunLock, disk_full, report_from_events, write_json, write_text
 
 FLUSH_SECONDS = 0.1
 
@@ -34,13 +36,14 @@ class EventLog:
     """events.jsonl and the live subscribers: the loop queues events, `deliver` hands them out in
     one write and one wake-up per subscriber, about ten times a second however fast they come."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
         self._lock = threading.Lock()
         self._pending: list[ev.Event] = []  # published, not yet delivered
         self.notable: list[ev.Event] = []  # every delivered event but steps: what the report is made of
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, Callable]] = []
-        self._file = open(path, "ab")
+        # Unbuffered: a write that fails leaves nothing queued to be written later, out of place.
+        self._file = open(folder.events, "ab", buffering=0)
         self.offset = self._file.tell()  # bytes of events.jsonl written so far
         self.closed = False
 
@@ -54,19 +57,35 @@ class EventLog:
         return self._pending
 
     def deliver(self) -> None:
-        """Append queued events to events.jsonl in one write and hand them to every subscriber."""
+        """Append queued events to events.jsonl in one write and hand them to every subscriber.
+
+        Written or not (a full disk raises DiskFull), a front end sees every event.
+        """
         batch, self._pending = self._pending, []
         if not batch or self.closed:
             return
         data = "".join(e.to_line() + "\n" for e in batch).encode()
         self.notable.extend(e for e in batch if not isinstance(e, ev.Steps))
-        with self._lock:
-            self._file.write(data)
-            self._file.flush()
-            self.offset += len(data)
-            subscribers = list(self._subscribers)
-        for loop, callback in subscribers:
-            loop.call_soon_threadsafe(callback, batch, data)
+        subscribers = []
+        try:
+            with self._lock:  # one section: a new subscriber gets a batch as history or live, never both
+                subscribers = list(self._subscribers)
+                self._append(data)
+        finally:
+            for loop, callback in subscribers:
+                loop.call_soon_threadsafe(callback, batch, data)
+
+    def _append(self, data: bytes) -> None:
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):
+                done += self._file.write(view[done:])
+        except OSError as e:
+            # Half a batch would leave a broken line inside the log once anything follows it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file.fileno(), self.offset)
+            raise disk_full(e, self.folder.path) or e
+        self.offset += len(data)
 
     def subscribe(self, callback: Callable[[list[ev.Event], bytes], None]) -> int:
         """Call `callback(events, data)` on this asyncio loop for every later delivery.
@@ -89,42 +108,52 @@ class EventLog:
 
 
 class Session:
-    """One run as every loop owner sees it: its folder, events, commands, control server and end."""
+    """One run as every loop owner sees it: its folder, events, commands, checkpoints and end."""
 
-    def __init__(self, folder: RunFolder, *, source: str, lock=None):
+    def __init__(self, folder: RunFolder, *, source: str, lock: RunLock | None = None):
+        from .checkpoint import Checkpointer  # torch comes with the checkpoints, not the session
+
         self.folder = folder
         self.source = source
-        self.lock = lock
-        self.log = EventLog(folder.events)
+        self.lock = lock  # the folder is this process's until close() or its end
+        self.log = EventLog(folder)
         self.inbox = CommandInbox()
+        self.checkpointer = Checkpointer(folder.checkpoints)
+        self.saved_step: int | None = None  # the step of the last.pt on disk
         self.t0 = time.monotonic()
-        self.recorder = None  # a StepRecorder, once the loop owner has one
+        self.recorder = None  # the loop owner's StepRecorder
         self.epoch = 1  # the epoch being trained, 1-based, as steps events carry it
         self.samples = 0  # samples trained since the last flush, for samples/s
+        self.samples_per_step = 0  # or, when every step trains as many: that many
         self.flush_started = time.perf_counter()
         self.next_flush = 0.0
-        self.flush_hooks: list[Callable[[dict], None]] = []  # called with every flushed steps batch
+        self.flush_hooks: list[Callable[[dict], None]] = []  # each flushed steps batch goes through them
         self.paused = False
         self.stop_request: cmd.Stop | None = None
         self.stop_status = "stopped"
         self.handlers: dict[type, Callable[[cmd.Command], cmd.Reply]] = {
             cmd.Pause: self.pause, cmd.Resume: self.resume, cmd.Stop: self.stop,
         }
+        self.failure: DiskFull | None = None  # a full disk ended the run
+        self.unrecorded: list[str] = []  # what a full disk kept from being written at the end
         self._warnings: dict[str, ev.RunWarning] = {}
         self._done: Future = Future()
         self._serving: threading.Thread | None = None
-        self._server_loop: asyncio.AbstractEventLoop | None = None
-        self._server_done: asyncio.Event | None = None
 
     @classmethod
     def open(cls, folder: RunFolder, *, name: str, source: str, config: dict | None = None,
-             meta: dict | None = None) -> Session:
-        """A session on a new run folder: meta.json (and the loop's config) written."""
-        folder.checkpoints.mkdir(parents=True, exist_ok=True)
-        write_json(folder.meta, run_meta(folder, name=name, source=source, **(meta or {})))
-        if config is not None:
-            folder.config.write_text(dumps_toml(config))
-        return cls(folder, source=source)
+             meta: dict | None = None, lock: RunLock | None = None) -> Session:
+        """A session on a new run folder: the folder locked, meta.json (and the loop's config) written."""
+        lock = lock or folder.lock()
+        try:
+            folder.checkpoints.mkdir(parents=True, exist_ok=True)
+            write_json(folder.meta, run_meta(folder, name=name, source=source, **(meta or {})))
+            if config is not None:
+                write_text(folder.config, dumps_toml(config))
+            return cls(folder, source=source, lock=lock)
+        except BaseException:
+            lock.close()
+            raise
 
     @property
     def run_id(self) -> str:
@@ -149,7 +178,8 @@ class Session:
         self.log.deliver()
 
     def flush(self) -> None:
-        """Fetch the buffered steps from the device (one sync) and publish them as one event."""
+        """Fetch the buffered steps from the device (one sync), publish them as one event, and
+        hand them to the flush hooks (a non-finite loss may raise there)."""
         if self.recorder is None:
             return
         now = time.perf_counter()
@@ -159,7 +189,8 @@ class Session:
         n = len(batch["step"])
         elapsed = now - self.flush_started
         self.flush_started = now
-        samples, self.samples = self.samples, 0
+        samples = n * self.samples_per_step if self.samples_per_step else self.samples
+        self.samples = 0
         self.log.publish(ev.Steps(t=self.clock(), epoch=[self.epoch] * n,
                                   samples_per_s=round(samples / elapsed, 1) if elapsed > 0 else 0.0, **batch))
         for hook in self.flush_hooks:
@@ -168,29 +199,46 @@ class Session:
     def flush_and_deliver(self) -> None:
         """The timed flush: about every 100 ms, steps and events go out together."""
         self.flush()
+        self.announce_saves()
         self.deliver()
         self.next_flush = time.perf_counter() + FLUSH_SECONDS
 
     def warn(self, kind: str, message: str, *, step: int, advice: str = "", id: str = "", **values) -> None:
         """A warning; one with the `id` of an earlier one is that condition again, re-emitted with
         a higher count instead of as a new warning."""
-        key = id or f"{kind}:{step}:{message}"
+        key = id or f"{kind}:{message}"
         first = self._warnings.get(key)
-        count = first.count + 1 if first is not None else 1
-        first_step = first.first_step if first is not None else step
-        event = ev.RunWarning(t=self.clock(), kind_=kind, message=message, advice=advice, step=step,
-                              id=key, count=count, first_step=first_step, last_step=step, values=values)
+        event = ev.RunWarning(t=self.clock(), kind_=kind, message=message, advice=advice, step=step, id=key,
+                              count=first.count + 1 if first is not None else 1,
+                              first_step=first.first_step if first is not None else step, last_step=step,
+                              values=values)
         self._warnings[key] = event
         self.flush()
         self.log.publish(event)
 
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def announce_saves(self) -> None:
+        """A checkpoint_saved event for each file the checkpointer has put in place."""
+        for saved in self.checkpointer.written():
+            if saved.kind != "best":
+                self.saved_step = saved.step
+            self.emit(ev.CheckpointSaved, path=str(saved.path), kind_=saved.kind, step=saved.step)
+
     # -- commands, at step boundaries ------------------------------------------------------------
 
     def send_nowait(self, command: cmd.Command) -> Future:
-        """Queue a command for the next step boundary; the future gets the Reply."""
+        """Queue a command for the next step boundary; the future gets the Reply. Once the loop
+        has ended, a prediction is answered at once: the model is idle."""
+        if self.inbox.closed_reason is not None and isinstance(command, cmd.Predict) \
+                and cmd.Predict in self.handlers:
+            future: Future = Future()
+            future.set_result(self.apply(command))
+            return future
         return self.inbox.submit(command)
 
     async def send(self, command: cmd.Command) -> cmd.Reply:
+        """Apply a command at the next step boundary and return the engine's Reply."""
         return await asyncio.wrap_future(self.send_nowait(command))
 
     def apply(self, command: cmd.Command) -> cmd.Reply:
@@ -202,6 +250,10 @@ class Session:
             return handler(command)
         except UserError as e:
             return cmd.Reply(False, str(e))
+        except Exception as e:  # noqa: BLE001 - a prediction's failure is the input's, never the run's
+            if isinstance(command, cmd.Predict):  # forward-only: a bad input cannot hurt training
+                return cmd.Reply(False, f"could not predict on these inputs: {type(e).__name__}: {e}")
+            raise
 
     def serve_commands(self) -> None:
         """Apply waiting commands; while paused, keep serving them until resumed or stopped.
@@ -224,7 +276,9 @@ class Session:
 
     def step_of(self) -> int:
         """The last recorded step (0 before any)."""
-        return self.recorder.first_step + self.recorder.n - 1 if self.recorder is not None else 0
+        if self.recorder is None:
+            return 0
+        return max(0, self.recorder.first_step + self.recorder.n - 1)
 
     def pause(self, c: cmd.Pause) -> cmd.Reply:
         if self.paused:
@@ -241,10 +295,11 @@ class Session:
         return cmd.Reply(True, f"resumed at step {self.step_of()}")
 
     def stop(self, c: cmd.Stop) -> cmd.Reply:
-        self.request_stop(c, "stopped")
+        self.stop_request, self.stop_status = c, "stopped"
         return cmd.Reply(True, f"stopping at step {self.step_of()}")
 
     def request_stop(self, c: cmd.Stop, status: str) -> None:
+        """Stop at the next step boundary, ending as `status` (early_stopped, say)."""
         if self.stop_request is None:
             self.stop_request, self.stop_status = c, status
 
@@ -260,8 +315,6 @@ class Session:
 
         async def side():
             server = ControlServer(self)
-            self._server_loop = asyncio.get_running_loop()
-            self._server_done = asyncio.Event()
             try:
                 await server.start()
             except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread
@@ -324,41 +377,74 @@ class Session:
     def closed(self) -> bool:
         return self._done.done()
 
+    def close(self, status: str, error: str = "", *, step: int = 0, epoch: int = 0, **report) -> str:
+        """Record how the run ended, as far as the disk allows, let the clients receive it and stop
+        serving; the final status (a failed last write fails a run that had not failed)."""
+        if self.closed:
+            return status
+        try:
+            status, error = self._record_end(status, error, step, epoch, report)
+        finally:
+            self.log.close()
+            self._done.set_result(status)
+            if self._serving is not None:
+                self._serving.join(timeout=5)
+            self.release()
+        return status
+
+    def _record_end(self, status: str, error: str, step: int, epoch: int, report: dict) -> tuple[str, str]:
+        self.inbox.close(f"the run has finished ({status})")
+        with contextlib.suppress(NonFiniteLoss):
+            self.flush()  # steps still buffered go out before run_finished (a failing run's, too)
+        try:
+            saved = self.checkpointer.close()  # the write in flight; temporary files removed
+        except Exception as e:  # noqa: BLE001 - a failed write fails the run, if nothing did before
+            saved = []
+            if status != "failed":
+                status, error = "failed", str(e)
+                self.failure = e if isinstance(e, DiskFull) else None
+        for s in saved:
+            if s.kind != "best":
+                self.saved_step = s.step
+            self.emit(ev.CheckpointSaved, path=str(s.path), kind_=s.kind, step=s.step)
+        if self.failure is not None and self.lock is not None:
+            self.lock.give_back_reserve()  # room for run_finished and report.json
+        self.emit(ev.RunFinished, status=status, error=error, step=step, epoch=epoch)
+        try:
+            final = report_from_events(self.log.notable + self.log.pending)
+            final.update({"run_id": self.run_id, "status": status, "error": error, "steps": step,
+                          "seconds": round(self.clock(), 3), **report})
+            write_json(self.folder.report, final)
+        except Exception:  # noqa: BLE001 - a full disk: said by the caller, the run's end still goes out
+            self.unrecorded.append("report.json")
+        try:
+            self.deliver()
+        except Exception:  # noqa: BLE001 - the subscribers have it; the log could not take it
+            self.unrecorded.append("the run_finished event in events.jsonl")
+        return status, error
+
     def abandon(self) -> None:
         """Leave without run_finished (a notebook kernel going away): the run reads as killed."""
         if self.closed:
             return
         self.inbox.close("the run's process has gone")
-        self.deliver()
+        with contextlib.suppress(Exception):
+            self.deliver()
         self.log.close()
         self._done.set_result("killed")
         if self._serving is not None:
             self._serving.join(timeout=5)
-        if self.lock is not None:
-            self.lock.release()
+        self.release()
 
-    def close(self, status: str, error: str = "", *, step: int = 0, epoch: int = 0, **report) -> None:
-        """Write run_finished and report.json, let the clients receive them, stop serving."""
-        if self.closed:
-            return
-        self.inbox.close(f"the run has finished ({status})")
-        self.emit(ev.RunFinished, status=status, error=error, step=step, epoch=epoch)
-        final = report_from_events(self.log.notable + self.log.pending)
-        final.update({"run_id": self.run_id, "status": status, "error": error, "steps": step,
-                      "seconds": round(self.clock(), 3), **report})
-        write_json(self.folder.report, final)
-        self.deliver()
-        self.log.close()
-        self._done.set_result(status)
-        if self._serving is not None:
-            self._serving.join(timeout=5)
+    def release(self) -> None:
+        """Let another process take the run folder (a resume, say); the process's end does the same."""
         if self.lock is not None:
-            self.lock.release()
+            self.lock.close()
 
 
 def run_meta(folder: RunFolder, *, name: str, source: str, **fields) -> dict:
-    """meta.json of a new run: who, where, when, and which versions."""
-    import os
+    """meta.json of a new run: who made it and where (code named by its config is imported from
+    it only while both still hold, unless the user passes --trust), when, and which versions."""
     import platform
     import socket
     from datetime import datetime
@@ -366,8 +452,8 @@ def run_meta(folder: RunFolder, *, name: str, source: str, **fields) -> dict:
     import torch
 
     return {"run_id": folder.run_id, "name": name, "source": source, "host": socket.gethostname(),
-            "pid": os.getpid(), "uid": os.getuid() if hasattr(os, "getuid") else None,
-            "path": str(folder.path.resolve()), "started": datetime.now().isoformat(),
+            "pid": os.getpid(), "started": datetime.now().isoformat(),
+            "uid": os.getuid() if hasattr(os, "getuid") else None, "folder": str(folder.path.resolve()),
             "versions": {"traintop": version(), "torch": torch.__version__,
                          "python": platform.python_version()}, **fields}
 

@@ -30,7 +30,7 @@ import torch
 
 from . import commands as cmd
 from . import events as ev
-from .checkpoint import save_checkpoint
+from .checkpoint import all_finite, snapshot
 from .early_stopping import EarlyStopping
 from .errors import UserError
 from .gradients import Gradients
@@ -46,14 +46,17 @@ _live: weakref.WeakSet = weakref.WeakSet()  # runs the exit handler finishes
 
 def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None = None, *,
           name: str | None = None, config: dict | None = None, epochs: int | None = None,
-          early_stopping: dict | None = None, runs_dir: str | Path | None = None,
-          source: str = "watch", folder: str | Path | None = None) -> WatchedRun:
+          early_stopping: dict | None = None, checkpoint_every_seconds: float = 120,
+          runs_dir: str | Path | None = None, source: str = "watch",
+          folder: str | Path | None = None) -> WatchedRun:
     """Start recording and serving a run of your own loop; returns the run to call `step` on.
 
     `model` gives the layers whose gradient norms are recorded; `optimizer` the learning rate
     (changed live as a scale around its steps); `config` (any dict) is recorded with the run;
     `epochs` (or `config["epochs"]`) lets the dashboard show progress and an ETA;
-    `early_stopping=dict(monitor="val_loss", patience=5)` turns early stopping on.
+    `early_stopping=dict(monitor="val_loss", patience=5)` turns early stopping on;
+    `checkpoint_every_seconds` saves last.pt that often (through `run.on_checkpoint`'s function
+    when one is registered; 0 = off).
     """
     if model is None and optimizer is None:
         raise UserError("watch needs the model, the optimizer, or both")
@@ -72,7 +75,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     session = Session.open(run_folder, name=name, source=source, config=config)
     run = WatchedRun(session, model, optimizer, name=name, config=config,
                      epochs=epochs if epochs is not None else _int(config.get("epochs")),
-                     early_stopping=early_stopping)
+                     early_stopping=early_stopping, checkpoint_every_seconds=checkpoint_every_seconds)
     session.serve()
     _live.add(run)
     return run
@@ -82,7 +85,7 @@ class WatchedRun:
     """A run whose loop belongs to the user: `step` records and obeys, `validate` reports."""
 
     def __init__(self, session: Session, model, optimizer, *, name: str, config: dict,
-                 epochs: int | None, early_stopping: dict | None):
+                 epochs: int | None, early_stopping: dict | None, checkpoint_every_seconds: float = 120):
         self.session = session
         self.name = name
         self.config = config
@@ -109,6 +112,8 @@ class WatchedRun:
         self._stop_seen = False
         self._validated_at = -1
         self._epoch_given = False
+        self.save_every = checkpoint_every_seconds or 0
+        self.saved_at = time.perf_counter()
         self._before_update = False  # at run.step: the optimizer has not yet stepped
         self.epoch_end_step = 0  # the step of the last epoch_end
         self.extra_scales: list[LrScale] = []  # more optimizers, following the same scale
@@ -224,12 +229,20 @@ class WatchedRun:
                 self._before_update = False
 
     def step_boundary(self, now: float | None = None) -> None:
-        """Apply waiting commands (pause blocks here) and flush when it is time."""
+        """Apply waiting commands (pause blocks here), flush when it is time, and save last.pt
+        every `checkpoint_every_seconds`."""
         session = self.session
         if session.inbox or session.paused:
             session.serve_commands()
-        if self.recorder.full or (now or time.perf_counter()) >= session.next_flush:
+        now = now or time.perf_counter()
+        if self.recorder.full or now >= session.next_flush:
             session.flush_and_deliver()
+            if self.save_every and now - self.saved_at >= self.save_every:
+                try:
+                    self.save("periodic")
+                except UserError as e:  # non-finite weights: the last good file stays
+                    session.warn("nan_loss", step=self.steps, id="nan_loss:save", message=str(e),
+                                 advice="lower the learning rate (-), or clip gradients")
 
     @property
     def should_stop(self) -> bool:
@@ -360,7 +373,7 @@ class WatchedRun:
         if self.lr is None:
             return cmd.Reply(False, "this run was watched without its optimizer: pass it to watch() "
                                     "to change the learning rate")
-        old, new = self.lr.set_value(c.value) if c.value is not None else self.lr.multiply(c.factor)
+        old, new = self.lr.apply(c)
         for scale in self.extra_scales:
             scale.scale = self.lr.scale
         if self._before_update and self.recorder.n:  # this step's update is still to come, at the new rate
@@ -382,20 +395,34 @@ class WatchedRun:
         return cmd.Reply(True, f"validated at step {self.steps}")
 
     def _checkpoint(self, c: cmd.Checkpoint) -> cmd.Reply:
-        path = self.session.folder.last
+        path = self.save("manual")
+        return cmd.Reply(True, f"saved {path}")
+
+    def save(self, kind: str) -> Path:
+        """Save through the loop's own function (`on_checkpoint`), or the model's and optimizer's
+        state into last.pt: copied here, written off the loop's thread, never with non-finite weights."""
+        session = self.session
+        path = session.folder.last
+        self.saved_at = time.perf_counter()
         if self._checkpoint_fn is not None:
             result = self._checkpoint_fn(path)
             path = Path(result) if isinstance(result, (str, os.PathLike)) else path
-        else:
-            state = {"step": self.steps, "epoch": self.session.epoch}
-            if self.model is not None:
-                state["model"] = self.model.state_dict()
-            if self.optimizer is not None:
-                state["optimizer"] = self.optimizer.state_dict()
-            path.parent.mkdir(exist_ok=True)
-            save_checkpoint(path, state)
-        self.session.emit(ev.CheckpointSaved, path=str(path), kind_="manual", step=self.steps)
-        return cmd.Reply(True, f"saved {path}")
+            session.emit(ev.CheckpointSaved, path=str(path), kind_=kind, step=self.steps)
+            return path
+        state: dict = {"step": self.steps, "epoch": session.epoch}
+        if self.model is not None:
+            state["model"] = self.model.state_dict()
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        tensors = [v for v in state.get("model", {}).values()]
+        if not all_finite(tensors):
+            raise UserError(f"the weights are not finite at step {self.steps}: not saved, so "
+                            f"{path.name} keeps the last finite ones")
+        session.checkpointer.write("last", snapshot(state), kind, self.steps)
+        if kind != "periodic":
+            session.checkpointer.wait()
+            session.announce_saves()
+        return path
 
     def _predict(self, c: cmd.Predict) -> cmd.Reply:
         if self._predict_fn is None:

@@ -73,7 +73,7 @@ async def test_digits_run_logs_every_step_once_and_tests_once(tmp_path):
     for e in steps:
         n = len(e.step)
         assert len(e.loss) == len(e.grad_norm) == len(e.lr) == len(e.epoch) == n
-        assert set(e.layer_norms) == set(run.trainer.param_names)
+        assert set(e.layer_norms) == set(run.trainer.recorder.names)
         assert e.layer_steps[0] == e.step[0] and set(e.layer_steps) <= set(e.step)
         assert all(len(norms) == len(e.layer_steps) for norms in e.layer_norms.values())
         # the total norm is the norm of the per-layer norms
@@ -122,7 +122,14 @@ async def test_set_lr_takes_effect_at_the_next_step_and_is_logged(tmp_path):
     await run.send(cmd.Resume())
     steps = await next_event(stream, "steps")
     assert steps.step[0] == paused.step + 1 and steps.lr[0] == pytest.approx(0.02)
-    assert run.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+    used = []  # the rate inside the optimizer's step, after traintop's scale is applied
+    handle = run.trainer.optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["lr"]))
+    for _ in range(50):
+        if used:
+            break
+        await next_event(stream, "steps")
+    handle.remove()
+    assert used and used[-1] == pytest.approx(0.02)
     await run.send(cmd.SetLr(factor=0.5))
     changed = await next_event(stream, "lr_changed")
     assert changed.new == pytest.approx(0.01)
@@ -132,12 +139,14 @@ async def test_set_lr_takes_effect_at_the_next_step_and_is_logged(tmp_path):
 
 async def test_user_lr_is_a_scale_the_cosine_schedule_keeps_decaying_from(tmp_path):
     run = prepare(tmp_path, "train.epochs=4", "schedule.name=cosine")
-    lr = run.trainer.lr
+    trainer, lr = run.trainer, run.trainer.lr
+    trainer.step = 40
     scheduled_mid = lr.scheduled(40)
-    lr.set_value(40, scheduled_mid * 3)
-    assert lr.at(40) == pytest.approx(scheduled_mid * 3)
-    assert lr.at(60) == pytest.approx(lr.scheduled(60) * 3)  # the schedule goes on from the new level
-    assert lr.at(60) < lr.at(40)
+    trainer.set_lr(cmd.SetLr(value=scheduled_mid * 3))
+    assert trainer.lr_scale.current() == pytest.approx(scheduled_mid * 3)
+    trainer.set_optimizer_lr(lr.at(60))  # the schedule goes on from the new level
+    assert trainer.lr_scale.current() == pytest.approx(lr.scheduled(60) * 3)
+    assert lr.scheduled(60) * 3 < scheduled_mid * 3
 
 
 async def test_stop_saves_last_checkpoint_and_finishes_stopped(tmp_path):
@@ -222,7 +231,7 @@ async def test_early_stopping_stops_after_patience_and_restores_the_best_weights
 async def test_early_stopping_can_be_switched_off_live(tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [1.0] + [2.0] * 10)
     run = prepare(tmp_path, "train.epochs=6", "early_stopping.patience=1")
-    run.trainer.inbox.submit(cmd.EarlyStopping(enabled=False, patience=1))
+    run.session.inbox.submit(cmd.EarlyStopping(enabled=False, patience=1))
     run.start()
     events = await collect(run)
     assert await run.wait() == "completed"

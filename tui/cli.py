@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from traintop.engine.errors import DiskFull, UserError
 
 from .terminal import guard_streams
 
-EXIT_CODES = {"completed": 0, "early_stopped": 0, "stopped": 0, "failed": 1}
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         mode.add_argument("--detach", action="store_true",
                           help="train in the background; print the run id and return")
 
-    run = sub.add_parser("run", help="train a config (default: the digits demo)")
-    run.add_argument("config", nargs="?", help="a TOML config; none means the built-in digits demo")
+    run = sub.add_parser("run", help="train a config (default: the digits demo), or watch a script of your own",
+                         usage="traintop run [CONFIG | SCRIPT.py] [options] [-- SCRIPT ARGS...]")
+    run.add_argument("config", nargs="?", help="a TOML config (none: the built-in digits demo), or a "
+                     "Python training script, watched through its optimizer; its own arguments go after --")
     overrides(run)
     foreground(run)
     run.add_argument("--name", help="the run's name (default: run.name from the config)")
@@ -183,7 +180,18 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
-    args = build_parser().parse_args(argv)
+    script_args: list[str] = []
+    if argv[0] == "run" and "--" in argv:  # traintop run train.py -- ARGS: the script's own arguments
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1:]
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        script = args.command == "run" and (args.config or "").endswith(".py")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}"
+                     + (f"; a script's own arguments go after --: traintop run {args.config} -- "
+                        f"{' '.join(unknown)}" if script else ""))
+    args.script_args = script_args
     commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
                 "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show,
                 "predict": cmd_predict, "rm": cmd_rm}
@@ -230,247 +238,65 @@ def wants_dashboard(args) -> bool:
 
 
 def cmd_run(args) -> int:
-    cfg = _load(args)
-    child_args = ["run", str(Path(args.config).resolve()) if args.config else None,
-                  *[x for o in args.overrides for x in ("--set", o)]]
-    if args.detach:
-        return detach(cfg, args, child_args)
-    if wants_dashboard(args):
-        return watch_new_run(cfg, args, child_args)
-    from traintop.engine.run import Run
     from traintop.engine.runstore import RunFolder
 
+    from . import launch
+
+    if args.config and args.config.endswith(".py"):
+        return cmd_run_script(args)
+    if args.script_args:
+        raise UserError(f"arguments after -- go to a script (traintop run train.py -- ARGS); "
+                        f"{args.config or 'the demo'} is a config")
+    cfg = _load(args)
+    if args.detach or wants_dashboard(args):
+        folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
+        engine = launch.config_engine(folder, args.config, args.overrides, args.name)
+        return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
+    from traintop.engine.run import Run
+
     run = Run.prepare(cfg, args.runs_dir, folder=RunFolder(args.into) if args.into else None)
-    return run_engine(run)
+    return launch.run_engine(run)
+
+
+def cmd_run_script(args) -> int:
+    """`traintop run train.py [-- ARGS]`: the script is the engine, watched through its optimizer."""
+    import re
+
+    from traintop.engine.runstore import RunFolder
+
+    from . import launch
+
+    script = Path(args.config)
+    if not script.is_file():
+        raise UserError(f"script {script} does not exist" if not script.exists() else f"{script} is not a file")
+    if args.overrides:
+        raise UserError("--set changes a config's keys; a script takes its own arguments after --: "
+                        f"traintop run {script} -- --lr 0.01")
+    name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", script.stem).strip("-._") or "script"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+        raise UserError(f"--name is {name!r}; use letters, digits, '.', '_' and '-'")
+    folder = RunFolder.create(_runs_dir(args), name)
+    if args.detach or wants_dashboard(args):
+        engine = launch.script_engine(folder, script, args.script_args)
+        return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
+    return launch.run_script_here(folder, script, args.script_args)
 
 
 def cmd_resume(args) -> int:
     from traintop.engine.runstore import RunFolder
 
+    from . import launch
+
     folder = RunFolder(args.into) if args.into else _folder(args)
-    child_args = ["resume", str(folder.path), *[x for o in args.overrides for x in ("--set", o)]]
     if args.detach or wants_dashboard(args):
         from traintop.engine.resume import resume_config
 
         resume_config(folder, args.overrides)  # refused here, before an engine or a dashboard starts
-    if args.detach:
-        return detach(None, args, child_args, folder=folder)
-    if wants_dashboard(args):
-        return watch_new_run(None, args, child_args, folder=folder)
+        engine = launch.resumed_engine(folder, args.overrides)
+        return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
     from traintop.engine.run import Run
 
-    return run_engine(Run.resume(folder, args.overrides))
-
-
-def spawn_engine(cfg, args, child_args: list, folder=None, lock=None):
-    """Start the engine as a background process in its own session, logging to engine.log.
-
-    The run folder is locked here first (UserError when another process has it) and the lock
-    handed to the engine, so no other writer can slip in between.
-    """
-    import subprocess
-
-    from traintop.engine.runstore import RunFolder
-
-    if folder is None:
-        folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
-    if lock is None:
-        lock = folder.lock()
-    child = [sys.executable, "-m", "traintop.tui", *[a for a in child_args if a is not None],
-             "--headless", "--into", str(folder.path)]
-    if getattr(args, "name", None):
-        child += ["--name", args.name]
-    try:
-        with open(folder.log, "ab") as log:
-            proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=Path.cwd(), pass_fds=(lock.fd,),
-                                    env=lock.child_env())
-    finally:
-        lock.close()  # the engine holds the folder now (or nobody, if it could not start)
-    return folder, proc
-
-
-def watch_new_run(cfg, args, child_args: list, folder=None) -> int:
-    """`traintop run` in a terminal: the engine in its own process, the dashboard attached to it."""
-    from traintop.engine.runstore import RunFolder
-
-    from .app import TrainTop
-
-    created = folder is None  # a resumed run's folder is never this call's to remove
-    if created:
-        folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
-    lock = folder.lock()  # before the dashboard opens: a folder in use is refused at once
-    started = []
-
-    async def opener():
-        # The engine starts once the dashboard's first frame is up: importing torch beside it
-        # would hold that frame back on a small machine.
-        from traintop.engine.client import LiveRun  # after the first frame, as the engine
-        from traintop.engine.runstore import socket_is_live
-
-        if not started:
-            started.append(spawn_engine(cfg, args, child_args, folder, lock)[1])
-            app.engine_pid, app.log_path = started[0].pid, str(folder.log)
-        if not (folder.socket.exists() and socket_is_live(folder.socket)):
-            raise UserError("waiting for the engine")
-        return await LiveRun.connect(folder)
-
-    app = TrainTop(opener, title=folder.run_id)
-    outcome = app.run()
-    if not started:  # the dashboard closed before the engine was started: there is no new run
-        lock.close()
-        if created:
-            import shutil
-
-            shutil.rmtree(folder.path, ignore_errors=True)
-        return 0
-    proc = started[0]
-    if outcome == "detached":
-        print(f"{folder.run_id} goes on training in the background (pid {proc.pid}).")
-        print(f"  attach again:  traintop attach {folder.run_id}")
-        return 0
-    code = app.engine_exit if app.engine_exit is not None else proc.wait()
-    if code == 2 and (not created or not folder.meta.exists()):
-        print(folder.log.read_text(errors="replace").strip().splitlines()[-1], file=sys.stderr)
-    if code == 2 and created and not folder.meta.exists():
-        import shutil
-
-        shutil.rmtree(folder.path, ignore_errors=True)
-    for line in report_lines(folder):
-        print(line)
-    return code
-
-
-def report_lines(folder) -> list[str]:
-    """A finished run in a few lines, as the headless log ends: status, best, test, folder."""
-    from .headless import fmt, metrics_text
-
-    try:
-        report = folder.read_json("report.json") or {}
-    except UserError as e:
-        return [f"traintop: {e}"]
-    if not report:
-        return []
-    lines = [f"{folder.run_id}: {str(report.get('status', '?')).replace('_', ' ')}"]
-    best = report.get("best")
-    if isinstance(best, dict) and isinstance(best.get("value"), (int, float)):
-        lines.append(f"  best    {best.get('monitor', '')} {fmt(best['value'])} at epoch {best.get('epoch')}"
-                     f" (step {best.get('step')})")
-    test = report.get("test")
-    if isinstance(test, dict) and test:
-        lines.append(f"  test    {metrics_text(test)}")
-    lines.append(f"  folder  {folder.path}")
-    return lines
-
-
-def detach(cfg, args, child_args: list, folder=None) -> int:
-    """Start the engine in the background; return once it serves its control socket (or has
-    failed, showing why)."""
-    import time
-
-    from traintop.engine.server import socket_is_live
-
-    folder, proc = spawn_engine(cfg, args, child_args, folder)
-    deadline = time.monotonic() + 120
-    while not (folder.socket.exists() and socket_is_live(folder.socket)):
-        code = proc.poll()
-        if code is not None:
-            tail = folder.log.read_text(errors="replace").strip().splitlines()[-5:]
-            print("\n".join(tail), file=sys.stderr)
-            if code == 2 and not folder.meta.exists():  # bad input: there is no run to keep
-                import shutil
-
-                shutil.rmtree(folder.path, ignore_errors=True)
-            return code
-        if time.monotonic() > deadline:
-            print(f"traintop: the engine has not started after 120 s; see {folder.log}", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
-    print(f"{folder.run_id}  training in the background (pid {proc.pid})")
-    print(f"  attach:  traintop attach {folder.run_id}")
-    print(f"  steer:   traintop ctl {folder.run_id} pause|resume|stop|validate|checkpoint|lr VALUE")
-    print(f"  log:     {folder.log}")
-    return 0
-
-
-def run_engine(run) -> int:
-    """Train on this thread; beside it, serve the control socket and print log lines.
-
-    SIGINT / SIGTERM stop the run after the current step, saving last.pt first.
-    """
-    from traintop.engine.commands import Stop
-    from traintop.engine.server import ControlServer
-
-    from .headless import HeadlessPrinter
-
-    printer = HeadlessPrinter()
-    printer.folder = str(run.folder.path)
-    received: list[int] = []
-
-    def on_signal(sig, frame):
-        if received:  # a second Ctrl-C: the user wants out now
-            sys.exit(SIGNAL_EXIT[sig])
-        received.append(sig)
-        print(f"\n{signal.Signals(sig).name}: stopping after this step and saving last.pt "
-              "(again to quit at once)", file=sys.stderr, flush=True)
-        # The handler runs on the training thread, which may hold the inbox lock right now.
-        threading.Thread(target=run.send_nowait, args=(Stop(save=True),), daemon=True).start()
-
-    for sig in SIGNAL_EXIT:
-        signal.signal(sig, on_signal)
-    # A closed terminal must not end the training: log lines stop, the run goes on.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    ready = threading.Event()
-    failure: list[BaseException] = []
-
-    async def side():
-        server = ControlServer(run)
-        try:
-            await server.start()
-        except BaseException as e:  # noqa: BLE001 - reported on the main thread
-            failure.append(e)
-            return
-        finally:
-            ready.set()
-        try:
-            printing = True
-            async for event in run.events():
-                if printing:
-                    try:
-                        printer.show(event)
-                    except (OSError, ValueError):  # the terminal went away: keep training
-                        printing = False
-            await run.wait()
-        finally:
-            await server.close()
-
-    beside = threading.Thread(target=asyncio.run, args=(side(),), name="traintop-control", daemon=True)
-    beside.start()
-    ready.wait()
-    if failure:
-        raise failure[0]
-    status = run.train()
-    beside.join()  # the control socket is gone when this returns
-    run.close()
-    if run.failure is not None:
-        say_disk_full(run)
-    if received:
-        return SIGNAL_EXIT[received[0]]
-    return EXIT_CODES.get(status, 1)
-
-
-def say_disk_full(run) -> None:
-    """One line: which disk filled, what of the run's end could not be written, how to go on."""
-    lost = f"; could not write {' or '.join(run.unrecorded)}" if run.unrecorded else ""
-    step = run.trainer.saved_step
-    fix = "raise the file size limit" if run.failure.errno == errno.EFBIG else "free some space"
-    then = (f"; {fix}, then `traintop resume {run.run_id}` continues from step {step}"
-            if step is not None else "; it saved no checkpoint to resume from")
-    try:
-        print(f"traintop: error: {run.failure}{lost}{then}", file=sys.stderr, flush=True)
-    except OSError:  # stderr is a file on the same full disk (a detached run's engine.log)
-        pass
+    return launch.run_engine(Run.resume(folder, args.overrides))
 
 
 def finished_run(folder, trust: bool = False):
@@ -707,15 +533,17 @@ def cmd_predict(args) -> int:
 
 def cmd_check(args) -> int:
     cfg = _load(args)
+    import math
+
     from traintop.engine.data import load_data
-    from traintop.engine.loop import Trainer
-    from traintop.engine.inbox import CommandInbox
+    from traintop.engine.loop import Model
     from traintop.engine.run import resolve_device
     from traintop.tui.summary import summary_lines
 
     data = load_data(cfg)
     device = resolve_device(cfg.run.device)
-    trainer = Trainer(cfg, data, device, emit=lambda e: None, inbox=CommandInbox())
+    model = Model(cfg, data, device)
+    steps_per_epoch = math.ceil(len(data.feeds(device)["train"]) / cfg.data.batch_size)
     print(f"# {args.config or 'built-in demo'}: the resolved config\n")
     print(cfg.to_toml())
     print("# data")
@@ -723,9 +551,9 @@ def cmd_check(args) -> int:
         print(line)
     for kind, message in data.warnings:
         print(f"warning     [{kind}] {message}")
-    print(f"model       {cfg.model.kind}, {sum(p.numel() for p in trainer.params):,} parameters on {device}")
-    print(f"loss        {trainer.objective.name}")
-    print(f"plan        {cfg.train.epochs} epochs × {trainer.steps_per_epoch} steps")
+    print(f"model       {cfg.model.kind}, {sum(p.numel() for p in model.params):,} parameters on {device}")
+    print(f"loss        {model.objective.name}")
+    print(f"plan        {cfg.train.epochs} epochs × {steps_per_epoch} steps")
     return 0
 
 
