@@ -239,12 +239,14 @@ class Run:
             except NonFiniteLoss as e:
                 status, error = "failed", str(e)
                 t.finish("failed")  # best.pt, and the periodic write in flight: both finite
-                kept = (f"checkpoints/last.pt keeps step {session.saved_step}, the last finite weights: "
-                        f"resume it with a lower rate (traintop resume {self.run_id} --set optim.lr=...), "
-                        if session.saved_step is not None else "lower optim.lr, ")
+                kept = (f"; checkpoints/last.pt keeps step {session.saved_step}, the last finite weights"
+                        if session.saved_step is not None else "")
+                again = (f"resume with a lower rate (traintop resume {self.run_id} --set optim.lr=...)"
+                         if session.saved_step is not None else "lower optim.lr")
                 session.warn("nan_loss", step=e.step, id="nan_loss",
-                             message=f"the {e.what} became non-finite at step {e.step}; stopped",
-                             advice=f"{kept}or set train.on_nan = \"skip\" to skip such updates")
+                             message=f"the {e.what} became non-finite at step {e.step}; stopped{kept}",
+                             advice=f"{again}, clip gradients (train.grad_clip), or set train.on_nan = "
+                                    "\"skip\" to skip such updates")
         except DiskFull as e:
             status, error, session.failure = "failed", str(e), e
         except Exception as e:  # noqa: BLE001 - a failed run must still finish its log

@@ -149,7 +149,7 @@ def test_the_headless_log_of_a_hostile_run_escapes_what_came_from_data(hostile):
 
 
 def test_attach_headless_and_ls_show_a_hostile_run_escaped(hostile):
-    attach = traintop("attach", hostile.folder.run_id, "--headless", "--runs-dir", hostile.runs)
+    attach = traintop("attach", hostile.folder.run_id, "--headless", "--tail", "all", "--runs-dir", hostile.runs)
     assert attach.returncode == 0, attach.stderr
     assert_terminal_safe(attach.stdout + attach.stderr)
     assert EMPTY_SHOWN in attach.stdout and "finished: completed" in attach.stdout

@@ -135,7 +135,11 @@ class HeadlessPrinter:
             self.line(f"  saved   {e.kind_} checkpoint at step {e.step}: {e.path}")
 
     def on_warning(self, e: ev.RunWarning) -> None:
-        self.line(f"  warning [{e.kind_}] {e.message}")
+        """A condition once, with what to try; as it persists, a short line at its 2nd, 4th, 8th... time."""
+        if e.count <= 1:
+            self.line(f"  warning [{e.kind_}] {e.message}" + (f"\n            try: {e.advice}" if e.advice else ""))
+        elif e.count & (e.count - 1) == 0:
+            self.line(f"  warning [{e.kind_}] again at step {e.step} ({e.count} times since step {e.first_step})")
 
     def on_early_stopped(self, e: ev.EarlyStopped) -> None:
         self.line(f"  early stop at epoch {e.epoch}: {e.monitor} has not improved since epoch "
