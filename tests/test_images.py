@@ -158,7 +158,7 @@ async def test_a_held_out_image_is_shown_with_its_path_pixels_and_true_label(tmp
     folder = shapes_folder(tmp_path / "shapes", per_class=10, size=20)
     run = Run.prepare(image_config(folder, image_size=12), tmp_path / "runs")
     path = str(run.trainer.data.raw["val"]["path"][0])
-    reply = run.trainer.apply(cmd.Predict(request_id="1", inputs=[{"split": "val", "index": 0}, {"path": path}]))
+    reply = run.session.apply(cmd.Predict(request_id="1", inputs=[{"split": "val", "index": 0}, {"path": path}]))
     assert reply.ok, reply.message
     held, typed = reply.data["outputs"]
     assert held["input"]["path"] == path and held["true"] == run.trainer.data.raw_target["val"][0]
