@@ -254,7 +254,7 @@ class Run:
                 device=str(t.device), params=sum(p.numel() for p in t.params),
                 data=t.data.summary(self.cfg.data.batch_size),
                 epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch))
-            for kind, message in t.data.warnings:
+            for kind, message in [*self.cfg.warnings, *t.data.warnings]:
                 t.emit(ev.RunWarning, kind_=kind, message=message, step=0)
         else:
             t.emit(ev.Resumed, step=t.step, source="checkpoint")

@@ -178,3 +178,15 @@ async def test_a_finished_runs_answers_stay_in_step_after_a_request_is_given_up(
         assert first.data["outputs"][0]["input"] != fifth.data["outputs"][0]["input"]
     finally:
         await run.close()
+
+
+def test_an_out_path_that_is_a_folder_or_under_a_file_is_refused_before_predicting(finished, tmp_path):
+    folder = traintop("predict", "latest", str(PLANTS_CSV), "--out", str(tmp_path), runs_dir=finished)
+    assert folder.returncode == 2 and "Traceback" not in folder.stderr
+    assert f"--out {tmp_path} is a folder" in folder.stderr and folder.stdout == ""
+    (tmp_path / "notes.txt").write_text("keep me")
+    under = tmp_path / "notes.txt" / "preds.csv"
+    result = traintop("predict", "latest", str(PLANTS_CSV), "--out", str(under), runs_dir=finished)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"lies under {tmp_path / 'notes.txt'}" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -142,6 +142,10 @@ def wants_dashboard(args) -> bool:
 
 def cmd_run(args) -> int:
     cfg = _load(args)
+    if not args.into:  # a detached run's parent has checked it and made its folder
+        from traintop.engine.runstore import check_runs_dir
+
+        check_runs_dir(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
     child_args = ["run", str(Path(args.config).resolve()) if args.config else None,
                   *[x for o in args.overrides for x in ("--set", o)]]
     if args.detach:
@@ -159,6 +163,10 @@ def cmd_resume(args) -> int:
     from traintop.engine.runstore import RunFolder
 
     folder = RunFolder(args.into) if args.into else _folder(args)
+    if not args.into:
+        from traintop.engine.runstore import check_runs_dir
+
+        check_runs_dir(folder.path, what="run folder")
     if args.detach:
         return detach(None, args, ["resume", str(folder.path)], folder=folder)
     if wants_dashboard(args):
@@ -467,6 +475,7 @@ def cmd_export(args) -> int:
     if torn:
         print("note: the last line of events.jsonl was torn and is skipped", file=sys.stderr)
     out = args.out or folder.path
+    check_output(out, "--out", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "steps.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -494,19 +503,39 @@ def cmd_predict(args) -> int:
     from traintop.engine.predictor import Predictor
 
     folder = _folder(args)
+    if args.out is not None:
+        check_output(args.out, "--out", folder=False)
     predictor = Predictor.from_folder(folder, args.checkpoint)
     ids, answers = predictor.predict_input(args.input)
     text = predictor.table(ids, answers)
     if args.out is None:
         sys.stdout.write(text)
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"--out {args.out} could not be written: {e.strerror or e}") from None
     print(f"wrote {len(answers)} prediction(s) to {args.out} ({predictor.checkpoint} weights, "
           f"step {predictor.step})", file=sys.stderr)
     return 0
+
+
+def check_output(path: Path, label: str, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be what it must: a file (or a folder)
+    whose parents are folders."""
+    from traintop.engine.runstore import nearest_existing
+
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{label} {path} is a file; give a folder for the exported tables")
+    if not folder and path.is_dir():
+        raise UserError(f"{label} {path} is a folder; give the path of a file for the predictions CSV")
+    existing = nearest_existing(path if folder else path.parent)
+    if not existing.is_dir():
+        raise UserError(f"{label} {path} lies under {existing}, which is a file, not a folder")
 
 
 def cmd_check(args) -> int:
@@ -525,7 +554,7 @@ def cmd_check(args) -> int:
     print("# data")
     for line in summary_lines(data.summary(cfg.data.batch_size)):
         print(line)
-    for kind, message in data.warnings:
+    for kind, message in [*cfg.warnings, *data.warnings]:
         print(f"warning     [{kind}] {message}")
     print(f"model       {cfg.model.kind}, {sum(p.numel() for p in trainer.params):,} parameters on {device}")
     print(f"loss        {trainer.objective.name}")
