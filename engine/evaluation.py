@@ -11,7 +11,7 @@ import torch
 
 from .data import Dataset
 from .data.feed import EVAL_BATCH
-from .data.tabular import category_key
+from .data.tabular import BadValue, category_key
 from .errors import UserError
 from .models import Objective
 
@@ -107,7 +107,10 @@ def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dic
             truth = _raw_value(data.raw_target[split].iloc[index])
             shown.append((row, category_key(truth) if data.task == "classification" else truth))
         else:
-            x = torch.as_tensor(data.preprocess.transform(pd.DataFrame([item])), device=device)
+            try:
+                x = torch.as_tensor(data.preprocess.transform(pd.DataFrame([item])), device=device)
+            except BadValue as e:
+                raise UserError(e.at(f"input {i}")) from None
             shown.append(None)
         xs.append(x)
     if not xs:
@@ -124,7 +127,8 @@ def predict_records(model, objective: Objective, preprocess, records: list[dict]
     """The model's answer for raw records, through the preprocessing fitted in training.
 
     The one path every prediction takes (the dashboard, the `predict` command and `traintop
-    predict`), so the same input gets the same answer everywhere.
+    predict`), so the same input gets the same answer everywhere, and the same refusal: a value
+    that is not a finite number names its row and column (a blank is missing, as in training).
     """
     if not records:
         return []
