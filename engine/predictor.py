@@ -170,6 +170,8 @@ class RunPredictions:
                                           allow_test=self.test_done, with_inputs=c.with_inputs)
             else:
                 outputs = p.predict(c.inputs)
+        except BadValue as e:  # named as the live engine names it
+            return cmd.Reply(False, e.at(f"input {e.row}"))
         except UserError as e:
             return cmd.Reply(False, str(e))
         except Exception as e:  # noqa: BLE001 - as in the engine: a bad input gets an answer, not a crash

@@ -167,3 +167,36 @@ def test_a_run_name_too_long_for_the_file_system_is_refused_with_the_longest_all
     ok = run_in(tmp_path / "runs", "--name", "n" * 235)
     assert ok.returncode == 0, ok.stderr
     assert len(next((tmp_path / "runs").iterdir()).name) == 16 + 235
+
+
+# -- bad data, named as data ------------------------------------------------------------------------
+
+def test_infinite_values_in_a_csv_are_named_as_data_not_as_a_learning_rate_problem(tmp_path, write_config):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "label": rng.choice(["yes", "no"], 60)})
+    frame.loc[33, "x"] = np.inf
+    frame.to_csv(tmp_path / "inf.csv", index=False)
+    stderr = run_fails(tmp_path, csv_config(write_config, "inf.csv"), "inf.csv", "column 'x'", "line 35")
+    assert "optim.lr" not in stderr and "non-finite loss" not in stderr
+
+
+def test_check_lists_every_column_with_its_type_missing_count_and_encoding(tmp_path, write_config):
+    rng = np.random.default_rng(0)
+    n = 120
+    frame = pd.DataFrame({
+        "order_id": [f"A-{i:06d}" for i in range(n)],
+        "weight": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+        "colour": rng.choice(["red", "green", "blue"], n),
+        "label": rng.choice(["yes", "no"], n)})
+    frame.to_csv(tmp_path / "orders.csv", index=False)
+    result = traintop("check", str(csv_config(write_config, "orders.csv")))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]
+            if line.startswith("            ") and len(line.split()) >= 4}
+    missing = int(frame["weight"].isna().sum())
+    assert re.search(rf"weight\s+numeric\s+{missing}\s+scaled", rows["weight"])
+    assert re.search(r"colour\s+categorical\s+0\s+one-hot, 3 categories", rows["colour"])
+    assert re.search(r"order_id\s+left out\s+0\s+left out: ID-like, 120 distinct of 120", rows["order_id"])
+    assert re.search(r"label\s+target\s+0\s+2 classes", rows["label"])
+    assert "warning     [data] column 'order_id' looks like an ID" in result.stdout
+    assert re.search(r"^features\s+2 \(1 numeric, 1 categorical\) -> 4 inputs", result.stdout, re.M)

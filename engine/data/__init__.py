@@ -255,9 +255,10 @@ def _csv_table(cfg: Config):
         raise UserError(f"data.features: {path} has no usable feature columns besides {d.target!r}"
                         + (f" (left out: {', '.join(f'{c} ({why})' for c, why in left_out.items())})"
                            if left_out else ""))
+    for c in names + [d.target]:  # numbers, even few distinct ones read as categories
+        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]):
+            _check_numbers(frame[c], ("data.target: " if c == d.target else "") + f"column {c!r}", path, lines)
     kinds = {c: "categorical" if is_categorical(frame[c]) else "numeric" for c in names}
-    for c in [c for c, k in kinds.items() if k == "numeric"]:
-        _check_numbers(frame[c], f"column {c!r}", path, lines)
     target = frame[d.target]
     task = d.task if d.task != "auto" else infer_task(target)
     if task == "regression":
@@ -267,7 +268,7 @@ def _csv_table(cfg: Config):
             raise UserError(f"data.target: column {d.target!r} is not numeric (e.g. {bad!r}); regression "
                             'needs numbers; set data.task = "classification" to predict categories')
         target = numeric.astype(float)
-        _check_numbers(target, f"data.target: column {d.target!r}", path, lines)
+        _check_numbers(target, f"data.target: column {d.target!r}", path, lines)  # "inf" read as text
     described = [{"name": c, "missing": int(frame[c].isna().sum()),
                   **({"type": "left out", "encoding": f"left out: {left_out[c]}"} if c in left_out else {}),
                   **({"distinct": int(frame[c].map(category_key).nunique())} if kinds.get(c) == "categorical"

@@ -98,7 +98,9 @@ def _as_array(value, what: str) -> np.ndarray:
 
 def _materialize(part, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split as (inputs, targets) arrays, from a Dataset or an (inputs, targets) pair."""
-    if isinstance(part, (tuple, list)) and len(part) == 2 and all(hasattr(p, "shape") for p in part):
+    # (inputs, targets): the targets may be a plain list, as long as the inputs are an array
+    if (isinstance(part, (tuple, list)) and len(part) == 2 and hasattr(part[0], "shape")
+            and (hasattr(part[1], "shape") or isinstance(part[1], (list, tuple)))):
         x, y = _as_array(part[0], f"the {split} inputs"), _as_array(part[1], f"the {split} targets")
         if x.ndim == 0 or y.ndim == 0:
             raise UserError(f"data.factory: the {split} inputs and targets must be arrays with one row per "
