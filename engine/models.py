@@ -50,6 +50,12 @@ def _mlp(width: int, hidden: list[int], dropout: float, n_outputs: int) -> list[
     return layers + [nn.Linear(width, n_outputs)]
 
 
+# The built-in models are for tables, images and short texts: past this many parameters (1 GB of
+# float32 weights, 4 GB with gradients and Adam's state) a config is a slip, like two layers of
+# 65536 (4.3 billion), not a plan; it would exhaust memory before saying so.
+MAX_PARAMS = 2 ** 28
+
+
 def build_model(cfg: Config, info: DataInfo | int, n_outputs: int | None = None) -> nn.Module:
     """The configured model for the data `info` describes (or for `info` inputs and `n_outputs` outputs)."""
     if isinstance(info, int):
@@ -57,6 +63,18 @@ def build_model(cfg: Config, info: DataInfo | int, n_outputs: int | None = None)
     m = cfg.model
     if m.kind == "python":
         return _python_model(cfg, info)
+    with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
+        n = sum(p.numel() for p in _built_in(cfg, info).parameters())
+    if n > MAX_PARAMS:
+        widths = f"model.hidden = {m.hidden}" + (f" and model.channels = {m.channels}" if m.kind == "cnn" else "")
+        vocab = f" over a vocabulary of {info.vocab_size:,} words" if m.kind == "text" else ""
+        raise UserError(f"model.kind = {m.kind!r} with {widths}{vocab} makes a model of {n:,} parameters; "
+                        f"the built-in models allow up to {MAX_PARAMS:,}: use narrower layers")
+    return _built_in(cfg, info)
+
+
+def _built_in(cfg: Config, info: DataInfo) -> nn.Module:
+    m = cfg.model
     if info.kind == "text" and m.kind != "text":
         raise UserError(f"model.kind = {m.kind!r} cannot read a text column (data.text); "
                         "use model.kind = \"text\" or \"python\"")

@@ -200,3 +200,15 @@ def test_check_lists_every_column_with_its_type_missing_count_and_encoding(tmp_p
     assert re.search(r"label\s+target\s+0\s+2 classes", rows["label"])
     assert "warning     [data] column 'order_id' looks like an ID" in result.stdout
     assert re.search(r"^features\s+2 \(1 numeric, 1 categorical\) -> 4 inputs", result.stdout, re.M)
+
+
+def test_a_model_too_large_for_the_built_in_kinds_is_refused_before_it_is_allocated(tmp_path):
+    import time
+
+    started = time.monotonic()
+    result = traintop("run", "--headless", "--runs-dir", str(tmp_path / "runs"), "--set", "train.epochs=1",
+                      "--set", "model.hidden=[65536, 65536]")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.hidden = [65536, 65536]" in result.stderr and "4,299," in result.stderr  # 4.3 billion
+    assert "parameters" in result.stderr and not (tmp_path / "runs").exists()
+    assert time.monotonic() - started < 60  # nothing of 17 GB was built

@@ -406,3 +406,31 @@ def test_a_blank_raw_value_stays_missing_and_is_imputed_as_in_training(write_csv
     median = next(c for c in pre.columns if c["name"] == "size")["fill"]
     expected = pre.transform(pd.DataFrame({"size": [median], "colour": ["red"], "rooms": [2]}))
     assert np.array_equal(x, expected)
+
+
+def test_a_column_of_numbers_with_a_few_typos_stays_numeric_and_names_them(tmp_path):
+    rows = [f"{i * 0.5},{'xy'[i % 2]}" for i in range(60)]
+    rows[9] = "?,x"  # line 11
+    path = tmp_path / "typo.csv"
+    path.write_text("weight,label\n" + "\n".join(rows) + "\n")
+    data = csv_data(path)
+    assert data.preprocess.feature_types() == {"weight": "numeric"}
+    [message] = [m for kind, m in data.warnings if "weight" in m]
+    assert "1 value(s) are not" in message and "'?' at line 11" in message and "missing" in message
+
+
+def test_blank_labels_are_dropped_like_missing_ones(tmp_path):
+    rows = [f"{i},{'xy'[i % 2]}" for i in range(40)]
+    rows[5] = "5,  "
+    path = tmp_path / "blank.csv"
+    path.write_text("x,label\n" + "\n".join(rows) + "\n")
+    data = csv_data(path)
+    assert sum(len(data.y[s]) for s in ("train", "val", "test")) == 39
+    assert any("1 rows without a 'label' value were dropped" in m for _, m in data.warnings)
+
+
+def test_a_small_table_with_many_classes_is_split_without_stratifying_rather_than_refused():
+    labels = np.repeat(np.arange(5), 2)  # ten rows, five classes: too few per part to stratify
+    train, val, test = split_indices(10, [0.7, 0.15, 0.15], 0, labels)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(10))
+    assert len(val) and len(test)

@@ -106,8 +106,8 @@ def check_finite(data: Dataset, label: str) -> None:
     for split in SPLITS:
         for what, arrays in (("inputs", data.x), ("targets", data.y)):
             a = arrays[split]
-            if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
-                continue  # streamed images (uint8 on disk) or integer class indices
+            if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or not len(a):
+                continue  # streamed images (uint8 on disk), integer class indices, an empty test split
             bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1) if a.ndim > 1 else ~np.isfinite(a)
             if bad.any():
                 first = int(np.flatnonzero(bad)[0])
@@ -228,13 +228,15 @@ def _csv_table(cfg: Config):
         names = [c for c in names if c != d.text]
     lines = np.arange(len(frame)) + 2  # the header is line 1
     warnings = []
-    missing_target = frame[d.target].isna()
+    missing_target = frame[d.target].map(category_key).isna()  # blank text ("  ") too: there is no label
     if missing_target.all():
         raise UserError(f"data.target: column {d.target!r} in {path} has no values")
     if missing_target.any():
         warnings.append(("data", f"{int(missing_target.sum())} rows without a {d.target!r} value were dropped"))
         frame = frame[~missing_target].reset_index(drop=True)
         lines = lines[~missing_target.to_numpy()]
+    for c in names:
+        frame[c] = _numbers_with_typos(frame[c], c, lines, warnings)
     left_out: dict[str, str] = {c: "not in data.features" for c in columns
                                 if chosen and c not in chosen and c not in (d.target, d.text)}
     empty = [c for c in names if frame[c].isna().all()]
@@ -279,11 +281,33 @@ def _csv_table(cfg: Config):
             described)
 
 
+MOSTLY_NUMBERS = 0.95  # a text column whose values are at least this share numbers is a column of numbers
+
+
+def _numbers_with_typos(column: pd.Series, name: str, lines: np.ndarray, warnings: list) -> pd.Series:
+    """A column of numbers with a few that are not ("?", "n/a.", "12kg") as numbers, those few
+    missing, with a warning naming them; any other column as it is. Read as text, it would become
+    a category per distinct number (or be left out as ID-like), which no one meant."""
+    from .tabular import category_key
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column
+    numbers = pd.to_numeric(column, errors="coerce")
+    present = column.map(category_key).notna()
+    typos = present & numbers.isna()
+    if not typos.any() or typos.sum() > (1 - MOSTLY_NUMBERS) * present.sum():
+        return column
+    first = int(np.flatnonzero(typos.to_numpy())[0])
+    warnings.append(("data", f"column {name!r} holds numbers, but {int(typos.sum())} value(s) are not "
+                             f"({column.iloc[first]!r} at line {int(lines[first])}); they were read as missing"))
+    return numbers.where(~typos).astype(float)
+
+
 def _check_numbers(values: pd.Series, what: str, path: Path, lines: np.ndarray) -> None:
     """A numeric column holds no infinity (written as inf, or a number past a float, like 1e400)."""
     bad = np.flatnonzero(np.isinf(values.to_numpy(dtype=float)))
     if len(bad):
-        raise UserError(f"data.path: {path}, line {int(lines[bad[0]])}: {what} holds {values.iloc[bad[0]]!r} "
+        raise UserError(f"data.path: {path}, line {int(lines[bad[0]])}: {what} holds {float(values.iloc[bad[0]])!r} "
                         f"({len(bad)} such value(s)); every number must be finite: fix the value, or leave "
                         "it blank for a missing one")
 

@@ -278,22 +278,25 @@ def split_indices(n: int, fractions: list[float], seed: int,
     train_f, val_f, test_f = fractions
     index = np.arange(n)
 
-    def stratify(idx):
+    def stratify(idx, n_first):
         if labels is None:
             return None
         _, counts = np.unique(labels[idx], return_counts=True)
-        return labels[idx] if counts.min() >= 2 else None
+        # each part must have room for every class, or scikit-learn refuses to stratify
+        fits = min(n_first, len(idx) - n_first) >= len(counts)
+        return labels[idx] if counts.min() >= 2 and fits else None
 
     n_train = max(1, round(n * train_f))
     if n_train >= n:
         raise UserError(f"data has {n} rows: too few to split into train, validation and test")
-    train, rest = train_test_split(index, train_size=n_train, random_state=seed, stratify=stratify(index))
+    train, rest = train_test_split(index, train_size=n_train, random_state=seed,
+                                   stratify=stratify(index, n_train))
     if test_f == 0:
         return np.sort(train), np.sort(rest), np.array([], dtype=int)
     n_val = max(1, round(len(rest) * val_f / (val_f + test_f)))
     if n_val >= len(rest):
         raise UserError(f"data has {n} rows: too few to split into train, validation and test")
-    val, test = train_test_split(rest, train_size=n_val, random_state=seed, stratify=stratify(rest))
+    val, test = train_test_split(rest, train_size=n_val, random_state=seed, stratify=stratify(rest, n_val))
     return np.sort(train), np.sort(val), np.sort(test)
 
 
