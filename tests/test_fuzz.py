@@ -304,3 +304,30 @@ def test_random_cases_run_headless_in_their_own_processes_exit_0_1_or_2_without_
         assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
         codes.append(proc.returncode)
     assert codes.count(0) >= 2, codes  # the generator still makes data that trains
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """The preprocessing fitted on a small mixed table: numbers with gaps, words, small integers."""
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.csv"
+        rows = [f"{rng.gauss(5, 2):.3f},{rng.choice(['red', 'green'])},{rng.randint(1, 3)},{rng.choice('ab')}"
+                for _ in range(60)]
+        path.write_text("size,colour,rooms,label\n" + "\n".join(rows) + "\n")
+        return load_data(build_config({"data": {"source": "csv", "path": str(path), "target": "label"}})).preprocess
+
+
+@FUZZ
+@given(st.randoms(use_true_random=False))
+def test_a_random_raw_record_becomes_a_finite_input_or_is_refused_naming_its_column(fitted, rng):
+    import pandas as pd
+
+    record = {name: any_value(rng) if rng.random() < 0.5 else rng.choice(["", None, "4.5", 3, "red", "nan"])
+              for name in ("size", "colour", "rooms") if rng.random() < 0.95}
+    try:
+        x = fitted.transform(pd.DataFrame([record]))
+    except UserError as e:
+        assert "column" in str(e)
+        return
+    assert x.shape == (1, len(fitted.output_names)) and (abs(x) < math.inf).all()

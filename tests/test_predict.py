@@ -189,6 +189,9 @@ def test_an_out_path_that_is_a_folder_or_under_a_file_is_refused_before_predicti
     result = traintop("predict", "latest", str(PLANTS_CSV), "--out", str(under), runs_dir=finished)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"lies under {tmp_path / 'notes.txt'}" in result.stderr
+    export = traintop("export", "latest", "--out", str(tmp_path / "notes.txt"), runs_dir=finished)
+    assert export.returncode == 2 and "is a file; give a folder" in export.stderr
+    assert "Traceback" not in export.stderr
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
