@@ -300,7 +300,7 @@ async def test_overfitting_is_called_out_when_val_loss_rises_while_train_loss_fa
 
 
 async def test_non_finite_loss_stops_the_run_as_failed_naming_the_step(tmp_path):
-    run = prepare(tmp_path, "train.epochs=50", "optim.name=sgd", "optim.lr=1e30", "model.hidden=[32]")
+    run = prepare(tmp_path, "train.epochs=50", "optim.name=sgd", "optim.lr=10", "model.hidden=[32]")
     run.start()
     events = await collect(run)
     assert await run.wait() == "failed"
@@ -314,7 +314,7 @@ async def test_non_finite_loss_stops_the_run_as_failed_naming_the_step(tmp_path)
 
 
 async def test_skip_mode_skips_non_finite_updates_and_keeps_weights_finite(tmp_path):
-    run = prepare(tmp_path, "train.epochs=3", "optim.name=sgd", "optim.lr=1e30", "model.hidden=[32]",
+    run = prepare(tmp_path, "train.epochs=3", "optim.name=sgd", "optim.lr=10", "model.hidden=[32]",
                   "train.on_nan=skip")
     run.start()
     events = await collect(run)
