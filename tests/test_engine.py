@@ -382,7 +382,7 @@ async def test_a_predict_input_that_breaks_preprocessing_is_refused_and_training
     record = {f"pixel_{r}_{c}": 0 for r in range(8) for c in range(8)}
     record["pixel_0_0"] = 10 ** 400  # too large for a float
     reply = await asyncio.wait_for(run.send(cmd.Predict(request_id="x", inputs=[record])), 30)
-    assert not reply.ok and "predict" in reply.message
+    assert not reply.ok and "input 0, column 'pixel_0_0'" in reply.message and "too large" in reply.message
     before = run.trainer.step
     await next_event(stream, "steps", where=lambda e: e.step[0] > before)  # still training
     await run.send(cmd.Stop())
