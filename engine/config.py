@@ -150,8 +150,6 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("early_stopping", "mode"): ("auto", "min", "max"),
 }
 
-NOT_YET: dict[tuple[str, str], tuple[str, ...]] = {}
-
 # The learning rate a run may use, from the config or set live: lower bound excluded.
 LR_RANGE = (0.0, 10.0)
 
@@ -339,8 +337,6 @@ def _validate(cfg: Config, origin: str) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             fail(section, key, f"is {value!r}{did_you_mean(value, allowed)}; allowed: {', '.join(allowed)}")
-        if value in NOT_YET.get((section, key), ()):
-            fail(section, key, f"= {value!r} is not available in this version of traintop")
     _check_numbers(cfg, origin)
     if not DEVICE_RE.match(cfg.run.device):
         fail("run", "device", f"is {cfg.run.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
