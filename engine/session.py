@@ -66,7 +66,7 @@ class EventLog:
         if not batch or self.closed:
             return
         data = "".join(e.to_line() + "\n" for e in batch).encode()
-        self.notable.extend(e for e in batch if not isinstance(e, ev.Steps))
+        self.notable.extend(e for e in batch if not isinstance(e, (ev.Steps, ev.Resources)))
         subscribers = []
         try:
             with self._lock:  # one section: a new subscriber gets a batch as history or live, never both

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from traintop.engine.client import open_run
 from traintop.engine.config import load_config
 from traintop.engine.errors import UserError
 from traintop.engine.runstore import RunFolder, resolve_run
+from traintop.tui.app import TrainTop
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
 
@@ -137,7 +139,7 @@ def test_a_compiled_run_takes_a_live_learning_rate_change_without_compiling_agai
     assert recompiles == [], recompiles[0]["message"]
 
 
-def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses(live_run):
+async def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses_and_the_dashboard_shows_them(live_run):
     assert traintop("ctl", str(live_run.path), "pause").returncode == 0
 
     def resources_while_paused() -> list[dict]:
@@ -151,6 +153,23 @@ def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses(live_run):
     assert sample["cpu_percent"] >= 0 and sample["devices"] == []  # no GPU here
     assert traintop("ctl", str(live_run.path), "stop").returncode == 0
     wait_until(lambda: events_of(live_run)[-1]["event"] == "run_finished", 60, "run_finished last")
+
+    async def open_it():
+        return await open_run(live_run)
+
+    app = TrainTop(open_it, title=live_run.run_id)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(200):
+            if app.state.status == "finished" and app.drawn_version == app.state.version:
+                break
+            await pilot.pause(0.05)
+        header = str(app.query_one("#header").render())
+        app.query_one("#views").active = "resources"
+        await pilot.pause(0.3)
+        view = str(app.query_one("#resources-view").render())
+    last = [e for e in events_of(live_run) if e["event"] == "resources"][-1]
+    assert f"cpu {last['cpu_percent']:.0f}%" in header and "rss " in header
+    assert "no GPU in use by the engine" in view and "engine process: cpu" in view
 
 
 def test_precision_is_one_of_32_bf16_fp16_written_as_text_or_as_the_number_32():
