@@ -85,6 +85,9 @@ class TrainConfig:
     grad_clip: float = 0.0
     val_every_steps: int = 0
     on_nan: str = "stop"
+    precision: str = "32"  # 32 | bf16 | fp16: autocast, and for fp16 a gradient scaler
+    compile: bool = False  # torch.compile the model and the optimizer step
+    accumulate: int = 1  # batches per optimizer step
 
 
 @dataclass
@@ -153,6 +156,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("schedule", "name"): ("none", "step", "cosine", "onecycle", "plateau"),
     ("train", "loss"): ("auto", "mse", "l1", "huber", "cross_entropy", "bce"),
     ("train", "on_nan"): ("stop", "skip"),
+    ("train", "precision"): ("32", "bf16", "fp16"),
     ("early_stopping", "mode"): ("auto", "min", "max"),
 }
 
@@ -245,6 +249,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "epochs"): Range(1, EPOCHS_MAX),
     ("train", "grad_clip"): Range(0),
     ("train", "val_every_steps"): Range(0, COUNT_MAX),
+    ("train", "accumulate"): Range(1, 1_000_000),
     ("early_stopping", "patience"): Range(0, EPOCHS_MAX),
     ("early_stopping", "min_delta"): Range(0),
     ("checkpoint", "every_epochs"): Range(0, EPOCHS_MAX),
@@ -326,6 +331,8 @@ def build_config(raw: dict[str, Any], origin: str = "the config", base_dir: Path
                                 f"{did_you_mean(key, types[section])}; "
                                 f"[{section}] allows: {', '.join(types[section])}")
             t = types[section][key]
+            if t is str and type(value) is int and str(value) in CHOICES.get((section, key), ()):
+                value = str(value)  # a choice that names a number may be written as one: precision = 32
             try:
                 value = _check_type(value, t)
             except ValueError:

@@ -315,6 +315,18 @@ class TestResult(Event):
 
 
 @dataclass(frozen=True)
+class Resources(Event):
+    """What the engine process uses, sampled every few seconds off the training thread."""
+
+    kind: ClassVar[str] = "resources"
+    numbers: ClassVar[tuple[str, ...]] = ("cpu_percent", "rss_mb")
+    cpu_percent: float = 0.0  # of one core, since the last sample
+    rss_mb: float = 0.0
+    # per CUDA device in use: index, name, allocated_mb, reserved_mb, peak_mb, total_mb, utilization (NVML)
+    devices: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     kind: ClassVar[str] = "run_finished"
     status: str = ""  # completed | early_stopped | stopped | failed

@@ -27,14 +27,17 @@ class Gradients:
         self.may_flatten = device.type == "cpu"  # until the first backward pass says otherwise
         self.zero_norm = torch.zeros((), device=device)  # a parameter the loss did not reach
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Clear every gradient, then backpropagate `loss` into them."""
+    def backward(self, loss: torch.Tensor, clear: bool = True) -> None:
+        """Clear every gradient, then backpropagate `loss` into them; `clear=False` adds to them
+        (the later batches of an accumulated step)."""
         if self.flat is not None:
-            self.flat.zero_()
+            if clear:
+                self.flat.zero_()
             loss.backward()
             return
-        for p in self.params:
-            p.grad = None
+        if clear:
+            for p in self.params:
+                p.grad = None
         loss.backward()
         if self.may_flatten:
             self.may_flatten = False

@@ -27,6 +27,7 @@ from .lr import LearningRate
 from .lrscale import LrScale
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
 from .policies import ValidationPolicies
+from .precision import Precision
 from .recorder import StepRecorder
 from .session import Session
 
@@ -36,15 +37,17 @@ LOGGED_OUTPUTS = 100  # a prediction event lists the answers of requests up to t
 
 
 def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    """The configured optimizer over `params`."""
+    """The configured optimizer over `params`; a compiled run's rate is a tensor, changed in
+    place, so that a new rate is an input of the compiled step rather than a constant in it."""
     o = cfg.optim
+    lr = torch.tensor(o.lr, device=params[0].device) if cfg.train.compile and params else o.lr
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
                                weight_decay=o.weight_decay)
     if o.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=o.weight_decay)
     opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
-    return opt(params, lr=o.lr, weight_decay=o.weight_decay)
+    return opt(params, lr=lr, weight_decay=o.weight_decay)
 
 
 def metric_names(task: str) -> list[str]:
@@ -85,13 +88,25 @@ class Trainer:
         self.params = [p for _, p in named]
         self.optimizer = build_optimizer(cfg, self.params)
         self.gradients = Gradients(self.params, device)
+        self.precision = Precision(cfg.train.precision, device, self.optimizer)
+        self.forward, self.optimizer_step = self.model, self.optimizer.step
+        if cfg.train.compile:
+            # Training only: validation, test and predict run the eager model, whose state_dict
+            # keeps its own names.
+            self.forward, self.optimizer_step = torch.compile(self.model), torch.compile(self.optimizer.step)
+        self.compiled_graphs = 0  # graphs compiled in the first epoch; more later is a recompile
+        self.first_epoch = 0
 
         self.feeds = data.feeds(device)  # device tensors, or DataLoaders for streamed data
         self.batch_size = cfg.data.batch_size
+        self.accumulate = cfg.train.accumulate
         self.n_train = len(self.feeds["train"])
-        self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
+        self.batches_per_epoch = math.ceil(self.n_train / self.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)  # optimizer steps
         self.lr = LearningRate(cfg, self.steps_per_epoch)  # the schedule's rate, in the optimizer's groups
-        self.lr_scale = LrScale(self.optimizer)  # the user's changes, around each step
+        # The user's changes, around each step: by optimizer hooks, or for a compiled step around
+        # the call, outside the compiled code (a hook would be traced into it, its scale a constant).
+        self.lr_scale = LrScale(self.optimizer, hooks=not cfg.train.compile)
         self.recorder = StepRecorder([n for n, _ in named], self.gradients)
 
         es = cfg.early_stopping
@@ -101,7 +116,7 @@ class Trainer:
         self.policies.checks.append(self.plateau)
 
         session.recorder = self.recorder
-        session.samples_per_step = self.batch_size
+        session.samples_per_step = self.batch_size * self.accumulate
         session.flush_hooks.append(self.after_flush)
         session.handlers.update({
             cmd.SetLr: self.set_lr, cmd.Validate: self.validate_now, cmd.Checkpoint: self.checkpoint,
@@ -110,7 +125,7 @@ class Trainer:
 
         self.step = 0  # optimizer steps done; the step being trained is step + 1
         self.epoch = 0  # epochs completed
-        self.batch = 0  # batches done in the current epoch
+        self.batch = 0  # batches done in the current epoch (accumulate of them a step)
         self.optimizer_lr = math.nan  # the rate last written into the optimizer's groups
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_saved_at = -math.inf
@@ -118,6 +133,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_loss_n = 0
         self.skipped: list[int] = []
+        self.overflowed = 0  # fp16 steps the scaler skipped
         self.test_done = False
         self.tested_at: list[int] = []  # steps of the tests in the run's history (an extended run's)
         self.save_every = cfg.checkpoint.every_seconds
@@ -132,6 +148,7 @@ class Trainer:
         session = self.session
         session.flush_started = self.saved_at = time.perf_counter()
         self.recorder.first_step = self.step + 1
+        self.first_epoch = self.epoch  # this process's first: a resumed run compiles afresh
         session.epoch = self.epoch + 1
         self.set_optimizer_lr(self.lr.at(self.step))
         while self.epoch < self.cfg.train.epochs and session.stop_request is None:
@@ -151,12 +168,13 @@ class Trainer:
         val_every = self.cfg.train.val_every_steps
         started = time.perf_counter()
         self.model.train()
-        while self.batch < self.steps_per_epoch:
+        while self.batch < self.batches_per_epoch:
             if session.inbox or session.paused or self.save_due:
                 self.at_boundary()
                 if session.stop_request is not None:
                     return
-            self.train_step(*next(batches))
+            n = min(self.accumulate, self.batches_per_epoch - self.batch)
+            self.train_step([next(batches) for _ in range(n)])
             if self.recorder.full or time.perf_counter() >= session.next_flush:
                 self.flush_and_deliver()
             if val_every and self.step % val_every == 0:
@@ -165,10 +183,19 @@ class Trainer:
                     return
         self.end_epoch(time.perf_counter() - started)
 
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        """One step: forward, loss, backward (gradients cleared, then filled), update."""
-        loss = self.objective(self.model(xb), yb)
-        self.gradients.backward(loss)
+    def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One optimizer step over `batches` (one, or `train.accumulate`): forward and loss (under
+        autocast), backward (gradients cleared, then filled by each batch), update."""
+        precision, total = self.precision, sum(len(yb) for _, yb in batches)
+        loss = None
+        for i, (xb, yb) in enumerate(batches):
+            with precision.autocast():
+                part = self.objective(self.forward(xb), yb)
+            if len(batches) > 1:  # each batch by its share of the samples: the step's loss is their mean
+                part = part * (len(yb) / total)
+            self.gradients.backward(precision.scale(part), clear=i == 0)
+            loss = part.detach() if loss is None else loss + part.detach()
+        precision.unscale()  # fp16: the true gradients, before they are measured or clipped
         lr = self.lr.at(self.step)
         self.recorder.record(loss, lr * self.lr_scale.scale, time.perf_counter())  # kept on the device
         if self.cfg.train.grad_clip:
@@ -177,10 +204,18 @@ class Trainer:
             self.set_optimizer_lr(lr)
         if self.cfg.train.on_nan == "skip" and not self.recorder.last_finite():
             self.skipped.append(self.step + 1)  # one host sync per step: only with on_nan = "skip"
+            precision.skip()
         else:
-            self.optimizer.step()
+            precision.step(self.update)
         self.step += 1
-        self.batch += 1
+        self.batch += len(batches)
+
+    def update(self) -> None:
+        """The optimizer's step, with the user's scale on its rate."""
+        if self.optimizer_step is self.optimizer.step:
+            self.optimizer_step()  # the scale is applied by the optimizer's own hooks
+        else:
+            self.lr_scale.around(self.optimizer_step)
 
     def flush_and_deliver(self) -> None:
         """The timed flush: about every 100 ms, steps and events go out together, and a
@@ -202,7 +237,10 @@ class Trainer:
 
     def set_optimizer_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # in place: the compiled step reads the same tensor
+            else:
+                group["lr"] = lr
         self.optimizer_lr = lr
 
     def after_flush(self, batch: dict) -> None:
@@ -210,9 +248,13 @@ class Trainer:
         finite = [x for x in batch["loss"] if math.isfinite(x)]
         self.epoch_loss_sum += sum(finite)
         self.epoch_loss_n += len(finite)
+        if self.precision.scaler is not None:
+            self.overflows(batch)
+        if self.cfg.train.compile:
+            self.recompiles()
         if self.cfg.train.on_nan == "stop":
             for s, loss, norm in zip(batch["step"], batch["loss"], batch["grad_norm"]):
-                if not (math.isfinite(loss) and math.isfinite(norm)):
+                if not (math.isfinite(loss) and (math.isfinite(norm) or self.precision.scaler is not None)):
                     raise NonFiniteLoss(s)
         elif self.skipped:
             skipped, self.skipped = self.skipped, []
@@ -221,6 +263,43 @@ class Trainer:
                                       f"first at step {skipped[0]}",
                               advice="lower the learning rate (-), clip gradients (train.grad_clip), or check "
                                      "the data for NaN or infinite values", skipped=len(skipped))
+
+    def overflows(self, batch: dict) -> None:
+        """fp16: a finite loss with gradients that overflowed is a step the scaler skipped (it
+        then lowers its scale), reported as one warning whose count grows, never a failure."""
+        skipped = [s for s, loss, norm in zip(batch["step"], batch["loss"], batch["grad_norm"])
+                   if math.isfinite(loss) and not math.isfinite(norm)]
+        if not skipped:
+            return
+        self.overflowed += len(skipped)
+        scale = self.precision.current_scale()
+        self.session.warn("fp16_overflow", step=skipped[0], id="fp16_overflow",
+                          message=f"fp16: the gradient scaler skipped {len(skipped)} update(s) whose gradients "
+                                  f"overflowed, first at step {skipped[0]} ({self.overflowed} in all); "
+                                  f"its scale is now {scale:g}",
+                          advice="a few at the start are the scaler finding its scale; many more mean the "
+                                 "gradients are too large for fp16: try train.precision = \"bf16\" or clip "
+                                 "gradients (train.grad_clip)",
+                          skipped=len(skipped), skipped_total=self.overflowed, scale=scale)
+
+    def recompiles(self) -> None:
+        """A compiled run that compiles again after its first epoch stalls: said at each recompile.
+
+        The first epoch compiles the forward and the optimizer's step, and once more for a
+        smaller last batch (a graph for any batch size from then on).
+        """
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
+        if self.epoch == self.first_epoch or graphs <= self.compiled_graphs:
+            self.compiled_graphs = max(self.compiled_graphs, graphs)
+            return
+        self.compiled_graphs = graphs
+        self.session.warn("recompile", step=self.step, id="recompile",
+                          message=f"the compiled model or optimizer step was compiled again by step {self.step} "
+                                  f"({graphs} graphs so far): training stalls while it compiles",
+                          advice="keep batch shapes and settings fixed while training, or set "
+                                 "train.compile = false", graphs=graphs)
 
     def end_epoch(self, seconds: float) -> None:
         session = self.session
@@ -277,6 +356,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.precision.state_dict(),
             "lr": {**self.lr.state_dict(), "user_scale": self.lr_scale.scale},
             "early_stopping": self.early.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch": self.batch,
@@ -292,6 +372,7 @@ class Trainer:
         """Continue from a checkpoint written by `state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state.get("scaler", {}))
         self.lr.load_state_dict(state["lr"])
         self.lr_scale.scale = state["lr"].get("user_scale", 1.0)
         self.early.load_state_dict(state["early_stopping"])

@@ -33,11 +33,14 @@ def check_rate(rate: float, asked: str, current: float) -> None:
 class LrScale:
     """The user's scale on an optimizer's scheduled rates, applied by step pre/post hooks."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, scale: float = 1.0):
+    def __init__(self, optimizer: torch.optim.Optimizer, scale: float = 1.0, hooks: bool = True):
+        """`hooks=False`: the owner calls `around(step)` instead (a compiled step, which would
+        trace a hook into its code and hold the scale there as a constant)."""
         self.optimizer = optimizer
         self._scale = 1.0
         self._saved: list = []
         self._handles: list = []  # the hooks go on with the first change: until then they cost nothing
+        self.hooks = hooks
         self.scale = scale
 
     @property
@@ -48,7 +51,7 @@ class LrScale:
     def scale(self, value: float) -> None:
         """Set between steps (at a step boundary): hooks go on the optimizer when first needed."""
         self._scale = value
-        if value != 1.0 and not self._handles:
+        if value != 1.0 and self.hooks and not self._handles:
             self._handles = [self.optimizer.register_step_pre_hook(self._before_step),
                              self.optimizer.register_step_post_hook(self._after_step)]
 
@@ -77,6 +80,18 @@ class LrScale:
         else:
             self.scale = self.scale * c.factor
         return old, self.current()
+
+    def around(self, step) -> None:
+        """Call `step()` (a compiled optimizer step) with the scale applied from outside it: the
+        rate tensors are scaled in place before and restored after, so the step never recompiles."""
+        if self._scale == 1.0:
+            step()
+            return
+        self._before_step(self.optimizer, (), {})
+        try:
+            step()
+        finally:
+            self._after_step(self.optimizer, (), {})
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         # A tensor rate is scaled in place, so a compiled step sees the same tensor (no recompile).

@@ -30,6 +30,7 @@ from .inbox import CommandInbox
 from .runstore import RunFolder, RunLock, disk_full, report_from_events, seal, write_json, write_text
 
 FLUSH_SECONDS = 0.1
+RESOURCE_SECONDS = 2.0  # a resources event this often; sampling takes about 0.1 ms
 
 
 class EventLog:
@@ -65,7 +66,7 @@ class EventLog:
         if not batch or self.closed:
             return
         data = "".join(e.to_line() + "\n" for e in batch).encode()
-        self.notable.extend(e for e in batch if not isinstance(e, ev.Steps))
+        self.notable.extend(e for e in batch if not isinstance(e, (ev.Steps, ev.Resources)))
         subscribers = []
         try:
             with self._lock:  # one section: a new subscriber gets a batch as history or live, never both
@@ -139,6 +140,8 @@ class Session:
         self._warnings: dict[str, ev.RunWarning] = {}
         self._done: Future = Future()
         self._serving: threading.Thread | None = None
+        self._ending = False  # run_finished is on its way: nothing from other threads after it
+        self._ending_lock = threading.Lock()
 
     @classmethod
     def open(cls, folder: RunFolder, *, name: str, source: str, config: dict | None = None,
@@ -272,6 +275,8 @@ class Session:
             if not self.paused or self.stop_request is not None:
                 break
             self.inbox.wait(0.1)
+            if self.log.pending:  # what other threads published (resources) goes out while paused too
+                self.deliver()
         self.flush_started = time.perf_counter()  # paused time is not training time
 
     def step_of(self) -> int:
@@ -322,6 +327,7 @@ class Session:
                 return
             finally:
                 ready.set()
+            sampler = asyncio.ensure_future(self._sample_resources())
             try:
                 if printer is not None:
                     async for event in self.events():
@@ -331,6 +337,7 @@ class Session:
                             break
                 await asyncio.wrap_future(self._done)
             finally:
+                sampler.cancel()
                 await server.close()
 
         self._serving = threading.Thread(target=asyncio.run, args=(side(),), name="traintop-control",
@@ -339,6 +346,19 @@ class Session:
         ready.wait()
         if failure:
             raise failure[0]
+
+    async def _sample_resources(self) -> None:
+        """A `resources` event every RESOURCE_SECONDS, published from this thread and delivered
+        with the loop's next flush; none before the run's first event (run_started comes first)."""
+        from .resources import ResourceSampler
+
+        sampler = ResourceSampler()
+        while True:
+            await asyncio.sleep(RESOURCE_SECONDS)
+            event = ev.Resources(t=self.clock(), **sampler.sample())
+            with self._ending_lock:  # never after run_finished
+                if not self._ending and (self.log.offset or self.log.pending):
+                    self.publish(event)
 
     def subscribe(self, callback) -> int:
         return self.log.subscribe(callback)
@@ -394,6 +414,8 @@ class Session:
 
     def _record_end(self, status: str, error: str, step: int, epoch: int, report: dict) -> tuple[str, str]:
         self.inbox.close(f"the run has finished ({status})")
+        with self._ending_lock:
+            self._ending = True
         with contextlib.suppress(NonFiniteLoss):
             self.flush()  # steps still buffered go out before run_finished (a failing run's, too)
         try:

@@ -29,6 +29,7 @@ from .headless import duration, fmt
 from .inference import InferenceView
 from .literal import Literal, LiteralApp, LiteralLabel, LiteralText, shown
 from .plot import Figure, Line, PlotWidget
+from .resources import ResourcesView, header_figure
 
 if TYPE_CHECKING:
     from .state import RunState
@@ -172,6 +173,8 @@ class TrainTop(LiteralApp):
                 yield Literal(id="config-view")
             yield TabPane("Events", id="events")
             yield TabPane("Output", id="output")  # the engine's own output: a watched script's prints
+            with TabPane("Resources", id="resources"):
+                yield ResourcesView(id="resources-view")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -284,6 +287,7 @@ class TrainTop(LiteralApp):
         if self.main.query_one("#views", TabbedContent).active == "layers":
             self.update_layers()
         self.update_events()
+        self.main.query_one("#resources-view", ResourcesView).show(s.resources)  # a few lines: cheap
         if s.config and not self.config_shown:
             from traintop.engine.config import dumps_toml
 
@@ -344,6 +348,8 @@ class TrainTop(LiteralApp):
         t.append(f"{s.name or self.state_title}", style="bold")
         t.append(f"  {s.device}  " if s.device else "  ")
         t.append(status, style=style)
+        if s.resources:
+            t.append(f"  {header_figure(s.resources[-1])}")
         if s.total_steps:
             eta = s.eta
             before = f"epoch {s.epoch}/{s.epochs}  step {s.step}/{s.total_steps} "

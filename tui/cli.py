@@ -576,7 +576,8 @@ def cmd_check(args) -> int:
     data = load_data(cfg)
     device = resolve_device(cfg.run.device)
     model = Model(cfg, data, device)
-    steps_per_epoch = math.ceil(len(data.feeds(device)["train"]) / cfg.data.batch_size)
+    batches = math.ceil(len(data.feeds(device)["train"]) / cfg.data.batch_size)
+    steps_per_epoch = math.ceil(batches / cfg.train.accumulate)  # optimizer steps
     print(f"# {args.config or 'built-in demo'}: the resolved config\n")
     print(cfg.to_toml())
     print("# data")

@@ -12,6 +12,7 @@ from traintop.engine import events as ev
 from .series import Ema, Series
 
 SMOOTHING = (0.0, 0.6, 0.9, 0.99)  # `s` cycles through these
+RESOURCE_SAMPLES = 100  # resources samples kept: the view lists the latest
 
 
 @dataclass
@@ -62,7 +63,8 @@ class RunState:
     best: ev.Validation | None = None
     test: dict | None = None
     warnings: list[ev.RunWarning] = field(default_factory=list)
-    log: list[ev.Event] = field(default_factory=list)  # every event but steps, for the event log
+    log: list[ev.Event] = field(default_factory=list)  # every event but steps and resources, for the event log
+    resources: list[ev.Resources] = field(default_factory=list)  # the latest samples, oldest first
     error: str = ""
     version: int = 0  # bumped by every change, so the screen redraws only when needed
 
@@ -71,7 +73,7 @@ class RunState:
         handler = getattr(self, f"_on_{e.kind}", None)
         if handler is not None:
             handler(e)
-        if not isinstance(e, ev.Steps):
+        if not isinstance(e, (ev.Steps, ev.Resources)):  # a sample every few seconds would bury the log
             self.log.append(e)
         self.t = max(self.t, e.t)
         self.version += 1
@@ -114,6 +116,10 @@ class RunState:
         self.metric_name = {"classification": "accuracy", "regression": "rmse"}.get(e.data.get("task"), "")
         self.source = e.source
         self.status = "running"
+
+    def _on_resources(self, e: ev.Resources) -> None:
+        self.resources.append(e)
+        del self.resources[:-RESOURCE_SAMPLES]
 
     def _on_steps(self, e: ev.Steps) -> None:
         if not e.step:  # a batch with no steps (valid, if odd) changes nothing
