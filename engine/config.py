@@ -102,6 +102,31 @@ class CheckpointConfig:
 
 
 @dataclass
+class SignalsConfig:
+    """Thresholds of the live diagnoses (engine/signals): each key is documented in all_keys.toml."""
+
+    enabled: bool = True  # false: no diagnoses but nan_loss and leakage
+    log_timing: bool = False  # the headless log adds a per-phase timing line to each step line
+    spike_mads: float = 10.0  # loss_spike: MADs above the recent median
+    spike_ratio: float = 3.0  # loss_spike: times the recent median
+    spike_floor: float = 0.5  # loss_spike: height above the median, as a fraction of the starting loss
+    spike_window: int = 100  # loss_spike: steps in the recent window
+    divergence_factor: float = 2.0  # divergence: recent loss over its starting level
+    divergence_rise: float = 0.5  # divergence: rise over the lowest level, as a fraction of the starting loss
+    validations: int = 3  # plateau, underfitting, overfitting: validations looked back over
+    flat_change: float = 0.02  # plateau, underfitting: relative change of the training loss that counts as flat
+    high_loss: float = 0.7  # plateau, underfitting: "high" is above this fraction of the starting loss
+    moved: float = 0.05  # plateau: the loss has hardly moved when it fell less than this fraction of its start
+    overfit_rise: float = 0.1  # overfitting: validation loss this far above its best (relative)
+    overfit_widening: float = 0.25  # overfitting: the gap between losses grew by this fraction
+    overfit_floor: float = 0.05  # overfitting: least rise or widening, as a fraction of the starting loss
+    vanishing_ratio: float = 1e-4  # vanishing_gradients: smallest over largest per-layer RMS gradient
+    exploding_factor: float = 100.0  # exploding_gradients: gradient norm over its early level
+    dead_fraction: float = 0.5  # dead_units: share of a layer's ReLU units silent on a validation batch
+    data_bound_share: float = 0.5  # data_bound: share of a step spent waiting for the batch
+
+
+@dataclass
 class Config:
     """A whole, validated run configuration."""
 
@@ -113,6 +138,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
     base_dir: Path = field(default=Path("."), compare=False)  # relative paths resolve here
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -159,6 +185,18 @@ NON_NEGATIVE = {
     ("schedule", "plateau_patience"), ("schedule", "min_lr"), ("train", "grad_clip"),
     ("train", "val_every_steps"), ("early_stopping", "patience"), ("early_stopping", "min_delta"),
     ("checkpoint", "every_epochs"), ("checkpoint", "every_seconds"), ("model", "dropout"), ("run", "seed"), ("run", "threads"),
+}
+# Keys whose numbers must lie in a closed range: (low, high).
+BOUNDED: dict[tuple[str, str], tuple[float, float]] = {
+    ("signals", "spike_mads"): (1.0, 1e6), ("signals", "spike_ratio"): (1.0, 1e6),
+    ("signals", "spike_floor"): (0.0, 1e6), ("signals", "spike_window"): (10, 100_000),
+    ("signals", "divergence_factor"): (1.0, 1e6), ("signals", "divergence_rise"): (0.0, 1e6),
+    ("signals", "validations"): (2, 1000), ("signals", "flat_change"): (0.0, 1.0),
+    ("signals", "high_loss"): (0.0, 1.0), ("signals", "moved"): (0.0, 1.0),
+    ("signals", "overfit_rise"): (0.0, 1e6), ("signals", "overfit_widening"): (0.0, 1e6),
+    ("signals", "overfit_floor"): (0.0, 1e6), ("signals", "vanishing_ratio"): (0.0, 1.0),
+    ("signals", "exploding_factor"): (1.0, 1e12), ("signals", "dead_fraction"): (0.0, 1.0),
+    ("signals", "data_bound_share"): (0.0, 1.0),
 }
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -241,6 +279,10 @@ def _validate(cfg: Config, origin: str) -> None:
     for section, key in NON_NEGATIVE:
         if getattr(getattr(cfg, section), key) < 0:
             fail(section, key, "must be 0 or more")
+    for (section, key), (low, high) in BOUNDED.items():
+        value = getattr(getattr(cfg, section), key)
+        if not (math.isfinite(value) and low <= value <= high):
+            fail(section, key, f"is {value!r}; allowed: {low:g} to {high:g}")
     if not DEVICE_RE.match(cfg.run.device):
         fail("run", "device", f"is {cfg.run.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
     split = cfg.data.split
