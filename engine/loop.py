@@ -29,6 +29,8 @@ from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
 from .policies import ValidationPolicies
 from .recorder import StepRecorder
 from .session import Session
+from .signals import Signals
+from .timing import PhaseTimer
 
 BEST_SAVE_SECONDS = 2.0  # best.pt is rewritten at most this often; the final best is always saved
 LR_SAVE_SECONDS = 5.0  # a user's LR change saves last.pt first when the last save is older than this
@@ -97,10 +99,15 @@ class Trainer:
         es = cfg.early_stopping
         early = EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.enabled)
         self.early = early
-        self.policies = ValidationPolicies(session, early, on_best=self.keep_best)
+        val = self.feeds["val"]
+        inputs = (lambda n: val.inputs(list(range(min(n, len(val)))))) if len(val) else None
+        self.signals = Signals.for_model(session, cfg.signals, self.model, inputs)
+        self.policies = ValidationPolicies(session, early, on_best=self.keep_best, signals=self.signals)
         self.policies.checks.append(self.plateau)
 
-        session.recorder = self.recorder
+        self.timer = PhaseTimer(device=device)  # a step now and then, phase by phase
+        self.timer.step_of = lambda: self.step + 1  # the step being trained
+        session.recorder, session.timer = self.recorder, self.timer
         session.samples_per_step = self.batch_size
         session.flush_hooks.append(self.after_flush)
         session.handlers.update({
@@ -156,7 +163,10 @@ class Trainer:
                 self.at_boundary()
                 if session.stop_request is not None:
                     return
-            self.train_step(*next(batches))
+            self.timer.start()
+            xb, yb = next(batches)
+            self.timer.lap("data")
+            self.train_step(xb, yb)
             if self.recorder.full or time.perf_counter() >= session.next_flush:
                 self.flush_and_deliver()
             if val_every and self.step % val_every == 0:
@@ -168,7 +178,9 @@ class Trainer:
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
         """One step: forward, loss, backward (gradients cleared, then filled), update."""
         loss = self.objective(self.model(xb), yb)
+        self.timer.lap("forward")
         self.gradients.backward(loss)
+        self.timer.lap("backward")
         lr = self.lr.at(self.step)
         self.recorder.record(loss, lr * self.lr_scale.scale, time.perf_counter())  # kept on the device
         if self.cfg.train.grad_clip:
@@ -179,6 +191,7 @@ class Trainer:
             self.skipped.append(self.step + 1)  # one host sync per step: only with on_nan = "skip"
         else:
             self.optimizer.step()
+        self.timer.lap("update")
         self.step += 1
         self.batch += 1
 
@@ -284,6 +297,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.policies.history,
+            "signals": self.signals.state_dict(),
             "best_model": self.best_state if self.best_state is not None else {},
             "events_offset": self.session.log.offset,
         }
@@ -299,6 +313,7 @@ class Trainer:
         self.session.saved_step = self.step
         self.epoch_loss_sum, self.epoch_loss_n, self.last_train_loss = state["epoch_loss"]
         self.policies.history = [tuple(h) for h in state["history"]]
+        self.signals.load_state_dict(state.get("signals", {}))
         self.best_state = state.get("best_model") or None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():

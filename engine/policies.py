@@ -12,7 +12,6 @@ from . import events as ev
 from .early_stopping import EarlyStopping
 
 
-
 class ValidationPolicies:
     """Best weights, the signals and early stopping, decided from each scheduled validation.
 

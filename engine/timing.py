@@ -44,8 +44,12 @@ class PhaseTimer:
         self.marks = [self._mark()]
 
     def lap(self, phase: str) -> None:
-        """The end of `phase`; the last phase ends the sample."""
+        """The end of `phase`; the last phase ends the sample. A phase out of turn (a loop that
+        skipped one) drops the sample."""
         if not self.on:
+            return
+        if self.phases[len(self.marks) - 1] != phase:
+            self.on = False
             return
         self.marks.append(self._mark())
         if len(self.marks) == len(self.phases) + 1:

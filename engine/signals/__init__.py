@@ -56,7 +56,7 @@ class Signals:
     """The detectors of one run and what they have said; fed by flushes and validations."""
 
     def __init__(self, session, settings: SignalsConfig, *, layers: list[dict] | None = None,
-                 dead_units: Callable[[], list[Finding]] | None = None):
+                 dead_units: Callable[[int], list[Finding]] | None = None):
         """`layers`: the model's layers as `describe_layers` gives them (vanishing and exploding
         gradients name them); `dead_units`: a measurement of silent ReLU units, where the model
         allows one (config runs of the built-in kinds)."""
@@ -71,6 +71,18 @@ class Signals:
         if settings.enabled:
             # First: a batch that fails the run (a non-finite loss) is read before it does.
             session.flush_hooks.insert(0, self.on_steps)
+
+    @classmethod
+    def for_model(cls, session, settings: SignalsConfig, model=None, inputs=None) -> Signals:
+        """The signals of a run training `model` (None: not known yet); `inputs(n)`, when given, are
+        up to n validation inputs, on which dead ReLU units are measured if the model allows it."""
+        from ..models import describe_layers
+        from .units import DeadUnits
+
+        signals = cls(session, settings, layers=describe_layers(model) if model is not None else [])
+        if model is not None and inputs is not None and DeadUnits.measurable(model):
+            signals.dead_units = DeadUnits(settings, model, inputs)
+        return signals
 
     @property
     def layers(self) -> list[dict]:
@@ -96,10 +108,14 @@ class Signals:
         if not self.settings.enabled:
             return
         self.session.flush()  # the steps up to this validation count in its training loss
-        if val_loss is not None and math.isfinite(val_loss):
-            self.say("fit", self.fit.validated(step, val_loss))
         if self.dead_units is not None:
-            self.say("units", self.dead_units())
+            self.say("units", self.dead_units(step))
+        if val_loss is not None and math.isfinite(val_loss):
+            findings = self.fit.validated(step, val_loss)
+            if self._active.get("units") or "vanishing_gradients" in self._active.get("flow", {}):
+                # Units that cannot learn explain a stalled loss; more rate would not help.
+                findings = [f for f in findings if f.kind != "plateau"]
+            self.say("fit", findings)
 
     def say(self, detector: str, findings: list[Finding]) -> None:
         """Warn of each finding that is new, or that lasts and was last said REPEAT_SECONDS ago;

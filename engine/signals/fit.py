@@ -9,6 +9,7 @@ from ..config import SignalsConfig
 from .loss import LossWatch, finding
 
 GAP_SMALL = 0.2  # underfitting: validation within this fraction of the training loss
+MIN_STEPS = 100  # steps trained before the losses are read at all: younger ones say nothing yet
 
 
 class FitWatch:
@@ -20,7 +21,8 @@ class FitWatch:
     `plateau`: T changed by less than `flat_change` (relative) over the last N validations while
     above `high_loss` times the starting loss. When it has also fallen less than `moved` of its
     start, the rate is too low to move it; otherwise it is stuck (more rate, or a schedule).
-    Not said after a divergence: a loss stuck high there is the rate being too high.
+    Not said after a divergence: a loss stuck high there is the rate being too high. None of
+    them is said before 100 steps of training: losses that young say nothing yet.
 
     `underfitting`: both losses high and flat (T as for a plateau, V changing by less than twice
     `flat_change`), V within 20% of T, and T fallen more than `moved` from its start: the model
@@ -38,6 +40,7 @@ class FitWatch:
         self.best: tuple[int, float, float] | None = None  # the validation with the lowest V
         self.since_best = 0
         self.interval = [0.0, 0]  # finite step losses since the last validation: sum, count
+        self.trained = 0  # finite step losses seen in all
         self.findings: dict[str, object] = {}
 
     def add_losses(self, losses: list) -> None:
@@ -45,6 +48,7 @@ class FitWatch:
         finite = [x for x in losses if x is not None and math.isfinite(x)]
         self.interval[0] += sum(finite)
         self.interval[1] += len(finite)
+        self.trained += len(finite)
 
     def validated(self, step: int, val_loss: float) -> list:
         """The conditions holding at this validation."""
@@ -60,7 +64,7 @@ class FitWatch:
         else:
             self.since_best += 1
         start = self.loss.start
-        if start is None or start <= 0 or len(self.history) <= self.s.validations:
+        if start is None or start <= 0 or len(self.history) <= self.s.validations or self.trained < MIN_STEPS:
             return []
         self.findings = {}
         for kind, check in (("plateau", self.plateau), ("underfitting", self.underfitting),
@@ -146,10 +150,11 @@ class FitWatch:
                        values={"val_loss": val_now, "best_val_loss": best_v, "train_loss": train_now})
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "best": self.best, "since_best": self.since_best}
+        return {"history": self.history, "best": self.best, "since_best": self.since_best, "trained": self.trained}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [tuple(h) for h in state.get("history", [])]
         best = state.get("best")
         self.best = tuple(best) if best is not None else None
         self.since_best = state.get("since_best", 0)
+        self.trained = state.get("trained", 0)

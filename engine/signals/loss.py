@@ -21,10 +21,12 @@ def finding(*args, **kwargs):
     return Finding(*args, **kwargs)
 
 
-def robust_level(values) -> tuple[float, float]:
-    """The median of `values` and their spread: the median absolute deviation, as a std."""
-    median = statistics.median(values)
-    return median, MAD_SCALE * statistics.median(abs(v - median) for v in values)
+def robust_level(window, recent) -> tuple[float, float]:
+    """The median of `recent` and the noise of `window`: the median absolute change between
+    consecutive values, as the standard deviation of one value (a trend hardly moves it)."""
+    values = list(window)
+    changes = [abs(b - a) for a, b in zip(values, values[1:])]
+    return statistics.median(recent), MAD_SCALE * statistics.median(changes) / math.sqrt(2)
 
 
 def key_presses(factor: float) -> str:
@@ -36,10 +38,12 @@ def key_presses(factor: float) -> str:
 class LossWatch:
     """Spikes and divergence in the per-step training loss.
 
-    `loss_spike`: a step's loss is far above the recent robust level: more than `spike_mads`
-    median absolute deviations above the median of the last `spike_window` steps, more than
-    `spike_ratio` times that median, and above it by more than `spike_floor` times the starting
-    loss (the first step's, before any update), so that the noise of a loss near zero is no spike.
+    `loss_spike`: a step's loss is far above the recent robust level, the median of the last 20
+    steps: more than `spike_mads` times the step-to-step noise above it (the median absolute change
+    between consecutive steps over the last `spike_window` steps, as a standard deviation: a loss
+    that falls fast does not inflate it), more than `spike_ratio` times that median, and above it by
+    more than `spike_floor` times the starting loss (the first step's, before any update), so that
+    the noise of a loss near zero is no spike.
 
     `divergence`: the loss grows past its starting level (the median of the last 20 steps is
     `divergence_factor` times the starting loss), or rises steadily (the medians of three 20-step
@@ -68,7 +72,7 @@ class LossWatch:
                 self.start = loss
             if len(self.window) >= MIN_WINDOW:
                 if level is None or i % REFRESH == 0:
-                    level = robust_level(self.window)
+                    level = robust_level(self.window, self.recent)
                 median, spread = level
                 height = loss - median
                 if (height > s.spike_mads * spread and loss > s.spike_ratio * median
@@ -93,7 +97,7 @@ class LossWatch:
         return finding(
             "loss_spike", step, id="loss_spike",
             message=f"loss spiked at step {step}: {loss:.4g} against a recent level of {median:.4g} "
-                    f"({loss / median:.1f}× the median of the last {len(self.window)} steps"
+                    f"({loss / median:.1f}× the median of the last {len(self.recent)} steps"
                     + (f", {mads:.0f} MADs above it)" if math.isfinite(mads) else ")"),
             advice="one spike is often a bad batch: check the data around it; if spikes repeat, lower "
                    "the learning rate (-) or clip gradients (train.grad_clip)",

@@ -9,13 +9,15 @@ from ..config import SignalsConfig
 from .loss import finding
 
 PROBE_SAMPLES = 256  # validation inputs the units are measured on
+MIN_PROBE = 64  # fewer validation inputs than this: a unit silent on all of them proves nothing
 EVERY_SECONDS = 2.0  # at most this often, at a scheduled validation
 
 
 class DeadUnits:
     """`dead_units`: `dead_fraction` or more of a layer's ReLU units (or conv channels) output zero
-    for every one of up to 256 validation inputs: they no longer learn (no gradient passes a zero
-    ReLU). A rate too high for the model is the usual cause.
+    for every one of up to 256 validation inputs (at least 64: on fewer, silence proves nothing):
+    they no longer learn (no gradient passes a zero ReLU). A rate too high for the model is the
+    usual cause.
 
     Measured at a scheduled validation, at most every 2 s, for the built-in models (mlp, cnn,
     text), whose layers run in order: the layers are called one by one on the plain module, so
@@ -28,7 +30,6 @@ class DeadUnits:
         self.model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the plain module
         self.inputs = inputs
         self.next_at = 0.0
-        self.step_of = lambda: 0
         self.finding = None
 
     @staticmethod
@@ -43,14 +44,15 @@ class DeadUnits:
         return isinstance(model, (nn.Sequential, ConvNet, TextModel)) and any(
             isinstance(m, torch.nn.ReLU) for m in model.modules())
 
-    def __call__(self) -> list:
+    def __call__(self, step: int) -> list:
+        """The condition at the validation of `step` (measured again at most every 2 s)."""
         now = time.monotonic()
         if now >= self.next_at:
             self.next_at = now + EVERY_SECONDS
-            self._measure()
+            self._measure(step)
         return [self.finding] if self.finding is not None else []
 
-    def _measure(self) -> None:
+    def _measure(self, step: int) -> None:
         import torch
 
         model = self.model
@@ -60,6 +62,8 @@ class DeadUnits:
             model.eval()
             with torch.no_grad():
                 x = self.inputs(PROBE_SAMPLES)
+                if len(x) < MIN_PROBE:
+                    return
                 for layer, describe, out in activations(model, x):
                     alive = (out > 0).transpose(0, 1).reshape(out.shape[1], -1).any(dim=1)
                     n = int(alive.numel())
@@ -73,7 +77,7 @@ class DeadUnits:
             return
         named = ", ".join(f"{silent}/{n} after {layer} ({describe})" for layer, describe, silent, n in dead)
         self.finding = finding(
-            "dead_units", self.step_of(), id="dead_units",
+            "dead_units", step, id="dead_units",
             message=f"dead ReLU units: {named} output zero for every one of {len(x)} validation inputs, so "
                     "they get no gradient and no longer learn",
             advice="lower the learning rate (-) or warm it up (schedule.warmup_steps); in a model of your own, "
