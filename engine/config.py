@@ -107,6 +107,31 @@ class CheckpointConfig:
 
 
 @dataclass
+class SignalsConfig:
+    """Thresholds of the live diagnoses (engine/signals): each key is documented in all_keys.toml."""
+
+    enabled: bool = True  # false: no diagnoses but nan_loss and leakage
+    log_timing: bool = False  # the headless log adds a per-phase timing line to each step line
+    spike_mads: float = 10.0  # loss_spike: times the step-to-step noise above the recent median
+    spike_ratio: float = 3.0  # loss_spike: times the recent median
+    spike_floor: float = 0.5  # loss_spike: height above the median, as a fraction of the starting loss
+    spike_window: int = 100  # loss_spike: steps in the recent window
+    divergence_factor: float = 2.0  # divergence: recent loss over its starting level
+    divergence_rise: float = 0.5  # divergence: rise over the lowest level, as a fraction of the starting loss
+    validations: int = 3  # plateau, underfitting, overfitting: validations looked back over
+    flat_change: float = 0.02  # plateau, underfitting: relative change of the training loss that counts as flat
+    high_loss: float = 0.7  # plateau, underfitting: "high" is above this fraction of the starting loss
+    moved: float = 0.05  # plateau: the loss has hardly moved when it fell less than this fraction of its start
+    overfit_rise: float = 0.1  # overfitting: validation loss this far above its best (relative)
+    overfit_widening: float = 0.25  # overfitting: the gap between losses grew by this fraction
+    overfit_floor: float = 0.05  # overfitting: least rise or widening, as a fraction of the starting loss
+    vanishing_ratio: float = 1e-4  # vanishing_gradients: smallest over largest per-layer RMS gradient
+    exploding_factor: float = 100.0  # exploding_gradients: gradient norm over its early level
+    dead_fraction: float = 0.5  # dead_units: share of a layer's ReLU units silent on a validation batch
+    data_bound_share: float = 0.5  # data_bound: share of a step spent waiting for the batch
+
+
+@dataclass
 class Config:
     """A whole, validated run configuration."""
 
@@ -118,6 +143,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
     base_dir: Path = field(default=Path("."), compare=False)  # relative paths resolve here
     # (kind, message) of settings that are allowed but probably not meant; published like data warnings
     warnings: list[tuple[str, str]] = field(default_factory=list, compare=False)
@@ -254,6 +280,23 @@ RANGES: dict[tuple[str, str], Range] = {
     ("early_stopping", "min_delta"): Range(0),
     ("checkpoint", "every_epochs"): Range(0, EPOCHS_MAX),
     ("checkpoint", "every_seconds"): Range(0, 10 ** 7),  # about four months
+    ("signals", "spike_mads"): Range(1, 1e6),
+    ("signals", "spike_ratio"): Range(1, 1e6),
+    ("signals", "spike_floor"): Range(0, 1e6),
+    ("signals", "spike_window"): Range(10, 100_000),
+    ("signals", "divergence_factor"): Range(1, 1e6, low_open=True),
+    ("signals", "divergence_rise"): Range(0, 1e6),
+    ("signals", "validations"): Range(2, 1000),
+    ("signals", "flat_change"): Range(0, 1),
+    ("signals", "high_loss"): Range(0, 1),
+    ("signals", "moved"): Range(0, 1),
+    ("signals", "overfit_rise"): Range(0, 1e6),
+    ("signals", "overfit_widening"): Range(0, 1e6),
+    ("signals", "overfit_floor"): Range(0, 1e6),
+    ("signals", "vanishing_ratio"): Range(0, 1),
+    ("signals", "exploding_factor"): Range(1, 1e12, low_open=True),
+    ("signals", "dead_fraction"): Range(0, 1, low_open=True),
+    ("signals", "data_bound_share"): Range(0, 1, low_open=True, high_open=True),
 }
 FINITE = Range(-math.inf)  # a numeric key without a range of its own: any finite number
 

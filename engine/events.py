@@ -158,7 +158,8 @@ class RunStarted(Event):
     steps_per_epoch: int = 0
     layers: list = field(default_factory=list)  # [{"name", "describe" ("Linear 64→128"), "params"}]
     world_size: int = 1
-    source: str = "config"  # config | watch | script | lightning | transformers
+    source: str = "config"  # config | watch | script | lightning | transformers | lr_find
+    signals: dict = field(default_factory=dict)  # the [signals] settings the run's diagnoses use
 
 
 @dataclass(frozen=True)
@@ -176,10 +177,14 @@ class Steps(Event):
     layer_norms: dict = field(default_factory=dict)  # parameter name -> norms at layer_steps
     layer_steps: list = field(default_factory=list)  # the steps layer_norms were taken at
     scalars: dict = field(default_factory=dict)  # a loop's extra scalars: name -> one value per step
+    # Sampled steps' seconds per phase, as columns: {"step": [...], "data": [...], "forward": [...], ...}
+    timing: dict = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The batch as columns; each extra scalar is one more column beside loss and lr."""
         data = super().to_json()
+        if not data["timing"]:
+            del data["timing"]  # most batches carry no timing sample
         scalars = data.pop("scalars")
         for name, values in scalars.items():
             data.setdefault(name, values)
@@ -265,6 +270,22 @@ class RunWarning(Event):
     last_step: int = 0
     values: dict = field(default_factory=dict)  # the numbers behind it
     renames: ClassVar[dict[str, str]] = {"kind_": "kind"}
+
+
+@dataclass(frozen=True)
+class LrFind(Event):
+    """The learning-rate range test: the rates tried since the last such event, each step's loss
+    and its smoothed value; the last one (`done`) carries the suggested rate and why it stopped."""
+
+    kind: ClassVar[str] = "lr_find"
+    numbers: ClassVar[tuple[str, ...]] = ("lr", "loss", "smoothed", "suggested")
+    lr: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    smoothed: list = field(default_factory=list)
+    done: bool = False
+    suggested: float = 0.0  # 0 until it is done (and when no rate could be suggested)
+    reason: str = ""  # why it stopped, and how the rate was chosen
+    command: str = ""  # a config run: the command line that trains with the suggested rate
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from .policies import ValidationPolicies
 from .precision import Precision
 from .recorder import StepRecorder
 from .session import Session
+from .signals import Signals
+from .timing import PhaseTimer
 
 BEST_SAVE_SECONDS = 2.0  # best.pt is rewritten at most this often; the final best is always saved
 LR_SAVE_SECONDS = 5.0  # a user's LR change saves last.pt first when the last save is older than this
@@ -112,10 +114,15 @@ class Trainer:
         es = cfg.early_stopping
         early = EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.enabled)
         self.early = early
-        self.policies = ValidationPolicies(session, early, on_best=self.keep_best)
+        val = self.feeds["val"]
+        inputs = (lambda n: val.inputs(list(range(min(n, len(val)))))) if len(val) else None
+        self.signals = Signals.for_model(session, cfg.signals, self.model, inputs)
+        self.policies = ValidationPolicies(session, early, on_best=self.keep_best, signals=self.signals)
         self.policies.checks.append(self.plateau)
 
-        session.recorder = self.recorder
+        self.timer = PhaseTimer(device=device)  # a step now and then, phase by phase
+        self.timer.step_of = lambda: self.step + 1  # the step being trained
+        session.recorder, session.timer = self.recorder, self.timer
         session.samples_per_step = self.batch_size * self.accumulate
         session.flush_hooks.append(self.after_flush)
         session.handlers.update({
@@ -163,8 +170,8 @@ class Trainer:
 
     def train_epoch(self) -> None:
         session = self.session
-        batches = self.feeds["train"].batches(self.permutation(self.epoch), self.batch_size,
-                                              start=self.batch, augment=self.data.augment)
+        batches_left = self.feeds["train"].batches(self.permutation(self.epoch), self.batch_size,
+                                                   start=self.batch, augment=self.data.augment)
         val_every = self.cfg.train.val_every_steps
         started = time.perf_counter()
         self.model.train()
@@ -174,7 +181,10 @@ class Trainer:
                 if session.stop_request is not None:
                     return
             n = min(self.accumulate, self.batches_per_epoch - self.batch)
-            self.train_step([next(batches) for _ in range(n)])
+            self.timer.start()
+            batches = [next(batches_left) for _ in range(n)]
+            self.timer.lap("data")
+            self.train_step(batches)
             if self.recorder.full or time.perf_counter() >= session.next_flush:
                 self.flush_and_deliver()
             if val_every and self.step % val_every == 0:
@@ -193,7 +203,9 @@ class Trainer:
                 part = self.objective(self.forward(xb), yb)
             if len(batches) > 1:  # each batch by its share of the samples: the step's loss is their mean
                 part = part * (len(yb) / total)
+            self.timer.lap("forward")
             self.gradients.backward(precision.scale(part), clear=i == 0)
+            self.timer.lap("backward")
             loss = part.detach() if loss is None else loss + part.detach()
         precision.unscale()  # fp16: the true gradients, before they are measured or clipped
         lr = self.lr.at(self.step)
@@ -207,6 +219,7 @@ class Trainer:
             precision.skip()
         else:
             precision.step(self.update)
+        self.timer.lap("update")
         self.step += 1
         self.batch += len(batches)
 
@@ -364,6 +377,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.policies.history,
+            "signals": self.signals.state_dict(),
             "best_model": self.best_state if self.best_state is not None else {},
             "events_offset": self.session.log.offset,
         }
@@ -380,6 +394,7 @@ class Trainer:
         self.session.saved_step = self.step
         self.epoch_loss_sum, self.epoch_loss_n, self.last_train_loss = state["epoch_loss"]
         self.policies.history = [tuple(h) for h in state["history"]]
+        self.signals.load_state_dict(state.get("signals", {}))
         self.best_state = state.get("best_model") or None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():

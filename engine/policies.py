@@ -1,5 +1,6 @@
-"""What follows each validation, for every loop owner: the best marker, the overfitting warning
-and early stopping, hung on one named point (`ValidationPolicies.validated`)."""
+"""What follows each validation, for every loop owner: the best marker, the signals read from the
+losses (overfitting, plateau, underfitting, dead units) and early stopping, hung on one named point
+(`ValidationPolicies.validated`)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,23 @@ from . import commands as cmd
 from . import events as ev
 from .early_stopping import EarlyStopping
 
-OVERFIT_RISES = 3
-
 
 class ValidationPolicies:
-    """Best weights, overfitting and early stopping, decided from each scheduled validation.
+    """Best weights, the signals and early stopping, decided from each scheduled validation.
 
-    A validation the user asks for (`v`, `ctl validate`) is a report: early stopping and the best
-    marker follow the schedule's validations only, so pressing `v` never changes what training does.
+    A validation the user asks for (`v`, `ctl validate`) is a report: early stopping, the best
+    marker and the signals follow the schedule's validations only, so pressing `v` never changes
+    what training does.
     """
 
-    def __init__(self, session, early: EarlyStopping, on_best: Callable[[], None] = lambda: None):
+    def __init__(self, session, early: EarlyStopping, on_best: Callable[[], None] = lambda: None,
+                 signals=None):
+        """`signals`: the run's Signals (engine/signals), whose validation checks run here."""
         self.session = session
         self.early = early
         self.on_best = on_best  # keep the best weights, say
+        self.signals = signals
         self.history: list[tuple[float, float]] = []  # (val_loss, train loss) per scheduled validation
-        self.overfit_warned = False
         self.checks: list[Callable[[float], None]] = []  # more policies on each scheduled val_loss (plateau)
 
     def monitored(self, val_loss: float | None, metrics: dict) -> float | None:
@@ -46,33 +48,21 @@ class ValidationPolicies:
         if source != "schedule":
             return best
         if val_loss is not None:
-            self.check_overfitting(val_loss, train_loss, step)
+            self.history.append((val_loss, train_loss))
             for check in self.checks:
                 check(val_loss)
+        self.check_signals(step, val_loss)
         if self.early.should_stop and self.session.stop_request is None:
             self.session.request_stop(cmd.Stop(save=True), "early_stopped")
             self.session.emit(ev.EarlyStopped, step=step, epoch=epoch, best_epoch=self.early.best_epoch,
                               best_value=self.early.best, monitor=self.early.monitor)
         return best
 
-    def check_overfitting(self, val_loss: float, train_loss: float, step: int) -> None:
-        """Warn once per stretch when validation loss rose 3 times in a row while training loss fell."""
-        self.history.append((val_loss, train_loss))
-        recent = self.history[-(OVERFIT_RISES + 1):]
-        rising = len(recent) == OVERFIT_RISES + 1 and all(b[0] > a[0] for a, b in zip(recent, recent[1:]))
-        if not rising:
-            self.overfit_warned = False
-            return
-        if recent[-1][1] < recent[0][1] and not self.overfit_warned:
-            self.overfit_warned = True
-            self.session.warn(
-                "overfitting", step=step, id="overfitting",
-                message=f"validation loss rose {OVERFIT_RISES} times in a row ({recent[0][0]:.4g} -> "
-                        f"{val_loss:.4g}) while training loss fell ({recent[0][1]:.4g} -> "
-                        f"{recent[-1][1]:.4g}): the model is overfitting",
-                advice="stop here (the best weights are kept), or add regularisation: dropout, "
-                       "weight decay, more data or augmentation",
-                val_loss=val_loss, train_loss=recent[-1][1])
+    def check_signals(self, step: int, val_loss: float | None) -> None:
+        """The named checks on the losses so far: overfitting, plateau, underfitting (engine/signals/fit.py),
+        and dead units where the model allows measuring them."""
+        if self.signals is not None:
+            self.signals.validated(step, val_loss)
 
     def early_stopping(self, c: cmd.EarlyStopping) -> cmd.Reply:
         """Turn early stopping on or off, or set its patience; the reply says what follows, before

@@ -78,10 +78,12 @@ class Run:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def prepare(cls, cfg: Config, runs_dir: Path | None = None, folder: RunFolder | None = None) -> Run:
+    def prepare(cls, cfg: Config, runs_dir: Path | None = None, folder: RunFolder | None = None,
+                source: str = "config") -> Run:
         """Load the data and build the model, then create the run folder. Bad input: UserError.
 
-        `folder`: an existing, empty run folder to use (a detached run's parent made it).
+        `folder`: an existing, empty run folder to use (a detached run's parent made it);
+        `source`: what the folder records (`lr_find` for a learning-rate range test).
         """
         data = load_data(cfg)
         device = resolve_device(cfg.run.device)
@@ -92,7 +94,7 @@ class Run:
         lock = folder.lock()
         try:
             write_json(folder.preprocess, data.preprocess.to_json())
-            session = Session.open(folder, name=cfg.run.name, source="config", config=cfg.to_dict(), lock=lock,
+            session = Session.open(folder, name=cfg.run.name, source=source, config=cfg.to_dict(), lock=lock,
                                    meta={"seed": cfg.run.seed, "device": str(device),
                                          "threads": torch.get_num_threads(), "config_dir": str(cfg.base_dir)})
         except BaseException:
@@ -225,7 +227,8 @@ class Run:
                 device=str(t.device), params=sum(p.numel() for p in t.params),
                 data=t.data.summary(self.cfg.data.batch_size),
                 epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch,
-                layers=describe_layers(t.model), world_size=1, source="config"))
+                layers=describe_layers(t.model), world_size=1, source="config",
+                signals=t.signals.settings_json()))
             for kind, message in [*self.cfg.warnings, *t.data.warnings]:
                 session.warn(kind, message, step=0)
             t.policies.announce()

@@ -123,6 +123,7 @@ class Session:
         self.saved_step: int | None = None  # the step of the last.pt on disk
         self.t0 = time.monotonic()
         self.recorder = None  # the loop owner's StepRecorder
+        self.timer = None  # the loop owner's PhaseTimer, when its steps are timed
         self.epoch = 1  # the epoch being trained, 1-based, as steps events carry it
         self.samples = 0  # samples trained since the last flush, for samples/s
         self.samples_per_step = 0  # or, when every step trains as many: that many
@@ -189,6 +190,8 @@ class Session:
         batch = self.recorder.take()
         if batch is None:
             return
+        if self.timer is not None:
+            batch["timing"] = self.timer.take()
         n = len(batch["step"])
         elapsed = now - self.flush_started
         self.flush_started = now

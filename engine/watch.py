@@ -31,6 +31,7 @@ import torch
 from . import commands as cmd
 from . import events as ev
 from .checkpoint import all_finite, snapshot
+from .config import SignalsConfig
 from .early_stopping import EarlyStopping
 from .errors import UserError
 from .gradients import Gradients
@@ -40,6 +41,8 @@ from .policies import ValidationPolicies
 from .recorder import StepRecorder
 from .runstore import RunFolder, default_runs_dir
 from .session import Session
+from .signals import Signals, settings_from
+from .timing import LOOP_PHASES, PhaseTimer
 
 _live: weakref.WeakSet = weakref.WeakSet()  # runs the exit handler finishes
 
@@ -48,7 +51,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
           name: str | None = None, config: dict | None = None, epochs: int | None = None,
           early_stopping: dict | None = None, checkpoint_every_seconds: float = 120,
           runs_dir: str | Path | None = None, source: str = "watch",
-          folder: str | Path | None = None) -> WatchedRun:
+          folder: str | Path | None = None, signals: dict | None = None) -> WatchedRun:
     """Start recording and serving a run of your own loop; returns the run to call `step` on.
 
     `model` gives the layers whose gradient norms are recorded; `optimizer` the learning rate
@@ -56,10 +59,12 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     `epochs` (or `config["epochs"]`) lets the dashboard show progress and an ETA;
     `early_stopping=dict(monitor="val_loss", patience=5)` turns early stopping on;
     `checkpoint_every_seconds` saves last.pt that often (through `run.on_checkpoint`'s function
-    when one is registered; 0 = off).
+    when one is registered; 0 = off); `signals` sets the thresholds of the live diagnoses, with
+    the keys of a config's [signals] section (`signals=dict(spike_mads=20)`; `enabled=False` is off).
     """
     if model is None and optimizer is None:
         raise UserError("watch needs the model, the optimizer, or both")
+    settings = settings_from(signals, "watch(signals=...)")
     from . import script
 
     if script.current is not None and script.current.optimizer is None:
@@ -75,7 +80,8 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     session = Session.open(run_folder, name=name, source=source, config=config)
     run = WatchedRun(session, model, optimizer, name=name, config=config,
                      epochs=epochs if epochs is not None else _int(config.get("epochs")),
-                     early_stopping=early_stopping, checkpoint_every_seconds=checkpoint_every_seconds)
+                     early_stopping=early_stopping, checkpoint_every_seconds=checkpoint_every_seconds,
+                     signals=settings)
     session.serve()
     _live.add(run)
     return run
@@ -85,7 +91,8 @@ class WatchedRun:
     """A run whose loop belongs to the user: `step` records and obeys, `validate` reports."""
 
     def __init__(self, session: Session, model, optimizer, *, name: str, config: dict,
-                 epochs: int | None, early_stopping: dict | None, checkpoint_every_seconds: float = 120):
+                 epochs: int | None, early_stopping: dict | None, checkpoint_every_seconds: float = 120,
+                 signals: SignalsConfig | None = None):
         self.session = session
         self.name = name
         self.config = config
@@ -94,6 +101,9 @@ class WatchedRun:
         self.params: list[torch.nn.Parameter] = []
         self.device = torch.device("cpu")
         session.flush_hooks.append(self._count_epoch_loss)
+        self.signals = Signals(session, signals or SignalsConfig())
+        self.timer = PhaseTimer(LOOP_PHASES, device=None)  # steps drawn through run.iter
+        self.timer.step_of = lambda: self.steps
         if model is not None or optimizer is not None:
             self.bind(model, optimizer)
         self.set_early_stopping(early_stopping)
@@ -134,7 +144,7 @@ class WatchedRun:
                             "min_delta, enabled") from None
         if early.mode == "auto":
             early.mode = "max" if early.monitor.removeprefix("val_") in ("accuracy", "r2", "f1", "auc") else "min"
-        self.policies = ValidationPolicies(self.session, early)
+        self.policies = ValidationPolicies(self.session, early, signals=self.signals)
 
     def bind(self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
              names: dict | None = None) -> None:
@@ -155,6 +165,10 @@ class WatchedRun:
         self.recorder = StepRecorder([n for n, _ in named], gradients)
         self.recorder.first_step = 1
         self.session.recorder = self.recorder
+        if model is not None:
+            self.signals.layers = describe_layers(model)
+        if self.device.type == "cuda":
+            self.timer.cuda = True
         self.lr = LrScale(optimizer) if optimizer is not None else None
 
     # -- what the loop calls -------------------------------------------------------------------
@@ -185,10 +199,20 @@ class WatchedRun:
         self.mark_epoch_start()
         if self.should_stop:  # a stopped run trains no more epochs: the loop runs on to its end
             return
-        for item in iterable:
+        self.session.timer = self.timer
+        items, timer = iter(iterable), self.timer
+        while True:
+            timer.start()  # the wait for the batch: the loader's time, not the model's
+            try:
+                item = next(items)
+            except StopIteration:
+                timer.cancel()
+                break
+            timer.lap("data")
             self.batch_samples = _batch_len(item)
             self._iterating = True
             yield item
+            timer.lap("update")
             if self.should_stop:
                 break
         self._iterating = False
@@ -217,6 +241,7 @@ class WatchedRun:
             # The loop never looked at should_stop: stop it as Ctrl-C would.
             self._stop_seen = True
             raise KeyboardInterrupt("traintop: the run was asked to stop")
+        self.timer.lap("forward+backward")
         now = time.perf_counter()
         self.recorder.record(loss, self._rate(), now, total=total, scalars=scalars, norms=norms)
         self.steps += 1
@@ -297,6 +322,23 @@ class WatchedRun:
             self.finish("failed", f"{exc_type.__name__}: {exc}")
         return False
 
+    def lr_find(self, step_fn: Callable[[], Any], *, lr_min: float = 1e-7, lr_max: float = 10.0,
+                steps: int = 100) -> float:
+        """The learning-rate range test on this run's model and optimizer: `step_fn()` trains one
+        step on the next batch (forward, backward, `optimizer.step()`, without `run.step`) and
+        returns its loss; the rate is set before each call. The points go out as `lr_find`
+        events; the model and optimizer are restored afterwards. Returns the suggested rate
+        (0.0 when none could be suggested)."""
+        from .lrfind import emitter, range_test
+
+        if self.optimizer is None:
+            raise UserError("lr_find needs the optimizer: pass it to traintop.watch(model, optimizer)")
+        if not self.started:
+            self._start()
+        result = range_test(step_fn, self.model, self.optimizer, lr_min=lr_min, lr_max=lr_max, steps=steps,
+                            emit=emitter(self.session))
+        return result.suggested
+
     # -- what the dashboard's keys call --------------------------------------------------------
 
     def on_checkpoint(self, fn: Callable[[Path], Any]) -> Callable:
@@ -330,7 +372,7 @@ class WatchedRun:
             device=str(self.device), params=sum(p.numel() for p in self.params), data={},
             epochs=self.epochs_planned, steps_per_epoch=self.steps_per_epoch,
             layers=describe_layers(model) if model is not None else [],
-            world_size=1, source=self.session.source))
+            world_size=1, source=self.session.source, signals=self.signals.settings_json()))
         self.policies.announce()
         self.session.flush_started = time.perf_counter()
 

@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, help="write the predictions CSV here (default: stdout)")
     trust_flag(predict)
     runs_dir(predict)
+
+    lr_find = sub.add_parser("lr-find", help="the learning-rate range test: a few steps at growing rates, "
+                             "the loss drawn, a rate suggested")
+    lr_find.add_argument("config", nargs="?", help="a TOML config; none means the built-in demo")
+    overrides(lr_find)
+    lr_find.add_argument("--lr-min", type=float, default=1e-7, help="the first rate tried (default 1e-7)")
+    lr_find.add_argument("--lr-max", type=float, default=10.0, help="the last rate tried (default 10)")
+    lr_find.add_argument("--steps", type=int, default=100, help="steps from the first rate to the last (default 100)")
+    runs_dir(lr_find)
     return parser
 
 
@@ -195,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     args.script_args = script_args
     commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
                 "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show,
-                "predict": cmd_predict, "rm": cmd_rm}
+                "predict": cmd_predict, "rm": cmd_rm, "lr-find": cmd_lr_find}
     try:
         code = commands[args.command](args)
     except UserError as e:
@@ -562,6 +571,33 @@ def check_output(path: Path, label: str, folder: bool) -> None:
     existing = nearest_existing(path if folder else path.parent)
     if not existing.is_dir():
         raise UserError(f"{label} {path} lies under {existing}, which is a file, not a folder")
+
+
+def cmd_lr_find(args) -> int:
+    """The range test in this process, its points printed as they come, then the suggested rate
+    and the command line that trains with it."""
+    import shlex
+
+    from traintop.engine.lrfind import check_range, config_range_test
+    from traintop.engine.run import Run
+    from traintop.engine.runstore import check_runs_dir
+
+    from .headless import HeadlessPrinter
+
+    check_range(args.lr_min, args.lr_max, args.steps)
+    cfg = _load(args)
+    cfg.run.name = f"{cfg.run.name}-lr-find"
+    check_runs_dir(_runs_dir(args), cfg.run.name)
+    kept = [o for o in args.overrides if not o.replace(" ", "").startswith("optim.lr=")]
+    command = shlex.join(["traintop", "run", *([args.config] if args.config else []),
+                          *[x for o in kept for x in ("--set", o)]]) + " --set optim.lr={lr}"
+    run = Run.prepare(cfg, args.runs_dir, source="lr_find")
+    printer = HeadlessPrinter()
+    printer.folder = str(run.folder.path)
+    run.serve(printer)
+    result = config_range_test(run, command=command, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps)
+    run.close()
+    return 0 if result.suggested else 1
 
 
 def cmd_check(args) -> int:

@@ -57,6 +57,8 @@ class HeadlessPrinter:
         self.test: ev.TestResult | None = None  # the first test: the run's score
         self.extension_test: ev.TestResult | None = None  # the latest test after an extension
         self.status = ""
+        self.log_timing = False  # [signals] log_timing: each step line says where the time went
+        self.timing: dict[str, float] = {}  # seconds per phase over the samples since the last line
 
     def line(self, text: str) -> None:
         print(text, file=self.out or sys.stdout, flush=True)
@@ -70,6 +72,7 @@ class HeadlessPrinter:
     def on_run_started(self, e: ev.RunStarted) -> None:
         self.epochs, self.steps_per_epoch = e.epochs, e.steps_per_epoch
         self.monitor = e.config.get("early_stopping", {}).get("monitor", "val_loss")
+        self.log_timing = bool(e.signals.get("log_timing", False))
         d = e.data
         classes = f" · {len(d['classes'])} classes" if d.get("classes") else ""
         self.line(f"traintop · run {e.run_id} ({e.name})")
@@ -86,6 +89,9 @@ class HeadlessPrinter:
 
     def on_steps(self, e: ev.Steps) -> None:
         self.window.extend(e.loss)
+        for phase, seconds in e.timing.items():
+            if phase != "step":
+                self.timing[phase] = self.timing.get(phase, 0.0) + sum(seconds)
         self.last = {"epoch": e.epoch[-1], "step": e.step[-1], "grad_norm": e.grad_norm[-1],
                      "lr": e.lr[-1], "samples_per_s": e.samples_per_s, "t": e.t}
         if e.t - self.last_line_t >= LOG_SECONDS:
@@ -101,9 +107,17 @@ class HeadlessPrinter:
         step = f"step {s['step']:>6}/{total}" if total else f"step {s['step']:>6}"
         self.line(f"{epoch}  {step}  loss {fmt(loss)}"
                   f"  grad {fmt(s['grad_norm'], 3)}  lr {fmt(s['lr'], 3)}"
-                  f"  {s['samples_per_s']:,.0f} samples/s")
+                  f"  {s['samples_per_s']:,.0f} samples/s" + self.timing_text())
         self.window = []
         self.last_line_t = s["t"]
+
+    def timing_text(self) -> str:
+        """Where the sampled steps' time went, as shares: "  time data 12% forward 30% ..."."""
+        timing, self.timing = self.timing, {}
+        total = sum(timing.values())
+        if not self.log_timing or total <= 0:
+            return ""
+        return "  time " + " ".join(f"{phase} {seconds / total:.0%}" for phase, seconds in timing.items())
 
     def on_epoch_end(self, e: ev.EpochEnd) -> None:
         self.step_line()
@@ -140,6 +154,19 @@ class HeadlessPrinter:
             self.line(f"  warning [{e.kind_}] {e.message}" + (f"\n            try: {e.advice}" if e.advice else ""))
         elif e.count & (e.count - 1) == 0:
             self.line(f"  warning [{e.kind_}] again at step {e.step} ({e.count} times since step {e.first_step})")
+
+    def on_lr_find(self, e: ev.LrFind) -> None:
+        """The range test: a line per batch of rates, then the suggested rate and how to use it."""
+        if e.lr:
+            loss = [x for x in e.smoothed if x is not None and math.isfinite(x)]
+            self.line(f"  lr-find  lr {fmt(e.lr[0], 3)} .. {fmt(e.lr[-1], 3)}  smoothed loss "
+                      f"{fmt(loss[-1]) if loss else '-'}")
+        if e.done:
+            self.line(f"  lr-find  {e.reason}")
+            if e.suggested:
+                self.line(f"  suggested learning rate: {e.suggested:.3g}")
+            if e.command:
+                self.line(f"  train with it:  {e.command}")
 
     def on_early_stopped(self, e: ev.EarlyStopped) -> None:
         self.line(f"  early stop at epoch {e.epoch}: {e.monitor} has not improved since epoch "

@@ -1,0 +1,141 @@
+"""The training loss, step by step: spikes and divergence."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+
+from ..config import SignalsConfig
+
+MIN_WINDOW = 20  # steps seen before a spike can be judged
+REFRESH = 10  # the recent level is recomputed every this many steps within a batch
+BLOCK = 20  # divergence reads the loss as medians of blocks of this many steps
+RISING_BLOCKS = 3  # ... rising over this many blocks in a row
+MAD_SCALE = 1.4826  # MAD to a standard deviation, for normal noise
+
+
+def finding(*args, **kwargs):
+    from . import Finding
+
+    return Finding(*args, **kwargs)
+
+
+def robust_level(window, recent) -> tuple[float, float]:
+    """The median of `recent` and the noise of `window`: the median absolute change between
+    consecutive values, as the standard deviation of one value (a trend hardly moves it)."""
+    values = list(window)
+    changes = [abs(b - a) for a, b in zip(values, values[1:])]
+    return statistics.median(recent), MAD_SCALE * statistics.median(changes) / math.sqrt(2)
+
+
+def key_presses(factor: float) -> str:
+    """How to lower the rate by about `factor` from the dashboard: `-` halves it."""
+    presses = max(1, round(math.log2(1 / factor)))
+    return f"press - {'once' if presses == 1 else f'{presses} times'} (÷{2 ** presses})"
+
+
+class LossWatch:
+    """Spikes and divergence in the per-step training loss.
+
+    `loss_spike`: a step's loss is far above the recent robust level, the median of the last 20
+    steps: more than `spike_mads` times the step-to-step noise above it (the median absolute change
+    between consecutive steps over the last `spike_window` steps, as a standard deviation: a loss
+    that falls fast does not inflate it), more than `spike_ratio` times that median, and above it by
+    more than `spike_floor` times the starting loss (the first step's, before any update), so that
+    the noise of a loss near zero is no spike.
+
+    `divergence`: the loss grows past its starting level (the median of the last 20 steps is
+    `divergence_factor` times the starting loss), or rises steadily (the medians of three 20-step
+    blocks in a row each higher than the last, `divergence_rise` times the starting loss above the
+    lowest block). A learning rate too high is the usual cause.
+    """
+
+    def __init__(self, settings: SignalsConfig):
+        self.s = settings
+        self.start: float | None = None  # the first finite step loss
+        self.window: deque[float] = deque(maxlen=settings.spike_window)
+        self.recent: deque[float] = deque(maxlen=BLOCK)
+        self.blocks: list[float] = []  # medians of whole blocks, the latest few kept
+        self.lowest = math.inf  # the lowest block median so far
+        self.diverged = False  # the loss has been past divergence_factor times its start
+        self.divergence = None  # the divergence finding while it holds
+        self.seen = 0
+
+    def steps(self, steps: list[int], losses: list) -> list:
+        """The conditions holding after these steps: a spike among them, a divergence."""
+        s, worst, level = self.s, None, None
+        for i, (step, loss) in enumerate(zip(steps, losses)):
+            if loss is None or not math.isfinite(loss):
+                continue  # a non-finite loss is nan_loss's
+            if self.start is None:
+                self.start = loss
+            if len(self.window) >= MIN_WINDOW:
+                if level is None or i % REFRESH == 0:
+                    level = robust_level(self.window, self.recent)
+                median, spread = level
+                height = loss - median
+                if (height > s.spike_mads * spread and loss > s.spike_ratio * median
+                        and height > s.spike_floor * abs(self.start)):
+                    if worst is None or height > worst[2]:
+                        worst = (step, loss, height, median, spread)
+            self.window.append(loss)
+            self.recent.append(loss)
+            self.seen += 1
+            if self.seen % BLOCK == 0:
+                block = statistics.median(self.recent)
+                self.blocks = (self.blocks + [block])[-RISING_BLOCKS:]
+                self.lowest = min(self.lowest, block)
+        self._divergence(steps[-1])
+        return [f for f in (self._spike(worst), self.divergence) if f is not None]
+
+    def _spike(self, worst):
+        if worst is None:
+            return None
+        step, loss, height, median, spread = worst
+        mads = height / spread if spread > 0 else math.inf
+        return finding(
+            "loss_spike", step, id="loss_spike",
+            message=f"loss spiked at step {step}: {loss:.4g} against a recent level of {median:.4g} "
+                    f"({loss / median:.1f}× the median of the last {len(self.recent)} steps"
+                    + (f", {mads:.0f} MADs above it)" if math.isfinite(mads) else ")"),
+            advice="one spike is often a bad batch: check the data around it; if spikes repeat, lower "
+                   "the learning rate (-) or clip gradients (train.grad_clip)",
+            values={"loss": loss, "median": median, "mad": spread, "times": loss / median if median else None})
+
+    def _divergence(self, step: int) -> None:
+        s, start = self.s, self.start
+        if start is None or start <= 0 or len(self.recent) < BLOCK:
+            return
+        level = statistics.median(self.recent)
+        past_start = level > s.divergence_factor * start
+        rising = (len(self.blocks) == RISING_BLOCKS and all(b > a for a, b in zip(self.blocks, self.blocks[1:]))
+                  and self.blocks[-1] - self.lowest > s.divergence_rise * start)
+        if not (past_start or rising):
+            if self.divergence is not None and level < start:
+                self.divergence = None  # back below where it started: over
+            return
+        self.diverged = self.diverged or past_start
+        factor = 0.1 if level > 10 * start else 0.3 if past_start else 0.5
+        if past_start:
+            what = (f"the training loss has grown past where it started: {level:.4g} (median of the "
+                    f"last {BLOCK} steps) against {start:.4g} at the first step")
+        else:
+            what = (f"the training loss is rising steadily: {self.lowest:.4g} at its lowest, {level:.4g} "
+                    f"now (medians of {BLOCK}-step blocks)")
+        self.divergence = finding(
+            "divergence", step, id="divergence",
+            message=f"{what}: the run is diverging; a learning rate too high is the usual cause",
+            advice=f"lower the learning rate about ×{factor:g}: {key_presses(factor)}, or `traintop ctl "
+                   f"RUN lr x{factor:g}`; clipping gradients (train.grad_clip) also helps",
+            values={"loss": level, "start": start, "lowest": self.lowest, "factor": factor, "key": "-"})
+
+    def state_dict(self) -> dict:
+        return {"start": self.start, "lowest": self.lowest if math.isfinite(self.lowest) else None,
+                "diverged": self.diverged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start = state.get("start", self.start)
+        lowest = state.get("lowest")
+        self.lowest = lowest if lowest is not None else math.inf
+        self.diverged = state.get("diverged", False)

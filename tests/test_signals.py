@@ -1,0 +1,195 @@
+"""Reading the signals: planted faults are called out, healthy runs stay quiet, timing and the
+learning-rate range test reach the user."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import traintop
+from traintop.engine import events as ev
+from traintop.engine.config import load_config
+from traintop.engine.run import Run
+from traintop.engine.runstore import read_events
+
+TESTS = Path(__file__).resolve().parent
+SAMPLES = TESTS.parent / "sample_configs"
+
+
+def train(tmp_path, config: Path | None, *overrides: str) -> list[ev.Event]:
+    run = Run.prepare(load_config(config, list(overrides)), tmp_path / "runs")
+    run.train()
+    return read_events(run.folder.events)[0]
+
+
+def warnings(events) -> dict[str, ev.RunWarning]:
+    """The first warning of each kind."""
+    found: dict[str, ev.RunWarning] = {}
+    for e in events:
+        if isinstance(e, ev.RunWarning):
+            found.setdefault(e.kind_, e)
+    return found
+
+
+def faults_config(tmp_path, factory: str) -> Path:
+    shutil.copy(TESTS / "scripts" / "faults.py", tmp_path / "faults.py")
+    path = tmp_path / "fault.toml"
+    path.write_text(f'[model]\nkind = "python"\nfactory = "faults:{factory}"\n')
+    return path
+
+
+# (fault, config, overrides, the warning expected, the last step by which it must come, kinds that must not)
+FAULTS = [
+    ("rate far too high", None, ["optim.lr=0.3", "train.epochs=4"], "divergence", 40, ["plateau"]),
+    ("rate far too low", None, ["optim.name=sgd", "optim.lr=1e-5", "optim.momentum=0", "train.epochs=6"],
+     "plateau", 100, ["divergence", "underfitting"]),
+    ("deep sigmoid network", "deep_sigmoid", ["train.epochs=4"], "vanishing_gradients", 60, ["plateau"]),
+    ("model too small", SAMPLES / "python_factory.toml", ["model.kind=linear", "train.epochs=15"],
+     "underfitting", 200, ["overfitting", "plateau"]),
+    ("memorises a small table", None, ["data.split=[0.05,0.45,0.5]", "data.batch_size=16", "model.hidden=[512,512]",
+                                       "train.epochs=40", "early_stopping.enabled=false"], "overfitting", 200,
+     ["underfitting"]),
+    ("a loss spike at step 150", "spike_at_150", ["train.epochs=10"], "loss_spike", 150, ["divergence"]),
+]
+
+
+@pytest.mark.parametrize("fault, config, overrides, kind, by_step, not_kinds", FAULTS, ids=[f[0] for f in FAULTS])
+def test_a_planted_fault_raises_its_warning_within_bounded_steps(tmp_path, fault, config, overrides, kind, by_step,
+                                                                 not_kinds):
+    if isinstance(config, str):
+        config = faults_config(tmp_path, config)
+    found = warnings(train(tmp_path, config, *overrides))
+    assert kind in found, f"{fault}: no {kind} warning; got {sorted(found)}"
+    w = found[kind]
+    assert w.step <= by_step and w.message and w.advice and w.id == kind
+    assert not set(not_kinds) & set(found), f"{fault}: also {sorted(found)}"
+    if kind == "loss_spike":
+        assert w.step == 150 and "step 150" in w.message
+    if kind == "divergence":
+        assert w.values["key"] == "-" and "press -" in w.advice
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in SAMPLES.glob("*.toml") if p.name != "all_keys.toml"))
+def test_the_sample_configs_train_without_a_single_warning(tmp_path, config):
+    found = warnings(train(tmp_path, SAMPLES / config))
+    assert not found, {k: w.message for k, w in found.items()}
+
+
+def test_a_persisting_condition_is_one_warning_not_a_stream(tmp_path):
+    events = train(tmp_path, None, "optim.name=sgd", "optim.lr=1e-5", "optim.momentum=0", "train.epochs=12")
+    plateaus = [e for e in events if isinstance(e, ev.RunWarning) and e.kind_ == "plateau"]
+    assert plateaus and len({w.id for w in plateaus}) == 1
+    assert [w.count for w in plateaus] == list(range(1, len(plateaus) + 1))
+
+
+class Sleepy(torch.utils.data.Dataset):
+    """Digits-sized random data whose every sample takes a while to load."""
+
+    def __init__(self, sleep: float):
+        self.x, self.y, self.sleep = torch.randn(512, 16), torch.randint(0, 4, (512,)), sleep
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        time.sleep(self.sleep)
+        return self.x[i], self.y[i]
+
+
+def watched_epochs(tmp_path, sleep: float, epochs: int) -> list[ev.Event]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(Sleepy(sleep), batch_size=32)
+    run = traintop.watch(model, optimizer, name="sleepy", runs_dir=tmp_path / "runs")
+    for epoch in range(epochs):
+        for xb, yb in run.iter(loader, epoch=epoch):
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            run.step(loss)
+            optimizer.step()
+    run.finish()
+    return read_events(run.session.folder.events)[0]
+
+
+def test_a_loop_waiting_on_a_sleeping_loader_is_called_data_bound(tmp_path):
+    events = watched_epochs(tmp_path, sleep=0.002, epochs=1)  # about 64 ms per batch in the loader
+    found = warnings(events)
+    assert "data_bound" in found and found["data_bound"].values["share"] > 0.5
+    timing = [e.timing for e in events if isinstance(e, ev.Steps) and e.timing]
+    assert timing and set(timing[0]) == {"step", "data", "forward+backward", "update"}
+
+
+def test_a_quick_loader_in_a_watched_loop_raises_nothing(tmp_path):
+    assert not warnings(watched_epochs(tmp_path, sleep=0.0, epochs=3))
+
+
+def test_watch_takes_signal_thresholds_and_refuses_unknown_ones(tmp_path):
+    model = nn.Linear(2, 1)
+    with pytest.raises(traintop.engine.errors.UserError, match="signals.spike_madz"):
+        traintop.watch(model, name="bad", runs_dir=tmp_path / "runs", signals={"spike_madz": 3})
+    run = traintop.watch(model, name="ok", runs_dir=tmp_path / "runs", signals={"spike_mads": 20})
+    assert run.signals.settings.spike_mads == 20
+    run.finish()
+
+
+def test_headless_log_shows_phase_timing_on_request(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--headless", "--runs-dir", str(tmp_path),
+                          "--set", "train.epochs=2", "--set", "signals.log_timing=true"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stdout.splitlines() if x.startswith("epoch")]
+    assert any("time data" in x and "forward" in x and "backward" in x and "update" in x for x in lines), out.stdout
+    events = read_events(next(tmp_path.iterdir()) / "events.jsonl")[0]
+    sample = next(e.timing for e in events if isinstance(e, ev.Steps) and e.timing)
+    assert set(sample) == {"step", "data", "forward", "backward", "update"} and sample["step"][0] == 1
+
+
+def test_lr_find_suggests_a_rate_that_trains_the_demo_into_its_band(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "traintop.tui", "lr-find", "--runs-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    command = next(x for x in out.stdout.splitlines() if "train with it:" in x).split("train with it:")[1].split()
+    assert command[:2] == ["traintop", "run"] and command[-2] == "--set" and command[-1].startswith("optim.lr=")
+    lr = float(command[-1].split("=")[1])
+    assert 1e-4 <= lr <= 0.1
+    folder = next(tmp_path.iterdir())
+    found = [e for e in read_events(folder / "events.jsonl")[0] if isinstance(e, ev.LrFind)]
+    assert found[-1].done and found[-1].suggested == pytest.approx(lr, rel=1e-2)
+    assert sum(len(e.lr) for e in found) >= 20
+    events = train(tmp_path, None, f"optim.lr={lr}")
+    test = next(e for e in events if isinstance(e, ev.TestResult))
+    assert test.metrics["accuracy"] >= 0.95
+
+
+def test_lr_find_in_a_watched_loop_restores_the_model_and_optimizer(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = traintop.watch(model, optimizer, name="find", runs_dir=tmp_path / "runs")
+
+    def step():
+        i = torch.randint(0, 256, (32,))
+        loss = nn.functional.cross_entropy(model(x[i]), y[i])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    suggested = run.lr_find(step, steps=60)
+    run.finish()
+    assert suggested > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert optimizer.param_groups[0]["lr"] == 0.05 and not optimizer.state
+    done = [e for e in read_events(run.session.folder.events)[0] if isinstance(e, ev.LrFind) and e.done]
+    assert done and done[0].suggested == suggested
