@@ -83,6 +83,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     val_every_steps: int = 0
     on_nan: str = "stop"
+    sync_every: int = 1  # steps between the ranks' rounds (commands, flushes) on several processes
 
 
 @dataclass
@@ -152,7 +153,7 @@ LR_RANGE = (0.0, 10.0)
 POSITIVE = {
     ("data", "batch_size"), ("train", "epochs"), ("data", "image_size"),
     ("data", "memory_limit_mb"), ("data", "min_freq"), ("data", "max_vocab"),
-    ("schedule", "step_epochs"), ("optim", "lr"),
+    ("schedule", "step_epochs"), ("optim", "lr"), ("train", "sync_every"),
 }
 NON_NEGATIVE = {
     ("optim", "weight_decay"), ("optim", "momentum"), ("schedule", "warmup_steps"),
