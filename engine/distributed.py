@@ -385,6 +385,8 @@ class World:
 
         if self.owns and not self.broken and dist.is_initialized():
             try:
+                # Every rank is done with every collective before any tears its connections down.
+                dist.barrier(group=self.group)
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 - ending anyway
                 pass

@@ -188,9 +188,13 @@ class CommandSync:
     def close(self, reason: str) -> None:
         """The run has ended: the round on the wire is waited for (every rank sent it), and the
         commands not yet applied are refused with `reason`."""
-        if self.work is not None and not self.world.broken:
+        if not self.world.broken:
             with contextlib.suppress(Exception):
-                self.work.wait()
+                if self.work is not None:
+                    self.work.wait()
+                # The ranks leave the run together: none tears down its connections (the script's
+                # destroy_process_group, the end of its process) while another still sends.
+                dist.barrier(group=self.world.group)
         self.work = None
         pending = [*self.in_flight, *(f for _, f in self.waiting), *(f for _, f in self.local),
                    *(f for _, f in self.local_in_flight)]
