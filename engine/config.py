@@ -88,6 +88,7 @@ class TrainConfig:
     precision: str = "32"  # 32 | bf16 | fp16: autocast, and for fp16 a gradient scaler
     compile: bool = False  # torch.compile the model and the optimizer step
     accumulate: int = 1  # batches per optimizer step
+    sync_every: int = 1  # steps between the ranks' rounds (commands, flushes) on several processes
 
 
 @dataclass
@@ -276,6 +277,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "grad_clip"): Range(0),
     ("train", "val_every_steps"): Range(0, COUNT_MAX),
     ("train", "accumulate"): Range(1, 1_000_000),
+    ("train", "sync_every"): Range(1, COUNT_MAX),
     ("early_stopping", "patience"): Range(0, EPOCHS_MAX),
     ("early_stopping", "min_delta"): Range(0),
     ("checkpoint", "every_epochs"): Range(0, EPOCHS_MAX),

@@ -51,8 +51,14 @@ def outputs_and_targets(model: torch.nn.Module, feed) -> tuple[torch.Tensor, tor
     return torch.cat(outs), torch.cat(ys)
 
 
-def evaluate(model, objective: Objective, feed, data: Dataset) -> tuple[float, dict[str, float]]:
-    """Mean loss and the task's metrics: accuracy, or MAE / RMSE / R² in the target's units."""
+def evaluate(model, objective: Objective, feed, data: Dataset, world=None) -> tuple[float, dict[str, float]]:
+    """Mean loss and the task's metrics: accuracy, or MAE / RMSE / R² in the target's units.
+
+    `world` (several ranks): each rank measures its share of the split and the ranks add up
+    their sums, so every rank gets the metrics of the whole split.
+    """
+    if world is not None:
+        return evaluate_shared(model, objective, feed, data, world)
     out, y = outputs_and_targets(model, feed)
     with torch.no_grad():
         loss = objective(out, y)
@@ -69,6 +75,42 @@ def evaluate(model, objective: Objective, feed, data: Dataset) -> tuple[float, d
     var = float(((true - true.mean()) ** 2).mean())
     return loss, {"mae": float(err.abs().mean()), "rmse": math.sqrt(mse),
                   "r2": 1.0 - mse / var if var > 0 else 0.0}
+
+
+def evaluate_shared(model, objective: Objective, feed, data: Dataset, world) -> tuple[float, dict[str, float]]:
+    """`evaluate` on several ranks: rank r measures samples r, r + size, ...; the sums are added up
+    over the ranks (one collective), so the metrics are those of the whole split on every rank."""
+    rank, size = world.rank, world.size
+    if feed.in_memory:
+        out, y = forward_all(model, feed.x[rank::size]), feed.y[rank::size]
+    else:
+        outs, ys = [], []
+        with inference(model):
+            for x, yb in feed.batches(torch.arange(rank, len(feed), size), EVAL_BATCH):
+                outs.append(model(x))
+                ys.append(yb)
+        out, y = torch.cat(outs), torch.cat(ys)
+    n = len(y)
+    with torch.no_grad():
+        loss = objective(out, y).double() * n if n else torch.zeros((), dtype=torch.float64, device=out.device)
+        count = torch.tensor(float(n), dtype=torch.float64, device=out.device)
+        if data.task == "classification":
+            pred = (out.squeeze(1) > 0).long() if objective.name == "bce" else out.argmax(dim=1)
+            sums = torch.stack([loss, (pred == y).double().sum(), count])
+        else:
+            pre = data.preprocess
+            pred = out.squeeze(1).double() * pre.target_std + pre.target_mean
+            true = y.double() * pre.target_std + pre.target_mean
+            err = pred - true
+            sums = torch.stack([loss, count, err.abs().sum(), (err ** 2).sum(), true.sum(), (true ** 2).sum()])
+        values = world.sum_(sums).tolist()  # one sync
+    if data.task == "classification":
+        total, correct, n = values
+        return total / max(n, 1), {"accuracy": correct / max(n, 1)}
+    total, n, abs_err, sq_err, s1, s2 = values
+    n = max(n, 1)
+    mse, var = sq_err / n, s2 / n - (s1 / n) ** 2
+    return total / n, {"mae": abs_err / n, "rmse": math.sqrt(mse), "r2": 1.0 - mse / var if var > 0 else 0.0}
 
 
 def _raw_value(v: Any) -> Any:

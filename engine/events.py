@@ -167,7 +167,8 @@ class Steps(Event):
     """A batch of training steps, columnar: every list has one entry per step."""
 
     kind: ClassVar[str] = "steps"
-    numbers: ClassVar[tuple[str, ...]] = ("loss", "grad_norm", "lr", "samples_per_s", "layer_norms")
+    numbers: ClassVar[tuple[str, ...]] = ("loss", "grad_norm", "lr", "samples_per_s", "layer_norms",
+                                          "rank_samples_per_s")
     step: list = field(default_factory=list)
     epoch: list = field(default_factory=list)
     loss: list = field(default_factory=list)
@@ -179,12 +180,15 @@ class Steps(Event):
     scalars: dict = field(default_factory=dict)  # a loop's extra scalars: name -> one value per step
     # Sampled steps' seconds per phase, as columns: {"step": [...], "data": [...], "forward": [...], ...}
     timing: dict = field(default_factory=dict)
+    rank_samples_per_s: list = field(default_factory=list)  # on several ranks: each rank's own samples/s
 
     def to_json(self) -> dict[str, Any]:
         """The batch as columns; each extra scalar is one more column beside loss and lr."""
         data = super().to_json()
         if not data["timing"]:
             del data["timing"]  # most batches carry no timing sample
+        if not data["rank_samples_per_s"]:  # one process: no column
+            del data["rank_samples_per_s"]
         scalars = data.pop("scalars")
         for name, values in scalars.items():
             data.setdefault(name, values)

@@ -5,7 +5,8 @@ that works with a custom `compute_loss` too, and gives every step's loss however
 `logging_steps` is. The Trainer divides each micro-batch's loss by the accumulation steps before
 its backward pass, so a step's loss is the sum of what it backpropagated. Gradient norms are the
 ones the optimizer sees, after the Trainer's clipping (`max_grad_norm`). Pause holds the loop at
-the step's end; stop, checkpoint and validate go through the Trainer's own control flags.
+the step's end; stop, checkpoint and validate go through the Trainer's own control flags. Under
+DDP every rank runs the callback: rank 0 records, and every rank sets the same flags at the same step.
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ class _Traintop:
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         from .watch import watch
 
-        if not state.is_world_process_zero:
-            return
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         config = {**_arguments(args), **self.config}
         epochs = math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None

@@ -4,7 +4,9 @@ Per-step loss and gradient norms stay on the device (no per-step sync); the lear
 scaled around each optimizer step, so Lightning's schedulers go on from the level the user set;
 pause holds the loop at the batch boundary; stop sets `trainer.should_stop`; `c` saves through
 `trainer.save_checkpoint` into the run folder; validation metrics come from what the module logs.
-Works with `lightning` and with `pytorch_lightning`, whichever the Trainer comes from.
+Works with `lightning` and with `pytorch_lightning`, whichever the Trainer comes from. Under DDP
+every rank runs the callback: rank 0 records, and every command (`save_checkpoint`, collective in
+Lightning, included) runs on every rank at the same step.
 """
 
 from __future__ import annotations
@@ -70,9 +72,7 @@ class _Traintop:
     def on_train_start(self, trainer, pl_module) -> None:
         from .watch import watch
 
-        if trainer.global_rank != 0:
-            return
-        self.trainer = trainer
+        self.trainer = trainer  # on every rank: rank 0 records the run, every rank obeys it
         optimizers = list(trainer.optimizers)
         config = {**_hparams(pl_module), **self.config,
                   "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,

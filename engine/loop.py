@@ -4,6 +4,10 @@ The Trainer owns the model, optimizer and data of a config run and stands on a S
 loop owner does: the session records steps, serves commands, writes checkpoints and ends the run.
 What follows a validation (best weights, overfitting, plateau, early stopping) hangs on
 `ValidationPolicies`; commands are served from the session's table of handlers.
+
+On several ranks (the session has joined a distributed.World) the model trains wrapped in
+DistributedDataParallel, each rank on its shard of every epoch's permutation, all with the same
+number of steps; validation and the test measure the whole split across the ranks.
 """
 
 from __future__ import annotations
@@ -77,6 +81,32 @@ class Model:
         self.params = [p for p in self.module.parameters() if p.requires_grad]
 
 
+def ranks_model(model: torch.nn.Module, device: torch.device, world) -> torch.nn.Module:
+    """The model as a training step calls it: wrapped in DistributedDataParallel on several ranks
+    (gradients averaged over the ranks in backward), itself in one process."""
+    if world is None:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard_size(n_train: int, world) -> int:
+    """The training samples each rank trains on per epoch: the same on every rank, so every rank
+    takes the same number of steps (a few samples an epoch are left out, a different few each time)."""
+    if world is None:
+        return n_train
+    if n_train < world.size:
+        raise UserError(f"the training split has {n_train} sample(s), fewer than the {world.size} ranks training it")
+    return n_train // world.size
+
+
+def rank_rng(device: torch.device) -> dict:
+    """This rank's random state, for an exact resume of every rank."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0, dtype=torch.uint8)
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
 class Trainer:
     """Trains one config run's model on its data, on a Session."""
 
@@ -86,16 +116,18 @@ class Trainer:
         self.cfg, self.data, self.device, self.session = cfg, data, device, session
         built = model or Model(cfg, data, device)
         self.objective, self.model = built.objective, built.module
+        self.world = session.world  # several ranks, or None
+        self.net = ranks_model(self.model, device, self.world)  # what the step calls: DDP on several ranks
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         self.optimizer = build_optimizer(cfg, self.params)
         self.gradients = Gradients(self.params, device)
         self.precision = Precision(cfg.train.precision, device, self.optimizer)
-        self.forward, self.optimizer_step = self.model, self.optimizer.step
+        self.forward, self.optimizer_step = self.net, self.optimizer.step
         if cfg.train.compile:
             # Training only: validation, test and predict run the eager model, whose state_dict
             # keeps its own names.
-            self.forward, self.optimizer_step = torch.compile(self.model), torch.compile(self.optimizer.step)
+            self.forward, self.optimizer_step = torch.compile(self.net), torch.compile(self.optimizer.step)
         self.compiled_graphs = 0  # graphs compiled in the first epoch; more later is a recompile
         self.first_epoch = 0
 
@@ -103,7 +135,8 @@ class Trainer:
         self.batch_size = cfg.data.batch_size
         self.accumulate = cfg.train.accumulate
         self.n_train = len(self.feeds["train"])
-        self.batches_per_epoch = math.ceil(self.n_train / self.batch_size)
+        self.n_shard = shard_size(self.n_train, self.world)  # the samples each rank trains on per epoch
+        self.batches_per_epoch = math.ceil(self.n_shard / self.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)  # optimizer steps
         self.lr = LearningRate(cfg, self.steps_per_epoch)  # the schedule's rate, in the optimizer's groups
         # The user's changes, around each step: by optimizer hooks, or for a compiled step around
@@ -144,7 +177,7 @@ class Trainer:
         self.test_done = False
         self.tested_at: list[int] = []  # steps of the tests in the run's history (an extended run's)
         self.save_every = cfg.checkpoint.every_seconds
-        self.saved_at = time.perf_counter()  # the last save of last.pt, or the start of training
+        self.saved_at = session.now()  # the last save of last.pt, or the start of training
         self.save_due = False  # last.pt is written at the next step boundary
         self.last_train_loss = math.nan
 
@@ -153,7 +186,8 @@ class Trainer:
     def fit(self) -> str:
         """Train until the epochs run out, early stopping, a stop command, or a failure."""
         session = self.session
-        session.flush_started = self.saved_at = time.perf_counter()
+        session.flush_started = time.perf_counter()
+        self.saved_at = session.now()
         self.recorder.first_step = self.step + 1
         self.first_epoch = self.epoch  # this process's first: a resumed run compiles afresh
         session.epoch = self.epoch + 1
@@ -168,15 +202,22 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + epoch)
         return torch.randperm(self.n_train, generator=g)
 
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of an epoch's order: every size-th sample from its rank on, the same
+        number on every rank (one process: the whole order)."""
+        if self.world is None:
+            return order
+        return order[self.world.rank:self.n_shard * self.world.size:self.world.size]
+
     def train_epoch(self) -> None:
         session = self.session
-        batches_left = self.feeds["train"].batches(self.permutation(self.epoch), self.batch_size,
+        batches_left = self.feeds["train"].batches(self.shard(self.permutation(self.epoch)), self.batch_size,
                                                    start=self.batch, augment=self.data.augment)
         val_every = self.cfg.train.val_every_steps
         started = time.perf_counter()
-        self.model.train()
+        self.net.train()
         while self.batch < self.batches_per_epoch:
-            if session.inbox or session.paused or self.save_due:
+            if session.commands_due() or self.save_due:
                 self.at_boundary()
                 if session.stop_request is not None:
                     return
@@ -185,7 +226,7 @@ class Trainer:
             batches = [next(batches_left) for _ in range(n)]
             self.timer.lap("data")
             self.train_step(batches)
-            if self.recorder.full or time.perf_counter() >= session.next_flush:
+            if self.recorder.full or session.flush_due():
                 self.flush_and_deliver()
             if val_every and self.step % val_every == 0:
                 self.validate()
@@ -234,7 +275,7 @@ class Trainer:
         """The timed flush: about every 100 ms, steps and events go out together, and a
         periodic save falls due."""
         self.session.flush_and_deliver()
-        if self.save_every and time.perf_counter() - self.saved_at >= self.save_every:
+        if self.save_every and self.session.now() - self.saved_at >= self.save_every:
             self.save_due = True
 
     def at_boundary(self) -> None:
@@ -245,7 +286,7 @@ class Trainer:
         if self.save_due:
             self.save_due = False
             self.save("periodic")
-        if self.session.inbox or self.session.paused:
+        if self.session.commands_due():
             self.session.serve_commands()
 
     def set_optimizer_lr(self, lr: float) -> None:
@@ -340,7 +381,7 @@ class Trainer:
         """Measure the validation split; the policies (best, overfitting, plateau, early stopping)
         follow the schedule's validations."""
         self.session.flush()
-        val_loss, metrics = evaluate(self.model, self.objective, self.feeds["val"], self.data)
+        val_loss, metrics = evaluate(self.model, self.objective, self.feeds["val"], self.data, self.world)
         epoch = self.epoch if self.batch == 0 else self.epoch + 1
         self.policies.validated(step=self.step, epoch=epoch, val_loss=val_loss, metrics=metrics,
                                 train_loss=self.last_train_loss, source=source)
@@ -380,6 +421,7 @@ class Trainer:
             "signals": self.signals.state_dict(),
             "best_model": self.best_state if self.best_state is not None else {},
             "events_offset": self.session.log.offset,
+            "world_size": self.session.world_size,
         }
 
     def load_state_dict(self, state: dict, map_location=None) -> None:
@@ -399,6 +441,11 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.world is not None and state.get("rank_rng"):  # each rank goes on with its own random stream
+            mine = state["rank_rng"][self.world.rank]
+            torch.set_rng_state(mine["torch"])
+            if len(mine["cuda"]) and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
 
     def save(self, kind: str) -> None:
         """Save last.pt (kinds last, periodic, manual); it is announced once the file is in place.
@@ -414,11 +461,17 @@ class Trainer:
         session.flush()
         if not self.weights_finite():
             raise NonFiniteLoss(self.step, "weights")
+        ranks = self.world.gather(rank_rng(self.device)) if self.world is not None else None
+        self.saved_at = session.now()
+        self.save_due = False
+        if not session.leader:  # rank 0 writes what every rank needs
+            return
         self.save_best()
         session.deliver()
-        session.checkpointer.write("last", snapshot(self.state_dict()), kind, self.step)
-        self.saved_at = time.perf_counter()
-        self.save_due = False
+        state = self.state_dict()
+        if ranks is not None:
+            state["rank_rng"] = ranks
+        session.checkpointer.write("last", snapshot(state), kind, self.step)
         if kind != "periodic":
             session.checkpointer.wait()
             session.announce_saves()
@@ -459,7 +512,7 @@ class Trainer:
             return
         if self.cfg.early_stopping.restore_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        loss, metrics = evaluate(self.model, self.objective, self.feeds["test"], self.data)
+        loss, metrics = evaluate(self.model, self.objective, self.feeds["test"], self.data, self.world)
         self.test_done = True
         session.emit(ev.TestResult, metrics={**metrics, "loss": loss}, step=self.step,
                      extension=bool(self.tested_at))
@@ -471,7 +524,7 @@ class Trainer:
         """The rate from now on; the schedule goes on from the new level (refused past LR_RANGE)."""
         self.set_optimizer_lr(self.lr.at(self.step))  # the rate the next step is scheduled at
         self.lr_scale.check(c)
-        if self.save_every and time.perf_counter() - self.saved_at >= LR_SAVE_SECONDS:
+        if self.save_every and self.session.now() - self.saved_at >= LR_SAVE_SECONDS:
             self.save("periodic")  # a new rate is the usual cause of a blow-up: keep a way back
         old, new = self.lr_scale.apply(c)
         self.session.emit(ev.LrChanged, step=self.step, old=old, new=new, source="user")

@@ -85,12 +85,17 @@ class StepRecorder:
         """Whether the last step's loss and gradients are finite (a host sync)."""
         return bool(torch.isfinite(torch.stack([self.losses[-1], self.last_total().to(self.losses[-1].device)])).all())
 
-    def take(self) -> dict[str, list] | None:
-        """The buffered steps as host lists, and an empty buffer; None when nothing is buffered."""
+    def take(self, reduce=None) -> dict[str, list] | None:
+        """The buffered steps as host lists, and an empty buffer; None when nothing is buffered.
+
+        `reduce(losses)`: the losses as the run reports them (averaged over the ranks, in place).
+        """
         n = len(self.losses)
         if not n:
             return None
         loss = torch.stack(self.losses).float()
+        if reduce is not None:
+            loss = reduce(loss)
         device = loss.device
         width = len(self.names)
         rows = torch.stack([v for norms in self.rows for v in norms]).view(len(self.rows), width).to(device) \

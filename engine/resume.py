@@ -21,6 +21,34 @@ CHANGEABLE = ("train.*, optim.lr, optim.weight_decay, optim.momentum, schedule.*
               "early_stopping.enabled/patience/min_delta/restore_best, run.device, run.threads")
 
 
+def resume_launch(folder: RunFolder, how):
+    """The launch a resume runs on (a distributed.Launch), or None for one process: as many
+    processes as the run trained on. A different number is refused: each rank's shard of the
+    data and its random state go on only on as many ranks."""
+    from .distributed import Launch
+
+    meta = folder.read_json("meta.json") or {}
+    trained = meta.get("world_size", 1)
+    trained = trained if isinstance(trained, int) and not isinstance(trained, bool) and trained > 0 else 1
+    nnodes = meta.get("nnodes", 1) if isinstance(meta.get("nnodes"), int) else 1
+    if how is None:
+        if trained == 1:
+            return None
+        if nnodes > 1:
+            raise UserError(f"run {folder.run_id} trained on {trained} processes over {nnodes} machines; resume it "
+                            f"the same way, on each machine: traintop resume {folder.run_id} --nproc-per-node "
+                            f"{trained // nnodes} --nnodes {nnodes} --node-rank R --rdzv-endpoint HOST:PORT")
+        return Launch(trained)
+    if how.world_size != trained:
+        asked = f"{how.world_size} process(es)"
+        fits = (f"--nproc-per-node {trained // nnodes}" + (f" --nnodes {nnodes}" if nnodes > 1 else "")
+                if trained > 1 else "no --nproc-per-node")
+        raise UserError(f"run {folder.run_id} trained on {trained} process(es); resuming on {asked} is refused: "
+                        f"each process's share of the data and its random state go on only on as many. "
+                        f"Resume it with {fits}")
+    return how
+
+
 def resume_config(folder: RunFolder, overrides: list[str],
                   trust: bool = False) -> tuple[Config, dict[str, Any], str | None]:
     """The run's config with `overrides` applied, the keys they set, and how the run ended (None:

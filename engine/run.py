@@ -26,6 +26,7 @@ from . import events as ev
 from .checkpoint import load_checkpoint
 from .config import Config
 from .data import load_data
+from .distributed import World, placement, threads_per_rank
 from .errors import DiskFull, NonFiniteLoss, UserError
 from .loop import Model, Trainer
 from .models import describe_layers
@@ -65,6 +66,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def on_device(cfg: Config, world) -> torch.device:
+    """The device this process trains on, with PyTorch's CPU threads set for it: on several
+    ranks, each rank's own GPU or its share of the cores."""
+    if world is None:
+        set_threads(cfg.run.threads)
+        return resolve_device(cfg.run.device)
+    set_threads(threads_per_rank(cfg.run.threads, world.local_size))
+    return world.device_for(cfg.run.device)
+
+
+def ranks_meta(world) -> dict:
+    """What meta.json says of a run on several ranks: how many, so that it resumes on as many."""
+    if world is None:
+        return {}
+    place = placement()
+    nnodes = place.nnodes if place is not None else 1
+    return {"world_size": world.size, "nnodes": nnodes, "nproc_per_node": world.size // nnodes}
+
+
 class Run:
     """A config run: its Trainer on its Session, from prepared data to its report."""
 
@@ -83,23 +103,33 @@ class Run:
         """Load the data and build the model, then create the run folder. Bad input: UserError.
 
         `folder`: an existing, empty run folder to use (a detached run's parent made it);
-        `source`: what the folder records (`lr_find` for a learning-rate range test).
+        `source`: what the folder records (`lr_find` for a learning-rate range test). Started
+        by a launcher of several ranks, every rank trains and rank 0 alone makes the folder.
         """
+        world = World.start()
         data = load_data(cfg)
-        device = resolve_device(cfg.run.device)
-        set_threads(cfg.run.threads)
+        device = on_device(cfg, world)
         model = Model(cfg, data, device)  # a model that cannot be built fails here, before any folder exists
-        if folder is None:
-            folder = RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
-        lock = folder.lock()
-        try:
-            write_json(folder.preprocess, data.preprocess.to_json())
-            session = Session.open(folder, name=cfg.run.name, source=source, config=cfg.to_dict(), lock=lock,
-                                   meta={"seed": cfg.run.seed, "device": str(device),
-                                         "threads": torch.get_num_threads(), "config_dir": str(cfg.base_dir)})
-        except BaseException:
-            lock.close()
-            raise
+
+        def make() -> Session:
+            made = folder or RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
+            lock = made.lock()
+            try:
+                write_json(made.preprocess, data.preprocess.to_json())
+                return Session.open(made, name=cfg.run.name, source=source, config=cfg.to_dict(), lock=lock,
+                                    meta={"seed": cfg.run.seed, "device": str(device),
+                                          "threads": torch.get_num_threads(), "config_dir": str(cfg.base_dir),
+                                          **ranks_meta(world)})
+            except BaseException:
+                lock.close()
+                raise
+
+        if world is None:
+            session = make()
+        else:
+            made = world.share(make, wire=lambda s: str(s.folder.path))
+            session = made if world.leader else Session.follower(source, RunFolder(Path(made)))
+            session.join(world, cfg.train.sync_every)
         return cls(cfg, Trainer(cfg, data, device, session, model), session)
 
     @classmethod
@@ -109,32 +139,56 @@ class Run:
         `overrides` (`--set KEY=VALUE`) change the run's config from here on: more epochs, a
         lower learning rate; `trust` lets it import a Python model or data from a folder that is
         not the user's own, in place. The folder is locked first, and nothing in it changes until
-        every check has passed.
+        every check has passed. A run of several ranks resumes on as many (rank 0 reads the folder
+        and hands every rank what it needs).
         """
+        world = World.start()
+        if world is not None and not world.leader:
+            return cls._resume(folder, None, list(overrides), world)
         lock = folder.lock()
         try:
-            return cls._resume(folder, lock, list(overrides), trust)
+            return cls._resume(folder, lock, list(overrides), world, trust)
         except BaseException:
             lock.close()
             raise
 
     @classmethod
-    def _resume(cls, folder: RunFolder, lock: RunLock, overrides: list[str], trust: bool) -> Run:
-        cfg, keys, status = resume_config(folder, overrides, trust)
-        state = load_checkpoint(folder.last)
-        if cfg.train.epochs < state["epoch"]:
-            raise UserError(f"run {folder.run_id} has already trained {state['epoch']} epochs; "
-                            f"train.epochs = {cfg.train.epochs} would leave nothing to train")
+    def _resume(cls, folder: RunFolder, lock: RunLock | None, overrides: list[str], world,
+                trust: bool = False) -> Run:
+        def checked():
+            cfg, keys, status = resume_config(folder, overrides, trust)
+            state = load_checkpoint(folder.last)
+            if cfg.train.epochs < state["epoch"]:
+                raise UserError(f"run {folder.run_id} has already trained {state['epoch']} epochs; "
+                                f"train.epochs = {cfg.train.epochs} would leave nothing to train")
+            trained, size = state.get("world_size", 1), world.size if world is not None else 1
+            if trained != size:
+                raise UserError(f"run {folder.run_id} was trained on {trained} process(es) and this resume runs on "
+                                f"{size}: each process's data order and random state continue only on as many; "
+                                f"resume it with --nproc-per-node {trained}" if trained > 1 else
+                                f"run {folder.run_id} was trained in one process; resume it without --nproc-per-node")
+            return cfg, keys, status, state
+
+        cfg, keys, status, state = checked() if world is None else world.share(checked if world.leader else None)
         data = load_data(cfg)
-        device = resolve_device(cfg.run.device)
-        set_threads(cfg.run.threads)
-        session = Session(folder, source="config", lock=lock)
+        device = on_device(cfg, world)
+        if world is None or world.leader:
+            session = Session(folder, source="config", lock=lock)
+        else:
+            session = Session.follower("config", folder)
+        if world is not None:
+            session.join(world, cfg.train.sync_every)
         trainer = Trainer(cfg, data, device, session)
         trainer.load_state_dict(state, map_location=device)
         notes = _apply_overrides(trainer, cfg, keys)
         if status == "early_stopped":
             trainer.early.since_best = 0
             notes.append(f"early stopping counts again from here (patience {trainer.early.patience})")
+        run = cls(cfg, trainer, session)
+        run.resumed_from = trainer.step
+        run.resume_note = "; ".join(notes)
+        if not session.leader:
+            return run
         # Events logged after the checkpoint describe training that is now done again.
         session.log.close()
         last_t = _truncate_log(folder.events, state.get("events_offset"))
@@ -150,9 +204,6 @@ class Run:
         write_json(folder.meta, meta)
         if overrides:
             write_text(folder.config, cfg.to_toml())
-        run = cls(cfg, trainer, session)
-        run.resumed_from = trainer.step
-        run.resume_note = "; ".join(notes)
         session.log.notable = [e for e in read_events(folder.events)[0] if not isinstance(e, ev.Steps)]
         trainer.tested_at = [e.step for e in session.log.notable if isinstance(e, ev.TestResult)]
         session.t0 -= last_t
@@ -177,8 +228,11 @@ class Run:
         return self.session.saved_step
 
     def close(self) -> None:
-        """Release the run folder for another process; the end of this process does the same."""
+        """Release the run folder for another process; the end of this process does the same.
+        On several ranks, the process group ends too (unless a rank failed)."""
         self.session.release()
+        if self.session.world is not None:
+            self.session.world.close()
 
     def subscribe(self, callback) -> int:
         return self.session.subscribe(callback)
@@ -227,7 +281,7 @@ class Run:
                 device=str(t.device), params=sum(p.numel() for p in t.params),
                 data=t.data.summary(self.cfg.data.batch_size),
                 epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch,
-                layers=describe_layers(t.model), world_size=1, source="config",
+                layers=describe_layers(t.model), world_size=session.world_size, source="config",
                 signals=t.signals.settings_json()))
             for kind, message in [*self.cfg.warnings, *t.data.warnings]:
                 session.warn(kind, message, step=0)
@@ -252,10 +306,13 @@ class Run:
                              advice=f"{again}, clip gradients (train.grad_clip), or set train.on_nan = "
                                     "\"skip\" to skip such updates")
         except DiskFull as e:
-            status, error, session.failure = "failed", str(e), e
+            status, error, session.failure = "failed", session.fail(e, str(e)), e
         except Exception as e:  # noqa: BLE001 - a failed run must still finish its log
-            status, error = "failed", f"{type(e).__name__}: {e}"
-            traceback.print_exc(file=sys.stderr)
+            status, error = "failed", session.fail(e, f"{type(e).__name__}: {e}")
+            if session.world is None or error.startswith(f"rank {session.world.rank} failed"):
+                traceback.print_exc(file=sys.stderr)
+            else:  # another rank's failure: that rank says why
+                session.world.say(f"ending: {error}")
         return session.close(status, error, step=t.step, epoch=t.epoch, name=self.cfg.run.name, epochs=t.epoch)
 
 

@@ -27,6 +27,7 @@ from .errors import DiskFull, UserError
 from .events import Event, finite_or_null, parse_line
 
 LOCK_ENV = "TRAINTOP_RUN_LOCK_FD"  # a run folder's lock handed to the engine process started for it
+HOLDER_ENV = "TRAINTOP_RUN_LOCK_HOLDER"  # "<pid>:<folder>": a launcher of ranks holds that folder for rank 0
 LOCK_PATIENCE = 0.5  # seconds a writer retries the lock: a reader may probe it for a moment
 LOCK_RESERVE = 16 << 10  # bytes the lock file keeps, given back when the disk fills
 
@@ -139,7 +140,7 @@ class RunFolder:
         naming that process. An engine started for this folder adopts the lock its parent
         took and handed over (LOCK_ENV), so there is no moment where the folder is free.
         """
-        inherited = self._inherited_lock()
+        inherited = self._inherited_lock() or self._held_by_launcher()
         if inherited is not None:
             return inherited
         try:
@@ -175,6 +176,20 @@ class RunFolder:
             return None
         os.set_inheritable(fd, False)
         return RunLock(self, fd)
+
+    def _held_by_launcher(self) -> RunLock | None:
+        """Rank 0 of a distributed run: the launcher that started it (its parent) holds this folder
+        for it, since torch's launcher passes no open files on to the ranks it starts."""
+        pid, _, path = os.environ.get(HOLDER_ENV, "").partition(":")
+        if not pid.isdigit() or int(pid) != os.getppid() or path != str(self.path.resolve()):
+            return None
+        if self.locked_by() is None:  # the launcher has let go of it
+            return None
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None
+        return RunLock(self, fd)  # the pid written is this rank's: the process that writes the folder
 
     def locked_by(self) -> int | None:
         """The pid of the process that holds this folder (0 when unknown), or None when none does.

@@ -11,6 +11,10 @@ step's loss is the mean of its backward passes). Optimizers that take a closure 
 Lightning's automatic optimization) run forward and backward inside `step`, so there the norms
 are measured after it. Nothing here changes the script's numbers. `TRAINTOP_AUTOWATCH=0` turns the
 hooks off; a script that calls `traintop.watch` itself is watched through that instead.
+
+Under torchrun every rank runs the script watched: rank 0 records the run, the others follow, and
+at the first optimizer step (the script has joined its process group by then) the ranks start
+applying every command at the same step.
 """
 
 from __future__ import annotations
@@ -216,19 +220,28 @@ class NoInput:
 current: AutoWatch | None = None  # the script's watch, while it has not bound an optimizer
 
 
-def run_script(folder: RunFolder, script: Path, argv: list[str], printer=None, stdin: bool = True) -> int:
-    """Run `script` as __main__ with `argv`, watched through its optimizer; the exit code."""
+def run_script(folder: RunFolder | None, script: Path, argv: list[str], printer=None, stdin: bool = True) -> int:
+    """Run `script` as __main__ with `argv`, watched through its optimizer; the exit code.
+
+    `folder`: None on a rank other than 0 that was not told rank 0's folder (it learns it later).
+    """
+    from .distributed import die_with_launcher, is_follower
     from .watch import WatchedRun, _json_safe, _live
     from .session import Session
 
     if not script.is_file():
         raise UserError(f"script {script} does not exist" if not script.exists() else f"{script} is not a file")
     autowatch_on = os.environ.get("TRAINTOP_AUTOWATCH", "1") != "0"
-    name = (folder.read_json("meta.json") or {}).get("name") or script.stem
     config = {"script": str(script), "args": argv}
-    os.environ[ENV_FOLDER] = str(folder.path)
-    session = Session.open(folder, name=name, source="script", config=config,
-                           meta={"script": str(script.resolve()), "args": argv, "cwd": os.getcwd()})
+    die_with_launcher()
+    if is_follower():  # rank 0 records the run
+        name = script.stem
+        session = Session.follower("script", folder)
+    else:
+        name = (folder.read_json("meta.json") or {}).get("name") or script.stem
+        os.environ[ENV_FOLDER] = str(folder.path)
+        session = Session.open(folder, name=name, source="script", config=config,
+                               meta={"script": str(script.resolve()), "args": argv, "cwd": os.getcwd()})
     run = WatchedRun(session, None, None, name=name, config=_json_safe(config), epochs=epochs_in(argv),
                      early_stopping=None)
     auto = AutoWatch(run)
@@ -301,7 +314,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)  # stop as Ctrl-C would: the script's own handlers run
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return run_script(RunFolder(Path(folder)), Path(script), rest, stdin=stdin)
+    return run_script(RunFolder(Path(folder)) if folder != "-" else None, Path(script), rest, stdin=stdin)
 
 
 if __name__ == "__main__":

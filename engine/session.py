@@ -9,6 +9,11 @@ through one Session. Only the owner of the loop differs.
     session.serve()                                                         # control socket, own thread
     ...  session.emit(...); session.serve_commands(); session.flush_and_deliver() ...
     session.close("completed", step=..., epoch=...)                         # run_finished, report.json
+
+On several processes (torch.distributed), rank 0's session is this one and every other rank has
+a follower (`Session.follower`) that writes nothing; `join` gives both the ranks' lock-step
+(lockstep.CommandSync): commands reach every rank at the same step, losses are averaged over
+the ranks at each flush, and rank 0's clock times flushes and saves on every rank alike.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from . import commands as cmd
@@ -108,18 +114,56 @@ class EventLog:
             self._file.close()
 
 
+class NoLog:
+    """The event log of a rank other than 0: its events go nowhere (rank 0 records the run)."""
+
+    offset = 0
+    pending: list = []
+    notable: list = []
+    closed = False
+
+    def publish(self, event) -> None:
+        pass
+
+    def deliver(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NoCheckpoints:
+    """The checkpoints of a rank other than 0: rank 0 alone writes them."""
+
+    def write(self, name: str, state: dict, kind: str, step: int) -> None:
+        pass
+
+    def written(self) -> list:
+        return []
+
+    def wait(self) -> None:
+        pass
+
+    def close(self) -> list:
+        return []
+
+
 class Session:
     """One run as every loop owner sees it: its folder, events, commands, checkpoints and end."""
 
-    def __init__(self, folder: RunFolder, *, source: str, lock: RunLock | None = None):
+    def __init__(self, folder: RunFolder, *, source: str, lock: RunLock | None = None, leader: bool = True):
+        """`leader`: this process records the run (False: a rank other than 0, see `follower`)."""
         from .checkpoint import Checkpointer  # torch comes with the checkpoints, not the session
 
         self.folder = folder
         self.source = source
         self.lock = lock  # the folder is this process's until close() or its end
-        self.log = EventLog(folder)
+        self.leader = leader
+        self.log = EventLog(folder) if leader else NoLog()
         self.inbox = CommandInbox()
-        self.checkpointer = Checkpointer(folder.checkpoints)
+        self.checkpointer = Checkpointer(folder.checkpoints) if leader else NoCheckpoints()
+        self.world = None  # distributed.World: this process among the ranks of the run
+        self.sync = None  # lockstep.CommandSync, once joined
         self.saved_step: int | None = None  # the step of the last.pt on disk
         self.t0 = time.monotonic()
         self.recorder = None  # the loop owner's StepRecorder
@@ -159,6 +203,51 @@ class Session:
             lock.close()
             raise
 
+    @classmethod
+    def follower(cls, source: str, folder: RunFolder | None = None) -> Session:
+        """The session of a rank other than 0: it trains, obeys the commands and writes nothing;
+        `join` tells it rank 0's folder (its name for messages)."""
+        return cls(folder or RunFolder(Path("rank-0-run")), source=source, leader=False)
+
+    def join(self, world, every: int = 1) -> None:
+        """Train in step with the other ranks of `world` (a distributed.World): every rank learns
+        rank 0's run folder, and commands, flushes and saves happen at the same step on all."""
+        from .lockstep import CommandSync
+
+        path = world.share(lambda: str(self.folder.path))
+        if not self.leader:
+            self.folder = RunFolder(Path(path))
+        self.world = world
+        self.sync = CommandSync(self, world, every)
+
+    @property
+    def world_size(self) -> int:
+        return self.world.size if self.world is not None else 1
+
+    def now(self) -> float:
+        """Seconds on the run's clock for timed decisions (periodic saves): on several ranks, rank 0's
+        clock as of the last round, so that every rank decides alike at the same step."""
+        return self.sync.clock if self.sync is not None else time.perf_counter()
+
+    def commands_due(self) -> bool:
+        """Whether this step boundary has commands to serve (on several ranks, every one does: it
+        may be a round)."""
+        return self.sync is not None or bool(self.inbox) or self.paused
+
+    def flush_due(self, now: float | None = None) -> bool:
+        """Whether the timed flush is due: about every 100 ms (on several ranks, when rank 0's
+        timer said so at the last round)."""
+        if self.sync is not None:
+            return self.sync.take_flush()
+        return (time.perf_counter() if now is None else now) >= self.next_flush
+
+    def fail(self, error: BaseException, own: str) -> str:
+        """The run's error in words when training ended with `error` (`own`, as this rank says it):
+        on several ranks, the rank that failed first is named, and no collective follows."""
+        if self.world is None:
+            return own
+        return self.world.fail(error, own)
+
     @property
     def run_id(self) -> str:
         return self.folder.run_id
@@ -187,7 +276,7 @@ class Session:
         if self.recorder is None:
             return
         now = time.perf_counter()
-        batch = self.recorder.take()
+        batch = self.recorder.take(self.world.mean_ if self.world is not None else None)
         if batch is None:
             return
         if self.timer is not None:
@@ -197,8 +286,13 @@ class Session:
         self.flush_started = now
         samples = n * self.samples_per_step if self.samples_per_step else self.samples
         self.samples = 0
-        self.log.publish(ev.Steps(t=self.clock(), epoch=[self.epoch] * n,
-                                  samples_per_s=round(samples / elapsed, 1) if elapsed > 0 else 0.0, **batch))
+        rate = round(samples / elapsed, 1) if elapsed > 0 else 0.0
+        ranks = {}
+        if self.sync is not None:  # every rank's own throughput; the run's is their sum
+            self.sync.local_rate = rate
+            rates = [rate if r == self.world.rank else x for r, x in enumerate(self.sync.rates)]
+            ranks, rate = {"rank_samples_per_s": rates}, round(sum(rates), 1)
+        self.log.publish(ev.Steps(t=self.clock(), epoch=[self.epoch] * n, samples_per_s=rate, **ranks, **batch))
         for hook in self.flush_hooks:
             hook(batch)
 
@@ -264,8 +358,12 @@ class Session:
     def serve_commands(self) -> None:
         """Apply waiting commands; while paused, keep serving them until resumed or stopped.
 
-        `wait` wakes every 0.1 s, so Ctrl-C (and Jupyter's interrupt) still reach a paused loop.
+        `wait` wakes every 0.1 s, so Ctrl-C (and Jupyter's interrupt) still reach a paused loop. On
+        several ranks, the ranks' round does it, for every rank at the same step.
         """
+        if self.sync is not None:
+            self.sync.boundary()
+            return
         while True:
             for command, future in self.inbox.take():
                 try:
@@ -318,6 +416,8 @@ class Session:
         run is closed. Returns once the socket accepts connections."""
         from .server import ControlServer
 
+        if not self.leader:  # rank 0 serves the run
+            return
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -419,6 +519,8 @@ class Session:
         self.inbox.close(f"the run has finished ({status})")
         with self._ending_lock:
             self._ending = True
+        if self.sync is not None:
+            self.sync.close(f"the run has finished ({status})")
         with contextlib.suppress(NonFiniteLoss):
             self.flush()  # steps still buffered go out before run_finished (a failing run's, too)
         try:
@@ -435,6 +537,8 @@ class Session:
         if self.failure is not None and self.lock is not None:
             self.lock.give_back_reserve()  # room for run_finished and report.json
         self.emit(ev.RunFinished, status=status, error=error, step=step, epoch=epoch)
+        if not self.leader:
+            return status, error
         try:
             final = report_from_events(self.log.notable + self.log.pending)
             final.update({"run_id": self.run_id, "status": status, "error": error, "steps": step,

@@ -13,6 +13,10 @@
                 break
         run.validate(val_loss=v, accuracy=a)
     run.finish()
+
+Under torchrun, call it on every rank once the process group is initialized: rank 0 records and
+serves the run, every rank applies each command at the same step (`run.step` is where), and
+`should_stop` agrees on all of them. `run.validate` averages each rank's numbers.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from . import commands as cmd
 from . import events as ev
 from .checkpoint import all_finite, snapshot
 from .config import SignalsConfig
+from .distributed import World, unwrap
 from .early_stopping import EarlyStopping
 from .errors import UserError
 from .gradients import Gradients
@@ -51,7 +56,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
           name: str | None = None, config: dict | None = None, epochs: int | None = None,
           early_stopping: dict | None = None, checkpoint_every_seconds: float = 120,
           runs_dir: str | Path | None = None, source: str = "watch",
-          folder: str | Path | None = None, signals: dict | None = None) -> WatchedRun:
+          folder: str | Path | None = None, signals: dict | None = None, sync_every: int = 1) -> WatchedRun:
     """Start recording and serving a run of your own loop; returns the run to call `step` on.
 
     `model` gives the layers whose gradient norms are recorded; `optimizer` the learning rate
@@ -61,6 +66,8 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     `checkpoint_every_seconds` saves last.pt that often (through `run.on_checkpoint`'s function
     when one is registered; 0 = off); `signals` sets the thresholds of the live diagnoses, with
     the keys of a config's [signals] section (`signals=dict(spike_mads=20)`; `enabled=False` is off).
+    Under torch.distributed, every rank calls it (after init_process_group); `sync_every` is how
+    many steps apart the ranks exchange commands.
     """
     if model is None and optimizer is None:
         raise UserError("watch needs the model, the optimizer, or both")
@@ -70,14 +77,25 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     if script.current is not None and script.current.optimizer is None:
         return script.current.take_over(model, optimizer, name=name, config=config, epochs=epochs,
                                         early_stopping=early_stopping)
-    name = _run_name(name or (model.__class__.__name__.lower() if model is not None else "run"))
+    name = _run_name(name or (unwrap(model).__class__.__name__.lower() if model is not None else "run"))
     config = dict(config or {})
-    if folder is not None:
-        run_folder = RunFolder(Path(folder))
+    world = World.join()
+
+    def open_session() -> Session:
+        if folder is not None:
+            run_folder = RunFolder(Path(folder))
+        else:
+            base = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+            run_folder = RunFolder.create(base, name)
+        return Session.open(run_folder, name=name, source=source, config=config,
+                            meta={"world_size": world.size} if world is not None else None)
+
+    if world is None:
+        session = open_session()
     else:
-        base = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
-        run_folder = RunFolder.create(base, name)
-    session = Session.open(run_folder, name=name, source=source, config=config)
+        made = world.share(open_session, wire=lambda s: str(s.folder.path))
+        session = made if world.leader else Session.follower(source, RunFolder(Path(made)))
+        session.join(world, sync_every)
     run = WatchedRun(session, model, optimizer, name=name, config=config,
                      epochs=epochs if epochs is not None else _int(config.get("epochs")),
                      early_stopping=early_stopping, checkpoint_every_seconds=checkpoint_every_seconds,
@@ -123,7 +141,7 @@ class WatchedRun:
         self._validated_at = -1
         self._epoch_given = False
         self.save_every = checkpoint_every_seconds or 0
-        self.saved_at = time.perf_counter()
+        self.saved_at = session.now()
         self._before_update = False  # at run.step: the optimizer has not yet stepped
         self.epoch_end_step = 0  # the step of the last epoch_end
         self.extra_scales: list[LrScale] = []  # more optimizers, following the same scale
@@ -151,6 +169,7 @@ class WatchedRun:
         """Attach the model whose gradients are measured and the optimizer whose rate is scaled
         (a watched script learns them at its first optimizer step). `names`: parameter -> name,
         when the model is not known."""
+        model = unwrap(model)
         self.model, self.optimizer = model, optimizer
         if model is not None:
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -170,6 +189,11 @@ class WatchedRun:
         if self.device.type == "cuda":
             self.timer.cuda = True
         self.lr = LrScale(optimizer) if optimizer is not None else None
+        if self.session.sync is None:  # a watched script under a launcher joins its ranks now
+            world = World.join(self.device, required=False)
+            if world is not None:
+                self.session.join(world)
+                self.saved_at = self.session.now()
 
     # -- what the loop calls -------------------------------------------------------------------
 
@@ -257,12 +281,12 @@ class WatchedRun:
         """Apply waiting commands (pause blocks here), flush when it is time, and save last.pt
         every `checkpoint_every_seconds`."""
         session = self.session
-        if session.inbox or session.paused:
+        if session.commands_due():
             session.serve_commands()
         now = now or time.perf_counter()
-        if self.recorder.full or now >= session.next_flush:
+        if self.recorder.full or session.flush_due(now):
             session.flush_and_deliver()
-            if self.save_every and now - self.saved_at >= self.save_every:
+            if self.save_every and session.now() - self.saved_at >= self.save_every:
                 try:
                     self.save("periodic")
                 except UserError as e:  # non-finite weights: the last good file stays
@@ -287,6 +311,11 @@ class WatchedRun:
         self._validated_at = self.steps
         val_loss = metrics.pop("val_loss", metrics.pop("loss", None))
         values = {k: _number(v, k) for k, v in metrics.items()}
+        if self.session.world is not None:  # each rank measured its shard: the run's numbers are their mean
+            if val_loss is not None:
+                values["val_loss"] = _number(val_loss, "val_loss")
+            values = self.session.world.mean_values(values)
+            val_loss = values.pop("val_loss", None)
         source = "user" if self._user_validation else "schedule"
         train_loss = self._last_train_loss
         if not math.isfinite(train_loss) and self._epoch_loss[1]:
@@ -296,10 +325,15 @@ class WatchedRun:
                                        metrics=values, train_loss=train_loss, source=source)
         return best
 
-    def finish(self, status: str | None = None, error: str = "") -> None:
-        """End the run: `run_finished` and report.json. Leaving a `with` block calls it."""
+    def finish(self, status: str | None = None, error: str = "", exception: BaseException | None = None) -> None:
+        """End the run: `run_finished` and report.json. Leaving a `with` block calls it.
+
+        A failed run on several ranks names the rank that failed first (`exception`: this rank's).
+        """
         if self.session.closed:
             return
+        if status == "failed":
+            error = self.session.fail(exception or RuntimeError(error), error)
         if not self.started:
             self._start()
         if status is None:
@@ -319,7 +353,7 @@ class WatchedRun:
         elif issubclass(exc_type, KeyboardInterrupt):
             self.finish("stopped")
         else:
-            self.finish("failed", f"{exc_type.__name__}: {exc}")
+            self.finish("failed", f"{exc_type.__name__}: {exc}", exc)
         return False
 
     def lr_find(self, step_fn: Callable[[], Any], *, lr_min: float = 1e-7, lr_max: float = 10.0,
@@ -372,7 +406,8 @@ class WatchedRun:
             device=str(self.device), params=sum(p.numel() for p in self.params), data={},
             epochs=self.epochs_planned, steps_per_epoch=self.steps_per_epoch,
             layers=describe_layers(model) if model is not None else [],
-            world_size=1, source=self.session.source, signals=self.signals.settings_json()))
+            world_size=self.session.world_size, source=self.session.source,
+            signals=self.signals.settings_json()))
         self.policies.announce()
         self.session.flush_started = time.perf_counter()
 
@@ -445,8 +480,8 @@ class WatchedRun:
         state into last.pt: copied here, written off the loop's thread, never with non-finite weights."""
         session = self.session
         path = session.folder.last
-        self.saved_at = time.perf_counter()
-        if self._checkpoint_fn is not None:
+        self.saved_at = session.now()
+        if self._checkpoint_fn is not None:  # on every rank: the loop's own saving may be collective
             result = self._checkpoint_fn(path)
             path = Path(result) if isinstance(result, (str, os.PathLike)) else path
             session.emit(ev.CheckpointSaved, path=str(path), kind_=kind, step=self.steps)
@@ -460,6 +495,8 @@ class WatchedRun:
         if not all_finite(tensors):
             raise UserError(f"the weights are not finite at step {self.steps}: not saved, so "
                             f"{path.name} keeps the last finite ones")
+        if not session.leader:  # the ranks hold the same weights: rank 0 writes them
+            return path
         session.checkpointer.write("last", snapshot(state), kind, self.steps)
         if kind != "periodic":
             session.checkpointer.wait()
@@ -517,7 +554,7 @@ def _finish_at_exit() -> None:
         if _in_notebook():
             run.session.abandon()
         elif error is not None:
-            run.finish("failed", f"{type(error).__name__}: {error}")
+            run.finish("failed", f"{type(error).__name__}: {error}", error)
         else:
             run.finish()
 

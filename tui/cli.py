@@ -35,6 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=3 (value parsed as TOML)")
 
+    def ranks(p):
+        p.add_argument("--nproc-per-node", type=positive_int, metavar="N",
+                       help="train on N processes on this machine through torch.distributed (one per GPU; "
+                       "gloo on the CPU); a run started by torchrun is recognised and not launched again")
+        p.add_argument("--nnodes", type=positive_int, metavar="N", help="machines taking part, each running "
+                       "the same command with its own --node-rank")
+        p.add_argument("--node-rank", type=non_negative_int, metavar="R", help="this machine's place, 0 to N-1 "
+                       "(node 0's rank 0 records and serves the run)")
+        p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="where the machines meet: a free port on "
+                       "node 0's machine")
+
     def foreground(p):
         mode = p.add_mutually_exclusive_group()
         mode.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
@@ -49,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     foreground(run)
     run.add_argument("--name", help="the run's name (default: run.name from the config)")
     run.add_argument("--into", type=Path, help=argparse.SUPPRESS)  # a detached run's folder
+    ranks(run)
     runs_dir(run)
 
     check = sub.add_parser("check", help="validate a config and its data; no training")
@@ -96,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     foreground(resume)
     trust_flag(resume)
     resume.add_argument("--into", type=Path, help=argparse.SUPPRESS)
+    ranks(resume)
     runs_dir(resume)
 
     export = sub.add_parser("export", help="per-step and per-validation tables")
@@ -137,6 +150,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 TAIL_DEFAULT = 10
 
 
@@ -243,8 +269,12 @@ def _folder(args):
 
 
 def wants_dashboard(args) -> bool:
-    """The dashboard in a terminal; log lines when asked, or when stdout is not a terminal."""
-    return not getattr(args, "headless", False) and not getattr(args, "into", None) and sys.stdout.isatty()
+    """The dashboard in a terminal; log lines when asked, when stdout is not a terminal, and in the
+    ranks a launcher started (they share one terminal)."""
+    from traintop.engine.distributed import placement
+
+    return not getattr(args, "headless", False) and not getattr(args, "into", None) and sys.stdout.isatty() \
+        and placement() is None
 
 
 def cmd_run(args) -> int:
@@ -252,8 +282,9 @@ def cmd_run(args) -> int:
 
     from . import launch
 
+    how = launch.launch_of(args)  # several processes, launched from here
     if args.config and args.config.endswith(".py"):
-        return cmd_run_script(args)
+        return cmd_run_script(args, how)
     if args.script_args:
         raise UserError(f"arguments after -- go to a script (traintop run train.py -- ARGS); "
                         f"{args.config or 'the demo'} is a config")
@@ -262,6 +293,10 @@ def cmd_run(args) -> int:
         from traintop.engine.runstore import check_runs_dir
 
         check_runs_dir(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
+    if how is not None:
+        folder = RunFolder.create(_runs_dir(args), args.name or cfg.run.name) if how.node_rank == 0 else None
+        engine = launch.on_ranks(launch.config_engine(folder, args.config, args.overrides, args.name), how)
+        return launch.start(engine, args.detach, wants_dashboard(args))
     if args.detach or wants_dashboard(args):
         folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
         engine = launch.config_engine(folder, args.config, args.overrides, args.name)
@@ -272,10 +307,12 @@ def cmd_run(args) -> int:
     return launch.run_engine(run)
 
 
-def cmd_run_script(args) -> int:
-    """`traintop run train.py [-- ARGS]`: the script is the engine, watched through its optimizer."""
+def cmd_run_script(args, how=None) -> int:
+    """`traintop run train.py [-- ARGS]`: the script is the engine, watched through its optimizer;
+    `how`: on several processes (ranks), launched from here."""
     import re
 
+    from traintop.engine.distributed import is_follower
     from traintop.engine.runstore import RunFolder
 
     from . import launch
@@ -289,10 +326,18 @@ def cmd_run_script(args) -> int:
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", script.stem).strip("-._") or "script"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
         raise UserError(f"--name is {name!r}; use letters, digits, '.', '_' and '-'")
+    if is_follower():  # a rank torchrun started: rank 0 makes the run folder
+        return launch.run_script_here(None, script, args.script_args)
+    if how is not None and how.node_rank != 0:
+        engine = launch.on_ranks(launch.script_engine(None, script, args.script_args), how)
+        return launch.start(engine, args.detach, wants_dashboard(args))
     from traintop.engine.runstore import check_runs_dir
 
     check_runs_dir(_runs_dir(args), name)
     folder = RunFolder.create(_runs_dir(args), name)
+    if how is not None:
+        engine = launch.on_ranks(launch.script_engine(folder, script, args.script_args), how)
+        return launch.start(engine, args.detach, wants_dashboard(args))
     if args.detach or wants_dashboard(args):
         engine = launch.script_engine(folder, script, args.script_args)
         return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
@@ -300,20 +345,37 @@ def cmd_run_script(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from traintop.engine.distributed import is_follower, placement
     from traintop.engine.runstore import RunFolder
 
     from . import launch
 
+    if is_follower():  # a rank a launcher started: rank 0 reads the run and hands every rank what it needs
+        from traintop.engine.run import Run
+
+        return launch.run_engine(Run.resume(RunFolder(Path(args.into or args.run)), args.overrides, args.trust))
+    how = launch.launch_of(args)
+    if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's, which has the run
+        engine = launch.on_ranks(launch.resumed_engine(None, args.overrides, spec=args.run, trust=args.trust), how)
+        return launch.start(engine, args.detach, wants_dashboard(args))
     folder = RunFolder(args.into) if args.into else _folder(args)
     if not args.into:
         from traintop.engine.runstore import check_runs_dir
 
         check_runs_dir(folder.path, what="run folder")
+    if placement() is None:
+        from traintop.engine.resume import resume_config, resume_launch
+
+        how = resume_launch(folder, how)  # on as many processes as it trained on, or refused
+        if how is not None:
+            resume_config(folder, args.overrides, args.trust)  # refused here, before any rank starts
+            engine = launch.on_ranks(launch.resumed_engine(folder, args.overrides, trust=args.trust), how)
+            return launch.start(engine, args.detach, wants_dashboard(args))
     if args.detach or wants_dashboard(args):
         from traintop.engine.resume import resume_config
 
         resume_config(folder, args.overrides, args.trust)  # refused here, before an engine or a dashboard starts
-        engine = launch.resumed_engine(folder, args.overrides, args.trust)
+        engine = launch.resumed_engine(folder, args.overrides, trust=args.trust)
         return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
     from traintop.engine.run import Run
 

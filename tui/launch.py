@@ -2,11 +2,13 @@
 
 An engine is a process that trains one run folder: a config run's (`traintop run CONFIG`), a
 resumed run's, or a watched script's (`traintop run train.py`). This module starts one the three
-ways a user asks for; launching through torch.distributed belongs here too.
+ways a user asks for, on one process or, through torch.distributed.run, on several.
 
-    engine = Engine.config(folder, args)        # or Engine.resumed(...), Engine.script(...)
+    engine = config_engine(folder, config, overrides)   # or resumed_engine(...), script_engine(...)
+    engine = on_ranks(engine, launch)                   # --nproc-per-node N: the same engine on N processes
     detach(engine)                              # background; returns once it serves its socket
     with_dashboard(engine)                      # the dashboard attached; the engine started behind it
+    foreground(engine)                          # ranks launched here, headless, their output in this terminal
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ START_SECONDS = 120  # how long `--detach` waits for an engine to serve its sock
 class Engine:
     """How to start the engine of one run folder: the arguments after `python`."""
 
-    folder: object  # RunFolder
+    folder: object  # RunFolder; None for the ranks of a machine other than node 0 (rank 0 has it)
     argv: list[str]
     created: bool = True  # the folder was made for this start: removed again if nothing started in it
     lock: object = field(default=None, repr=False)  # the folder's RunLock, handed to the engine
@@ -66,23 +68,88 @@ class Engine:
 def config_engine(folder, config: str | None, overrides: list[str], name: str | None = None) -> Engine:
     """A config run's engine (`traintop run CONFIG --headless --into FOLDER`)."""
     argv = ["-m", "traintop.tui", "run", *([str(Path(config).resolve())] if config else []),
-            *[x for o in overrides for x in ("--set", o)], "--headless", "--into", str(folder.path)]
+            *[x for o in overrides for x in ("--set", o)], "--headless",
+            *(["--into", str(folder.path)] if folder is not None else [])]
     if name:
         argv += ["--name", name]
     return Engine(folder, argv)
 
 
-def resumed_engine(folder, overrides: list[str], trust: bool = False) -> Engine:
-    """A resumed run's engine; its folder is never this start's to remove."""
-    argv = ["-m", "traintop.tui", "resume", str(folder.path), *[x for o in overrides for x in ("--set", o)],
-            "--headless", "--into", str(folder.path), *(["--trust"] if trust else [])]
+def resumed_engine(folder, overrides: list[str], spec: str = "", trust: bool = False) -> Engine:
+    """A resumed run's engine; its folder is never this start's to remove. Without a folder (the
+    ranks of a machine other than node 0), `spec` names the run: node 0's rank 0 reads it."""
+    where = [str(folder.path), "--into", str(folder.path)] if folder is not None else [spec]
+    argv = ["-m", "traintop.tui", "resume", where[0], *[x for o in overrides for x in ("--set", o)],
+            "--headless", *where[1:], *(["--trust"] if trust else [])]
     return Engine(folder, argv, created=False)
 
 
 def script_engine(folder, script: Path, script_args: list[str]) -> Engine:
-    """A user's script as the engine, watched; it has no standard input behind a dashboard."""
-    return Engine(folder, ["-m", "traintop.engine.script", "--no-stdin", str(folder.path),
+    """A user's script as the engine, watched; it has no standard input behind a dashboard. Without
+    a folder (`-`: a machine other than node 0), its ranks learn rank 0's."""
+    return Engine(folder, ["-m", "traintop.engine.script", "--no-stdin", str(folder.path) if folder else "-",
                            str(script.resolve()), *script_args])
+
+
+def launch_of(args):
+    """The launch of several processes the flags ask for (`--nproc-per-node`...), checked; None for
+    one process, and for a process a launcher already started (the user's own torchrun)."""
+    from traintop.engine.distributed import Launch, placement
+
+    how = Launch.of(getattr(args, "nproc_per_node", None), getattr(args, "nnodes", None),
+                    getattr(args, "node_rank", None), getattr(args, "rdzv_endpoint", None))
+    if placement() is not None:
+        if getattr(args, "detach", False):
+            raise UserError("--detach: this process is a rank that torchrun started and keeps in the "
+                            "foreground; start torchrun itself in the background instead")
+        return None
+    return how
+
+
+def on_ranks(engine: Engine, how) -> Engine:
+    """`engine` on `how.nproc_per_node` processes (ranks) per machine through torch.distributed.run:
+    standalone rendezvous on one machine, no restarts. The launcher holds the run folder for rank 0."""
+    folder = str(engine.folder.path) if engine.folder is not None else None
+    return Engine(engine.folder, how.argv(folder, engine.argv), created=engine.created)
+
+
+def start(engine: Engine, detached: bool, dashboard: bool) -> int:
+    """Start `engine` as the user asked: in the background, behind the dashboard, or here (ranks)."""
+    if engine.folder is None:  # a machine other than node 0: its ranks follow node 0's rank 0
+        if detached or dashboard:
+            print("traintop: the ranks of this machine train here, headless; the dashboard and --detach "
+                  "are node 0's, whose rank 0 serves the run", file=sys.stderr)
+        return foreground(engine)
+    if detached:
+        return detach(engine)
+    if dashboard:
+        return with_dashboard(engine)
+    return foreground(engine)
+
+
+def foreground(engine: Engine) -> int:
+    """Launch the ranks here, headless: their output in this terminal. Ctrl-C reaches the launcher
+    too, which stops every rank after its step (last.pt saved); SIGTERM is passed on to it."""
+    folder = engine.folder
+    options = {}
+    if folder is not None:
+        engine.take()
+        options = {"pass_fds": (engine.lock.fd,), "env": engine.lock.child_env()}
+    try:
+        proc = subprocess.Popen([sys.executable, *engine.argv], cwd=Path.cwd(), **options)
+    finally:
+        if engine.lock is not None:
+            engine.lock.close()  # the launcher holds the folder now (or nobody, if it could not start)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda sig, frame: proc.send_signal(sig))}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 2 and folder is not None and engine.created and not folder.meta.exists():
+        shutil.rmtree(folder.path, ignore_errors=True)  # bad input: no run to keep
+    return code
 
 
 def detach(engine: Engine) -> int:
@@ -207,7 +274,7 @@ def run_script_here(folder, script: Path, script_args: list[str]) -> int:
         if isinstance(stream, SafeStream):
             setattr(sys, name, stream.stream)
     printer = HeadlessPrinter(guarded if isinstance(guarded, SafeStream) else SafeStream(sys.stdout))
-    printer.folder = str(folder.path)
+    printer.folder = str(folder.path) if folder is not None else ""
 
     def on_term(sig, frame):
         raise KeyboardInterrupt("SIGTERM")

@@ -1,0 +1,240 @@
+"""Training on two processes through torch.distributed (gloo, on this CPU): launched by
+`traintop run --nproc-per-node 2` or by the user's own torchrun, steered over the real socket.
+
+Every rank says on stderr which command it applied at which step ("traintop rank 1/2: pause at
+step 41"): the tests read those lines to prove that both ranks applied it at the same step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from traintop.engine import events as ev
+from traintop.engine.runstore import read_events, resolve_run
+
+from watched import EXAMPLES, TRAINTOP, live_folder, steps_in
+
+APPLIED = re.compile(r"traintop rank (\d)/2: (\w+) at step (\d+)")
+
+
+def env_for(runs: Path, **extra: str) -> dict:
+    return {**os.environ, "TRAINTOP_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1", **extra}
+
+
+def traintop(*args, runs: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRAINTOP, *map(str, args), "--runs-dir", str(runs)], capture_output=True, text=True,
+                          timeout=timeout, env=env_for(runs, **env))
+
+
+def applied(text: str) -> dict[str, dict[int, list[int]]]:
+    """command -> rank -> the steps at which that rank applied it, from the ranks' stderr lines."""
+    seen: dict[str, dict[int, list[int]]] = {}
+    for rank, command, step in APPLIED.findall(text):
+        seen.setdefault(command, {}).setdefault(int(rank), []).append(int(step))
+    return seen
+
+
+def ctl(folder, *args: str, runs: Path) -> None:
+    proc = traintop("ctl", folder.run_id, *args, runs=runs)
+    assert proc.returncode == 0, proc.stderr
+
+
+def kill(folder) -> None:
+    """SIGKILL for every rank of a detached run, then for their launcher (rank 0's parent): the
+    ranks first, so that none hears of its launcher's end and stops cleanly."""
+    pid = (folder.read_json("meta.json") or {}).get("pid")
+    if not pid:
+        return
+    try:
+        launcher = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        ranks = [int(p) for task in Path(f"/proc/{launcher}/task").iterdir()
+                 for p in (task / "children").read_text().split()]
+    except (OSError, ValueError, IndexError):
+        launcher, ranks = 0, [pid]
+    for victim in [*ranks, launcher]:
+        try:
+            if victim:
+                os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_until(condition, seconds: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.05)
+
+
+def logged_steps(folder) -> int:
+    return max(steps_in(read_events(folder.events)[0]) or [0])
+
+
+def test_two_ranks_obey_pause_lr_validate_checkpoint_and_stop_from_ctl_at_the_same_step(tmp_path):
+    runs = tmp_path / "runs"
+    started = traintop("run", "--nproc-per-node", "2", "--detach", "--set", "train.epochs=100000",
+                       "--set", "early_stopping.enabled=false", runs=runs)
+    assert started.returncode == 0, started.stderr
+    folder = resolve_run(started.stdout.split()[0], runs)
+    try:
+        wait_until(lambda: logged_steps(folder) >= 5, what="the first steps")
+        for command in (["pause"], ["lr", "x2"], ["validate"], ["checkpoint"], ["resume"], ["stop"]):
+            ctl(folder, *command, runs=runs)
+        wait_until(lambda: folder.report.exists(), seconds=60, what="the end of the run")
+    finally:
+        if not folder.report.exists():
+            kill(folder)
+    events = read_events(folder.events)[0]
+    assert events[0].world_size == 2
+    assert events[-1].status == "stopped"
+    assert len(list(runs.iterdir())) == 1  # one run folder for both ranks
+    seen = applied(folder.log.read_text())
+    for command in ("pause", "set_lr", "validate", "checkpoint", "resume", "stop"):
+        assert set(seen.get(command, {})) == {0, 1}, (command, seen)
+        assert seen[command][0] == seen[command][1], (command, seen)  # the same step on both ranks
+    lr = [e for e in events if isinstance(e, ev.LrChanged) and e.source == "user"]
+    assert lr and lr[0].new == pytest.approx(2 * lr[0].old)
+    assert lr[0].step == seen["set_lr"][0][0]
+    paused = [e for e in events if isinstance(e, ev.Paused)]
+    assert [e.step for e in paused] == seen["pause"][0]
+    steps = steps_in(events)
+    assert steps == list(range(1, max(steps) + 1))  # every step once: rank 0 alone records
+    rates = [e.rank_samples_per_s for e in events if isinstance(e, ev.Steps)]
+    assert rates and all(len(r) == 2 for r in rates)  # each rank's own throughput beside the run's
+    assert any(all(x > 0 for x in r) for r in rates)
+
+
+FAILING_MODEL = '''
+import os
+import torch
+
+
+class FailsOnRankOne(torch.nn.Module):
+    def __init__(self, info):
+        super().__init__()
+        self.net = torch.nn.Linear(info.input_shape[0], info.n_outputs)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.training and os.environ.get("RANK") == "1" and self.calls > 15:
+            raise ValueError("the batch on rank one is bad")
+        return self.net(x)
+
+
+def model(info):
+    return FailsOnRankOne(info)
+'''
+
+
+def test_a_rank_that_raises_ends_the_whole_run_failed_naming_that_rank_within_the_timeout(tmp_path):
+    (tmp_path / "failing.py").write_text(FAILING_MODEL)
+    config = tmp_path / "failing.toml"
+    config.write_text('[model]\nkind = "python"\nfactory = "failing:model"\n[train]\nepochs = 50\n')
+    runs = tmp_path / "runs"
+    began = time.monotonic()
+    proc = traintop("run", config, "--nproc-per-node", "2", "--headless", runs=runs, timeout=90,
+                    TRAINTOP_DIST_TIMEOUT="10")
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - began < 60
+    folder = resolve_run("latest", runs)
+    finished = read_events(folder.events)[0][-1]
+    assert isinstance(finished, ev.RunFinished) and finished.status == "failed"
+    assert finished.error.startswith("rank 1 failed") and "the batch on rank one is bad" in finished.error
+    assert json.loads(folder.report.read_text())["status"] == "failed"
+
+
+SLOW_MLP = '''
+import os
+import time
+import torch
+
+
+class SlowMLP(torch.nn.Module):
+    """The demo's MLP, taking its time over each training step when asked, so that a test can
+    pause it before it ends."""
+
+    def __init__(self, info):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(info.input_shape[0], 128), torch.nn.ReLU(),
+                                       torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, info.n_outputs))
+
+    def forward(self, x):
+        if self.training and os.environ.get("SLOW_STEPS"):
+            time.sleep(0.03)
+        return self.net(x)
+
+
+def model(info):
+    return SlowMLP(info)
+'''
+
+
+def test_two_ranks_train_digits_to_the_band_of_one_process_and_a_killed_run_resumes_to_the_same_test(tmp_path):
+    (tmp_path / "slow.py").write_text(SLOW_MLP)
+    config = tmp_path / "slow.toml"
+    config.write_text('[model]\nkind = "python"\nfactory = "slow:model"\n[train]\nepochs = 6\n'
+                      '[early_stopping]\nenabled = false\n[checkpoint]\nevery_seconds = 0\n')
+    runs = tmp_path / "runs"
+    whole = traintop("run", config, "--nproc-per-node", "2", "--headless", "--name", "whole", runs=runs)
+    assert whole.returncode == 0, whole.stderr
+    started = traintop("run", config, "--nproc-per-node", "2", "--detach", "--name", "killed", runs=runs,
+                       SLOW_STEPS="1")
+    assert started.returncode == 0, started.stderr
+    folder = resolve_run(started.stdout.split()[0], runs)
+    try:
+        wait_until(lambda: logged_steps(folder) >= 12, what="the first steps")
+        ctl(folder, "pause", runs=runs)
+        ctl(folder, "checkpoint", runs=runs)
+        assert not folder.report.exists()  # paused mid-run, its last.pt just written
+    finally:
+        kill(folder)  # both ranks and their launcher, at once
+    wait_until(lambda: folder.locked_by() is None, seconds=30, what="the killed run's processes to end")
+
+    refused = traintop("resume", folder.run_id, "--nproc-per-node", "3", "--headless", runs=runs)
+    assert refused.returncode == 2 and "trained on 2 process(es)" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    resumed = traintop("resume", folder.run_id, "--headless", runs=runs)  # on 2 ranks, as it trained
+    assert resumed.returncode == 0, resumed.stderr
+
+    def test_of(name: str) -> dict:
+        events = read_events(resolve_run(name, runs).events)[0]
+        return [e for e in events if isinstance(e, ev.TestResult)][0].metrics
+
+    assert test_of("killed") == pytest.approx(test_of("whole"), abs=1e-6)
+    assert test_of("whole")["accuracy"] > 0.9  # one process: 0.9x after 6 epochs (see the report)
+
+
+def test_a_users_own_ddp_loop_under_torchrun_records_one_run_and_both_ranks_obey_at_the_same_step(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(EXAMPLES / "ddp_watch.py"), "--epochs", "1000", "--sleep", "0.01"],
+                            cwd=tmp_path, env=env_for(runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc)
+        wait_until(lambda: logged_steps(folder) >= 10, what="the first steps")
+        for command in (["pause"], ["lr", "x2"], ["checkpoint"], ["resume"], ["stop"]):
+            ctl(folder, *command, runs=runs)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert len(list(runs.iterdir())) == 1
+    events = read_events(folder.events)[0]
+    assert events[0].world_size == 2 and events[0].source == "watch"
+    assert events[-1].status == "stopped"
+    seen = applied(err)
+    for command in ("pause", "set_lr", "checkpoint", "resume", "stop"):
+        assert set(seen.get(command, {})) == {0, 1}, (command, seen)
+        assert seen[command][0] == seen[command][1], (command, seen)
+    assert (tmp_path / "digits_ddp.pt").exists()  # both ranks left the loop together and the script ended
