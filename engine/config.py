@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import reprlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +91,7 @@ class TrainConfig:
 class EarlyStoppingConfig:
     enabled: bool = True
     monitor: str = "val_loss"
-    mode: str = "min"
+    mode: str = "auto"  # resolved when the config is built: max for accuracy and r2, min otherwise
     patience: int = 5
     min_delta: float = 0.0
     restore_best: bool = True
@@ -114,13 +116,15 @@ class Config:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     base_dir: Path = field(default=Path("."), compare=False)  # relative paths resolve here
+    # (kind, message) of settings that are allowed but probably not meant; published like data warnings
+    warnings: list[tuple[str, str]] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The config as plain TOML-able sections."""
         return {
             f.name: dataclasses.asdict(getattr(self, f.name))
             for f in dataclasses.fields(self)
-            if f.name != "base_dir"
+            if f.name not in NOT_SECTIONS
         }
 
     def to_toml(self) -> str:
@@ -133,6 +137,8 @@ class Config:
         return p if p.is_absolute() else (self.base_dir / p)
 
 
+NOT_SECTIONS = ("base_dir", "warnings")
+
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "source"): BUILTIN_SOURCES + ("csv", "image_folder", "python", "torchvision"),
     ("data", "task"): ("auto", "classification", "regression"),
@@ -141,35 +147,130 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("schedule", "name"): ("none", "step", "cosine", "onecycle", "plateau"),
     ("train", "loss"): ("auto", "mse", "l1", "huber", "cross_entropy", "bce"),
     ("train", "on_nan"): ("stop", "skip"),
-    ("early_stopping", "mode"): ("min", "max"),
+    ("early_stopping", "mode"): ("auto", "min", "max"),
 }
-
-NOT_YET: dict[tuple[str, str], tuple[str, ...]] = {}
 
 # The learning rate a run may use, from the config or set live: lower bound excluded.
 LR_RANGE = (0.0, 10.0)
 
-POSITIVE = {
-    ("data", "batch_size"), ("train", "epochs"), ("data", "image_size"),
-    ("data", "memory_limit_mb"), ("data", "min_freq"), ("data", "max_vocab"),
-    ("schedule", "step_epochs"), ("optim", "lr"),
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key allows: finite, from `low` to `high` (each bound included unless open).
+
+    For a list key the range holds for each item, and `items` bounds the list's length.
+    """
+
+    low: float
+    high: float = math.inf  # inf: any finite number from `low` up
+    low_open: bool = False
+    high_open: bool = False
+    only: tuple[int, ...] = ()  # when set, just these values
+    note: str = ""  # says what is allowed, instead of the bounds
+    items: tuple[int, int] = (0, 0)  # a list's least and most items; (0, 0) for a single number
+
+    def contains(self, value) -> bool:
+        """True when `value` is a finite number in range (a huge int never is: it has no float)."""
+        try:
+            if not math.isfinite(value):
+                return False
+        except OverflowError:
+            return False
+        if self.only and value not in self.only:
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self, key: str, integer: bool) -> str:
+        """What is allowed, in words: "1 to 1000000", "0 < lr <= 10", "a finite number, 0 or more"."""
+        if self.note:
+            return self.note
+        low, high = _number(self.low), _number(self.high)
+        if math.isinf(self.high):
+            bound = f"above {low}" if self.low_open else f"{low} or more"
+            text = f"{'an integer' if integer else 'a finite number'}, {bound}"
+        elif self.low_open or self.high_open:
+            text = (f"{low} {'<' if self.low_open else '<='} {key} "
+                    f"{'<' if self.high_open else '<='} {high}")
+        else:
+            text = f"{'an integer ' if integer else ''}from {low} to {high}"
+        return f"each item {text}" if self.items != (0, 0) else text
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+# A seed larger than this cannot seed numpy; more threads than this only wait on each other (and
+# 100000 of them end the process).
+SEED_MAX = 2 ** 32 - 1
+THREADS_MAX = min(1024, 4 * (os.cpu_count() or 1))
+COUNT_MAX = 10 ** 9  # steps: more than any run takes
+EPOCHS_MAX = 10 ** 6
+WIDTH_MAX = 65536  # a layer wider than this is 2**32 weights next to another like it
+LAYERS_MAX = 1000
+
+# Every numeric key, with what it allows. Keys of a section that are missing here must still be
+# finite (see _validate), but every key gets its own range: tests/test_config.py checks that.
+RANGES: dict[tuple[str, str], Range] = {
+    ("run", "seed"): Range(0, SEED_MAX),
+    ("run", "threads"): Range(0, THREADS_MAX, note=f"an integer from 0 (all cores but one) to {THREADS_MAX} "
+                                                   f"(4 per core of this machine's {os.cpu_count() or 1} cores, "
+                                                   "at most 1024)"),
+    ("data", "split"): Range(0, 1, items=(3, 3), note="three fractions [train, val, test], each from 0 to 1"),
+    ("data", "batch_size"): Range(1, 1_000_000),
+    ("data", "image_size"): Range(1, 4096),  # a decoded 4096x4096 RGB image is 200 MB of float32
+    ("data", "channels"): Range(0, 3, only=(0, 1, 3), note="0 (from the files), 1 (grayscale), 3 (RGB)"),
+    ("data", "memory_limit_mb"): Range(1, 2 ** 20),  # 1 TiB
+    ("data", "min_freq"): Range(1, COUNT_MAX),
+    ("data", "max_vocab"): Range(1, 2 ** 24 - 2),  # token indices travel as float32: exact up to 2**24
+    ("model", "hidden"): Range(1, WIDTH_MAX, items=(0, LAYERS_MAX)),
+    ("model", "dropout"): Range(0, 1, high_open=True),
+    ("model", "channels"): Range(1, WIDTH_MAX, items=(1, LAYERS_MAX)),
+    ("optim", "lr"): Range(*LR_RANGE, low_open=True),
+    ("optim", "weight_decay"): Range(0),
+    ("optim", "momentum"): Range(0, 1, high_open=True),
+    ("schedule", "warmup_steps"): Range(0, COUNT_MAX),
+    ("schedule", "step_epochs"): Range(1, EPOCHS_MAX),
+    ("schedule", "gamma"): Range(0, 1, low_open=True),
+    ("schedule", "plateau_patience"): Range(0, EPOCHS_MAX),
+    ("schedule", "min_lr"): Range(0, LR_RANGE[1]),
+    ("train", "epochs"): Range(1, EPOCHS_MAX),
+    ("train", "grad_clip"): Range(0),
+    ("train", "val_every_steps"): Range(0, COUNT_MAX),
+    ("early_stopping", "patience"): Range(0, EPOCHS_MAX),
+    ("early_stopping", "min_delta"): Range(0),
+    ("checkpoint", "every_epochs"): Range(0, EPOCHS_MAX),
+    ("checkpoint", "every_seconds"): Range(0, 10 ** 7),  # about four months
 }
-NON_NEGATIVE = {
-    ("optim", "weight_decay"), ("optim", "momentum"), ("schedule", "warmup_steps"),
-    ("schedule", "plateau_patience"), ("schedule", "min_lr"), ("train", "grad_clip"),
-    ("train", "val_every_steps"), ("early_stopping", "patience"), ("early_stopping", "min_delta"),
-    ("checkpoint", "every_epochs"), ("checkpoint", "every_seconds"), ("model", "dropout"), ("run", "seed"), ("run", "threads"),
-}
+FINITE = Range(-math.inf)  # a numeric key without a range of its own: any finite number
+
+# Monitors where higher is better; every other (losses and errors) is minimised.
+MAXIMIZED = ("val_accuracy", "val_r2")
+
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def _sections() -> dict[str, type]:
-    return {f.name: f.type for f in dataclasses.fields(Config) if f.name != "base_dir"}
+    return {f.name: f.type for f in dataclasses.fields(Config) if f.name not in NOT_SECTIONS}
 
 
 def _section_types() -> dict[str, dict[str, Any]]:
     hints = get_type_hints(Config)
     return {name: get_type_hints(hints[name]) for name in _sections()}
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlong, _SHOW.maxstring, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxlevel = 40, 80, 8, 4, 3
+
+
+def show_value(value) -> str:
+    """A value for a message, cut short: a 400-digit integer or a deep list stays one line."""
+    text = _SHOW.repr(value)
+    if isinstance(value, int) and len(text) < len(str(value)):
+        text += f" ({len(str(abs(value)))} digits)"
+    return text
 
 
 def _describe(t) -> str:
@@ -188,7 +289,10 @@ def _check_type(value, t) -> Any:
             return value
     elif t is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer past any float: kept, so its range check names it
+                return value
     elif t is str:
         if isinstance(value, str):
             return value
@@ -219,7 +323,7 @@ def build_config(raw: dict[str, Any], origin: str = "the config", base_dir: Path
             try:
                 value = _check_type(value, t)
             except ValueError:
-                raise UserError(f"{where} must be {_describe(t)}, got {value!r}") from None
+                raise UserError(f"{where} must be {_describe(t)}, got {show_value(value)}") from None
             setattr(target, key, value)
     _validate(cfg, origin)
     return cfg
@@ -233,25 +337,14 @@ def _validate(cfg: Config, origin: str) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             fail(section, key, f"is {value!r}{did_you_mean(value, allowed)}; allowed: {', '.join(allowed)}")
-        if value in NOT_YET.get((section, key), ()):
-            fail(section, key, f"= {value!r} is not available in this version of traintop")
-    for section, key in POSITIVE:
-        if getattr(getattr(cfg, section), key) <= 0:
-            fail(section, key, "must be greater than 0")
-    for section, key in NON_NEGATIVE:
-        if getattr(getattr(cfg, section), key) < 0:
-            fail(section, key, "must be 0 or more")
+    _check_numbers(cfg, origin)
     if not DEVICE_RE.match(cfg.run.device):
         fail("run", "device", f"is {cfg.run.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
     split = cfg.data.split
-    if len(split) != 3 or any(s < 0 for s in split) or split[0] <= 0 or split[1] <= 0:
+    if split[0] <= 0 or split[1] <= 0:
         fail("data", "split", f"is {split}; give three fractions [train, val, test], train and val above 0")
     if abs(sum(split) - 1.0) > 1e-6:
         fail("data", "split", f"is {split}, which sums to {sum(split):g}; the fractions must sum to 1")
-    if not 0 <= cfg.model.dropout < 1:
-        fail("model", "dropout", f"is {cfg.model.dropout}; allowed: 0 <= dropout < 1")
-    if any(h <= 0 for h in cfg.model.hidden):
-        fail("model", "hidden", f"is {cfg.model.hidden}; every layer width must be greater than 0")
     if cfg.data.source == "csv" and not cfg.data.path:
         fail("data", "path", "is empty; data.source = \"csv\" needs the path of a CSV file")
     if cfg.data.source == "csv" and not cfg.data.target:
@@ -270,15 +363,10 @@ def _validate(cfg: Config, origin: str) -> None:
     if cfg.data.source == "torchvision" and not cfg.data.dataset:
         fail("data", "dataset", "is empty; data.source = \"torchvision\" needs one of MNIST, "
                                 "FashionMNIST, CIFAR10")
-    if cfg.data.channels not in (0, 1, 3):
-        fail("data", "channels", f"is {cfg.data.channels}; allowed: 0 (from the files), 1 (grayscale), 3 (RGB)")
-    if not cfg.model.channels or any(c <= 0 for c in cfg.model.channels):
-        fail("model", "channels", f"is {cfg.model.channels}; give one or more conv widths above 0, e.g. [32, 64]")
     monitor = cfg.early_stopping.monitor
     if not re.match(r"^val_[a-z0-9_]+$", monitor):
         fail("early_stopping", "monitor", f"is {monitor!r}; allowed: val_loss or val_<metric>, e.g. val_accuracy")
-    if not 0 < cfg.schedule.gamma <= 1:
-        fail("schedule", "gamma", f"is {cfg.schedule.gamma}; allowed: 0 < gamma <= 1")
+    _resolve_mode(cfg)
     if not cfg.run.name:
         model = cfg.model.kind
         source = {"csv": Path(cfg.data.path).stem, "image_folder": Path(cfg.data.path).name,
@@ -288,6 +376,48 @@ def _validate(cfg: Config, origin: str) -> None:
         cfg.run.name = f"{source}-{model}"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.run.name):
         fail("run", "name", f"is {cfg.run.name!r}; use letters, digits, '.', '_' and '-'")
+
+
+def _check_numbers(cfg: Config, origin: str) -> None:
+    """The one numeric rule: every number of every section finite and within its key's Range."""
+    for section, keys in _section_types().items():
+        for key, t in keys.items():
+            if t not in (int, float, list[int], list[float]):
+                continue
+            value = getattr(getattr(cfg, section), key)
+            rule = RANGES.get((section, key), FINITE)
+            integer = t in (int, list[int])
+            if isinstance(value, list):
+                least, most = rule.items
+                fits = least <= len(value) <= most and all(rule.contains(v) for v in value)
+                count = f"{least} to {most} items" if least else f"at most {most} items"
+                allowed = rule.note or f"{count}, {rule.describe(key, integer)}"
+            else:
+                fits, allowed = rule.contains(value), rule.describe(key, integer)
+            if not fits:
+                raise UserError(f"{origin}: {section}.{key} is {show_value(value)}; allowed: {allowed}")
+            if t is float:
+                setattr(getattr(cfg, section), key, float(value))
+            elif t is list[float]:
+                setattr(getattr(cfg, section), key, [float(v) for v in value])
+
+
+def monitor_mode(monitor: str) -> str:
+    """What the monitor means: "max" for accuracy and r2, "min" for losses and errors."""
+    return "max" if monitor in MAXIMIZED else "min"
+
+
+def _resolve_mode(cfg: Config) -> None:
+    """mode = "auto" becomes what the monitor means; a mode against its monitor is kept, with a warning."""
+    es = cfg.early_stopping
+    natural = monitor_mode(es.monitor)
+    if es.mode == "auto":
+        es.mode = natural
+    elif es.mode != natural:
+        better = "higher" if natural == "max" else "lower"
+        cfg.warnings.append(("config", f'early_stopping.mode = "{es.mode}" with monitor = "{es.monitor}": a '
+                                       f"{better} {es.monitor} is better, so early stopping will keep and "
+                                       f'restore the worst weights; use mode = "{natural}" or "auto"'))
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -302,6 +432,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {value_text}")["v"]
     except tomllib.TOMLDecodeError:
         value = value_text  # a bare word such as --set data.source=iris
+    except RecursionError:
+        raise UserError(f"--set {key}: the value is nested too deeply to read") from None
     return parts[0], parts[1], value
 
 
@@ -319,6 +451,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{p} is not valid TOML: {e}") from None
+        except RecursionError:
+            raise UserError(f"{p}: a value is nested too deeply to read") from None
         except UnicodeDecodeError:
             raise UserError(f"{p} is not a UTF-8 text file") from None
         base_dir = p.resolve().parent
@@ -329,7 +463,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise UserError(f"--set {text!r}: [{section}] in {origin} is not a table")
         raw[section][key] = value
     if overrides:
-        origin += " with --set " + " ".join(overrides)
+        origin += " with --set " + " ".join(o if len(o) <= 80 else o[:60] + "..." for o in overrides)
     return build_config(raw, origin, base_dir)
 
 

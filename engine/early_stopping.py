@@ -19,6 +19,12 @@ class EarlyStopping:
     best_step: int = 0
     since_best: int = 0
 
+    def __post_init__(self):
+        if self.mode == "auto":  # a Config built without validation still means what its monitor means
+            from .config import monitor_mode
+
+            self.mode = monitor_mode(self.monitor)
+
     def improves(self, value: float) -> bool:
         """True when `value` beats the best by more than min_delta."""
         if self.best is None:

@@ -11,7 +11,7 @@ import torch
 
 from .data import Dataset
 from .data.feed import EVAL_BATCH
-from .data.tabular import category_key
+from .data.tabular import BadValue, category_key
 from .errors import UserError
 from .models import Objective
 
@@ -113,7 +113,10 @@ def predict_outputs(model, objective: Objective, data: Dataset, inputs: list[dic
     # rows in the same order give the same numbers, bit for bit, wherever they are asked.
     parts: list[tuple[list[int], torch.Tensor]] = []
     if records:
-        parts.append((records, record_inputs(data.preprocess, [inputs[i] for i in records], device)))
+        try:
+            parts.append((records, record_inputs(data.preprocess, [inputs[i] for i in records], device)))
+        except BadValue as e:  # its row is the record's place among the records: name the input
+            raise UserError(e.at(f"input {records[e.row] if 0 <= e.row < len(records) else e.row}")) from None
     for split, refs in held.items():
         if feeds[split].in_memory:
             parts.append(([i for i, _ in refs], feeds[split].inputs([index for _, index in refs])))
@@ -171,7 +174,8 @@ def predict_records(model, objective: Objective, preprocess, records: list[dict]
     """The model's answer for raw records, through the preprocessing fitted in training.
 
     The one path every prediction takes (the dashboard, the `predict` command and `traintop
-    predict`), so the same input gets the same answer everywhere.
+    predict`), so the same input gets the same answer everywhere, and the same refusal: a value
+    that is not a finite number names its row and column (a blank is missing, as in training).
     """
     if not records:
         return []

@@ -49,6 +49,9 @@ def load_factory(spec: str, key: str, base_dir: Path) -> Callable:
         raise UserError(f"{key}: importing {module_name!r} failed:\n{_their_traceback(e)}") from None
     except Exception as e:  # noqa: BLE001 - any error in the user's module is theirs to see
         raise UserError(f"{key}: importing {module_name!r} failed:\n{_their_traceback(e)}") from None
+    except SystemExit as e:  # traintop must not end, as if it had finished, without a run
+        raise UserError(f"{key}: importing {module_name!r} called sys.exit({e.code!r}); a module named "
+                        "in the config must not exit") from None
     fn = getattr(module, function, None)
     if fn is None or not callable(fn):
         raise UserError(f"{key}: {module_name!r} has no function {function!r}")
@@ -63,3 +66,6 @@ def call_factory(fn: Callable, key: str, *args) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - their code, their error
         raise UserError(f"{key}: {getattr(fn, '__name__', 'the factory')}() failed:\n{_their_traceback(e)}") from None
+    except SystemExit as e:  # traintop must not end, as if it had finished, without a run
+        raise UserError(f"{key}: {getattr(fn, '__name__', 'the factory')}() called sys.exit({e.code!r}) "
+                        "instead of returning; a factory must return what it makes") from None

@@ -25,6 +25,7 @@ class DataInfo:
     vocab_size: int = 0  # text: embedding rows (words, padding 0, out-of-vocabulary 1)
     text_tokens: int = 0  # text: the last this many input columns are token indices
     kind: str = "tabular"  # the data's kind: tabular | text | image | tensor
+    input_dtype: str = "float32"  # float32, or int64 for a factory's integer inputs (token ids)
 
     @property
     def n_classes(self) -> int:
@@ -36,7 +37,7 @@ class DataInfo:
         return cls(input_shape=tuple(preprocess.input_shape), n_outputs=n_outputs, task=preprocess.task,
                    classes=tuple(preprocess.classes), feature_names=tuple(preprocess.features),
                    vocab_size=preprocess.vocab_size, text_tokens=getattr(preprocess, "max_tokens", 0),
-                   kind=preprocess.kind)
+                   kind=preprocess.kind, input_dtype=getattr(preprocess, "dtype", "float32"))
 
 
 def _mlp(width: int, hidden: list[int], dropout: float, n_outputs: int) -> list[nn.Module]:
@@ -49,6 +50,12 @@ def _mlp(width: int, hidden: list[int], dropout: float, n_outputs: int) -> list[
     return layers + [nn.Linear(width, n_outputs)]
 
 
+# The built-in models are for tables, images and short texts: past this many parameters (1 GB of
+# float32 weights, 4 GB with gradients and Adam's state) a config is a slip, like two layers of
+# 65536 (4.3 billion), not a plan; it would exhaust memory before saying so.
+MAX_PARAMS = 2 ** 28
+
+
 def build_model(cfg: Config, info: DataInfo | int, n_outputs: int | None = None) -> nn.Module:
     """The configured model for the data `info` describes (or for `info` inputs and `n_outputs` outputs)."""
     if isinstance(info, int):
@@ -56,6 +63,18 @@ def build_model(cfg: Config, info: DataInfo | int, n_outputs: int | None = None)
     m = cfg.model
     if m.kind == "python":
         return _python_model(cfg, info)
+    with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
+        n = sum(p.numel() for p in _built_in(cfg, info).parameters())
+    if n > MAX_PARAMS:
+        widths = f"model.hidden = {m.hidden}" + (f" and model.channels = {m.channels}" if m.kind == "cnn" else "")
+        vocab = f" over a vocabulary of {info.vocab_size:,} words" if m.kind == "text" else ""
+        raise UserError(f"model.kind = {m.kind!r} with {widths}{vocab} makes a model of {n:,} parameters; "
+                        f"the built-in models allow up to {MAX_PARAMS:,}: use narrower layers")
+    return _built_in(cfg, info)
+
+
+def _built_in(cfg: Config, info: DataInfo) -> nn.Module:
+    m = cfg.model
     if info.kind == "text" and m.kind != "text":
         raise UserError(f"model.kind = {m.kind!r} cannot read a text column (data.text); "
                         "use model.kind = \"text\" or \"python\"")
@@ -122,7 +141,40 @@ def _python_model(cfg: Config, info: DataInfo) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"model.factory {cfg.model.factory!r} returned a {type(model).__name__}; "
                         "it must return a torch.nn.Module")
+    _check_outputs(model, info)
     return model
+
+
+def _check_outputs(model: nn.Module, info: DataInfo) -> None:
+    """A user's model must answer a batch with one row of `n_outputs` per input: a wrong width is
+    named now, not met as a shape error (or a silently wrong loss) in the first step."""
+    from .factory import _their_traceback
+
+    x = torch.zeros(2, *info.input_shape, dtype=torch.int64 if info.input_dtype == "int64" else torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # noqa: BLE001 - their forward, their error
+        raise UserError(f"model.factory: the model's forward failed on a batch of 2 inputs of shape "
+                        f"{list(info.input_shape)} ({x.dtype}):\n{_their_traceback(e)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"model.factory: the model returned a {type(out).__name__} for a batch of inputs; "
+                        "its forward must return a tensor of outputs")
+    want = [2, info.n_outputs]
+    if list(out.shape) != want:
+        if info.task != "classification":
+            why = "one value per input, for a regression"
+        elif info.n_outputs == 1:
+            why = "one logit per input, for bce"
+        else:
+            why = f"one logit per class ({', '.join(info.classes[:5])}{', ...' if info.n_classes > 5 else ''})"
+        raise UserError(f"model.factory: the model's output for a batch of 2 inputs of shape "
+                        f"{list(info.input_shape)} has shape {list(out.shape)}; this data needs {want}: {why}; "
+                        "use info.n_outputs for the last layer's width")
 
 
 LOSSES = {  # functional forms: the loss is computed every step, and a module call costs more

@@ -19,6 +19,7 @@ from . import wire
 from .checkpoint import load_checkpoint
 from .config import Config, load_config
 from .data import Dataset, load_data, load_preprocessor, read_csv_file
+from .data.tabular import BadValue
 from .errors import UserError
 from .evaluation import predict_outputs, predict_records
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
@@ -146,14 +147,17 @@ class Predictor:
 
     def predict_csv(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         """The rows of a CSV of raw features (extra columns ignored) and their answers."""
-        frame = read_csv_file(path, "input")
+        frame = read_csv_file(path, "input", nan_is_missing=False)
         missing = [c for c in self.preprocess.features if c not in frame.columns]
         if missing:
             raise UserError(f"input {path} is missing feature column(s) {', '.join(missing)}; "
                             f"the model was trained on: {', '.join(self.preprocess.features)}")
         frame = frame[self.preprocess.features]
         ids = [str(i) for i in range(len(frame))]
-        return ids, self.predict(frame.to_dict("records"))
+        try:
+            return ids, self.predict(frame.to_dict("records"))
+        except BadValue as e:
+            raise UserError(f"input {e.at(f'{path}, row {e.row} (line {e.row + 2})')}") from None
 
     def header(self) -> list[str]:
         """The columns of a predictions table: the row (an image's path), the prediction, ..."""
@@ -209,6 +213,8 @@ class RunPredictions:
                                           allow_test=self.test_done, with_inputs=c.with_inputs)
             else:
                 outputs = p.predict(c.inputs)
+        except BadValue as e:  # named as the live engine names it
+            return cmd.Reply(False, e.at(f"input {e.row}"))
         except UserError as e:
             return cmd.Reply(False, str(e))
         except Exception as e:  # noqa: BLE001 - as in the engine: a bad input gets an answer, not a crash

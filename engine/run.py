@@ -225,7 +225,7 @@ class Run:
                 data=t.data.summary(self.cfg.data.batch_size),
                 epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch,
                 layers=describe_layers(t.model), world_size=1, source="config"))
-            for kind, message in [*getattr(self.cfg, "warnings", []), *t.data.warnings]:
+            for kind, message in [*self.cfg.warnings, *t.data.warnings]:
                 session.warn(kind, message, step=0)
             t.policies.announce()
         else:

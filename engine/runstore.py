@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import time
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,59 @@ def default_runs_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("traintop")) / "runs"
+
+
+RUN_ID_EXTRA = len("20261126-141503-") + len("-999")  # a run id's time stamp, and a same-second suffix
+FILE_EXTRA = len("/checkpoints/last.pt.tmp")  # the longest path a run writes inside its folder
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself when it exists, else its nearest ancestor that does."""
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_runs_dir(runs_dir: Path, name: str | None = None, what: str = "runs dir") -> None:
+    """Refuse, before any data is loaded, a runs dir that cannot hold a new run (UserError).
+
+    It must be a folder (or not exist yet, under folders), writable by this user, and leave room
+    for the run id `<yyyymmdd-hhmmss>-<name>` within the file system's limits on names and paths.
+    `what` names the folder in messages (a resumed run checks its own folder).
+    """
+    hint = "; choose another with --runs-dir or TRAINTOP_RUNS_DIR" if what == "runs dir" else ""
+    existing = nearest_existing(runs_dir)
+    if not existing.is_dir():
+        if existing == Path(os.path.abspath(runs_dir)):
+            raise UserError(f"{what} {runs_dir} is a file, not a folder{hint}")
+        raise UserError(f"{what} {runs_dir} lies under {existing}, which is a file, not a folder{hint}")
+    problem = None
+    try:  # os.access alone trusts mode bits, which root passes: /proc or a full quota shows on a real write
+        os.rmdir(tempfile.mkdtemp(prefix=".traintop-probe-", dir=existing))
+    except OSError as e:
+        problem = e.strerror or type(e).__name__
+    if problem is None and not os.access(existing, os.W_OK | os.X_OK):
+        problem = "Permission denied"
+    if problem:
+        where = "" if existing == Path(os.path.abspath(runs_dir)) else f" (nothing can be created in {existing})"
+        raise UserError(f"{what} {runs_dir} cannot be written{where}: {problem}{hint}")
+    if name is None:
+        return
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    size = len(os.fsencode(name))
+    if RUN_ID_EXTRA + size > name_max:
+        raise UserError(f"run name {name[:40]}... is {size} bytes long; a run id (<yyyymmdd-hhmmss>-<name>) "
+                        f"must fit the file system's limit of {name_max} bytes per name: use a name of at "
+                        f"most {name_max - RUN_ID_EXTRA} bytes (--name or run.name)")
+    room = path_max - len(os.fsencode(os.path.abspath(runs_dir))) - 1 - RUN_ID_EXTRA - FILE_EXTRA
+    if size > room:
+        raise UserError(f"{what} {runs_dir} with the run name {name[:40]!r} makes paths longer than the file "
+                        f"system's limit of {path_max} bytes; use a shorter --runs-dir or name")
 
 
 @dataclass(frozen=True)

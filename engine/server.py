@@ -36,21 +36,30 @@ FINISHED = b'{"event":"run_finished"'
 def bind_private(path: Path) -> socket.socket:
     """A listening Unix socket at `path` that only its owner can connect to (mode 0600).
 
-    A stale socket left by a killed run is replaced; a live one is an error.
+    It is bound under a temporary name and moved into place once it listens, so a socket file
+    that exists always answers. A stale socket left by a killed run is replaced; a live one is
+    an error.
     """
     if path.exists() or path.is_symlink():
         if socket_is_live(path):
             raise UserError(f"{path} is in use by a live run")
         path.unlink()
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # created 0600: no moment where others could connect
     try:
-        with socket_address(path) as address:
+        with socket_address(staging) as address:
             sock.bind(address)
+        os.chmod(staging, 0o600)
+        sock.listen(128)  # many clients may attach at the same moment
+        os.replace(staging, path)
+    except BaseException:
+        sock.close()
+        staging.unlink(missing_ok=True)
+        raise
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(128)  # many clients may attach at the same moment
     sock.setblocking(False)
     return sock
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -107,3 +108,107 @@ def test_a_bad_run_name_on_the_command_line_is_refused_like_one_in_the_config(tm
                            "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "run.name" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+# -- the file system, checked before any data is loaded ---------------------------------------------
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder nobody can create anything in, root included: a read-only tmpfs where this machine
+    lets us mount one, else /proc (whose top level takes no new folders)."""
+    import os
+
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "traintop-test", str(mount)],
+                          capture_output=True) if os.geteuid() == 0 else None
+    if made is not None and made.returncode == 0:
+        yield mount
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    else:
+        yield Path("/proc")
+
+
+def run_in(runs_dir, *args) -> subprocess.CompletedProcess:
+    return traintop("run", "--headless", "--runs-dir", str(runs_dir), "--set", "train.epochs=1", *args)
+
+
+def refused_before_loading(result, *words):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.startswith("traintop: error: ")
+    for word in words:
+        assert word in result.stderr
+    assert "task" not in result.stdout  # no data summary, no run: nothing was loaded
+
+
+def test_a_runs_dir_that_is_a_file_is_refused_naming_it(tmp_path):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    refused_before_loading(run_in(runs), str(runs), "is a file")
+    refused_before_loading(traintop("run", "--detach", "--runs-dir", str(runs)), str(runs), "is a file")
+
+
+def test_a_runs_dir_under_a_file_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    runs = tmp_path / "notes.txt" / "deeper" / "runs"
+    refused_before_loading(run_in(runs), str(runs), f"lies under {tmp_path / 'notes.txt'}")
+
+
+def test_a_runs_dir_that_cannot_be_written_is_refused_even_for_root(unwritable):
+    runs = unwritable / "traintop-runs"
+    refused_before_loading(run_in(runs), str(runs), "cannot be written")
+    assert not runs.exists()
+
+
+def test_a_run_name_too_long_for_the_file_system_is_refused_with_the_longest_allowed(tmp_path):
+    result = run_in(tmp_path / "runs", "--name", "n" * 240)
+    refused_before_loading(result, "240 bytes", "255 bytes per name", "at most 235 bytes")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    ok = run_in(tmp_path / "runs", "--name", "n" * 235)
+    assert ok.returncode == 0, ok.stderr
+    assert len(next((tmp_path / "runs").iterdir()).name) == 16 + 235
+
+
+# -- bad data, named as data ------------------------------------------------------------------------
+
+def test_infinite_values_in_a_csv_are_named_as_data_not_as_a_learning_rate_problem(tmp_path, write_config):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "label": rng.choice(["yes", "no"], 60)})
+    frame.loc[33, "x"] = np.inf
+    frame.to_csv(tmp_path / "inf.csv", index=False)
+    stderr = run_fails(tmp_path, csv_config(write_config, "inf.csv"), "inf.csv", "column 'x'", "line 35")
+    assert "optim.lr" not in stderr and "non-finite loss" not in stderr
+
+
+def test_check_lists_every_column_with_its_type_missing_count_and_encoding(tmp_path, write_config):
+    rng = np.random.default_rng(0)
+    n = 120
+    frame = pd.DataFrame({
+        "order_id": [f"A-{i:06d}" for i in range(n)],
+        "weight": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+        "colour": rng.choice(["red", "green", "blue"], n),
+        "label": rng.choice(["yes", "no"], n)})
+    frame.to_csv(tmp_path / "orders.csv", index=False)
+    result = traintop("check", str(csv_config(write_config, "orders.csv")))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]
+            if line.startswith("            ") and len(line.split()) >= 4}
+    missing = int(frame["weight"].isna().sum())
+    assert re.search(rf"weight\s+numeric\s+{missing}\s+scaled", rows["weight"])
+    assert re.search(r"colour\s+categorical\s+0\s+one-hot, 3 categories", rows["colour"])
+    assert re.search(r"order_id\s+left out\s+0\s+left out: ID-like, 120 distinct of 120", rows["order_id"])
+    assert re.search(r"label\s+target\s+0\s+2 classes", rows["label"])
+    assert "warning     [data] column 'order_id' looks like an ID" in result.stdout
+    assert re.search(r"^features\s+2 \(1 numeric, 1 categorical\) -> 4 inputs", result.stdout, re.M)
+
+
+def test_a_model_too_large_for_the_built_in_kinds_is_refused_before_it_is_allocated(tmp_path):
+    import time
+
+    started = time.monotonic()
+    result = traintop("run", "--headless", "--runs-dir", str(tmp_path / "runs"), "--set", "train.epochs=1",
+                      "--set", "model.hidden=[65536, 65536]")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.hidden = [65536, 65536]" in result.stderr and "4,299," in result.stderr  # 4.3 billion
+    assert "parameters" in result.stderr and not (tmp_path / "runs").exists()
+    assert time.monotonic() - started < 60  # nothing of 17 GB was built

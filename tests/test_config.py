@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 
 import pytest
 
-from traintop.engine.config import build_config, load_config, parse_override
+import math
+import os
+import subprocess
+import sys
+
+from traintop.engine.config import (LR_RANGE, RANGES, _section_types, build_config, load_config,
+                                    parse_override)
 from traintop.engine.errors import UserError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -173,7 +180,8 @@ def test_split_summing_to_one_is_accepted():
 
 
 def test_epochs_must_be_positive():
-    assert "greater than 0" in error_of(None, ["train.epochs=0"])
+    message = error_of(None, ["train.epochs=0"])
+    assert "train.epochs is 0" in message and "allowed: an integer from 1 to" in message
 
 
 def test_csv_source_needs_a_path_and_a_target():
@@ -222,3 +230,154 @@ def test_to_toml_round_trips_strings_with_quotes_backslashes_and_newlines():
     again = build_config(tomllib.loads(cfg.to_toml()))
     assert again.data.path == awkward
     assert again.data.target == 'the "label"\n'
+
+
+# -- one numeric rule -------------------------------------------------------------------------------
+
+NUMERIC = (int, float, list[int], list[float])
+
+
+def test_every_numeric_key_of_every_section_has_a_range_of_its_own():
+    numeric = {(section, key) for section, keys in _section_types().items()
+               for key, t in keys.items() if t in NUMERIC}
+    assert numeric == set(RANGES)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=nan", "optim.lr"),
+    ("optim.lr=inf", "optim.lr"),
+    ("optim.lr=-inf", "optim.lr"),
+    ("data.split=[nan, 0.5, 0.5]", "data.split"),
+    ("data.split=[inf, 0.5, 0.5]", "data.split"),
+    ("early_stopping.min_delta=nan", "early_stopping.min_delta"),
+    ("early_stopping.min_delta=inf", "early_stopping.min_delta"),
+    ("train.grad_clip=nan", "train.grad_clip"),
+    ("optim.weight_decay=inf", "optim.weight_decay"),
+    ("checkpoint.every_seconds=nan", "checkpoint.every_seconds"),
+    ("schedule.min_lr=nan", "schedule.min_lr"),
+    ("run.seed=4294967296", "run.seed"),
+    ("run.seed=-1", "run.seed"),
+    ("run.threads=100000", "run.threads"),
+    ("model.hidden=[64, 1000000000000]", "model.hidden"),
+    ("model.hidden=[0]", "model.hidden"),
+    ("model.channels=[32, 100000]", "model.channels"),
+    ("model.channels=[]", "model.channels"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.batch_size=10000000000", "data.batch_size"),
+    ("data.image_size=100000", "data.image_size"),
+    ("data.memory_limit_mb=0", "data.memory_limit_mb"),
+    ("data.max_vocab=100000000", "data.max_vocab"),
+    ("train.epochs=100000000", "train.epochs"),
+    ("model.dropout=1", "model.dropout"),
+    ("model.dropout=-0.1", "model.dropout"),
+    ("schedule.gamma=0", "schedule.gamma"),
+    ("schedule.gamma=1.5", "schedule.gamma"),
+    ("optim.momentum=1", "optim.momentum"),
+    ("optim.lr=0", "optim.lr"),
+    ("data.channels=2", "data.channels"),
+])
+def test_numbers_out_of_their_range_are_refused_naming_the_key_and_what_is_allowed(override, key):
+    message = error_of(None, [override])
+    assert f"{key} is " in message and "; allowed: " in message
+    assert "--set " + override in message  # where the value came from
+
+
+def test_nan_and_inf_literals_in_a_config_file_go_through_the_same_rule(write_config):
+    path = write_config("[optim]\nlr = nan\n")
+    message = error_of(path)
+    assert str(path) in message and "optim.lr is nan; allowed: 0 < lr <= 10" in message
+    path = write_config("[data]\nsplit = [0.7, inf, 0.15]\n", "split.toml")
+    assert "data.split is [0.7, inf, 0.15]" in error_of(path)
+
+
+def test_a_400_digit_integer_is_refused_by_its_range_not_an_overflow(write_config):
+    huge = "1" + "0" * 400
+    for key in ("optim.lr", "train.epochs", "data.split"):
+        value = f"[{huge}, 0.5, 0.5]" if key == "data.split" else huge
+        message = error_of(None, [f"{key}={value}"])
+        assert f"{key} is " in message and "100000000000000000...0000" in message and "allowed: " in message
+        assert len(message) < 400  # the value is cut short, not printed whole
+
+
+def test_a_value_nested_too_deeply_to_read_is_an_error_not_a_crash(write_config):
+    assert "nested too deeply" in error_of(None, ["model.hidden=" + "[" * 5000 + "]" * 5000])
+    assert "nested too deeply" in error_of(write_config("[model]\nhidden = " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
+def test_the_learning_rate_range_is_the_one_a_live_change_uses():
+    low, high = LR_RANGE
+    assert load_config(None, [f"optim.lr={high}"]).optim.lr == high
+    assert "allowed: 0 < lr <= 10" in error_of(None, [f"optim.lr={high * 1.0001}"])
+    assert "optim.lr is 0.0" in error_of(None, [f"optim.lr={low}"])
+
+
+@pytest.mark.parametrize("section, key", sorted(RANGES))
+def test_the_bounds_of_every_range_are_themselves_allowed(section, key):
+    rule = RANGES[(section, key)]
+    if rule.items != (0, 0) or rule.only:  # lists and choices: covered above
+        return
+    integer = isinstance(getattr(load_config().__getattribute__(section), key), int)
+    for bound, is_open in ((rule.low, rule.low_open), (rule.high, rule.high_open)):
+        if is_open or math.isinf(bound):
+            continue
+        value = int(bound) if integer else float(bound)
+        cfg = build_config({section: {key: value}})
+        assert getattr(getattr(cfg, section), key) == value
+
+
+def test_threads_may_use_up_to_four_per_core_of_this_machine():
+    most = min(1024, 4 * (os.cpu_count() or 1))
+    assert load_config(None, [f"run.threads={most}"]).run.threads == most
+    assert f"to {most}" in error_of(None, [f"run.threads={most + 1}"])
+
+
+def test_a_bad_number_on_the_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--headless", "--runs-dir",
+                             str(tmp_path / "runs"), "--set", "optim.lr=inf"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("traintop: error: the built-in demo config with --set optim.lr=inf: "
+                                     "optim.lr is inf; allowed: 0 < lr <= 10")
+    assert not (tmp_path / "runs").exists()
+
+
+# -- early_stopping.mode ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("monitor, mode", [
+    ("val_loss", "min"), ("val_accuracy", "max"), ("val_r2", "max"), ("val_mae", "min"), ("val_rmse", "min"),
+])
+def test_mode_auto_means_what_the_monitor_means(monitor, mode):
+    cfg = load_config(None, [f"early_stopping.monitor={monitor}"])
+    assert cfg.early_stopping.mode == mode and not cfg.warnings
+    assert f'mode = "{mode}"' in cfg.to_toml()  # the resolved config says which
+
+
+def test_mode_auto_stays_readable_in_a_config_file(write_config):
+    cfg = load_config(write_config('[early_stopping]\nmonitor = "val_accuracy"\nmode = "auto"\n'))
+    assert cfg.early_stopping.mode == "max"
+    again = build_config(tomllib.loads(cfg.to_toml()))
+    assert again.early_stopping.mode == "max" and not again.warnings
+
+
+def test_a_mode_against_its_monitor_is_kept_with_a_config_warning():
+    cfg = load_config(None, ["early_stopping.monitor=val_accuracy", "early_stopping.mode=min"])
+    assert cfg.early_stopping.mode == "min"
+    [(kind, message)] = cfg.warnings
+    assert kind == "config" and "val_accuracy" in message and 'mode = "max"' in message
+
+
+def test_check_and_the_run_show_the_mode_warning(tmp_path):
+    args = ["--set", "early_stopping.monitor=val_accuracy", "--set", "early_stopping.mode=min",
+            "--set", "train.epochs=1"]
+    check = subprocess.run([sys.executable, "-m", "traintop.tui", "check", *args],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert "warning     [config] early_stopping.mode = \"min\" with monitor = \"val_accuracy\"" in check.stdout
+    run = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--headless", "--runs-dir",
+                          str(tmp_path / "runs"), *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    [folder] = (tmp_path / "runs").iterdir()
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    warnings = [e for e in events if e["event"] == "warning" and e["kind"] == "config"]
+    assert len(warnings) == 1 and "val_accuracy" in warnings[0]["message"] and warnings[0]["step"] == 0
+    assert 'mode = "min"' in (folder / "config.toml").read_text()

@@ -278,3 +278,159 @@ def test_in_memory_batches_follow_the_permutation_however_many_rows_are_gathered
     assert torch.equal(torch.cat([yb for _, yb in batches]), order[16:])
     assert all(torch.equal(xb, x[yb]) for xb, yb in batches)
     assert [len(yb) for _, yb in batches][-2:] == [8, 4]
+
+
+# -- bad data named as bad data ---------------------------------------------------------------------
+
+def error_of(path, **data) -> str:
+    with pytest.raises(UserError) as e:
+        csv_data(path, **data)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "1e400", "-Infinity"])
+def test_an_infinite_or_overflowing_value_names_its_column_and_line(tmp_path, bad):
+    rows = [f"{i},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(40)]
+    rows[16] = f"16,{bad},no"  # line 18 of the file
+    path = tmp_path / "t.csv"
+    path.write_text("x,y,label\n" + "\n".join(rows) + "\n")
+    message = error_of(path)
+    assert "column 'y'" in message and "line 18" in message and str(path) in message
+    assert "finite" in message
+
+
+def test_a_regression_target_near_1e300_is_named_as_the_target(write_csv):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "price": rng.normal(size=60) * 1e300})
+    message = error_of(write_csv(frame), target="price")
+    assert "data.target" in message and "'price'" in message and "too large" in message
+
+
+def test_a_regression_target_of_infinity_is_named_as_the_target(write_csv):
+    frame = pd.DataFrame({"x": np.arange(60.0), "price": np.r_[np.arange(59.0) * 1.5, np.inf]})
+    message = error_of(write_csv(frame), target="price")
+    assert "data.target: column 'price'" in message and "line 61" in message
+
+
+def test_a_feature_too_large_to_standardize_is_named(write_csv):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"mass": rng.normal(size=60) * 1e300, "label": ["a", "b"] * 30})
+    message = error_of(write_csv(frame))
+    assert "column 'mass'" in message and "too large to standardize" in message
+
+
+def test_a_value_far_past_the_fitted_scale_is_refused_when_transformed(write_csv):
+    pre = csv_data(write_csv(mixed_table())).preprocess
+    with pytest.raises(UserError, match=r"row 1, column 'size': 1e\+300 is too large for the scale"):
+        pre.transform(pd.DataFrame({"size": [3.0, 1e300], "colour": ["red", "red"], "rooms": [2, 2]}))
+
+
+def test_a_column_named_twice_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("a,b,a,label\n" + "".join(f"{i},{i},{i},{'xy'[i % 2]}\n" for i in range(30)))
+    message = error_of(path)
+    assert "'a'" in message and "more than once" in message and "'a.1'" not in message
+
+
+# -- which columns become inputs --------------------------------------------------------------------
+
+def id_table(n: int = 200) -> pd.DataFrame:
+    frame = mixed_table(n)
+    frame.insert(0, "customer", [f"cust-{i:05d}" for i in range(n)])
+    return frame
+
+
+def test_an_id_like_text_column_is_left_out_with_a_warning(write_csv):
+    data = csv_data(write_csv(id_table()))
+    assert "customer" not in data.preprocess.features
+    assert not any(name.startswith("customer=") for name in data.preprocess.output_names)
+    [message] = [m for kind, m in data.warnings if kind == "data" and "customer" in m]
+    assert "looks like an ID" in message and "200 distinct of 200" in message and "data.features" in message
+    described = {c["name"]: c for c in data.summary()["columns"]}
+    assert described["customer"]["type"] == "left out"
+    assert described["customer"]["encoding"] == "left out: ID-like, 200 distinct of 200"
+
+
+def test_an_id_like_column_named_in_features_is_kept(write_csv):
+    data = csv_data(write_csv(id_table()), features=["customer", "size"])
+    assert data.preprocess.features == ["customer", "size"]
+    assert not [m for _, m in data.warnings if "looks like an ID" in m]
+
+
+def test_a_text_column_of_repeated_values_or_few_rows_is_not_id_like(write_csv):
+    assert "colour" in csv_data(write_csv(mixed_table())).preprocess.features
+    few = id_table(15)  # too few rows to tell an id from a small table
+    assert "customer" in csv_data(write_csv(few)).preprocess.features
+
+
+def test_each_column_is_described_with_its_type_missing_count_and_encoding(write_csv):
+    frame = mixed_table()
+    frame["nothing"] = np.nan
+    data = csv_data(write_csv(frame))
+    described = {c["name"]: (c["type"], c["missing"], c["encoding"]) for c in data.summary()["columns"]}
+    missing = int(frame["size"].isna().sum())
+    assert described["size"][:2] == ("numeric", missing) and described["size"][2].startswith("scaled")
+    assert described["colour"] == ("categorical", 0, "one-hot, 3 categories")
+    assert described["rooms"] == ("categorical", 0, "one-hot, 4 categories")
+    assert described["nothing"] == ("left out", len(frame), "left out: no values")
+    assert described["label"] == ("target", 0, "2 classes")
+
+
+# -- raw records at predict time --------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, why", [
+    ("abc", "is not a number"),
+    ("12 kg", "is not a number"),
+    ("inf", "is not a finite number"),
+    ("-inf", "is not a finite number"),
+    ("nan", "is not a finite number"),
+    ("1e400", "is not a finite number"),
+    (float("inf"), "is not a finite number"),
+    (10 ** 400, "is too large a number"),
+    (True, "is not a number"),
+    ([1, 2], "is not a number"),
+])
+def test_a_raw_value_that_is_not_a_finite_number_is_refused_naming_row_and_column(write_csv, value, why):
+    pre = csv_data(write_csv(mixed_table())).preprocess
+    rows = pd.DataFrame({"size": [1.0, value], "colour": ["red", "red"], "rooms": [2, 2]})
+    with pytest.raises(UserError) as e:
+        pre.transform(rows)
+    assert "row 1, column 'size'" in str(e.value) and why in str(e.value)
+
+
+@pytest.mark.parametrize("blank", [None, np.nan, "", "  ", "NA", "null"])
+def test_a_blank_raw_value_stays_missing_and_is_imputed_as_in_training(write_csv, blank):
+    data = csv_data(write_csv(mixed_table()))
+    pre = data.preprocess
+    x = pre.transform(pd.DataFrame({"size": [blank], "colour": ["red"], "rooms": [2]}))
+    median = next(c for c in pre.columns if c["name"] == "size")["fill"]
+    expected = pre.transform(pd.DataFrame({"size": [median], "colour": ["red"], "rooms": [2]}))
+    assert np.array_equal(x, expected)
+
+
+def test_a_column_of_numbers_with_a_few_typos_stays_numeric_and_names_them(tmp_path):
+    rows = [f"{i * 0.5},{'xy'[i % 2]}" for i in range(60)]
+    rows[9] = "?,x"  # line 11
+    path = tmp_path / "typo.csv"
+    path.write_text("weight,label\n" + "\n".join(rows) + "\n")
+    data = csv_data(path)
+    assert data.preprocess.feature_types() == {"weight": "numeric"}
+    [message] = [m for kind, m in data.warnings if "weight" in m]
+    assert "1 value(s) are not" in message and "'?' at line 11" in message and "missing" in message
+
+
+def test_blank_labels_are_dropped_like_missing_ones(tmp_path):
+    rows = [f"{i},{'xy'[i % 2]}" for i in range(40)]
+    rows[5] = "5,  "
+    path = tmp_path / "blank.csv"
+    path.write_text("x,label\n" + "\n".join(rows) + "\n")
+    data = csv_data(path)
+    assert sum(len(data.y[s]) for s in ("train", "val", "test")) == 39
+    assert any("1 rows without a 'label' value were dropped" in m for _, m in data.warnings)
+
+
+def test_a_small_table_with_many_classes_is_split_without_stratifying_rather_than_refused():
+    labels = np.repeat(np.arange(5), 2)  # ten rows, five classes: too few per part to stratify
+    train, val, test = split_indices(10, [0.7, 0.15, 0.15], 0, labels)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(10))
+    assert len(val) and len(test)

@@ -79,7 +79,7 @@ def test_signal_stops_cleanly_after_saving_last_checkpoint(tmp_path, sig, code):
 def test_a_failed_run_exits_1_and_keeps_its_log(tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs),
-                           "--set", "optim.name=sgd", "--set", "optim.lr=1e30", "--set", "train.epochs=50"],
+                           "--set", "optim.name=sgd", "--set", "optim.lr=10", "--set", "train.epochs=50"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "nan_loss" in proc.stdout and "finished: failed" in proc.stdout

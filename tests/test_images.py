@@ -158,7 +158,7 @@ async def test_a_held_out_image_is_shown_with_its_path_pixels_and_true_label(tmp
     folder = shapes_folder(tmp_path / "shapes", per_class=10, size=20)
     run = Run.prepare(image_config(folder, image_size=12), tmp_path / "runs")
     path = str(run.trainer.data.raw["val"]["path"][0])
-    reply = run.trainer.apply(cmd.Predict(request_id="1", inputs=[{"split": "val", "index": 0}, {"path": path}]))
+    reply = run.session.apply(cmd.Predict(request_id="1", inputs=[{"split": "val", "index": 0}, {"path": path}]))
     assert reply.ok, reply.message
     held, typed = reply.data["outputs"]
     assert held["input"]["path"] == path and held["true"] == run.trainer.data.raw_target["val"][0]
@@ -177,3 +177,26 @@ def test_check_prints_the_image_summary(tmp_path, write_config):
     assert "16x16, 3 channel(s) RGB, in memory" in proc.stdout
     assert "batch       inputs (21, 3, 16, 16), targets (21,)" in proc.stdout
     assert "circle (7), square (7), triangle (7)" in proc.stdout
+
+
+def test_an_image_over_pillows_pixel_limit_is_skipped_in_training_and_refused_by_predict(tmp_path):
+    from PIL import Image
+
+    folder = shapes_folder(tmp_path / "shapes", per_class=10, size=16)
+    # 9e7 blank pixels pass Pillow's limit of about 8.9e7, yet the file is 11 kB
+    Image.new("1", (10000, 9000)).save(folder / "circle" / "huge.png")
+    run = Run.prepare(image_config(folder, image_size=16), tmp_path / "runs")
+    assert run.trainer.data.extra["skipped_files"] == 1
+    run.trainer.cfg.train.epochs = 1
+    assert run.train() == "completed"
+    [warning] = [e for e in events_of(run) if e["event"] == "warning" and e["kind"] == "data"]
+    assert "circle/huge.png (10000x9000 pixels)" in warning["message"]
+    assert "over Pillow's limit" in warning["message"]
+    bigger = tmp_path / "bigger.png"  # past twice the limit, where Pillow itself refuses to open it
+    Image.new("1", (20000, 20000)).save(bigger)
+    for path in (folder / "circle" / "huge.png", bigger):
+        proc = subprocess.run([sys.executable, "-m", "traintop.tui", "predict", str(run.folder.path), str(path)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert str(path) in proc.stderr and "refused" in proc.stderr and "Traceback" not in proc.stderr
+        assert "pixels" in proc.stderr and proc.stdout == ""

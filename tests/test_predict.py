@@ -178,3 +178,61 @@ async def test_a_finished_runs_answers_stay_in_step_after_a_request_is_given_up(
         assert first.data["outputs"][0]["input"] != fifth.data["outputs"][0]["input"]
     finally:
         await run.close()
+
+
+def test_an_out_path_that_is_a_folder_or_under_a_file_is_refused_before_predicting(finished, tmp_path):
+    folder = traintop("predict", "latest", str(PLANTS_CSV), "--out", str(tmp_path), runs_dir=finished)
+    assert folder.returncode == 2 and "Traceback" not in folder.stderr
+    assert f"--out {tmp_path} is a folder" in folder.stderr and folder.stdout == ""
+    (tmp_path / "notes.txt").write_text("keep me")
+    under = tmp_path / "notes.txt" / "preds.csv"
+    result = traintop("predict", "latest", str(PLANTS_CSV), "--out", str(under), runs_dir=finished)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"lies under {tmp_path / 'notes.txt'}" in result.stderr
+    export = traintop("export", "latest", "--out", str(tmp_path / "notes.txt"), runs_dir=finished)
+    assert export.returncode == 2 and "is a file; give a folder" in export.stderr
+    assert "Traceback" not in export.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("cell, why", [
+    ("abc", "is not a number"),
+    ("inf", "is not a finite number"),
+    ("-inf", "is not a finite number"),
+    ("NaN", "is not a finite number"),
+    ("1e400", "is not a finite number"),
+])
+def test_a_numeric_input_that_is_not_a_finite_number_is_refused_naming_row_and_column(finished, tmp_path,
+                                                                                       cell, why):
+    rows = pd.read_csv(PLANTS_CSV)[FEATURES].head(5).astype(object)
+    rows.loc[3, "water_ml"] = cell
+    path = tmp_path / "bad.csv"
+    rows.to_csv(path, index=False)
+    proc = traintop("predict", "latest", str(path), runs_dir=finished)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{path}, row 3 (line 5), column 'water_ml': " in proc.stderr and why in proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
+def test_a_blank_numeric_input_is_still_missing_and_predicted(finished, tmp_path):
+    rows = pd.read_csv(PLANTS_CSV)[FEATURES].head(3)
+    rows.loc[1, "water_ml"] = None
+    path = tmp_path / "gap.csv"
+    rows.to_csv(path, index=False)
+    proc = traintop("predict", "latest", str(path), runs_dir=finished)
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_table(proc.stdout)) == 3
+
+
+async def test_the_predict_command_refuses_bad_numbers_with_a_reply(finished):
+    from traintop.engine.client import FinishedRun
+
+    run = FinishedRun(resolve_run("latest", finished))
+    try:
+        good = {"soil": "loam", "sunlight_hours": 7.5, "water_ml": 200, "fertilizer": "yes", "temperature_c": 20}
+        for bad, why in (("abc", "is not a number"), ("inf", "is not a finite number")):
+            reply = await run.send(cmd.Predict(request_id="b", inputs=[good, {**good, "sunlight_hours": bad}]))
+            assert not reply.ok and f"input 1, column 'sunlight_hours': '{bad}' {why}" in reply.message
+        assert (await run.send(cmd.Predict(request_id="g", inputs=[good]))).ok  # and it still answers
+    finally:
+        await run.close()

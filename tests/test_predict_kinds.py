@@ -23,7 +23,7 @@ def trained(tmp_path, raw: dict):
 
 
 def engine_answers(run, records):
-    reply = run.trainer.apply(cmd.Predict(request_id="e", inputs=records, weights="best"))
+    reply = run.session.apply(cmd.Predict(request_id="e", inputs=records, weights="best"))
     assert reply.ok, reply.message
     return reply.data["outputs"]
 

@@ -233,3 +233,128 @@ def test_a_torchvision_dataset_becomes_normalized_images_with_its_test_set(tmp_p
     assert data.input_shape == [1, 16, 16] and data.classes == TinyMNIST.classes
     assert len(data.y["test"]) == 30 and len(data.y["train"]) + len(data.y["val"]) == 90
     assert abs(float(data.x["train"].mean())) < 1e-3 and abs(float(data.x["train"].std()) - 1) < 1e-2
+
+
+# -- what a factory gets wrong, named ---------------------------------------------------------------
+
+BAD_CODE = '''
+import sys
+
+import torch
+from torch import nn
+
+
+def pair(n, width=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, width, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def empty_val():
+    return pair(40), (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), pair(10)
+
+
+def string_targets():
+    x, y = pair(40)
+    return (x, ["cat" if v else "dog" for v in y]), pair(10), pair(10)
+
+
+def shapes_disagree():
+    return pair(40), pair(10, width=4), pair(10)
+
+
+def nan_inputs():
+    x, y = pair(10, seed=1)
+    x[7, 2] = float("nan")
+    return pair(40), (x, y), pair(10)
+
+
+def inf_targets():
+    x, _ = pair(40)
+    y = x[:, 0].clone()
+    y[3] = float("inf")
+    return (x, y), pair(10), pair(10)
+
+
+def exits():
+    sys.exit(0)
+
+
+def too_wide(info):
+    return nn.Linear(info.input_shape[0], info.n_outputs + 1)
+
+
+def not_a_tensor(info):
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(info.input_shape[0], info.n_outputs)
+
+        def forward(self, x):
+            return {"logits": self.lin(x)}
+    return Pair()
+'''
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    """A folder with a module of factories that each get one thing wrong (and the good rings)."""
+    (tmp_path / "user_bad.py").write_text(BAD_CODE)
+    (tmp_path / "user_rings.py").write_text(USER_CODE)
+
+    def config(data="user_rings:datasets", model=""):
+        path = tmp_path / "bad.toml"
+        model_text = f'[model]\nkind = "python"\nfactory = "user_bad:{model}"\n' if model else ""
+        path.write_text(f'[data]\nsource = "python"\nfactory = "{data}"\n{model_text}[train]\nepochs = 1\n')
+        return path
+
+    return config
+
+
+@pytest.mark.parametrize("factory, words", [
+    ("empty_val", ["val split is empty"]),
+    ("string_targets", ["train targets are strings", "'dog'"]),
+    ("shapes_disagree", ["val input has shape [4]", "train input [3]"]),
+    ("nan_inputs", ["val inputs hold NaN", "item 7"]),
+    ("inf_targets", ["train targets hold NaN or infinite", "item 3"]),
+])
+def test_a_factory_returning_bad_data_is_told_what_is_wrong_and_where(bad_folder, factory, words):
+    with pytest.raises(UserError) as e:
+        load_data(load_config(bad_folder(f"user_bad:{factory}")))
+    for word in words:
+        assert word in str(e.value)
+    assert str(e.value).startswith("data.factory")
+
+
+@pytest.mark.parametrize("model, words", [
+    ("too_wide", ["output for a batch of 2", "has shape [2, 3]", "needs [2, 2]", "one logit per class"]),
+    ("not_a_tensor", ["returned a dict"]),
+])
+def test_a_model_whose_output_does_not_fit_the_task_is_named_before_training(tmp_path, bad_folder, model, words):
+    with pytest.raises(UserError) as e:
+        Run.prepare(load_config(bad_folder(model=model)), tmp_path / "runs")
+    for word in words:
+        assert word in str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_factory_that_calls_sys_exit_is_an_error_not_a_quiet_exit_0(tmp_path, bad_folder):
+    (tmp_path / "user_exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
+    for factory, words in (("user_bad:exits", ["data.factory", "exits() called sys.exit(0)"]),
+                           ("user_exits_on_import:f", ["data.factory", "importing 'user_exits_on_import'",
+                                                       "sys.exit(0)"])):
+        proc = subprocess.run([sys.executable, "-m", "traintop.tui", "run", str(bad_folder(factory)),
+                               "--headless", "--runs-dir", str(tmp_path / "runs")],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        for word in words:
+            assert word in proc.stderr
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_nan_from_a_factory_is_named_as_data_through_the_cli_not_as_a_learning_rate(tmp_path, bad_folder):
+    proc = subprocess.run([sys.executable, "-m", "traintop.tui", "run", str(bad_folder("user_bad:nan_inputs")),
+                           "--headless", "--runs-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "val inputs hold NaN" in proc.stderr
+    assert "optim.lr" not in proc.stderr and "Traceback" not in proc.stderr

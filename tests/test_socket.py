@@ -243,8 +243,8 @@ async def test_a_client_skips_a_line_longer_than_it_reads_and_keeps_following_th
     run = Run.prepare(load_config(None, ["train.epochs=30", "early_stopping.enabled=false"]), tmp_path)
     # an older engine logged every answer of a whole-split request: one line of several MB
     answer = {"label": "3", "probabilities": {str(c): 0.1 for c in range(10)}, "true": "3"}
-    run.publish(ev.Prediction(t=0.0, request_id="old", outputs=[answer] * 20_000))
-    run.deliver()
+    run.session.publish(ev.Prediction(t=0.0, request_id="old", outputs=[answer] * 20_000))
+    run.session.deliver()
     server = ControlServer(run)
     await server.start()
     source = await LiveRun.connect(run.folder)

@@ -15,9 +15,9 @@ import torch
 from traintop.engine import commands as cmd
 from traintop.engine import events as ev
 from traintop.engine.client import LiveRun
-from traintop.engine.runstore import read_events
+from traintop.engine.runstore import read_events, resolve_run
 
-from watched import EXAMPLES, PROBE, env_for, live_folder, start, steps_in, traintop, wait_for
+from watched import EXAMPLES, PROBE, TRAINTOP, env_for, live_folder, start, steps_in, traintop, wait_for
 
 @pytest.fixture
 def watched(tmp_path):
@@ -146,3 +146,48 @@ def test_importing_traintop_does_not_import_torch():
     code = "import sys, traintop; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_a_watched_run_lists_exports_shows_and_compares_with_a_config_run(tmp_path):
+    from traintop.engine.client import open_run
+    from traintop.tui.app import TrainTop
+    from traintop.tui.compare import CompareTop
+
+    runs = tmp_path / "runs"
+    env = env_for(runs)
+    mine = subprocess.run([sys.executable, str(EXAMPLES / "watch_digits.py"), "--epochs", "3"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert mine.returncode == 0, mine.stderr
+    config = subprocess.run([*TRAINTOP, "run", "--headless", "--set", "train.epochs=3", "--runs-dir", str(runs)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert config.returncode == 0, config.stderr
+    listing = traintop("ls", runs=runs)
+    assert [line.split()[2] for line in listing.stdout.splitlines()[1:3]] == ["completed", "completed"]
+    assert "digits-watch" in listing.stdout and "digits-mlp" in listing.stdout
+    exported = traintop("export", "digits-watch", "--out", str(tmp_path / "out"), runs=runs)
+    assert exported.returncode == 0 and "(72 steps)" in exported.stdout and "(3 validations)" in exported.stdout
+    folders = [resolve_run(name, runs) for name in ("digits-watch", "digits-mlp")]
+
+    def opener(folder):
+        async def open_it():
+            return await open_run(folder)
+        return open_it
+
+    app = TrainTop(opener(folders[0]), title=folders[0].run_id)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(100):
+            if app.state.status == "finished" and app.drawn_version == app.state.version:
+                break
+            await pilot.pause(0.05)
+        assert app.state.status == "finished" and app.state.source == "watch"
+        assert len(app.state.loss) == 72 and app.state.metric_name == "accuracy"
+        assert app.query_one("#metric-plot").figure.title.startswith("val accuracy")
+    both = CompareTop([(folder.read_json("meta.json")["name"], opener(folder)) for folder in folders])
+    async with both.run_test(size=(100, 30)) as pilot:
+        for _ in range(100):
+            if all(r.state is not None and r.state.status == "finished" for r in both.runs):
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+        labels = [line.label for line in both.query_one("#loss-plot").figure.lines if line.joined]
+    assert labels == ["digits-watch", "digits-mlp"]

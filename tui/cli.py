@@ -248,6 +248,10 @@ def cmd_run(args) -> int:
         raise UserError(f"arguments after -- go to a script (traintop run train.py -- ARGS); "
                         f"{args.config or 'the demo'} is a config")
     cfg = _load(args)
+    if not args.into:  # a detached run's parent has checked it and made its folder
+        from traintop.engine.runstore import check_runs_dir
+
+        check_runs_dir(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
     if args.detach or wants_dashboard(args):
         folder = RunFolder.create(_runs_dir(args), getattr(args, "name", None) or cfg.run.name)
         engine = launch.config_engine(folder, args.config, args.overrides, args.name)
@@ -275,6 +279,9 @@ def cmd_run_script(args) -> int:
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", script.stem).strip("-._") or "script"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
         raise UserError(f"--name is {name!r}; use letters, digits, '.', '_' and '-'")
+    from traintop.engine.runstore import check_runs_dir
+
+    check_runs_dir(_runs_dir(args), name)
     folder = RunFolder.create(_runs_dir(args), name)
     if args.detach or wants_dashboard(args):
         engine = launch.script_engine(folder, script, args.script_args)
@@ -288,6 +295,10 @@ def cmd_resume(args) -> int:
     from . import launch
 
     folder = RunFolder(args.into) if args.into else _folder(args)
+    if not args.into:
+        from traintop.engine.runstore import check_runs_dir
+
+        check_runs_dir(folder.path, what="run folder")
     if args.detach or wants_dashboard(args):
         from traintop.engine.resume import resume_config
 
@@ -489,6 +500,7 @@ def cmd_export(args) -> int:
     if torn:
         print("note: the last line of events.jsonl was torn and is skipped", file=sys.stderr)
     out = args.out or folder.path
+    check_output(out, "--out", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "steps.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -516,19 +528,39 @@ def cmd_predict(args) -> int:
     from traintop.engine.predictor import Predictor
 
     folder = _folder(args)
+    if args.out is not None:
+        check_output(args.out, "--out", folder=False)
     predictor = Predictor.from_folder(folder, args.checkpoint, trust=args.trust)
     ids, answers = predictor.predict_input(args.input)
     text = predictor.table(ids, answers)
     if args.out is None:
         sys.stdout.write(text)
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"--out {args.out} could not be written: {e.strerror or e}") from None
     print(f"wrote {len(answers)} prediction(s) to {args.out} ({predictor.checkpoint} weights, "
           f"step {predictor.step})", file=sys.stderr)
     return 0
+
+
+def check_output(path: Path, label: str, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be what it must: a file (or a folder)
+    whose parents are folders."""
+    from traintop.engine.runstore import nearest_existing
+
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{label} {path} is a file; give a folder for the exported tables")
+    if not folder and path.is_dir():
+        raise UserError(f"{label} {path} is a folder; give the path of a file for the predictions CSV")
+    existing = nearest_existing(path if folder else path.parent)
+    if not existing.is_dir():
+        raise UserError(f"{label} {path} lies under {existing}, which is a file, not a folder")
 
 
 def cmd_check(args) -> int:
@@ -549,7 +581,7 @@ def cmd_check(args) -> int:
     print("# data")
     for line in summary_lines(data.summary(cfg.data.batch_size)):
         print(line)
-    for kind, message in data.warnings:
+    for kind, message in [*cfg.warnings, *data.warnings]:
         print(f"warning     [{kind}] {message}")
     print(f"model       {cfg.model.kind}, {sum(p.numel() for p in model.params):,} parameters on {device}")
     print(f"loss        {model.objective.name}")

@@ -15,7 +15,7 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         channels = {1: "grayscale", 3: "RGB"}.get(s["channels"], "")
         lines.append(f"images      {s['image_size']}x{s['image_size']}, {s['channels']} channel(s) {channels}, {how}")
         if s.get("skipped_files"):
-            lines.append(f"skipped     {s['skipped_files']} unreadable file(s)")
+            lines.append(f"skipped     {s['skipped_files']} unreadable or too large file(s)")
     elif s.get("kind") == "tensor":
         lines.append(f"inputs      {', '.join(kinds.values())}")
     else:
@@ -24,6 +24,7 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
             counts[k] = counts.get(k, 0) + 1
         described = ", ".join(f"{n} {k}" for k, n in counts.items())
         lines.append(f"features    {len(kinds)} ({described}) -> {s['inputs']} inputs")
+    lines += column_lines(s.get("columns") or [])
     if s.get("vocab_size"):
         lines.append(f"vocabulary  {s['vocab_size']} entries (words, padding 0, out-of-vocabulary 1); "
                      f"at most {s.get('max_tokens', '?')} words per row")
@@ -40,4 +41,20 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     batch = s.get("batch")
     if batch:
         lines.append(f"batch       inputs {tuple(batch['inputs'])}, targets {tuple(batch['targets'])}")
+    return lines
+
+
+NAME_WIDTH = 24  # longer column names are cut, so the table stays readable at 80 columns
+
+
+def column_lines(columns: list[dict[str, Any]]) -> list[str]:
+    """Each column of a table: its name, type (numeric, categorical, text, left out, target),
+    missing count and encoding."""
+    if not columns:
+        return []
+    names = [c["name"] if len(c["name"]) <= NAME_WIDTH else c["name"][:NAME_WIDTH - 1] + "…" for c in columns]
+    width = max(len(n) for n in names)
+    lines = [f"columns     {'name':<{width}}  {'type':<11}  {'missing':>7}  encoding"]
+    for name, c in zip(names, columns):
+        lines.append(f"            {name:<{width}}  {c['type']:<11}  {c['missing']:>7}  {c['encoding']}")
     return lines

@@ -12,7 +12,7 @@ import pandas as pd
 from ..config import BUILTIN_SOURCES, Config
 from ..errors import UserError
 from .dataset import SPLITS, Dataset
-from .tabular import Preprocessor, count_leakage, infer_task, split_indices
+from .tabular import MISSING_TEXT, BadValue, Preprocessor, count_leakage, infer_task, split_indices
 
 
 def load_preprocessor(obj: dict[str, Any]):
@@ -46,19 +46,32 @@ def _builtin(source: str, seed: int) -> tuple[pd.DataFrame, pd.Series, list[str]
     return bunch.data, bunch.target.rename("target"), names, extra
 
 
-def read_csv_file(path: Path, label: str) -> pd.DataFrame:
-    """A CSV file as a table; a missing, empty or unreadable file is a UserError that names it as
-    `label` (the config key, or the command's argument)."""
+def read_csv_file(path: Path, label: str, nan_is_missing: bool = True) -> pd.DataFrame:
+    """A CSV file as a table; a missing, empty or unreadable file, or one that names a column
+    twice, is a UserError that names it as `label` (the config key, or the command's argument).
+
+    `nan_is_missing=False` keeps "nan" and "NaN" as text (raw inputs to predict refuse them);
+    blanks, NA, null and the like are missing either way.
+    """
     if not path.exists():
         raise UserError(f"{label}: CSV file {path} does not exist")
     if not path.is_file():
         raise UserError(f"{label}: {path} is not a file")
+    missing = {} if nan_is_missing else {"keep_default_na": False, "na_values": sorted(MISSING_TEXT)}
     try:
-        return pd.read_csv(path)
+        # pandas renames a repeated column "a" to "a.1": only the header itself tells
+        header = [str(h) for h in pd.read_csv(path, header=None, nrows=1, dtype=str,
+                                              keep_default_na=False).iloc[0]]
+        frame = pd.read_csv(path, **missing)
     except pd.errors.EmptyDataError:
         raise UserError(f"{label}: CSV file {path} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{label}: {path} could not be read as CSV: {e}") from None
+    twice = sorted({h for h in header if h.strip() and header.count(h) > 1})
+    if twice:
+        raise UserError(f"{label}: {path} names column(s) {', '.join(repr(h) for h in twice)} more than once; "
+                        "give each column its own name")
+    return frame
 
 
 def _read_csv(cfg: Config) -> pd.DataFrame:
@@ -74,15 +87,40 @@ def load_data(cfg: Config) -> Dataset:
     d = cfg.data
     if d.source == "image_folder":
         from .images import load_image_folder
-        return load_image_folder(cfg)
-    if d.source == "python":
+        data = load_image_folder(cfg)
+    elif d.source == "python":
         from .python import load_python_data
-        return load_python_data(cfg)
-    if d.source == "torchvision":
+        data = load_python_data(cfg)
+    elif d.source == "torchvision":
         from .vision import load_torchvision
-        return load_torchvision(cfg)
+        data = load_torchvision(cfg)
+    else:
+        data = _load_table(cfg)
+    check_finite(data, {"python": "data.factory", "csv": "data.path"}.get(d.source, f"data.source {d.source!r}"))
+    return data
+
+
+def check_finite(data: Dataset, label: str) -> None:
+    """Every input and target held in memory is a finite number: bad data is named as bad data
+    here, not met later as a non-finite loss."""
+    for split in SPLITS:
+        for what, arrays in (("inputs", data.x), ("targets", data.y)):
+            a = arrays[split]
+            if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or not len(a):
+                continue  # streamed images (uint8 on disk), integer class indices, an empty test split
+            bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1) if a.ndim > 1 else ~np.isfinite(a)
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                raise UserError(f"{label}: {int(bad.sum())} {split} {what} hold NaN or infinite values "
+                                f"(the first is item {first}); every input and target must be a finite number")
+
+
+def _load_table(cfg: Config) -> Dataset:
+    """A bundled table or a CSV file, split and preprocessed."""
+    d = cfg.data
     warnings: list[tuple[str, str]] = []
     extra: dict[str, Any] = {}
+    lines = None
     if d.source in BUILTIN_SOURCES:
         features, target, class_names, extra = _builtin(d.source, cfg.run.seed)
         kinds = {c: "numeric" for c in features.columns}
@@ -94,7 +132,7 @@ def load_data(cfg: Config) -> Dataset:
         if class_names is not None:
             target = target.map(lambda i: class_names[int(i)])
     elif d.source == "csv":
-        features, target, kinds, task, class_names, warnings = _csv_table(cfg)
+        features, target, kinds, task, class_names, warnings, lines, columns = _csv_table(cfg)
         target_name = d.target
     else:
         raise UserError(f"data.source = {d.source!r} is not available in this version of traintop")
@@ -114,15 +152,30 @@ def load_data(cfg: Config) -> Dataset:
     parts = {"train": train, "val": val, "test": test}
     raw = {s: features.iloc[i].reset_index(drop=True) for s, i in parts.items()}
     raw_target = {s: target.iloc[i].reset_index(drop=True) for s, i in parts.items()}
-    pre = Preprocessor.fit(raw["train"], raw_target["train"], task, str(target_name), kinds,
-                           class_names or [])
-    if d.source == "csv" and d.text:
-        from .text import TextPreprocessor
-        pre = TextPreprocessor.fit(d.text, raw["train"][d.text], pre, d.min_freq, d.max_vocab)
-        extra["vocab_size"] = pre.vocab_size
-        extra["max_tokens"] = pre.max_tokens
-    x = {s: pre.transform(raw[s]) for s in SPLITS}
-    y = {s: pre.encode_target(raw_target[s]) for s in SPLITS}
+    split = "train"
+    try:
+        pre = Preprocessor.fit(raw["train"], raw_target["train"], task, str(target_name), kinds,
+                               class_names or [])
+        if d.source == "csv" and d.text:
+            from .text import TextPreprocessor
+            pre = TextPreprocessor.fit(d.text, raw["train"][d.text], pre, d.min_freq, d.max_vocab)
+            extra["vocab_size"] = pre.vocab_size
+            extra["max_tokens"] = pre.max_tokens
+        x, y = {}, {}
+        for split in SPLITS:
+            x[split] = pre.transform(raw[split])
+            y[split] = pre.encode_target(raw_target[split])
+    except BadValue as e:  # a value of one split: named by its line in the file
+        if lines is None:
+            raise UserError(f"data.source {d.source!r}: {e.at(f'{split} row {e.row}')}") from None
+        line = int(lines[parts[split][e.row]])
+        raise UserError(f"data.path: {e.at(f'{cfg.resolve_path(d.path)}, line {line}')}") from None
+    except UserError as e:
+        if d.source == "csv" and str(e).startswith("column "):
+            raise UserError(f"data.path: {cfg.resolve_path(d.path)}: {e}") from None
+        raise
+    if d.source == "csv":
+        extra["columns"] = _describe_columns(columns, pre)
     leaked = count_leakage(raw)
     if leaked:
         warnings.append(("leakage", f"{leaked} validation/test rows repeat the features of a row in an "
@@ -141,20 +194,24 @@ def _natural(key: str):
 
 
 def _csv_table(cfg: Config):
+    """The CSV's features and target, each feature's kind, the task, warnings, the file line of
+    each row, and what became of every column (for `check`)."""
     from difflib import get_close_matches
 
-    from .tabular import is_categorical
+    from .tabular import category_key, id_like, is_categorical
 
     d = cfg.data
     frame = _read_csv(cfg)
     path = cfg.resolve_path(d.path)
     columns = [str(c) for c in frame.columns]
+    frame.columns = columns  # a header of numbers is read as text, as a config names it
     if d.target not in frame.columns:
         close = get_close_matches(d.target, columns, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
         raise UserError(f"data.target: column {d.target!r} is not in {path}{hint}; "
                         f"columns: {', '.join(columns)}")
-    names = list(d.features) or [c for c in columns if c != d.target]
+    chosen = list(d.features)
+    names = chosen or [c for c in columns if c != d.target]
     unknown = [c for c in names if c not in frame.columns]
     if unknown:
         raise UserError(f"data.features: column(s) {', '.join(unknown)} not in {path}; "
@@ -169,19 +226,41 @@ def _csv_table(cfg: Config):
         if d.text == d.target:
             raise UserError(f"data.text: {d.text!r} is the target column; name the column of free text")
         names = [c for c in names if c != d.text]
+    lines = np.arange(len(frame)) + 2  # the header is line 1
     warnings = []
-    missing_target = frame[d.target].isna()
+    missing_target = frame[d.target].map(category_key).isna()  # blank text ("  ") too: there is no label
     if missing_target.all():
         raise UserError(f"data.target: column {d.target!r} in {path} has no values")
     if missing_target.any():
         warnings.append(("data", f"{int(missing_target.sum())} rows without a {d.target!r} value were dropped"))
         frame = frame[~missing_target].reset_index(drop=True)
+        lines = lines[~missing_target.to_numpy()]
+    for c in names:
+        frame[c] = _numbers_with_typos(frame[c], c, lines, warnings)
+    left_out: dict[str, str] = {c: "not in data.features" for c in columns
+                                if chosen and c not in chosen and c not in (d.target, d.text)}
     empty = [c for c in names if frame[c].isna().all()]
     if empty:
         warnings.append(("data", f"column(s) {', '.join(empty)} have no values and were left out"))
         names = [c for c in names if c not in empty]
+        left_out.update({c: "no values" for c in empty})
+    for c in names:
+        why = None if c in chosen else id_like(frame[c])
+        if why:  # named in data.features, it is the user's to keep
+            distinct = why.split(", ", 1)[1]
+            warnings.append(("data", f"column {c!r} looks like an ID ({distinct}): nearly every value differs, "
+                                     "so its categories would only tell rows apart; it was left out (name it "
+                                     "in data.features to use it anyway)"))
+            left_out[c] = why
+    names = [c for c in names if c not in left_out]
     if not names and not d.text:
-        raise UserError(f"data.features: {path} has no usable feature columns besides {d.target!r}")
+        raise UserError(f"data.features: {path} has no usable feature columns besides {d.target!r}"
+                        + (f" (left out: {', '.join(f'{c} ({why})' for c, why in left_out.items())})"
+                           if left_out else ""))
+    for c in names + [d.target]:  # numbers, even few distinct ones read as categories
+        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]):
+            _check_numbers(frame[c], ("data.target: " if c == d.target else "") + f"column {c!r}", path, lines)
+    kinds = {c: "categorical" if is_categorical(frame[c]) else "numeric" for c in names}
     target = frame[d.target]
     task = d.task if d.task != "auto" else infer_task(target)
     if task == "regression":
@@ -191,5 +270,72 @@ def _csv_table(cfg: Config):
             raise UserError(f"data.target: column {d.target!r} is not numeric (e.g. {bad!r}); regression "
                             'needs numbers; set data.task = "classification" to predict categories')
         target = numeric.astype(float)
-    kinds = {c: "categorical" if is_categorical(frame[c]) else "numeric" for c in names}
-    return frame[names + ([d.text] if d.text else [])], target, kinds, task, None, warnings
+        _check_numbers(target, f"data.target: column {d.target!r}", path, lines)  # "inf" read as text
+    described = [{"name": c, "missing": int(frame[c].isna().sum()),
+                  **({"type": "left out", "encoding": f"left out: {left_out[c]}"} if c in left_out else {}),
+                  **({"distinct": int(frame[c].map(category_key).nunique())} if kinds.get(c) == "categorical"
+                     else {})}
+                 for c in columns if c != d.target]
+    described.append({"name": d.target, "missing": int(missing_target.sum()), "type": "target"})
+    return (frame[names + ([d.text] if d.text else [])], target, kinds, task, None, warnings, lines,
+            described)
+
+
+MOSTLY_NUMBERS = 0.95  # a text column whose values are at least this share numbers is a column of numbers
+
+
+def _numbers_with_typos(column: pd.Series, name: str, lines: np.ndarray, warnings: list) -> pd.Series:
+    """A column of numbers with a few that are not ("?", "n/a.", "12kg") as numbers, those few
+    missing, with a warning naming them; any other column as it is. Read as text, it would become
+    a category per distinct number (or be left out as ID-like), which no one meant."""
+    from .tabular import category_key
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column
+    numbers = pd.to_numeric(column, errors="coerce")
+    present = column.map(category_key).notna()
+    typos = present & numbers.isna()
+    if not typos.any() or typos.sum() > (1 - MOSTLY_NUMBERS) * present.sum():
+        return column
+    first = int(np.flatnonzero(typos.to_numpy())[0])
+    warnings.append(("data", f"column {name!r} holds numbers, but {int(typos.sum())} value(s) are not "
+                             f"({column.iloc[first]!r} at line {int(lines[first])}); they were read as missing"))
+    return numbers.where(~typos).astype(float)
+
+
+def _check_numbers(values: pd.Series, what: str, path: Path, lines: np.ndarray) -> None:
+    """A numeric column holds no infinity (written as inf, or a number past a float, like 1e400)."""
+    bad = np.flatnonzero(np.isinf(values.to_numpy(dtype=float)))
+    if len(bad):
+        raise UserError(f"data.path: {path}, line {int(lines[bad[0]])}: {what} holds {float(values.iloc[bad[0]])!r} "
+                        f"({len(bad)} such value(s)); every number must be finite: fix the value, or leave "
+                        "it blank for a missing one")
+
+
+def _describe_columns(described: list[dict[str, Any]], pre) -> list[dict[str, Any]]:
+    """Each CSV column's type, missing count and encoding, as `traintop check` lists them."""
+    table = getattr(pre, "table", pre)
+    fitted = {c["name"]: c for c in table.columns}
+    text = getattr(pre, "text", None)
+    out = []
+    for col in described:
+        col = dict(col)
+        name = col["name"]
+        if name in fitted:
+            c = fitted[name]
+            col["type"] = c["kind"]
+            if c["kind"] == "numeric":
+                col["encoding"] = "scaled" + (f", missing filled with {c['fill']:.4g}" if col["missing"] else "")
+            else:
+                n, distinct = len(c["categories"]), col.pop("distinct", 0)
+                col["encoding"] = (f"one-hot, {n} most frequent of {distinct} categories" if distinct > n
+                                   else f"one-hot, {n} categor{'y' if n == 1 else 'ies'}")
+        elif name == text:
+            col["type"], col["encoding"] = "text", f"words, vocabulary of {pre.vocab_size - 2}"
+        elif col.get("type") == "target":
+            col["encoding"] = (f"{len(table.classes)} classes" if table.task == "classification"
+                               else "scaled (regression)")
+        col.setdefault("type", "left out")
+        col.setdefault("encoding", "left out")
+        out.append(col)
+    return out

@@ -46,10 +46,6 @@ class Dataset:
     def input_dim(self) -> int:
         return int(np.prod(self.input_shape))
 
-    @property
-    def n_outputs(self) -> int:
-        return len(self.classes) if self.task == "classification" else 1
-
     def feeds(self, device) -> dict[str, Any]:
         """Each split as the loop reads it: device tensors, or a DataLoader that streams."""
         from .feed import LoaderFeed, TensorFeed

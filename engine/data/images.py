@@ -33,6 +33,31 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 NAMED_BAD = 5  # unreadable files named in the warning
 
 
+class ImageTooLarge(ValueError):
+    """An image with more pixels than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)."""
+
+
+def open_image(source: Any):
+    """A PIL image opened (not yet decoded) from a path or bytes; ImageTooLarge past Pillow's
+    decompression-bomb limit, which a small file of a huge blank image can pass."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, as an error
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(str(e)) from None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:
+        image.close()
+        raise ImageTooLarge(f"{image.width}x{image.height} pixels, over the limit of {limit:,} pixels that "
+                            "guards against decompression bombs")
+    return image
+
+
 def decode(source: Any, channels: int, size: int) -> np.ndarray:
     """One image (a path, bytes or a PIL image) as uint8 (channels, size, size): first frame, resized."""
     from PIL import Image
@@ -40,7 +65,7 @@ def decode(source: Any, channels: int, size: int) -> np.ndarray:
     if isinstance(source, Image.Image):
         image = source
     else:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image = open_image(source)
     try:
         image.seek(0)  # a GIF's first frame
         image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
@@ -98,6 +123,8 @@ class ImagePreprocessor:
                 images.append(decode(item, self.channels, self.image_size))
             except FileNotFoundError:
                 raise UserError(f"image file {item} does not exist") from None
+            except ImageTooLarge as e:
+                raise UserError(f"image file {item} is refused: {e}; shrink it before predicting") from None
             except (OSError, ValueError, SyntaxError) as e:
                 raise UserError(f"image file {item} could not be read as an image: {e}") from None
         if not images:
@@ -159,7 +186,7 @@ class _Scan:
 
 def _scan(folder: Path) -> _Scan:
     """Every file under each class folder: readable images kept, the rest listed as bad."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not folder.exists():
         raise UserError(f"data.path: image folder {folder} does not exist")
@@ -177,8 +204,11 @@ def _scan(folder: Path) -> _Scan:
         for path in files:
             try:
                 data = path.read_bytes()
-                with Image.open(io.BytesIO(data)) as image:
+                with open_image(data) as image:
                     mode = image.mode
+            except ImageTooLarge as e:
+                scan.bad.append((path, str(e).split(",")[0]))
+                continue
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
                 scan.bad.append((path, type(e).__name__))
                 continue
@@ -198,9 +228,17 @@ def _scan(folder: Path) -> _Scan:
 
 
 def _bad_warning(bad: list[tuple[Path, str]], folder: Path) -> str:
-    names = ", ".join(str(p.relative_to(folder)) for p, _ in bad[:NAMED_BAD])
+    from PIL import Image
+
+    def named(path: Path, why: str) -> str:
+        return str(path.relative_to(folder)) + (f" ({why})" if why.endswith(" pixels") else "")
+
+    names = ", ".join(named(p, why) for p, why in bad[:NAMED_BAD])
     more = f" and {len(bad) - NAMED_BAD} more" if len(bad) > NAMED_BAD else ""
-    return f"skipped {len(bad)} unreadable or non-image file(s) in {folder}: {names}{more}"
+    large = sum(why.endswith(" pixels") for _, why in bad)
+    limit = (f"; {large} over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels (a guard against "
+             "decompression bombs)" if large else "")
+    return f"skipped {len(bad)} unreadable, non-image or too large file(s) in {folder}: {names}{more}{limit}"
 
 
 def load_image_folder(cfg: Config) -> Dataset:

@@ -18,6 +18,7 @@ from ..config import Config
 from ..errors import UserError
 from ..factory import call_factory, load_factory
 from .dataset import SPLITS, Dataset, describe_tensor, leakage_from_hashes
+from .tabular import scale_of
 
 
 @dataclass
@@ -52,10 +53,12 @@ class TensorPreprocessor:
         for i, item in enumerate(items):
             try:
                 a = np.asarray(item, dtype=self.dtype)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise UserError(f"input {i}: \"input\" must be a nested list of numbers") from None
             if list(a.shape) != list(self.input_shape):
                 raise UserError(f"input {i} has shape {list(a.shape)}; the model takes {list(self.input_shape)}")
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise UserError(f"input {i} holds NaN or infinite values; every value must be a finite number")
             out.append(a)
         return np.stack(out) if out else np.zeros((0, *self.input_shape), dtype=self.dtype)
 
@@ -95,10 +98,18 @@ def _as_array(value, what: str) -> np.ndarray:
 
 def _materialize(part, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split as (inputs, targets) arrays, from a Dataset or an (inputs, targets) pair."""
-    if isinstance(part, (tuple, list)) and len(part) == 2 and all(hasattr(p, "shape") for p in part):
+    # (inputs, targets): the targets may be a plain list, as long as the inputs are an array
+    if (isinstance(part, (tuple, list)) and len(part) == 2 and hasattr(part[0], "shape")
+            and (hasattr(part[1], "shape") or isinstance(part[1], (list, tuple)))):
         x, y = _as_array(part[0], f"the {split} inputs"), _as_array(part[1], f"the {split} targets")
+        if x.ndim == 0 or y.ndim == 0:
+            raise UserError(f"data.factory: the {split} inputs and targets must be arrays with one row per "
+                            f"item; got shapes {list(x.shape)} and {list(y.shape)}")
         if len(x) != len(y):
             raise UserError(f"data.factory: the {split} split has {len(x)} inputs but {len(y)} targets")
+        if len(x) == 0:
+            raise UserError(f"data.factory: the {split} split is empty; return at least one item for each "
+                            "of train, val and test")
         return x, y
     if not hasattr(part, "__getitem__"):
         raise UserError(f"data.factory: the {split} split is a {type(part).__name__}; return a torch "
@@ -108,7 +119,8 @@ def _materialize(part, split: str) -> tuple[np.ndarray, np.ndarray]:
     except TypeError:
         raise UserError(f"data.factory: the {split} Dataset has no len(); traintop needs map-style Datasets") from None
     if n == 0:
-        raise UserError(f"data.factory: the {split} split is empty")
+        raise UserError(f"data.factory: the {split} split is empty; return at least one item for each "
+                        "of train, val and test")
     xs, ys = [], []
     for i in range(n):
         item = part[i]
@@ -152,13 +164,32 @@ def load_python_data(cfg: Config) -> Dataset:
                             "one class index or one number per item")
         if x.dtype.kind not in "biuf":
             raise UserError(f"data.factory: the {s} inputs are {x.dtype}; they must be numbers")
+        if y.dtype.kind not in "biuf":
+            kind = "strings" if y.dtype.kind in "USO" else str(y.dtype)
+            raise UserError(f"data.factory: the {s} targets are {kind} (e.g. {y.reshape(-1)[0]!r}); give "
+                            "integer class indices (name the classes with a `classes` list on the train "
+                            "Dataset) or numbers for a regression")
+        if x.shape[1:] != arrays["train"][0].shape[1:]:
+            raise UserError(f"data.factory: each {s} input has shape {list(x.shape[1:])}, each train input "
+                            f"{list(arrays['train'][0].shape[1:])}; every split must give inputs of one shape")
+        for what, a in (("inputs", x), ("targets", y)):
+            if a.dtype.kind == "f":
+                bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+                if bad.any():
+                    raise UserError(f"data.factory: {int(bad.sum())} of the {s} {what} hold NaN or infinite "
+                                    f"values (the first is item {int(np.flatnonzero(bad)[0])}); every input "
+                                    "and target must be a finite number")
+    dtype = "int64" if arrays["train"][0].dtype.kind in "iu" else "float32"
+    for s, (x, _) in arrays.items():
+        if dtype == "float32" and x.size and np.abs(x).max() > np.finfo(np.float32).max:
+            raise UserError(f"data.factory: the {s} inputs hold values up to {np.abs(x).max():.3g}, past what "
+                            "float32 holds (3.4e38); rescale them")
     integral = y_train.dtype.kind in "biu"
     task = d.task if d.task != "auto" else ("classification" if integral else "regression")
     if task == "classification" and not all(a[1].dtype.kind in "biu" or
                                             np.all(np.asarray(a[1], float) == np.round(np.asarray(a[1], float)))
                                             for a in arrays.values()):
         raise UserError("data.factory: classification needs integer class indices as targets")
-    dtype = "int64" if arrays["train"][0].dtype.kind in "iu" else "float32"
     x = {s: a[0].astype(dtype) for s, a in arrays.items()}
     raw_y = {s: a[1].reshape(-1) for s, a in arrays.items()}
     classes: list[str] = []
@@ -177,8 +208,7 @@ def load_python_data(cfg: Config) -> Dataset:
     pre = TensorPreprocessor(task=task, input_shape=list(x["train"].shape[1:]), dtype=dtype, classes=classes,
                              vocab_size=int(getattr(parts["train"], "vocab_size", 0) or 0))
     if task == "regression":
-        pre.target_mean = float(raw_target["train"].mean())
-        std = float(raw_target["train"].std(ddof=0))
+        pre.target_mean, std = scale_of(raw_target["train"], "data.factory: the train targets")
         pre.target_std = std if std > 1e-12 else 1.0
     leaked = leakage_from_hashes({s: [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in a]
                                   for s, a in x.items()})

@@ -18,6 +18,30 @@ from ..errors import UserError
 MAX_CATEGORIES = 50  # most frequent values kept per categorical column; the rest encode as none
 FEW_VALUES = 10  # an integer column with at most this many distinct values is categorical
 CLASSIFICATION_MAX_CLASSES = 20
+ID_LIKE_ROWS = 20  # a text column of more rows than this whose values are nearly all distinct...
+ID_LIKE_DISTINCT = 0.95  # ...(this share or more) names rows, like an id: it is left out
+
+# How a CSV cell says "no value", as pandas reads a training file. NaN is spelled out in raw
+# inputs to predict only on purpose or by accident, so there it is refused as not finite.
+NAN_TEXT = frozenset({"nan", "-nan", "NaN", "-NaN", "1.#QNAN", "-1.#QNAN", "1.#IND", "-1.#IND"})
+MISSING_TEXT = frozenset({"", "#N/A", "#N/A N/A", "#NA", "<NA>", "N/A", "NA", "NULL", "None", "n/a", "null"})
+
+
+class BadValue(UserError):
+    """A raw value that cannot become a model input: which row and column, and why."""
+
+    def __init__(self, row: int, column: str, value: Any, why: str):
+        self.row, self.column, self.value, self.why = row, column, value, why
+        super().__init__(self.at(f"row {row}"))
+
+    def at(self, where: str) -> str:
+        """The message with the row named as `where` (e.g. "input 3", or a CSV line)."""
+        return f"{where}, column {self.column!r}: {_shown(self.value)} {self.why}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def category_key(value: Any) -> str | None:
@@ -29,9 +53,61 @@ def category_key(value: Any) -> str | None:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return repr(float(value))
         return str(int(value)) if float(value).is_integer() else repr(float(value))
     text = str(value).strip()
-    return text if text else None
+    return text if text and text not in MISSING_TEXT and text not in NAN_TEXT else None
+
+
+def _number(value: Any, row: int, column: str) -> float:
+    """One raw cell of a numeric column as a float; NaN when missing. BadValue when it is not a
+    finite number."""
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return math.nan
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise BadValue(row, column, value, "is too large a number") from None
+        if not math.isfinite(number):
+            raise BadValue(row, column, value, "is not a finite number")
+        return number
+    if isinstance(value, str):
+        text = value.strip()
+        if text in MISSING_TEXT:
+            return math.nan
+        try:
+            number = float(text)
+        except ValueError:
+            raise BadValue(row, column, value, "is not a number (leave it blank for a missing value)") from None
+        if not math.isfinite(number):
+            raise BadValue(row, column, value, "is not a finite number")
+        return number
+    raise BadValue(row, column, value, "is not a number (leave it blank for a missing value)")
+
+
+def numeric_values(column: pd.Series, name: str) -> np.ndarray:
+    """A numeric column's raw values as float64, NaN where missing; BadValue names the first cell
+    that is not a finite number (text, inf, or a value too large for a float)."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=float)
+        bad = np.flatnonzero(np.isinf(values))
+        if len(bad):
+            raise BadValue(int(bad[0]), name, column.iloc[bad[0]], "is not a finite number")
+        return values
+    return np.array([_number(v, r, name) for r, v in enumerate(column)], dtype=float)
+
+
+def scale_of(values: pd.Series, what: str) -> tuple[float, float]:
+    """Mean and standard deviation of finite values, for standardizing them; a UserError naming
+    `what` when they overflow (values near 1e300)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(values.mean()), float(values.std(ddof=0))
+    if math.isfinite(mean) and math.isfinite(std):
+        return mean, std
+    raise UserError(f"{what} holds numbers too large to standardize (largest magnitude "
+                    f"{values.abs().max():.3g}); rescale it, e.g. into other units")
 
 
 def is_categorical(column: pd.Series) -> bool:
@@ -40,6 +116,18 @@ def is_categorical(column: pd.Series) -> bool:
         return True
     values = column.dropna()
     return bool(len(values)) and bool((values == values.round()).all()) and values.nunique() <= FEW_VALUES
+
+
+def id_like(column: pd.Series) -> str | None:
+    """Why a text column names its rows rather than describing them (a customer id, a name, a
+    uuid: nearly every value distinct), or None. Its one-hot columns would learn nothing but noise."""
+    if column.dtype == bool or pd.api.types.is_numeric_dtype(column):
+        return None
+    keys = column.map(category_key).dropna()
+    distinct = keys.nunique()
+    if len(keys) > ID_LIKE_ROWS and distinct >= ID_LIKE_DISTINCT * len(keys):
+        return f"ID-like, {distinct} distinct of {len(keys)}"
+    return None
 
 
 def infer_task(target: pd.Series) -> str:
@@ -98,12 +186,11 @@ class Preprocessor:
         for name, kind in kinds.items():
             col = train[name]
             if kind == "numeric":
-                values = pd.to_numeric(col, errors="coerce").astype(float)
+                values = pd.Series(numeric_values(col, name))
                 median = float(values.median()) if values.notna().any() else 0.0
-                filled = values.fillna(median)
-                std = float(filled.std(ddof=0))
+                mean, std = scale_of(values.fillna(median), f"column {name!r}")
                 columns.append({"name": name, "kind": "numeric", "fill": median,
-                                "mean": float(filled.mean()), "std": std if std > 1e-12 else 1.0})
+                                "mean": mean, "std": std if std > 1e-12 else 1.0})
             else:
                 keys = col.map(category_key).dropna()
                 counts = keys.value_counts()
@@ -112,8 +199,7 @@ class Preprocessor:
                                 "fill": top[0] if top else None, "categories": top})
         pre = cls(task=task, target=target, columns=columns, classes=classes)
         if task == "regression":
-            pre.target_mean = float(y_train.mean())
-            std = float(y_train.std(ddof=0))
+            pre.target_mean, std = scale_of(y_train.astype(float), f"data.target: column {target!r}")
             pre.target_std = std if std > 1e-12 else 1.0
         return pre
 
@@ -127,8 +213,15 @@ class Preprocessor:
         for c in self.columns:
             col = rows[c["name"]]
             if c["kind"] == "numeric":
-                values = pd.to_numeric(col, errors="coerce").astype(float).fillna(c["fill"])
-                parts.append(((values.to_numpy() - c["mean"]) / c["std"])[:, None])
+                raw = numeric_values(col, c["name"])
+                with np.errstate(over="ignore", invalid="ignore"):
+                    scaled = ((np.where(np.isnan(raw), c["fill"], raw) - c["mean"]) / c["std"]).astype(np.float32)
+                far = np.flatnonzero(~np.isfinite(scaled))
+                if len(far):  # finite, but beyond float32 once scaled as in training
+                    raise BadValue(int(far[0]), c["name"], col.iloc[far[0]],
+                                   f"is too large for the scale fitted in training (mean {c['mean']:.4g}, "
+                                   f"std {c['std']:.4g})")
+                parts.append(scaled[:, None])
             else:
                 keys = col.map(category_key).where(lambda k: k.notna(), c["fill"])
                 index = {v: i for i, v in enumerate(c["categories"])}
@@ -150,7 +243,14 @@ class Preprocessor:
         if self.task == "classification":
             index = {c: i for i, c in enumerate(self.classes)}
             return np.array([index[category_key(v)] for v in y], dtype=np.int64)
-        return ((y.to_numpy(dtype=float) - self.target_mean) / self.target_std).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = ((y.to_numpy(dtype=float) - self.target_mean) / self.target_std).astype(np.float32)
+        far = np.flatnonzero(~np.isfinite(scaled))
+        if len(far):
+            raise BadValue(int(far[0]), self.target, y.iloc[far[0]],
+                           f"is too large for the target's scale fitted in training (mean {self.target_mean:.4g}, "
+                           f"std {self.target_std:.4g})")
+        return scaled
 
     def decode_value(self, scaled: np.ndarray) -> np.ndarray:
         """Standardized regression outputs back in the target's own units."""
@@ -178,22 +278,25 @@ def split_indices(n: int, fractions: list[float], seed: int,
     train_f, val_f, test_f = fractions
     index = np.arange(n)
 
-    def stratify(idx):
+    def stratify(idx, n_first):
         if labels is None:
             return None
         _, counts = np.unique(labels[idx], return_counts=True)
-        return labels[idx] if counts.min() >= 2 else None
+        # each part must have room for every class, or scikit-learn refuses to stratify
+        fits = min(n_first, len(idx) - n_first) >= len(counts)
+        return labels[idx] if counts.min() >= 2 and fits else None
 
     n_train = max(1, round(n * train_f))
     if n_train >= n:
         raise UserError(f"data has {n} rows: too few to split into train, validation and test")
-    train, rest = train_test_split(index, train_size=n_train, random_state=seed, stratify=stratify(index))
+    train, rest = train_test_split(index, train_size=n_train, random_state=seed,
+                                   stratify=stratify(index, n_train))
     if test_f == 0:
         return np.sort(train), np.sort(rest), np.array([], dtype=int)
     n_val = max(1, round(len(rest) * val_f / (val_f + test_f)))
     if n_val >= len(rest):
         raise UserError(f"data has {n} rows: too few to split into train, validation and test")
-    val, test = train_test_split(rest, train_size=n_val, random_state=seed, stratify=stratify(rest))
+    val, test = train_test_split(rest, train_size=n_val, random_state=seed, stratify=stratify(rest, n_val))
     return np.sort(train), np.sort(val), np.sort(test)
 
 

@@ -1,0 +1,152 @@
+"""`traintop run train.py`: a script that never imports traintop, watched through its optimizer, in
+real processes and over the real socket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from traintop.engine import events as ev
+from traintop.engine.runstore import read_events
+
+from watched import EXAMPLES, env_for, live_folder, steps_in
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+TRAINTOP = [sys.executable, "-m", "traintop.tui"]
+
+
+def traintop(*args, runs: Path, cwd: Path, env: dict | None = None, timeout: float = 180):
+    return subprocess.run([*TRAINTOP, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**env_for(runs), **(env or {})})
+
+
+def only_run(runs: Path):
+    (folder,) = [d for d in runs.iterdir() if d.is_dir()]
+    return folder
+
+
+def printed(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("epoch ") and ": val_loss" in line]
+
+
+def test_an_unchanged_script_is_watched_and_its_numbers_do_not_change(tmp_path):
+    runs = tmp_path / "runs"
+    plain = subprocess.run([sys.executable, str(EXAMPLES / "train_digits.py"), "--epochs", "2"], cwd=tmp_path,
+                           env=env_for(runs), capture_output=True, text=True, timeout=120, check=True)
+    watched = traintop("run", str(EXAMPLES / "train_digits.py"), "--headless", "--", "--epochs", "2",
+                       runs=runs, cwd=tmp_path)
+    assert watched.returncode == 0, watched.stderr
+    assert printed(watched.stdout) == printed(plain.stdout) and len(printed(plain.stdout)) == 2
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    started = events[0]
+    assert started.source == "script" and started.epochs == 2 and started.steps_per_epoch == 24
+    assert [layer["describe"] for layer in started.layers] == ["Linear 64→128", "Linear 128→128", "Linear 128→10"]
+    assert steps_in(events) == list(range(1, 49))
+    assert [e.epoch for e in events if isinstance(e, ev.EpochEnd)] == [1, 2]
+    assert events[-1].status == "completed"
+    assert "finished: completed" in watched.stdout  # traintop's own log lines, beside the script's
+
+
+def test_stop_ends_an_unchanged_script_cleanly_and_traintop_exits_0(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([*TRAINTOP, "run", str(EXAMPLES / "train_digits.py"), "--headless", "--",
+                             "--epochs", "100000"], cwd=tmp_path, env=env_for(runs), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc)
+        while max(steps_in(read_events(folder.events)[0]) or [0]) < 30:
+            time.sleep(0.05)
+        assert traintop("ctl", folder.run_id, "pause", runs=runs, cwd=tmp_path).returncode == 0
+        time.sleep(0.5)
+        held = max(steps_in(read_events(folder.events)[0]))
+        time.sleep(0.7)
+        assert max(steps_in(read_events(folder.events)[0])) == held  # pause holds the script's own loop
+        lr = traintop("ctl", folder.run_id, "lr", "x2", runs=runs, cwd=tmp_path)
+        assert lr.returncode == 0, lr.stderr
+        assert traintop("ctl", folder.run_id, "resume", runs=runs, cwd=tmp_path).returncode == 0
+        stop = traintop("ctl", folder.run_id, "stop", runs=runs, cwd=tmp_path)
+        assert stop.returncode == 0, stop.stderr
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    events = read_events(folder.events)[0]
+    assert events[-1].status == "stopped"
+    rates = {s: r for e in events if isinstance(e, ev.Steps) for s, r in zip(e.step, e.lr)}
+    changed = next(e for e in events if isinstance(e, ev.LrChanged))
+    assert changed.new == 2 * changed.old
+    assert rates[changed.step + 1] > 1.9 * rates[changed.step]  # the cosine's next rate, doubled
+
+
+def test_a_plain_lightning_script_stopped_by_traintop_exits_0(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([*TRAINTOP, "run", str(SCRIPTS / "lightning_plain.py"), "--headless", "--", "100000"],
+                            cwd=tmp_path, env=env_for(runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc, timeout=120)
+        while max(steps_in(read_events(folder.events)[0]) or [0]) < 20:
+            time.sleep(0.05)
+        assert traintop("ctl", folder.run_id, "stop", runs=runs, cwd=tmp_path).returncode == 0
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]  # Lightning itself exits 1 on the interrupt
+    assert read_events(folder.events)[0][-1].status == "stopped"
+
+
+def test_a_script_that_calls_watch_itself_is_watched_through_it_in_one_run(tmp_path):
+    runs = tmp_path / "runs"
+    done = traintop("run", str(EXAMPLES / "watch_digits.py"), "--headless", "--", "--epochs", "2",
+                    runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    events = read_events(only_run(runs) / "events.jsonl")[0]  # one run folder, not two
+    assert events[0].source == "watch"
+    assert steps_in(events) == list(range(1, 49))
+    assert len([e for e in events if isinstance(e, ev.Validation)]) == 2
+
+
+def test_autowatch_off_runs_the_script_unwatched(tmp_path):
+    runs = tmp_path / "runs"
+    done = traintop("run", str(EXAMPLES / "train_digits.py"), "--headless", "--", "--epochs", "1",
+                    runs=runs, cwd=tmp_path, env={"TRAINTOP_AUTOWATCH": "0"})
+    assert done.returncode == 0, done.stderr
+    assert len(printed(done.stdout)) == 1
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    assert not steps_in(events) and events[-1].status == "completed"
+
+
+def test_a_script_without_an_optimizer_is_told_to_use_watch(tmp_path):
+    runs = tmp_path / "runs"
+    done = traintop("run", str(SCRIPTS / "no_optimizer.py"), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "done" in done.stdout and "only through traintop.watch" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert read_events(only_run(runs) / "events.jsonl")[0][-1].status == "failed"
+
+
+def test_a_detached_script_reading_stdin_is_told_it_has_none(tmp_path):
+    runs = tmp_path / "runs"
+    started = traintop("run", str(SCRIPTS / "reads_stdin.py"), "--detach", runs=runs, cwd=tmp_path)
+    folder = only_run(runs)
+    deadline = time.monotonic() + 60
+    while not (folder / "report.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "no standard input" in (folder / "engine.log").read_text(), started.stdout + started.stderr
+    assert read_events(folder / "events.jsonl")[0][-1].status == "failed"
+
+
+def test_script_arguments_go_after_the_double_dash_and_resume_says_how_to_go_on(tmp_path):
+    runs = tmp_path / "runs"
+    wrong = traintop("run", str(EXAMPLES / "train_digits.py"), "--epochs", "1", runs=runs, cwd=tmp_path)
+    assert wrong.returncode == 2 and "go after --" in wrong.stderr and "Traceback" not in wrong.stderr
+    done = traintop("run", str(EXAMPLES / "train_digits.py"), "--headless", "--", "--epochs", "1",
+                    runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    resumed = traintop("resume", only_run(runs).name, runs=runs, cwd=tmp_path)
+    assert resumed.returncode == 2 and "trained by your script" in resumed.stderr
+    listing = traintop("ls", runs=runs, cwd=tmp_path)
+    assert "completed" in listing.stdout
+    exported = traintop("export", only_run(runs).name, runs=runs, cwd=tmp_path)
+    assert exported.returncode == 0 and "(24 steps)" in exported.stdout
