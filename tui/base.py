@@ -10,7 +10,7 @@ import os
 from textual.binding import Binding
 from textual.widgets import Input
 
-from .figures import WINDOWS, X_AXES, View, smoothing_alpha
+from .view import WINDOWS, X_AXES, View, smoothing_alpha
 from .keys import help_rows, load_keymap, palette_commands, printable
 from .literal import LiteralApp
 from .screens import HelpScreen, RangeScreen

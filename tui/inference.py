@@ -292,8 +292,11 @@ class InferenceView(Vertical, can_focus=True):
         return true is not None and abs(answer["value"] - true) <= 0.1 * std
 
     def follow_training(self) -> None:
-        """With current weights on a live run, keep the shown answer up to date as training goes on."""
+        """With current weights on a live run, keep the shown answer up to date as training goes on;
+        a tab opened before the run had started opens on its first sample once it has."""
         source = self.app.source
+        if self.answer is None and self.answered_step < 0 and self.is_on_screen:
+            self.shown()
         if (self.pending or self.answer is None or self.weights != "current" or source is None
                 or not getattr(source, "live", False) or not self.is_on_screen
                 or self.app.state.step <= self.answered_step):

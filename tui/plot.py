@@ -94,6 +94,8 @@ class PlotWidget(Widget):
 
     def render(self) -> Text:
         size = (self.size.width, self.size.height)
+        if not self.figure.lines and not self.figure.title:  # the first frame: no numpy for nothing
+            return Text(self.figure.empty_text, style="dim")
         if self._cache is None or self._cache[0] != size:
             from .draw import render_figure
 

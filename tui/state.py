@@ -11,8 +11,8 @@ from traintop.engine import events as ev
 
 from .marks import Marker, lr_label, pause_label, warning_label
 from .series import Ema, Series
+from .view import SMOOTHING
 
-SMOOTHING = (0.0, 0.6, 0.9, 0.99)  # `s` cycles through these
 PACE_SECONDS = 30.0  # the ETA and samples/s follow the pace of this much recent training time
 __all__ = ["Marker", "RunState", "SMOOTHING"]
 
