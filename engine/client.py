@@ -1,7 +1,7 @@
 """The client side of a run, torch-free: a live run over its control socket, or a finished one
-read from its events.jsonl, behind the same small interface.
+read from its events.jsonl, behind one declared interface (RunSource).
 
-    source = await open_run(folder)      # LiveRun or FinishedRun
+    source = await open_run(folder)      # LiveRun or FinishedRun: both a RunSource
     async for event in source.events():  # history, then live events until run_finished
         ...
     reply = await source.send(Pause())   # a finished run refuses, saying why
@@ -9,11 +9,12 @@ read from its events.jsonl, behind the same small interface.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import json
 import sys
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from . import commands as cmd
 from . import events as ev
@@ -34,20 +35,120 @@ class HistoryEnd:
 HISTORY_END = HistoryEnd()
 
 
-class LiveRun:
-    """A run training in another process, reached through its control socket."""
+class RunSource(abc.ABC):
+    """What a dashboard talks to, whether the run trains now or finished long ago: its events (all
+    the dashboard knows of it comes from them), commands to it, and what a typed input holds.
+
+    `live`: an engine serves it (commands can steer it); `closed_reason`: why a live stream ended
+    early ("" when it did not); `torn`: its log's last line was torn; `notes`: lines of the stream
+    this client could not read, and why.
+    """
+
+    live: bool = False
+    closed_reason: str = ""
+    torn: bool = False
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self.notes: list[str] = []
+
+    @property
+    def run_id(self) -> str:
+        return self.folder.run_id
+
+    @abc.abstractmethod
+    def events(self, history_end: bool = False) -> AsyncIterator[ev.Event | HistoryEnd]:
+        """The run's history, then (from a live run) its events as they come, until run_finished."""
+
+    @abc.abstractmethod
+    async def send(self, command: cmd.Command, timeout: float = 60) -> cmd.Reply:
+        """The engine's reply to `command` (a run that is not live answers predictions from its
+        saved checkpoints and refuses the rest, saying why)."""
+
+    async def input_spec(self) -> dict[str, Any]:
+        """What a typed input holds: the fitted preprocessing of the run's data (its columns, their
+        kinds, categories and fill values), or {} before the run has written it."""
+        try:
+            spec = json.loads(self.folder.preprocess.read_text())
+        except (OSError, ValueError):
+            return {}
+        return spec if isinstance(spec, dict) else {}
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Leave; a live run goes on."""
+
+
+class CheckpointPredictions:
+    """Predictions from a run's saved checkpoints, in a process of its own (this one never imports
+    torch), started on first use."""
+
+    def __init__(self, folder: RunFolder, trust: bool = False):
+        self.folder = folder
+        self.trust = trust
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+
+    async def predict(self, command: cmd.Predict, timeout: float) -> cmd.Reply:
+        async with self._lock:
+            proc = self._proc
+            try:
+                if proc is None or proc.returncode is not None:
+                    proc = self._proc = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "traintop.engine.predictor", str(self.folder.path),
+                        *(["--trust"] if self.trust else []),
+                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
+                request_id = next(self._ids)
+                proc.stdin.write(json.dumps({**command.to_json(), "id": request_id}).encode() + b"\n")
+                await proc.stdin.drain()
+                # An earlier request that was given up on may still have its reply on the way: skip it.
+                while line := await asyncio.wait_for(wire.read_line(proc.stdout), timeout):
+                    if isinstance(line, wire.Overlong):
+                        if line.reply_id() == request_id:
+                            return cmd.Reply(False, f"the answer was {line.size / 1e6:.1f} MB, longer than the "
+                                                    f"{LINE_LIMIT / (1 << 20):.0f} MB a client reads; "
+                                                    "ask for fewer inputs")
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except (ValueError, RecursionError):
+                        continue
+                    if isinstance(obj, dict) and obj.get("reply") == request_id:
+                        return cmd.Reply.from_json(obj)
+            except asyncio.TimeoutError:  # still working: its late reply is skipped by the next request
+                return cmd.Reply(False, f"no prediction within {timeout:g} s")
+            except ConnectionError:
+                pass  # it has exited: say why, below
+            err = (await proc.stderr.read()).decode(errors="replace").strip().splitlines()
+            await proc.wait()  # the next request starts a new one
+            return cmd.Reply(False, err[-1] if err else "the prediction process ended")
+
+    async def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+
+
+class LiveRun(RunSource):
+    """A run training in another process, reached through its control socket. Once the engine has
+    gone, predictions come from the run's saved checkpoints."""
 
     live = True
 
     def __init__(self, folder: RunFolder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  parse_events: bool = True):
-        self.folder = folder
+        super().__init__(folder)
         self.reader = reader
         self.writer = writer
         self.parse_events = parse_events
-        self.torn = False
         self.closed_reason = ""  # why the stream ended early: the engine went away, or dropped us
-        self.notes: list[str] = []  # lines of the stream this client could not read, and why
+        self._saved: CheckpointPredictions | None = None
         self._queue: asyncio.Queue = asyncio.Queue()
         self._replies: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
@@ -142,7 +243,14 @@ class LiveRun:
                 return
 
     async def send(self, command: cmd.Command, timeout: float = 60) -> cmd.Reply:
-        """Send a command; the engine's reply once it has been applied at a step boundary."""
+        """Send a command; the engine's reply once it has been applied at a step boundary. After the
+        engine has gone, a prediction comes from the saved checkpoints; anything else is refused."""
+        if self._task.done():
+            if isinstance(command, cmd.Predict):
+                if self._saved is None:
+                    self._saved = CheckpointPredictions(self.folder)
+                return await self._saved.predict(command, max(timeout, 120))
+            return cmd.Reply(False, f"run {self.run_id} is no longer live ({self.closed_reason or 'it has ended'})")
         request_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
@@ -156,6 +264,8 @@ class LiveRun:
 
     async def close(self) -> None:
         """Leave; the run goes on."""
+        if self._saved is not None:
+            await self._saved.close()
         self._task.cancel()
         self.writer.close()
         try:
@@ -164,7 +274,7 @@ class LiveRun:
             pass
 
 
-class FinishedRun:
+class FinishedRun(RunSource):
     """A run no engine serves: its events.jsonl, read once."""
 
     live = False
@@ -175,14 +285,11 @@ class FinishedRun:
         `trust`: the prediction process may import the run's Python model and data even from a
         folder that is not the user's own, in place (`--trust`).
         """
-        self.folder = folder
+        super().__init__(folder)
         self.trust = trust
         self._events, self.torn = read_events(folder.events)
         self.closed_reason = ""
-        self.notes: list[str] = []
-        self._predictions: asyncio.subprocess.Process | None = None
-        self._lock = asyncio.Lock()
-        self._ids = itertools.count(1)
+        self._saved = CheckpointPredictions(folder, trust)
 
     async def events(self, history_end: bool = False) -> AsyncIterator[ev.Event | HistoryEnd]:
         """Every event of the log: all history (followed by HISTORY_END when asked)."""
@@ -194,55 +301,13 @@ class FinishedRun:
     async def send(self, command: cmd.Command, timeout: float = 120) -> cmd.Reply:
         """Predictions come from the saved checkpoints; every other command needs a live run."""
         if isinstance(command, cmd.Predict):
-            return await self._predict(command, timeout)
+            return await self._saved.predict(command, timeout)
         finished = next((e for e in self._events if isinstance(e, ev.RunFinished)), None)
         state = f"has {finished.status.replace('_', ' ')}" if finished else "is not running"
         return cmd.Reply(False, f"run {self.folder.run_id} {state}; commands need a live run")
 
-    async def _predict(self, command: cmd.Predict, timeout: float) -> cmd.Reply:
-        # A process of its own holds the model (this one never imports torch); started on first use.
-        async with self._lock:
-            proc = self._predictions
-            try:
-                if proc is None or proc.returncode is not None:
-                    proc = self._predictions = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "traintop.engine.predictor", str(self.folder.path),
-                        *(["--trust"] if self.trust else []),
-                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                        stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
-                request_id = next(self._ids)
-                proc.stdin.write(json.dumps({**command.to_json(), "id": request_id}).encode() + b"\n")
-                await proc.stdin.drain()
-                # An earlier request that was given up on may still have its reply on the way: skip it.
-                while line := await asyncio.wait_for(wire.read_line(proc.stdout), timeout):
-                    if isinstance(line, wire.Overlong):
-                        if line.reply_id() == request_id:
-                            return cmd.Reply(False, f"the answer was {line.size / 1e6:.1f} MB, longer than the "
-                                                    f"{LINE_LIMIT / (1 << 20):.0f} MB a client reads; "
-                                                    "ask for fewer inputs")
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except (ValueError, RecursionError):
-                        continue
-                    if isinstance(obj, dict) and obj.get("reply") == request_id:
-                        return cmd.Reply.from_json(obj)
-            except asyncio.TimeoutError:  # still working: its late reply is skipped by the next request
-                return cmd.Reply(False, f"no prediction within {timeout:g} s")
-            except ConnectionError:
-                pass  # it has exited: say why, below
-            err = (await proc.stderr.read()).decode(errors="replace").strip().splitlines()
-            await proc.wait()  # the next request starts a new one
-            return cmd.Reply(False, err[-1] if err else "the prediction process ended")
-
     async def close(self) -> None:
-        proc, self._predictions = self._predictions, None
-        if proc is not None and proc.returncode is None:
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except asyncio.TimeoutError:
-                proc.kill()
+        await self._saved.close()
 
 
 async def open_run(folder: RunFolder, parse_events: bool = True, trust: bool = False) -> LiveRun | FinishedRun:

@@ -8,33 +8,11 @@ from typing import TextIO
 
 from traintop.engine import events as ev
 
+from .format import duration, fmt  # noqa: F401 - the log's numbers; also imported from here
+
 LOG_SECONDS = 2.0  # within a long epoch, one step line at most this often
 LOOPS = {"watch": "your own, through traintop.watch", "script": "your script, watched through its optimizer",
          "lightning": "Lightning, through TraintopCallback", "transformers": "Hugging Face Trainer, through TraintopCallback"}
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    """A number for a log line: 0.1235, 1.2e-05, nan."""
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
-
-
-def duration(seconds: float) -> str:
-    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
-    if not math.isfinite(seconds):
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def metrics_text(metrics: dict) -> str:

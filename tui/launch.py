@@ -184,7 +184,6 @@ def with_dashboard(engine: Engine) -> int:
     from .app import TrainTop
 
     folder = engine.folder
-    engine.take()
     started: list[subprocess.Popen] = []
 
     async def opener():
@@ -200,7 +199,8 @@ def with_dashboard(engine: Engine) -> int:
             raise UserError("waiting for the engine")
         return await LiveRun.connect(folder)
 
-    app = TrainTop(opener, title=folder.run_id)
+    app = TrainTop(opener, title=folder.run_id)  # first: a bad keymap is refused before the run folder is taken
+    engine.take()
     outcome = app.run()
     if not started:  # the dashboard closed before the engine was started: there is no new run
         engine.forget()

@@ -72,13 +72,30 @@ class Series:
     def last(self) -> float | None:
         return float(self._y[self.n - 1]) if self.n else None
 
-    def view(self, buckets: int) -> tuple[np.ndarray, np.ndarray]:
-        """At most ~2*buckets points of the whole series, each bucket's min and max kept."""
-        if self._blocks is None or self.n <= 4 * BLOCK * buckets or not len(self._blocks):
-            return minmax_buckets(self.x, self.y, buckets)
-        x = np.concatenate([self._blocks.x, self._x[self._blocked:self.n]])
-        y = np.concatenate([self._blocks.y, self._y[self._blocked:self.n]])
-        return minmax_buckets(x, y, buckets)
+    def view(self, buckets: int, lo: float | None = None, hi: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """At most ~2*buckets points of the series (of its x from `lo` to `hi` when given), each
+        bucket's min and max kept."""
+        x, y = self.x, self.y
+        if lo is not None or hi is not None:
+            start = 0 if lo is None else int(np.searchsorted(x, lo, side="left"))
+            end = self.n if hi is None else int(np.searchsorted(x, hi, side="right"))
+        else:
+            start, end = 0, self.n
+        if self._blocks is None or end - start <= 4 * BLOCK * buckets or not len(self._blocks):
+            return minmax_buckets(x[start:end], y[start:end], buckets)
+        # Long: the block summaries of the full blocks inside the range, the raw points at its ends.
+        first_block = -(-start // BLOCK)
+        last_block = min(end, self._blocked) // BLOCK
+        if last_block <= first_block:
+            return minmax_buckets(x[start:end], y[start:end], buckets)
+        bx = self._blocks.x
+        b_start = int(np.searchsorted(bx, x[first_block * BLOCK], "left"))
+        b_end = int(np.searchsorted(bx, x[last_block * BLOCK - 1], "right"))
+        head = slice(start, first_block * BLOCK)
+        tail = slice(last_block * BLOCK, end)
+        xs = np.concatenate([x[head], bx[b_start:b_end], x[tail]])
+        ys = np.concatenate([y[head], self._blocks.y[b_start:b_end], y[tail]])
+        return minmax_buckets(xs, ys, buckets)
 
 
 def minmax_buckets(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +118,7 @@ def minmax_buckets(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarr
     base = np.arange(rows) * width
     lo = np.minimum(base + grid.argmin(axis=1), n - 1)
     hi = np.minimum(base + grid.argmax(axis=1), n - 1)
-    idx = np.unique(np.concatenate([lo, hi]))
+    idx = np.unique(np.concatenate([[0], lo, hi, [n - 1]]))  # the ends too: a curve starts where the run does
     return x[idx], y[idx]
 
 

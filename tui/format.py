@@ -1,0 +1,50 @@
+"""Numbers and durations as every part of traintop's output writes them: the headless log, the
+dashboard's header, side panel and Events tab round alike."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number for a log line: 0.1235, 1.2e-05, nan."""
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
+
+
+def duration(seconds: float) -> str:
+    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
+    if not math.isfinite(seconds):
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def rounded(value: Any) -> str:
+    """Any event field as the screen shows it: floats through `fmt`, however deep in lists and dicts."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return fmt(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {rounded(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(rounded(v) for v in value[:8])
+        return f"[{shown}{', …' if len(value) > 8 else ''}]"
+    return str(value)
+
+
+def values_text(values: dict, limit: int = 3) -> str:
+    """The numbers behind a warning, a few of them: `val_loss 0.52  train_loss 0.1`."""
+    return "  ".join(f"{k} {rounded(v)}" for k, v in list(values.items())[:limit])
