@@ -372,6 +372,9 @@ class Trainer:
         """Continue from a checkpoint written by `state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.cfg.train.compile:  # the rate a tensor on the weights' device, whatever the file held
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.params[0].device)
         self.precision.load_state_dict(state.get("scaler", {}))
         self.lr.load_state_dict(state["lr"])
         self.lr_scale.scale = state["lr"].get("user_scale", 1.0)
