@@ -218,3 +218,36 @@ def test_a_watched_loop_with_autocast_and_a_grad_scaler_records_the_true_gradien
     true = json.loads(proc.stdout.strip().splitlines()[-1])
     recorded = steps(events_of(resolve_run("latest", runs)), "grad_norm")
     assert recorded == pytest.approx(true, rel=1e-3)  # not 1024 times larger
+
+
+AMP_SCRIPT = """
+import json, torch
+from sklearn.datasets import load_digits
+
+x, y = load_digits(return_X_y=True)
+x, y = torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+losses = []
+for i in range(0, 640, 64):
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+    optimizer.zero_grad()
+    scaler.scale(loss).backward()
+    losses.append(loss.item())
+    scaler.step(optimizer)
+    scaler.update()
+print(json.dumps(losses))
+"""
+
+
+def test_a_script_with_a_grad_scaler_run_by_traintop_records_its_loss_divided_back(tmp_path):
+    script = tmp_path / "amp_script.py"
+    script.write_text(AMP_SCRIPT)
+    runs = tmp_path / "runs"
+    proc = traintop("run", str(script), "--headless", "--runs-dir", str(runs))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    true = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("[")))
+    assert steps(events_of(resolve_run("latest", runs)), "loss") == pytest.approx(true, rel=1e-3)  # not x1024
