@@ -4,6 +4,8 @@ to anyone (a script, the Hugging Face Trainer with a custom `compute_loss`) stil
 
 The wrappers call the originals with exactly the arguments they were given, so the user's numbers
 do not change; the captured loss is a detached view, kept on the device.
+`torch.amp.GradScaler.scale` is wrapped too, only to mark the loss it scales with its scaler:
+a script's mixed-precision loss is recorded divided back to its true value.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class LossCapture:
         if tensor.numel() != 1 or not tensor.is_floating_point():
             return
         loss = tensor.detach().reshape(())
-        scale = getattr(self.scaler, "_scale", None)
+        scaler = getattr(tensor, "_traintop_scaler", None) or self.scaler  # a script's own GradScaler
+        scale = getattr(scaler, "_scale", None)
         if isinstance(scale, torch.Tensor):  # a mixed-precision loss comes scaled: divide on the device
             loss = loss / scale.reshape(()).to(loss.device)
         self.losses.append(loss)
@@ -55,8 +58,10 @@ def install(capture: LossCapture) -> None:
             return
         _originals["tensor"] = torch.Tensor.backward
         _originals["autograd"] = torch.autograd.backward
+        _originals["scale"] = torch.amp.GradScaler.scale
         torch.Tensor.backward = _tensor_backward
         torch.autograd.backward = _autograd_backward
+        torch.amp.GradScaler.scale = _scaler_scale
 
 
 def uninstall(capture: LossCapture) -> None:
@@ -68,6 +73,7 @@ def uninstall(capture: LossCapture) -> None:
             return
         torch.Tensor.backward = _originals.pop("tensor")
         torch.autograd.backward = _originals.pop("autograd")
+        torch.amp.GradScaler.scale = _originals.pop("scale")
 
 
 def _offer(tensors) -> None:
@@ -96,3 +102,11 @@ def _autograd_backward(tensors, *args, **kwargs):
         return _originals["autograd"](tensors, *args, **kwargs)
     finally:
         _local.inside = was
+
+
+def _scaler_scale(self, outputs):
+    # A loss scaled for mixed precision is marked with its scaler, so that its capture is divided back.
+    scaled = _originals["scale"](self, outputs)
+    if isinstance(scaled, torch.Tensor):
+        scaled._traintop_scaler = self
+    return scaled

@@ -123,11 +123,11 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.params)
         self.gradients = Gradients(self.params, device)
         self.precision = Precision(cfg.train.precision, device, self.optimizer)
-        self.forward, self.optimizer_step = self.net, self.optimizer.step
-        if cfg.train.compile:
-            # Training only: validation, test and predict run the eager model, whose state_dict
-            # keeps its own names.
-            self.forward, self.optimizer_step = torch.compile(self.net), torch.compile(self.optimizer.step)
+        # Training only: validation, test and predict run the eager model, whose state_dict keeps
+        # its own names. Under fp16 the scaler calls the optimizer's eager step itself.
+        self.compiled_step = cfg.train.compile and self.precision.scaler is None
+        self.forward = torch.compile(self.net) if cfg.train.compile else self.net
+        self.optimizer_step = torch.compile(self.optimizer.step) if self.compiled_step else self.optimizer.step
         self.compiled_graphs = 0  # graphs compiled in the first epoch; more later is a recompile
         self.first_epoch = 0
 
@@ -141,7 +141,7 @@ class Trainer:
         self.lr = LearningRate(cfg, self.steps_per_epoch)  # the schedule's rate, in the optimizer's groups
         # The user's changes, around each step: by optimizer hooks, or for a compiled step around
         # the call, outside the compiled code (a hook would be traced into it, its scale a constant).
-        self.lr_scale = LrScale(self.optimizer, hooks=not cfg.train.compile)
+        self.lr_scale = LrScale(self.optimizer, hooks=not self.compiled_step)
         self.recorder = StepRecorder([n for n, _ in named], self.gradients)
 
         es = cfg.early_stopping
@@ -237,12 +237,12 @@ class Trainer:
     def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """One optimizer step over `batches` (one, or `train.accumulate`): forward and loss (under
         autocast), backward (gradients cleared, then filled by each batch), update."""
-        precision, total = self.precision, sum(len(yb) for _, yb in batches)
-        loss = None
+        precision, loss = self.precision, None
+        total = sum(len(yb) for _, yb in batches) if len(batches) > 1 else 0
         for i, (xb, yb) in enumerate(batches):
             with precision.autocast():
                 part = self.objective(self.forward(xb), yb)
-            if len(batches) > 1:  # each batch by its share of the samples: the step's loss is their mean
+            if total:  # each batch by its share of the samples: the step's loss is their mean
                 part = part * (len(yb) / total)
             self.timer.lap("forward")
             self.gradients.backward(precision.scale(part), clear=i == 0)
@@ -266,10 +266,10 @@ class Trainer:
 
     def update(self) -> None:
         """The optimizer's step, with the user's scale on its rate."""
-        if self.optimizer_step is self.optimizer.step:
-            self.optimizer_step()  # the scale is applied by the optimizer's own hooks
-        else:
+        if self.compiled_step:
             self.lr_scale.around(self.optimizer_step)
+        else:
+            self.optimizer_step()  # the scale is applied by the optimizer's own hooks
 
     def flush_and_deliver(self) -> None:
         """The timed flush: about every 100 ms, steps and events go out together, and a
@@ -428,6 +428,9 @@ class Trainer:
         """Continue from a checkpoint written by `state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.cfg.train.compile:  # the rate a tensor on the weights' device, whatever the file held
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.params[0].device)
         self.precision.load_state_dict(state.get("scaler", {}))
         self.lr.load_state_dict(state["lr"])
         self.lr_scale.scale = state["lr"].get("user_scale", 1.0)

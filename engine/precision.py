@@ -65,3 +65,15 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+def pending_scale(scaler, optimizer) -> torch.Tensor | None:
+    """The scale a user's GradScaler has left on `optimizer`'s gradients (a device tensor), or
+    None once they are unscaled (`scaler.unscale_`, as before clipping) or the scaler is off."""
+    if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+        return None
+    from torch.amp.grad_scaler import OptState
+
+    # torch says nothing public of whether unscale_ ran for this optimizer since the last update
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer)) or {}
+    return None if state.get("stage") is OptState.UNSCALED else scaler._scale

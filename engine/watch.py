@@ -43,6 +43,7 @@ from .gradients import Gradients
 from .lrscale import LrScale
 from .models import describe_layers
 from .policies import ValidationPolicies
+from .precision import pending_scale
 from .recorder import StepRecorder
 from .runstore import RunFolder, default_runs_dir
 from .session import Session
@@ -56,7 +57,8 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
           name: str | None = None, config: dict | None = None, epochs: int | None = None,
           early_stopping: dict | None = None, checkpoint_every_seconds: float = 120,
           runs_dir: str | Path | None = None, source: str = "watch",
-          folder: str | Path | None = None, signals: dict | None = None, sync_every: int = 1) -> WatchedRun:
+          folder: str | Path | None = None, signals: dict | None = None, sync_every: int = 1,
+          scaler=None) -> WatchedRun:
     """Start recording and serving a run of your own loop; returns the run to call `step` on.
 
     `model` gives the layers whose gradient norms are recorded; `optimizer` the learning rate
@@ -67,7 +69,8 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     when one is registered; 0 = off); `signals` sets the thresholds of the live diagnoses, with
     the keys of a config's [signals] section (`signals=dict(spike_mads=20)`; `enabled=False` is off).
     Under torch.distributed, every rank calls it (after init_process_group); `sync_every` is how
-    many steps apart the ranks exchange commands.
+    many steps apart the ranks exchange commands. `scaler`: the loop's `torch.amp.GradScaler`, so
+    that the gradient norms are recorded unscaled even when `run.step` comes before `scaler.unscale_`.
     """
     if model is None and optimizer is None:
         raise UserError("watch needs the model, the optimizer, or both")
@@ -100,6 +103,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
                      epochs=epochs if epochs is not None else _int(config.get("epochs")),
                      early_stopping=early_stopping, checkpoint_every_seconds=checkpoint_every_seconds,
                      signals=settings)
+    run.scaler = scaler
     session.serve()
     _live.add(run)
     return run
@@ -150,6 +154,7 @@ class WatchedRun:
         self._validate_fn: Callable | None = None
         self._predict_fn: Callable | None = None
         self._samples = None
+        self.scaler = None  # the loop's GradScaler, whose scale is taken off the recorded norms
 
     def set_early_stopping(self, options: dict | None) -> None:
         """Early stopping as `watch(early_stopping=...)` describes it; off when None."""
@@ -267,6 +272,10 @@ class WatchedRun:
             raise KeyboardInterrupt("traintop: the run was asked to stop")
         self.timer.lap("forward+backward")
         now = time.perf_counter()
+        if self.scaler is not None and total is None and norms is None:
+            scale = pending_scale(self.scaler, self.optimizer)
+            if scale is not None:  # the gradients are still scaled: the norms are divided on the device
+                norms = torch._foreach_div(self.recorder.gradients.layer_norms(), scale.to(self.device))
         self.recorder.record(loss, self._rate(), now, total=total, scalars=scalars, norms=norms)
         self.steps += 1
         session.samples += self.batch_samples

@@ -6,6 +6,7 @@ and a paused run still reports its memory."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -178,3 +179,75 @@ def test_precision_is_one_of_32_bf16_fp16_written_as_text_or_as_the_number_32():
         load_config(None, ["train.precision=fp8"])
     with pytest.raises(UserError, match=r"train\.accumulate is 0; allowed"):
         load_config(None, ["train.accumulate=0"])
+
+
+AMP_LOOP = """
+import json, torch, traintop
+from sklearn.datasets import load_digits
+
+x, y = load_digits(return_X_y=True)
+x, y = torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+run = traintop.watch(model, optimizer, name="amp", scaler=scaler)
+true = []
+for i in range(0, 640, 64):
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+    optimizer.zero_grad()
+    scaler.scale(loss).backward()
+    run.step(loss)  # before unscale_: the gradients still carry the scale
+    scaler.unscale_(optimizer)
+    true.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item())
+    scaler.step(optimizer)
+    scaler.update()
+run.finish()
+print(json.dumps(true))
+"""
+
+
+def test_a_watched_loop_with_autocast_and_a_grad_scaler_records_the_true_gradient_norms(tmp_path):
+    script = tmp_path / "amp_loop.py"
+    script.write_text(AMP_LOOP)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TRAINTOP_RUNS_DIR": str(runs)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    true = json.loads(proc.stdout.strip().splitlines()[-1])
+    recorded = steps(events_of(resolve_run("latest", runs)), "grad_norm")
+    assert recorded == pytest.approx(true, rel=1e-3)  # not 1024 times larger
+
+
+AMP_SCRIPT = """
+import json, torch
+from sklearn.datasets import load_digits
+
+x, y = load_digits(return_X_y=True)
+x, y = torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+losses = []
+for i in range(0, 640, 64):
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+    optimizer.zero_grad()
+    scaler.scale(loss).backward()
+    losses.append(loss.item())
+    scaler.step(optimizer)
+    scaler.update()
+print(json.dumps(losses))
+"""
+
+
+def test_a_script_with_a_grad_scaler_run_by_traintop_records_its_loss_divided_back(tmp_path):
+    script = tmp_path / "amp_script.py"
+    script.write_text(AMP_SCRIPT)
+    runs = tmp_path / "runs"
+    proc = traintop("run", str(script), "--headless", "--runs-dir", str(runs))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    true = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("[")))
+    assert steps(events_of(resolve_run("latest", runs)), "loss") == pytest.approx(true, rel=1e-3)  # not x1024
