@@ -29,6 +29,7 @@ from .headless import duration, fmt
 from .inference import InferenceView
 from .literal import Literal, LiteralApp, LiteralLabel, LiteralText, shown
 from .plot import Figure, Line, PlotWidget
+from .timing_view import TimingView
 
 if TYPE_CHECKING:
     from .state import RunState
@@ -172,6 +173,8 @@ class TrainTop(LiteralApp):
                 yield Literal(id="config-view")
             yield TabPane("Events", id="events")
             yield TabPane("Output", id="output")  # the engine's own output: a watched script's prints
+            with TabPane("Timing", id="timing"):
+                yield TimingView(id="timing-view")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -223,8 +226,10 @@ class TrainTop(LiteralApp):
                     return
                 self.state.error = str(e)
                 await asyncio.sleep(0.2)
+        timing = self.main.query_one("#timing-view", TimingView)
         async for event in self.source.events():
             self.state.apply(event)
+            timing.feed(event)
         if self.source.live and self.state.status not in ("finished", "failed"):
             self.state.status = "failed"
             self.state.error = self.source.closed_reason or "the engine went away"
@@ -283,6 +288,7 @@ class TrainTop(LiteralApp):
             start_up_measured(self, "curves")
         if self.main.query_one("#views", TabbedContent).active == "layers":
             self.update_layers()
+        self.main.query_one("#timing-view", TimingView).redraw(buckets)
         self.update_events()
         if s.config and not self.config_shown:
             from traintop.engine.config import dumps_toml
