@@ -115,7 +115,7 @@ class SignalsConfig:
     log_timing: bool = False  # the headless log adds a per-phase timing line to each step line
     spike_mads: float = 10.0  # loss_spike: times the step-to-step noise above the recent median
     spike_ratio: float = 3.0  # loss_spike: times the recent median
-    spike_floor: float = 0.5  # loss_spike: height above the median, as a fraction of the starting loss
+    spike_floor: float = 1.0  # loss_spike: height above the median, as a fraction of the starting loss
     spike_window: int = 100  # loss_spike: steps in the recent window
     divergence_factor: float = 2.0  # divergence: recent loss over its starting level
     divergence_rise: float = 0.5  # divergence: rise over the lowest level, as a fraction of the starting loss

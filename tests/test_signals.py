@@ -193,3 +193,35 @@ def test_lr_find_in_a_watched_loop_restores_the_model_and_optimizer(tmp_path):
     assert optimizer.param_groups[0]["lr"] == 0.05 and not optimizer.state
     done = [e for e in read_events(run.session.folder.events)[0] if isinstance(e, ev.LrFind) and e.done]
     assert done and done[0].suggested == suggested
+
+
+async def test_the_timing_view_shows_the_phases_and_the_suggested_rate(tmp_path):
+    from textual.widgets import TabbedContent
+
+    from traintop.engine.client import open_run
+    from traintop.engine.runstore import RunFolder
+    from traintop.tui.app import TrainTop
+
+    out = subprocess.run([sys.executable, "-m", "traintop.tui", "lr-find", "--runs-dir", str(tmp_path / "find"),
+                          "--steps", "40"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    timed = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--headless", "--runs-dir",
+                            str(tmp_path / "run"), "--set", "train.epochs=2"], capture_output=True, text=True,
+                           timeout=120)
+    assert timed.returncode == 0, timed.stderr
+    for runs, expected in ((tmp_path / "find", "suggested learning rate"), (tmp_path / "run", "forward")):
+        folder = RunFolder(next(runs.iterdir()))
+
+        async def opener():
+            return await open_run(folder)
+
+        app = TrainTop(opener, title=folder.run_id)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(100):
+                if app.state.status == "finished":
+                    break
+                await pilot.pause(0.05)
+            app.main.query_one("#views", TabbedContent).active = "timing"
+            await pilot.pause(0.5)
+            text = "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+        assert expected in text, text

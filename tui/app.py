@@ -29,6 +29,7 @@ from .literal import Literal
 from .plot import PlotWidget
 from .resources import ResourcesView
 from .screens import EscInput, LrScreen, QuitScreen
+from .timing_view import TimingView
 
 if TYPE_CHECKING:
     from .state import RunState
@@ -112,6 +113,8 @@ class TrainTop(CurvesApp):
                 yield Literal(id="config-view")
             yield TabPane("Events", id="events")
             yield TabPane("Output", id="output")  # the engine's own output: a watched script's prints
+            with TabPane("Timing", id="timing"):
+                yield TimingView(id="timing-view")
             with TabPane("Resources", id="resources"):
                 yield ResourcesView(id="resources-view")
         yield Footer(compact=True, show_command_palette=False)  # ctrl+p is in the help
@@ -160,8 +163,10 @@ class TrainTop(CurvesApp):
                     return
                 self.state.error = str(e)
                 await asyncio.sleep(0.2)
+        timing = self.main.query_one("#timing-view", TimingView)
         async for event in self.source.events():
             self.state.apply(event)
+            timing.feed(event)
         if self.source.live and self.state.status not in ("finished", "failed"):
             self.state.status = "failed"
             self.state.error = self.source.closed_reason or "the engine went away"
@@ -229,6 +234,7 @@ class TrainTop(CurvesApp):
         if self.events is not None:
             self.events.update(s)
         main.query_one("#resources-view", ResourcesView).show(s.resources)  # a few lines: cheap
+        main.query_one("#timing-view", TimingView).redraw(width)
         if s.config and not self.config_shown:
             from traintop.engine.config import dumps_toml
 

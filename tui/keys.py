@@ -45,7 +45,7 @@ VIEW_KEYS = [
         "step_range", show=False),
     key("x", "x_axis", "x axis", "The x axis: step, epoch or wall time", "x_axis", show=False),
 ]
-TABS = ["curves", "layers", "inference", "config", "events", "output", "resources"]
+TABS = ["curves", "layers", "inference", "config", "events", "output", "timing", "resources"]
 TAB_KEYS = [key(str(i), f"tab('{tab}')", tab, f"Show the {tab.capitalize()} tab", f"tab_{tab}", show=False)
             for i, tab in enumerate(TABS, 1)]
 END_KEYS = [

@@ -7,8 +7,8 @@ thresholds are `[signals]` keys (engine/config.py `SignalsConfig`, every key in 
 each finding goes out through `Session.warn` with an id that stays the same while the condition
 lasts, so a persisting condition is one warning updated, not a stream.
 
-    signals = Signals(session, cfg.signals, layers=describe_layers(model))  # hooked on the flushes
-    ValidationPolicies(session, early, signals=signals)                     # and on the validations
+    signals = Signals.for_model(session, cfg.signals, model, val_inputs)  # hooked on the flushes
+    ValidationPolicies(session, early, signals=signals)                   # and on the validations
 
 Nothing here runs inside the model or the step: no hooks, no syncs, so a compiled model never
 recompiles because of it.

@@ -24,7 +24,7 @@ def deep_sigmoid(info):
 
 
 class SpikeAt(nn.Module):
-    """A small MLP whose outputs are blown up 50 times at one training step (the 150th)."""
+    """A small MLP whose outputs are blown up 100 times at one training step (the 150th)."""
 
     def __init__(self, n_inputs, n_outputs, at=150):
         super().__init__()
@@ -36,7 +36,7 @@ class SpikeAt(nn.Module):
         if self.training:
             self.calls += 1
             if self.calls == self.at:
-                out = out * 50
+                out = out * 100
         return out
 
 
