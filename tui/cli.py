@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     overrides(resume)
     foreground(resume)
+    trust_flag(resume)
     resume.add_argument("--into", type=Path, help=argparse.SUPPRESS)
     ranks(resume)
     runs_dir(resume)
@@ -343,10 +344,10 @@ def cmd_resume(args) -> int:
     if is_follower():  # a rank a launcher started: rank 0 reads the run and hands every rank what it needs
         from traintop.engine.run import Run
 
-        return launch.run_engine(Run.resume(RunFolder(Path(args.into or args.run)), args.overrides))
+        return launch.run_engine(Run.resume(RunFolder(Path(args.into or args.run)), args.overrides, args.trust))
     how = launch.launch_of(args)
     if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's, which has the run
-        engine = launch.on_ranks(launch.resumed_engine(None, args.overrides, spec=args.run), how)
+        engine = launch.on_ranks(launch.resumed_engine(None, args.overrides, args.trust, spec=args.run), how)
         return launch.start(engine, args.detach, wants_dashboard(args))
     folder = RunFolder(args.into) if args.into else _folder(args)
     if not args.into:
@@ -358,18 +359,18 @@ def cmd_resume(args) -> int:
 
         how = resume_launch(folder, how)  # on as many processes as it trained on, or refused
         if how is not None:
-            resume_config(folder, args.overrides)  # refused here, before any rank starts
-            engine = launch.on_ranks(launch.resumed_engine(folder, args.overrides), how)
+            resume_config(folder, args.overrides, args.trust)  # refused here, before any rank starts
+            engine = launch.on_ranks(launch.resumed_engine(folder, args.overrides, args.trust), how)
             return launch.start(engine, args.detach, wants_dashboard(args))
     if args.detach or wants_dashboard(args):
         from traintop.engine.resume import resume_config
 
-        resume_config(folder, args.overrides)  # refused here, before an engine or a dashboard starts
-        engine = launch.resumed_engine(folder, args.overrides)
+        resume_config(folder, args.overrides, args.trust)  # refused here, before an engine or a dashboard starts
+        engine = launch.resumed_engine(folder, args.overrides, args.trust)
         return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
     from traintop.engine.run import Run
 
-    return launch.run_engine(Run.resume(folder, args.overrides))
+    return launch.run_engine(Run.resume(folder, args.overrides, args.trust))
 
 
 def finished_run(folder, trust: bool = False):

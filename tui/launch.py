@@ -75,12 +75,12 @@ def config_engine(folder, config: str | None, overrides: list[str], name: str | 
     return Engine(folder, argv)
 
 
-def resumed_engine(folder, overrides: list[str], spec: str = "") -> Engine:
+def resumed_engine(folder, overrides: list[str], trust: bool = False, spec: str = "") -> Engine:
     """A resumed run's engine; its folder is never this start's to remove. Without a folder (the
     ranks of a machine other than node 0), `spec` names the run: node 0's rank 0 reads it."""
     where = [str(folder.path), "--into", str(folder.path)] if folder is not None else [spec]
     argv = ["-m", "traintop.tui", "resume", where[0], *[x for o in overrides for x in ("--set", o)],
-            "--headless", *where[1:]]
+            "--headless", *where[1:], *(["--trust"] if trust else [])]
     return Engine(folder, argv, created=False)
 
 
