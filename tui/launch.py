@@ -91,6 +91,13 @@ def script_engine(folder, script: Path, script_args: list[str]) -> Engine:
                            str(script.resolve()), *script_args])
 
 
+def script_here_engine(folder, script: Path, script_args: list[str]) -> Engine:
+    """A user's script watched in the engine's own process with log lines on its output
+    (`traintop run train.py --headless --into FOLDER -- ARGS`): the ranks launched in this terminal."""
+    return Engine(folder, ["-m", "traintop.tui", "run", str(script.resolve()), "--headless",
+                           *(["--into", str(folder.path)] if folder is not None else []), "--", *script_args])
+
+
 def launch_of(args):
     """The launch of several processes the flags ask for (`--nproc-per-node`...), checked; None for
     one process, and for a process a launcher already started (the user's own torchrun)."""
