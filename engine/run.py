@@ -144,7 +144,7 @@ class Run:
         """
         world = World.start()
         if world is not None and not world.leader:
-            return cls._resume(folder, None, list(overrides), world)
+            return cls._resume(folder, None, list(overrides), world, trust)
         lock = folder.lock()
         try:
             return cls._resume(folder, lock, list(overrides), world, trust)

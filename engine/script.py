@@ -318,4 +318,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Run as the imported module, not as __main__: traintop.watch looks for the script's watch in
+    # traintop.engine.script, and a second copy of this module would hold it where it never looks.
+    from traintop.engine.script import main as _main
+
+    sys.exit(_main(sys.argv[1:]))

@@ -238,3 +238,16 @@ def test_a_users_own_ddp_loop_under_torchrun_records_one_run_and_both_ranks_obey
         assert set(seen.get(command, {})) == {0, 1}, (command, seen)
         assert seen[command][0] == seen[command][1], (command, seen)
     assert (tmp_path / "digits_ddp.pt").exists()  # both ranks left the loop together and the script ended
+
+
+def test_traintop_run_launches_a_users_ddp_script_on_two_ranks_with_one_run_and_its_log_lines(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", str(EXAMPLES / "ddp_watch.py"), "--nproc-per-node", "2", "--headless",
+                           "--runs-dir", str(runs), "--", "--epochs", "2"], cwd=tmp_path, env=env_for(runs),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "finished: completed at epoch 2" in proc.stdout
+    [folder] = list(runs.iterdir())
+    events = read_events(resolve_run(str(folder), runs).events)[0]
+    assert events[0].world_size == 2 and events[-1].status == "completed"
+    assert max(steps_in(events)) == 2 * 24  # each rank's half of 1500 samples, in batches of 32

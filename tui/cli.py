@@ -328,15 +328,19 @@ def cmd_run_script(args, how=None) -> int:
         raise UserError(f"--name is {name!r}; use letters, digits, '.', '_' and '-'")
     if is_follower():  # a rank torchrun started: rank 0 makes the run folder
         return launch.run_script_here(None, script, args.script_args)
-    if how is not None and how.node_rank != 0:
-        engine = launch.on_ranks(launch.script_engine(None, script, args.script_args), how)
+    if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's rank 0
+        engine = launch.on_ranks(launch.script_here_engine(None, script, args.script_args), how)
         return launch.start(engine, args.detach, wants_dashboard(args))
     from traintop.engine.runstore import check_runs_dir
 
+    if args.into:  # rank 0 of ranks launched by traintop: its launcher made the folder
+        return launch.run_script_here(RunFolder(args.into), script, args.script_args)
     check_runs_dir(_runs_dir(args), name)
     folder = RunFolder.create(_runs_dir(args), name)
     if how is not None:
-        engine = launch.on_ranks(launch.script_engine(folder, script, args.script_args), how)
+        here = not args.detach and not wants_dashboard(args)  # log lines in this terminal
+        make = launch.script_here_engine if here else launch.script_engine
+        engine = launch.on_ranks(make(folder, script, args.script_args), how)
         return launch.start(engine, args.detach, wants_dashboard(args))
     if args.detach or wants_dashboard(args):
         engine = launch.script_engine(folder, script, args.script_args)
@@ -356,7 +360,7 @@ def cmd_resume(args) -> int:
         return launch.run_engine(Run.resume(RunFolder(Path(args.into or args.run)), args.overrides, args.trust))
     how = launch.launch_of(args)
     if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's, which has the run
-        engine = launch.on_ranks(launch.resumed_engine(None, args.overrides, spec=args.run, trust=args.trust), how)
+        engine = launch.on_ranks(launch.resumed_engine(None, args.overrides, args.trust, spec=args.run), how)
         return launch.start(engine, args.detach, wants_dashboard(args))
     folder = RunFolder(args.into) if args.into else _folder(args)
     if not args.into:
@@ -369,7 +373,7 @@ def cmd_resume(args) -> int:
         how = resume_launch(folder, how)  # on as many processes as it trained on, or refused
         if how is not None:
             resume_config(folder, args.overrides, args.trust)  # refused here, before any rank starts
-            engine = launch.on_ranks(launch.resumed_engine(folder, args.overrides, trust=args.trust), how)
+            engine = launch.on_ranks(launch.resumed_engine(folder, args.overrides, args.trust), how)
             return launch.start(engine, args.detach, wants_dashboard(args))
     if args.detach or wants_dashboard(args):
         from traintop.engine.resume import resume_config

@@ -75,7 +75,7 @@ def config_engine(folder, config: str | None, overrides: list[str], name: str | 
     return Engine(folder, argv)
 
 
-def resumed_engine(folder, overrides: list[str], spec: str = "", trust: bool = False) -> Engine:
+def resumed_engine(folder, overrides: list[str], trust: bool = False, spec: str = "") -> Engine:
     """A resumed run's engine; its folder is never this start's to remove. Without a folder (the
     ranks of a machine other than node 0), `spec` names the run: node 0's rank 0 reads it."""
     where = [str(folder.path), "--into", str(folder.path)] if folder is not None else [spec]
@@ -89,6 +89,13 @@ def script_engine(folder, script: Path, script_args: list[str]) -> Engine:
     a folder (`-`: a machine other than node 0), its ranks learn rank 0's."""
     return Engine(folder, ["-m", "traintop.engine.script", "--no-stdin", str(folder.path) if folder else "-",
                            str(script.resolve()), *script_args])
+
+
+def script_here_engine(folder, script: Path, script_args: list[str]) -> Engine:
+    """A user's script watched in the engine's own process with log lines on its output
+    (`traintop run train.py --headless --into FOLDER -- ARGS`): the ranks launched in this terminal."""
+    return Engine(folder, ["-m", "traintop.tui", "run", str(script.resolve()), "--headless",
+                           *(["--into", str(folder.path)] if folder is not None else []), "--", *script_args])
 
 
 def launch_of(args):
