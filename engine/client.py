@@ -116,9 +116,7 @@ class CheckpointPredictions:
                     except (ValueError, RecursionError):
                         continue
                     if isinstance(obj, dict) and obj.get("reply") == request_id:
-                        data = obj.get("data")
-                        return cmd.Reply(bool(obj.get("ok")), str(obj.get("message", "")),
-                                         data if isinstance(data, dict) else {})
+                        return cmd.Reply.from_json(obj)
             except asyncio.TimeoutError:  # still working: its late reply is skipped by the next request
                 return cmd.Reply(False, f"no prediction within {timeout:g} s")
             except ConnectionError:
@@ -206,9 +204,7 @@ class LiveRun(RunSource):
             key = obj["reply"]
             future = self._replies.pop(key, None) if isinstance(key, int) else None
             if future is not None and not future.done():
-                data = obj.get("data")
-                future.set_result(cmd.Reply(bool(obj.get("ok")), str(obj.get("message", "")),
-                                            data if isinstance(data, dict) else {}))
+                future.set_result(cmd.Reply.from_json(obj))
         elif "history_end" in obj:
             self._queue.put_nowait(HISTORY_END)
         elif "error" in obj:

@@ -161,3 +161,13 @@ class Reply:
     ok: bool
     message: str = ""
     data: dict = field(default_factory=dict)
+
+    def to_json(self, request_id: Any) -> dict:
+        """The reply as the wire carries it: {"reply": id, "ok", "message", "data"}."""
+        return {"reply": request_id, "ok": self.ok, "message": self.message, "data": self.data}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Reply:
+        """A reply read from the wire; a field of the wrong type reads as empty, never raises."""
+        data = obj.get("data")
+        return cls(bool(obj.get("ok")), str(obj.get("message", "")), data if isinstance(data, dict) else {})

@@ -131,6 +131,12 @@ class Config:
         """The resolved config as TOML text."""
         return dumps_toml(self.to_dict())
 
+    def imported_code(self) -> list[tuple[str, str]]:
+        """The (key, "module:function") pairs whose code building this run imports."""
+        return [(key, spec) for key, spec, imported in (
+            ("model.factory", self.model.factory, self.model.kind == "python"),
+            ("data.factory", self.data.factory, self.data.source == "python")) if imported]
+
     def resolve_path(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
         p = Path(path).expanduser()

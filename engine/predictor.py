@@ -23,7 +23,7 @@ from .data.tabular import BadValue
 from .errors import UserError
 from .evaluation import predict_outputs, predict_records
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
-from .runstore import RunFolder, foreign_reason, read_events
+from .runstore import RunFolder, read_events, refuse_foreign_code
 
 CHECKPOINTS = ("best", "last")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -46,16 +46,7 @@ def run_config(folder: RunFolder, trust: bool = False) -> Config:
     if not isinstance(config_dir, str) or not config_dir:
         raise UserError(f"{folder.meta} is damaged: its config_dir is {config_dir!r}, not a folder's path")
     cfg.base_dir = Path(config_dir)
-    code = [(key, spec) for key, spec, imported in (
-        ("model.factory", cfg.model.factory, cfg.model.kind == "python"),
-        ("data.factory", cfg.data.factory, cfg.data.source == "python")) if imported]
-    if code and not trust:
-        why = foreign_reason(folder, meta)
-        if why:
-            modules = ", ".join(f"{spec.partition(':')[0]!r} ({key} = {spec!r})" for key, spec in code)
-            raise UserError(f"run {folder.run_id} imports Python code: module {modules} from {config_dir}. "
-                            f"It was not imported, because {why}; importing it would run that code as you. "
-                            "If you trust this run folder and that code, add --trust")
+    refuse_foreign_code(folder, meta, cfg.imported_code(), config_dir, trust)
     return cfg
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Config, load_config, parse_override
 from .errors import UserError
-from .runstore import RunFolder
+from .runstore import RunFolder, refuse_foreign_code
 
 # What `resume --set` may not change: the checkpoint was made with this data, this model, this
 # optimizer and this random stream. How long, how fast and what to watch may change.
@@ -21,9 +21,11 @@ CHANGEABLE = ("train.*, optim.lr, optim.weight_decay, optim.momentum, schedule.*
               "early_stopping.enabled/patience/min_delta/restore_best, run.device, run.threads")
 
 
-def resume_config(folder: RunFolder, overrides: list[str]) -> tuple[Config, dict[str, Any], str | None]:
+def resume_config(folder: RunFolder, overrides: list[str],
+                  trust: bool = False) -> tuple[Config, dict[str, Any], str | None]:
     """The run's config with `overrides` applied, the keys they set, and how the run ended (None:
-    killed). UserError when the run cannot be resumed that way; nothing is written."""
+    killed). UserError when the run cannot be resumed that way (code it would import from a
+    folder not the user's own, in place, without `trust` included); nothing is written."""
     meta = folder.read_json("meta.json") or {}
     source = meta.get("source", "config")
     if source != "config":
@@ -51,6 +53,8 @@ def resume_config(folder: RunFolder, overrides: list[str]) -> tuple[Config, dict
         raise UserError(f"run {folder.run_id} has {status.replace('_', ' ')} after {done} epochs, with no "
                         f"epochs left to train; for more: traintop resume {folder.run_id} "
                         f"--set train.epochs=N (N > {done})")
-    cfg.base_dir = Path(meta.get("config_dir", folder.path))
+    config_dir = meta.get("config_dir", str(folder.path))
+    refuse_foreign_code(folder, folder.read_json("meta.json"), cfg.imported_code(), str(config_dir), trust)
+    cfg.base_dir = Path(config_dir)
     keys = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides)}
     return cfg, keys, status

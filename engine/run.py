@@ -101,23 +101,24 @@ class Run:
         return cls(cfg, Trainer(cfg, data, device, session, model), session)
 
     @classmethod
-    def resume(cls, folder: RunFolder, overrides: list[str] = ()) -> Run:
+    def resume(cls, folder: RunFolder, overrides: list[str] = (), trust: bool = False) -> Run:
         """A stopped, killed, failed or finished run, ready to continue from checkpoints/last.pt.
 
         `overrides` (`--set KEY=VALUE`) change the run's config from here on: more epochs, a
-        lower learning rate. The folder is locked first, and nothing in it changes until every
-        check has passed.
+        lower learning rate; `trust` lets it import a Python model or data from a folder that is
+        not the user's own, in place. The folder is locked first, and nothing in it changes until
+        every check has passed.
         """
         lock = folder.lock()
         try:
-            return cls._resume(folder, lock, list(overrides))
+            return cls._resume(folder, lock, list(overrides), trust)
         except BaseException:
             lock.close()
             raise
 
     @classmethod
-    def _resume(cls, folder: RunFolder, lock: RunLock, overrides: list[str]) -> Run:
-        cfg, keys, status = resume_config(folder, overrides)
+    def _resume(cls, folder: RunFolder, lock: RunLock, overrides: list[str], trust: bool) -> Run:
+        cfg, keys, status = resume_config(folder, overrides, trust)
         state = load_checkpoint(folder.last)
         if cfg.train.epochs < state["epoch"]:
             raise UserError(f"run {folder.run_id} has already trained {state['epoch']} epochs; "

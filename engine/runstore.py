@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import stat
@@ -400,13 +402,50 @@ def is_live(folder: RunFolder) -> bool:
     return folder.read_json("report.json") is None and pid_alive(meta.get("pid", -1)) and not folder.socket.exists()
 
 
+SEAL_KEY = "seal.key"  # in the user data dir: the secret that seals this user's run folders
+
+
+def seal_key() -> bytes | None:
+    """This user's secret for sealing run folders, made on first use (mode 0600); None when
+    the user data dir cannot hold it."""
+    import platformdirs
+
+    path = Path(platformdirs.user_data_dir("traintop")) / SEAL_KEY
+    try:
+        return path.read_bytes() or None
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes() or None
+    except OSError:
+        return None
+    key = os.urandom(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+def seal(run_id: str, folder: str, uid: Any) -> str | None:
+    """The seal meta.json carries: a keyed hash of who made the run and where, which only this
+    user's traintop can compute, so a meta.json written by anyone else cannot claim to be theirs."""
+    key = seal_key()
+    if key is None:
+        return None
+    return hmac.new(key, f"{run_id}\0{folder}\0{uid}".encode(), hashlib.sha256).hexdigest()
+
+
 def foreign_reason(folder: RunFolder, meta: dict[str, Any] | None) -> str:
     """Why code recorded in this run folder is not the current user's own, in place; "" when it is.
 
     A folder is the user's own when they own it and meta.json records them as its maker, and in
     place when its path is the one meta.json recorded: a folder copied or unpacked elsewhere is
-    not. This catches folders that came from elsewhere by accident; a meta.json forged to name
-    this user and the exact path it will be unpacked to would pass.
+    not. meta.json's seal, made with a secret of this user's, proves that this user's traintop
+    wrote those facts: a meta.json forged to name this user and this path has no valid seal.
     """
     try:
         owner = os.stat(folder.path).st_uid
@@ -426,7 +465,26 @@ def foreign_reason(folder: RunFolder, meta: dict[str, Any] | None) -> str:
         return "its meta.json does not record where it was made"
     if made_at != here:
         return f"the run folder has moved since it was made (made at {made_at}, now at {here})"
+    expected = seal(str(meta.get("run_id")), made_at, meta["uid"])
+    given = meta.get("seal")
+    if expected is None or not isinstance(given, str) or not hmac.compare_digest(given, expected):
+        return ("its meta.json is not sealed by your traintop (made by another installation, "
+                "by a version before seals, or edited)")
     return ""
+
+
+def refuse_foreign_code(folder: RunFolder, meta: dict[str, Any] | None, code: list[tuple[str, str]],
+                        config_dir: str, trust: bool) -> None:
+    """UserError when building this run would import `code` (its config's (key, spec) pairs) from
+    a folder that is not the current user's own, in place, and the user did not pass --trust."""
+    if not code or trust:
+        return
+    why = foreign_reason(folder, meta)
+    if why:
+        modules = ", ".join(f"{spec.partition(':')[0]!r} ({key} = {spec!r})" for key, spec in code)
+        raise UserError(f"run {folder.run_id} imports Python code: module {modules} from {config_dir}. "
+                        f"It was not imported, because {why}; importing it would run that code as you. "
+                        "If you trust this run folder and that code, add --trust")
 
 
 def resolve_run(spec: str, runs_dir: Path) -> RunFolder:

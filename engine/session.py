@@ -27,7 +27,7 @@ from . import events as ev
 from .config import dumps_toml
 from .errors import DiskFull, NonFiniteLoss, UserError
 from .inbox import CommandInbox
-from .runstore import RunFolder, RunLock, disk_full, report_from_events, write_json, write_text
+from .runstore import RunFolder, RunLock, disk_full, report_from_events, seal, write_json, write_text
 
 FLUSH_SECONDS = 0.1
 
@@ -451,9 +451,10 @@ def run_meta(folder: RunFolder, *, name: str, source: str, **fields) -> dict:
 
     import torch
 
+    uid, made_at = os.getuid() if hasattr(os, "getuid") else None, str(folder.path.resolve())
     return {"run_id": folder.run_id, "name": name, "source": source, "host": socket.gethostname(),
             "pid": os.getpid(), "started": datetime.now().isoformat(),
-            "uid": os.getuid() if hasattr(os, "getuid") else None, "folder": str(folder.path.resolve()),
+            "uid": uid, "folder": made_at, "seal": seal(folder.run_id, made_at, uid),
             "versions": {"traintop": version(), "torch": torch.__version__,
                          "python": platform.python_version()}, **fields}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import commands as cmd
@@ -120,8 +120,9 @@ def refuse_overlong(line: Overlong, limit: int) -> tuple[Any, cmd.Reply]:
 def reply_line(request_id: Any, reply: cmd.Reply, limit: int = REPLY_LIMIT) -> bytes:
     """The reply as one line: {"reply": id, "ok", "message", "data"}; an answer too big to send
     (or one JSON cannot hold) becomes a refusal that says why."""
-    message = reply.message if len(reply.message) <= MESSAGE_LIMIT else reply.message[:MESSAGE_LIMIT] + "…"
-    obj = {"reply": request_id, "ok": reply.ok, "message": message, "data": reply.data}
+    if len(reply.message) > MESSAGE_LIMIT:
+        reply = replace(reply, message=reply.message[:MESSAGE_LIMIT] + "…")
+    obj = reply.to_json(request_id)
     try:
         line = json.dumps(obj, separators=(",", ":")).encode()
     except (TypeError, ValueError, RecursionError) as e:

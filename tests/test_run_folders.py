@@ -20,7 +20,7 @@ from traintop.engine import commands as cmd
 from traintop.engine.client import FinishedRun
 from traintop.engine.errors import UserError
 from traintop.engine.predictor import Predictor
-from traintop.engine.runstore import RunFolder, resolve_run
+from traintop.engine.runstore import RunFolder, resolve_run, seal
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
 DIGIT_FEATURES = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
@@ -346,13 +346,28 @@ def test_a_run_folder_made_or_owned_by_another_user_is_not_imported_from(python_
     recorded.meta.write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r"another user made it .*--trust"):
         Predictor.from_folder(recorded)
-    meta.update(uid=os.getuid())
+    meta.update(uid=os.getuid())  # forged: this user, this path, but the seal is the original's
     recorded.meta.write_text(json.dumps(meta))
-    assert Predictor.from_folder(recorded).step > 0  # in place and recorded as the user's: imported
+    with pytest.raises(UserError, match=r"not sealed by your traintop .*--trust"):
+        Predictor.from_folder(recorded)
+    meta.update(seal=seal(meta["run_id"], meta["folder"], meta["uid"]))  # as traintop made it, here
+    recorded.meta.write_text(json.dumps(meta))
+    assert Predictor.from_folder(recorded).step > 0  # in place, made and sealed by the user: imported
     monkeypatch.setattr(os, "getuid", lambda: os.stat(recorded.path).st_uid + 1)
     with pytest.raises(UserError, match=r"belongs to another user"):
         Predictor.from_folder(recorded)
     assert Predictor.from_folder(recorded, trust=True).step > 0
+
+
+def test_resume_of_a_copied_run_imports_its_code_only_when_trusted(python_run, tmp_path):
+    copied = copy_of(python_run, tmp_path / "runs", "copied")
+    more = ("--set", "train.epochs=3", "--runs-dir", str(tmp_path / "runs"))
+    before = copied.events.read_bytes(), copied.meta.read_bytes()
+    refused(traintop("resume", "copied", *more), "'own_model'", "moved", "--trust")
+    assert (copied.events.read_bytes(), copied.meta.read_bytes()) == before  # nothing trained or written
+    resumed = traintop("resume", "copied", *more, "--headless", "--trust")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(copied.report.read_text())["epochs"] == 3
 
 
 async def test_the_inference_view_of_a_copied_run_imports_its_code_only_when_trusted(python_run, tmp_path):

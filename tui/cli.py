@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     overrides(resume)
     foreground(resume)
+    trust_flag(resume)
     resume.add_argument("--into", type=Path, help=argparse.SUPPRESS)
     runs_dir(resume)
 
@@ -319,12 +320,12 @@ def cmd_resume(args) -> int:
     if args.detach or wants_dashboard(args):
         from traintop.engine.resume import resume_config
 
-        resume_config(folder, args.overrides)  # refused here, before an engine or a dashboard starts
-        engine = launch.resumed_engine(folder, args.overrides)
+        resume_config(folder, args.overrides, args.trust)  # refused here, before an engine or a dashboard starts
+        engine = launch.resumed_engine(folder, args.overrides, args.trust)
         return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
     from traintop.engine.run import Run
 
-    return launch.run_engine(Run.resume(folder, args.overrides))
+    return launch.run_engine(Run.resume(folder, args.overrides, args.trust))
 
 
 def finished_run(folder, trust: bool = False):

@@ -72,10 +72,10 @@ def config_engine(folder, config: str | None, overrides: list[str], name: str | 
     return Engine(folder, argv)
 
 
-def resumed_engine(folder, overrides: list[str]) -> Engine:
+def resumed_engine(folder, overrides: list[str], trust: bool = False) -> Engine:
     """A resumed run's engine; its folder is never this start's to remove."""
     argv = ["-m", "traintop.tui", "resume", str(folder.path), *[x for o in overrides for x in ("--set", o)],
-            "--headless", "--into", str(folder.path)]
+            "--headless", "--into", str(folder.path), *(["--trust"] if trust else [])]
     return Engine(folder, argv, created=False)
 
 
