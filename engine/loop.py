@@ -377,14 +377,15 @@ class Trainer:
 
     # -- validation and what hangs off it -------------------------------------------------------
 
-    def validate(self, source: str = "schedule") -> None:
+    def validate(self, source: str = "schedule") -> tuple[float, dict]:
         """Measure the validation split; the policies (best, overfitting, plateau, early stopping)
-        follow the schedule's validations."""
+        follow the schedule's validations. Returns the loss and the metrics."""
         self.session.flush()
         val_loss, metrics = evaluate(self.model, self.objective, self.feeds["val"], self.data, self.world)
         epoch = self.epoch if self.batch == 0 else self.epoch + 1
         self.policies.validated(step=self.step, epoch=epoch, val_loss=val_loss, metrics=metrics,
                                 train_loss=self.last_train_loss, source=source)
+        return val_loss, metrics
 
     def keep_best(self) -> None:
         """A new best: its weights kept in memory, and best.pt rewritten at most every few seconds."""
@@ -534,8 +535,11 @@ class Trainer:
         return cmd.Reply(True, f"learning rate {old:.3g} -> {new:.3g}", {"old": old, "new": new})
 
     def validate_now(self, c: cmd.Validate) -> cmd.Reply:
-        self.validate(source="user")
-        return cmd.Reply(True, f"validated at step {self.step}")
+        val_loss, metrics = self.validate(source="user")
+        # The values in the reply: the toast and `ctl validate` say what the validation found.
+        values = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in {"val_loss": val_loss, **metrics}.items())
+        return cmd.Reply(True, f"validated at step {self.step}: {values}")
 
     def checkpoint(self, c: cmd.Checkpoint) -> cmd.Reply:
         self.save("manual")

@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +240,16 @@ asyncio.run(main())
     at_first_frame, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert at_first_frame == []
     assert "traintop.engine.client" in after and "textual.widgets._data_table" in after  # then they come
+
+
+def test_export_of_a_name_two_runs_share_says_which_it_took(tmp_path):
+    runs = tmp_path / "runs"
+    older = write_run(runs, "adam", 1e-3, 40.0)
+    newer = runs / "20261126-130000-adam"
+    shutil.copytree(older.path, newer)
+    proc = subprocess.run([*TRAINTOP, "export", "adam", "--runs-dir", str(runs)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"2 runs are named 'adam'; exporting the latest, {newer.name}" in proc.stderr
+    assert older.run_id in proc.stderr  # and how to take the other
+    assert (newer / "steps.csv").is_file() and not (older.path / "steps.csv").exists()

@@ -354,9 +354,11 @@ async def test_validate_and_checkpoint_commands_work_mid_epoch(tmp_path):
     run.start()
     stream = run.events()
     await next_event(stream, "steps")
-    assert (await run.send(cmd.Validate())).ok
+    reply = await run.send(cmd.Validate())
     val = await next_event(stream, "validation")
     assert val.source == "user"
+    assert reply.ok and f"val_loss {val.val_loss:.4g}" in reply.message  # the toast says what it found
+    assert f"accuracy {val.metrics['accuracy']:.4g}" in reply.message
     assert (await run.send(cmd.Checkpoint())).ok
     saved = await next_event(stream, "checkpoint_saved", where=lambda e: e.kind_ != "best")
     assert saved.kind_ == "manual" and run.folder.last.exists()

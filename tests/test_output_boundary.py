@@ -299,7 +299,7 @@ async def test_class_names_warnings_and_toasts_with_markup_show_literally(hostil
         await wait_for(pilot, lambda: app.state.status == "finished")
         await pilot.pause(0.3)
         side = str(app.main.query_one("#side").render())
-        assert "▲ data step 0" in side and EMPTY_SHOWN in side  # the warning, its values escaped
+        assert "▲ data\n   step 0" in side and EMPTY_SHOWN in side  # the warning, its values escaped
         await pilot.press("space")
 
         def toasts() -> str:

@@ -268,6 +268,23 @@ def _folder(args):
     return resolve_run(args.run, _runs_dir(args))
 
 
+def _runs_named(name: str, runs_dir: Path) -> list[str]:
+    """The ids of the runs whose meta.json names them `name`, oldest first."""
+    from traintop.engine.runstore import RunFolder
+
+    if not runs_dir.is_dir() or (runs_dir / name).exists():
+        return []
+    ids = []
+    for d in sorted(runs_dir.iterdir()):
+        try:
+            meta = RunFolder(d).read_json("meta.json") if d.is_dir() else None
+        except UserError:  # a damaged folder is named by `ls`; it names no run here
+            continue
+        if isinstance(meta, dict) and meta.get("name") == name:
+            ids.append(d.name)
+    return ids
+
+
 def wants_dashboard(args) -> bool:
     """The dashboard in a terminal; log lines when asked, when stdout is not a terminal, and in the
     ranks a launcher started (they share one terminal)."""
@@ -572,6 +589,10 @@ def cmd_export(args) -> int:
     from traintop.engine.runstore import read_events
 
     folder = _folder(args)
+    named = _runs_named(args.run, _runs_dir(args))
+    if len(named) > 1:  # a name used twice means its latest run: say so, and how to pick another
+        print(f"note: {len(named)} runs are named {args.run!r}; exporting the latest, {folder.run_id} "
+              f"(give a run id for another: {', '.join(named[:-1][-3:])})", file=sys.stderr)
     events, torn = read_events(folder.events)
     if torn:
         print("note: the last line of events.jsonl was torn and is skipped", file=sys.stderr)

@@ -8,12 +8,11 @@ million. Ticks come from tui/axes.py: round values, exact labels, never two on o
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from rich.text import Span, Text
 
-from .axes import axis_labels, fitting, linear_ticks, log_ticks, number_label, time_label, time_ticks
+from .axes import axis_labels, fitting, linear_ticks, log_ticks, time_label, time_ticks
 from .marks import STYLES
 from .plot import Figure, Line
 from .terminal import terminal_safe
@@ -343,4 +342,4 @@ def marks_legend(kinds) -> list[tuple[str, str, str]]:
     return [(STYLES[k].glyph, STYLES[k].color, STYLES[k].name) for k in STYLES if k in set(kinds)]
 
 
-__all__ = ["render_figure", "marks_legend", "math"]
+__all__ = ["render_figure", "marks_legend"]

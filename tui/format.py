@@ -44,7 +44,3 @@ def rounded(value: Any) -> str:
         return f"[{shown}{', …' if len(value) > 8 else ''}]"
     return str(value)
 
-
-def values_text(values: dict, limit: int = 3) -> str:
-    """The numbers behind a warning, a few of them: `val_loss 0.52  train_loss 0.1`."""
-    return "  ".join(f"{k} {rounded(v)}" for k, v in list(values.items())[:limit])

@@ -7,7 +7,7 @@ from rich.text import Text
 from traintop.engine import events as ev
 
 from .figures import loss_name
-from .format import duration, fmt, rounded, values_text
+from .format import duration, fmt, rounded
 from .literal import LiteralText
 from .marks import STYLES, Marker
 from .resources import header_figure
@@ -97,12 +97,16 @@ def side_text(s: RunState) -> Text:
         t.append(f"warnings ({len(s.warnings)})\n", style="bold red")
         latest = list(s.warnings.values())[::-1]
         for w in latest[:SHOWN_WARNINGS]:
-            t.append(f" {STYLES['warning'].glyph} {w.kind_.replace('_', ' ')}", style="yellow")
+            # One condition, however often raised: its count and steps, then its latest values, each
+            # on a line of its own so that nothing wraps in the panel's width.
             times = f" ×{w.count}" if w.count > 1 else ""
-            where = f" steps {w.first_step:,}–{w.last_step:,}" if w.count > 1 else f" step {w.step:,}"
-            t.append(f"{times}{where}\n", style="yellow")
-            detail = values_text(w.values) if w.values else w.message
-            t.append(f"   {detail if len(detail) <= 50 else detail[:49] + '…'}\n", style="dim")
+            t.append(f" {STYLES['warning'].glyph} {w.kind_.replace('_', ' ')}{times}\n", style="yellow")
+            where = f"steps {w.first_step:,}–{w.last_step:,}" if w.count > 1 else f"step {w.step:,}"
+            t.append(f"   {where}\n", style="yellow")
+            details = [f"{k} {rounded(v)}" for k, v in list(w.values.items())[:2]] if w.values else [w.message]
+            room = LEGEND_WIDTH - 3 if w.values else 2 * LEGEND_WIDTH - 4  # a message may take two lines
+            for detail in details:
+                t.append(f"   {detail if len(detail) <= room else detail[:room - 1] + '…'}\n", style="dim")
         if len(latest) > SHOWN_WARNINGS:
             t.append(f" {len(latest) - SHOWN_WARNINGS} more in the Events tab\n", style="dim")
     if s.status == "failed" and s.error:
