@@ -197,8 +197,8 @@ def scripted_validation(monkeypatch, val_losses: list[float]):
     real = loop.evaluate
     seen: list[dict] = []
 
-    def fake(model, objective, feed, data):
-        loss, metrics = real(model, objective, feed, data)
+    def fake(model, objective, feed, data, world=None):
+        loss, metrics = real(model, objective, feed, data, world)
         if len(feed) != len(data.y["val"]) or len(seen) >= len(val_losses):
             return loss, metrics
         seen.append({k: v.clone() for k, v in model.state_dict().items()})

@@ -174,7 +174,7 @@ async def test_a_watched_run_lists_exports_shows_and_compares_with_a_config_run(
         return open_it
 
     app = TrainTop(opener(folders[0]), title=folders[0].run_id)
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(120, 40)) as pilot:  # wide enough for all four plots
         for _ in range(100):
             if app.state.status == "finished" and app.drawn_version == app.state.version:
                 break

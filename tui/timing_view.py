@@ -14,9 +14,10 @@ from textual.containers import Vertical
 from traintop.engine import events as ev
 
 from .literal import Literal
+from .marks import Marker
 from .plot import Figure, Line, PlotWidget
 
-COLORS = {"data": "red", "forward": "cyan", "backward": "green", "update": "orange",
+COLORS = {"data": "red", "forward": "cyan", "backward": "green", "update": "yellow",
           "forward+backward": "cyan"}
 KEPT = 2000  # timing samples kept; older ones are thinned out
 
@@ -103,7 +104,9 @@ class TimingView(Vertical):
             self.query_one("#timing-plot", PlotWidget).show(Figure("share of step time (%) by phase", lines))
         if self.lr:
             x = np.log10(np.asarray(self.lr, dtype=np.float64))
-            marks = [(math.log10(self.found.suggested), "suggested")] if self.found and self.found.suggested else []
+            marks = [Marker(math.log10(self.found.suggested), "best", "suggested")] \
+                if self.found and self.found.suggested else []
             self.query_one("#lr-find-plot", PlotWidget).show(Figure(
                 "lr-find: smoothed loss against log10(learning rate)",
-                [Line(x, np.asarray(self.smoothed, dtype=np.float64), "loss", "cyan")], marks))
+                [Line(x, np.asarray(self.smoothed, dtype=np.float64), "loss", "cyan")], marks,
+                x_title="log10 lr", mark_labels=True))
