@@ -68,10 +68,6 @@ class Series:
     def y(self) -> np.ndarray:
         return self._y[:self.n]
 
-    @property
-    def last(self) -> float | None:
-        return float(self._y[self.n - 1]) if self.n else None
-
     def view(self, buckets: int, lo: float | None = None, hi: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """At most ~2*buckets points of the series (of its x from `lo` to `hi` when given), each
         bucket's min and max kept."""

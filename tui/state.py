@@ -33,7 +33,6 @@ class RunState:
     data: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     monitor: str = "val_loss"
-    mode: str = "min"
     patience: int = 0
     early_enabled: bool = True
     early_known: bool = False  # told by run_started or early_stopping_changed: nothing to show before
@@ -194,7 +193,7 @@ class RunState:
         self.run_id, self.name, self.device, self.params = e.run_id, e.name, e.device, e.params
         self.epochs, self.steps_per_epoch, self.data, self.config = e.epochs, e.steps_per_epoch, e.data, e.config
         es = e.config.get("early_stopping", {})
-        self.monitor, self.mode = es.get("monitor", "val_loss"), es.get("mode", "min")
+        self.monitor = es.get("monitor", "val_loss")
         self.patience, self.early_enabled = es.get("patience", 0), es.get("enabled", True)
         self.early_known = bool(es)
         self.metric_name = {"classification": "accuracy", "regression": "rmse"}.get(e.data.get("task"), "")
@@ -287,8 +286,6 @@ class RunState:
         self.early_enabled, self.patience, self.early_known = e.enabled, e.patience, True
         if e.monitor:
             self.monitor = e.monitor
-        if e.mode:
-            self.mode = e.mode
 
     def _on_early_stopped(self, e: ev.EarlyStopped) -> None:
         self.mark(Marker(e.step, "stop", "early stop", e.t))
