@@ -1,7 +1,7 @@
 """Training on several processes through torch.distributed: where a process stands among the
 ranks, the collectives traintop makes, how a failing rank is named, and the launcher.
 
-    traintop run CONFIG --nproc-per-node 2    # tui/launch.py starts `python -m traintop.engine.distributed`,
+    traintop run CONFIG --nproc-per-node 2    # the command line starts `python -m traintop.engine.distributed`,
                                               # which runs torch.distributed.run: one engine per rank
     torchrun --nproc-per-node 2 train.py      # the user's own launch: detected from the environment
 
@@ -146,7 +146,8 @@ class Launch:
                 "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", "traintop"]
 
     def argv(self, folder: str | None, engine_argv: list[str]) -> list[str]:
-        """The arguments after `python` that start this launch of an engine (`-m traintop.tui run ...`)."""
+        """The arguments after `python` that start this launch of `engine_argv` (the engine's own
+        `-m MODULE ARGS`) on every rank."""
         return ["-m", "traintop.engine.distributed", *self.torchrun_args(),
                 *(["--folder", folder] if folder else []), "--", *engine_argv]
 

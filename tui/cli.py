@@ -141,26 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
 CTL_ACTIONS = ["pause", "resume", "stop", "validate", "checkpoint", "lr", "early-stopping"]
 
 
+def whole_number(text: str, least: int) -> int:
+    """`text` as a whole number >= `least`; ValueError otherwise."""
+    value = int(text)
+    if value < least:
+        raise ValueError(text)
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1."""
     try:
-        value = int(text)
+        return whole_number(text, 1)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number >= 0."""
     try:
-        value = int(text)
+        return whole_number(text, 0)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
 
 
 TAIL_DEFAULT = 10
@@ -171,12 +173,9 @@ def tail_lines(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     try:
-        n = int(text)
+        return whole_number(text, 0)
     except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more) or `all`, got {text!r}")
-    return n
+        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more) or `all`, got {text!r}") from None
 
 
 class TailOfLines:
