@@ -87,10 +87,15 @@ class CurvesApp(LiteralApp):
         return True
 
     def on_descendant_focus(self, event) -> None:
-        self.refresh_bindings()
+        self._refresh_footer()
 
     def on_descendant_blur(self, event) -> None:
-        self.refresh_bindings()
+        self._refresh_footer()
+
+    def _refresh_footer(self) -> None:
+        # A blur also comes while the app closes, after its last screen is gone: nothing to redraw.
+        if self.screen_stack:
+            self.refresh_bindings()
 
     # -- the view keys -------------------------------------------------------------------------------
 
