@@ -88,7 +88,7 @@ def engine_run(cfg, runs_dir: Path) -> float:
     async def follow():
         async for event in run.events():
             printer.show(event)
-            if event.kind == "checkpoint_saved" and event.kind_ == "periodic":
+            if event.event == "checkpoint_saved" and event.kind == "periodic":
                 periodic.append(event.step)
 
     follower = threading.Thread(target=asyncio.run, args=(follow(),))

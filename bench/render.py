@@ -82,7 +82,7 @@ def history(n_steps: int) -> list[ev.Event]:
                                      metrics={"accuracy": 0.95}, best=first < n_steps // 2))
         if first % (n_steps // 4 or 1) == 1 and first > 1:  # marks to draw: LR changes, a warning
             out.append(ev.LrChanged(t=first / 1000, step=first, old=1e-3, new=5e-4, source="user"))
-            out.append(ev.RunWarning(t=first / 1000, kind_="plateau", step=first, message="no improvement",
+            out.append(ev.RunWarning(t=first / 1000, kind="plateau", step=first, message="no improvement",
                                      id="plateau"))
     return out
 

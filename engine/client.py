@@ -225,7 +225,7 @@ class LiveRun(RunSource):
     def _note(self, message: str) -> None:
         self.notes.append(message)
         if self.parse_events:  # shown where warnings are: the dashboard's panel, the headless log
-            self._queue.put_nowait(ev.RunWarning(kind_="stream", message=message))
+            self._queue.put_nowait(ev.RunWarning(kind="stream", message=message))
 
     async def events(self, history_end: bool = False) -> AsyncIterator[ev.Event | HistoryEnd]:
         """The run's history, then live events, until run_finished (or the engine goes away).

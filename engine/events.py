@@ -1,6 +1,6 @@
 """The events a run emits: one JSON object per line in events.jsonl, the same on the socket.
 
-Every event has "event" (its kind) and "t" (seconds since the run started). Lines are strict JSON:
+Every event has "event" (its type) and "t" (seconds since the run started). Lines are strict JSON:
 a non-finite number is written as null and read back as NaN. Torch-free, so the
 dashboard can import it.
 """
@@ -52,25 +52,23 @@ def _null_as_nan(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Event:
-    """Base of all events; `kind` is the "event" field on the wire."""
+    """Base of all events; `event` names the event's type, as the "event" field on the wire does."""
 
-    kind: ClassVar[str] = ""
+    event: ClassVar[str] = ""
     # Fields that hold numbers (or lists and dicts of them), where null on the wire means NaN.
     numbers: ClassVar[tuple[str, ...]] = ()
-    # Fields whose wire name clashes with `kind`: Python name -> wire name.
-    renames: ClassVar[dict[str, str]] = {}
     t: float = 0.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        EVENT_TYPES[cls.kind] = cls
+        EVENT_TYPES[cls.event] = cls
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON-ready dict, "event" first."""
         # Shallow on purpose: dataclasses.asdict deep-copies every list of a steps batch.
-        data = {"event": self.kind}
+        data = {"event": self.event}
         for f in dataclasses.fields(self):
-            data[self.renames.get(f.name, f.name)] = getattr(self, f.name)
+            data[f.name] = getattr(self, f.name)
         return data
 
     def to_line(self) -> str:
@@ -88,10 +86,8 @@ class Event:
             return UnknownEvent(t=t, name=str(obj.get("event")), data=obj)
         if cls is Steps:
             return Steps.from_columns(obj)
-        wire_to_py = {wire: py for py, wire in cls.renames.items()}
         types = _field_types(cls)
-        values = {wire_to_py.get(k, k): v for k, v in obj.items() if k != "event"}
-        return cls(**checked(cls, {k: v for k, v in values.items() if k in types}))
+        return cls(**checked(cls, {k: v for k, v in obj.items() if k in types}))
 
 
 def checked(cls: type, kept: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +99,7 @@ def checked(cls: type, kept: dict[str, Any]) -> dict[str, Any]:
         if allowed is not None and (not isinstance(value, allowed) or isinstance(value, bool) != (bool in allowed)):
             # a damaged or forged log line: readers would fail on it later, far from the cause
             wanted = "a number" if types[name] == "t" else types[name]
-            raise ValueError(f"{cls.kind} field {name!r} is {type(value).__name__}, not {wanted}")
+            raise ValueError(f"{cls.event} field {name!r} is {type(value).__name__}, not {wanted}")
     for name in ("t", *cls.numbers):
         if name in kept:
             kept[name] = _null_as_nan(kept[name])
@@ -135,9 +131,9 @@ def parse_line(line: str) -> Event:
 
 @dataclass(frozen=True)
 class UnknownEvent(Event):
-    """An event kind from a newer traintop, kept as its raw dict."""
+    """An event type from a newer traintop, kept as its raw dict."""
 
-    kind: ClassVar[str] = "unknown"
+    event: ClassVar[str] = "unknown"
     name: str = ""
     data: dict = field(default_factory=dict)
 
@@ -147,7 +143,7 @@ class UnknownEvent(Event):
 
 @dataclass(frozen=True)
 class RunStarted(Event):
-    kind: ClassVar[str] = "run_started"
+    event: ClassVar[str] = "run_started"
     run_id: str = ""
     name: str = ""
     config: dict = field(default_factory=dict)
@@ -166,7 +162,7 @@ class RunStarted(Event):
 class Steps(Event):
     """A batch of training steps, columnar: every list has one entry per step."""
 
-    kind: ClassVar[str] = "steps"
+    event: ClassVar[str] = "steps"
     numbers: ClassVar[tuple[str, ...]] = ("loss", "grad_norm", "lr", "samples_per_s", "layer_norms",
                                           "rank_samples_per_s")
     step: list = field(default_factory=list)
@@ -206,7 +202,7 @@ class Steps(Event):
 
 @dataclass(frozen=True)
 class Validation(Event):
-    kind: ClassVar[str] = "validation"
+    event: ClassVar[str] = "validation"
     numbers: ClassVar[tuple[str, ...]] = ("val_loss", "metrics")
     step: int = 0
     epoch: int = 0
@@ -219,7 +215,7 @@ class Validation(Event):
 
 @dataclass(frozen=True)
 class EpochEnd(Event):
-    kind: ClassVar[str] = "epoch_end"
+    event: ClassVar[str] = "epoch_end"
     numbers: ClassVar[tuple[str, ...]] = ("train_loss", "seconds")
     epoch: int = 0
     step: int = 0
@@ -229,7 +225,7 @@ class EpochEnd(Event):
 
 @dataclass(frozen=True)
 class LrChanged(Event):
-    kind: ClassVar[str] = "lr_changed"
+    event: ClassVar[str] = "lr_changed"
     numbers: ClassVar[tuple[str, ...]] = ("old", "new")
     step: int = 0
     old: float = 0.0
@@ -239,13 +235,13 @@ class LrChanged(Event):
 
 @dataclass(frozen=True)
 class Paused(Event):
-    kind: ClassVar[str] = "paused"
+    event: ClassVar[str] = "paused"
     step: int = 0
 
 
 @dataclass(frozen=True)
 class Resumed(Event):
-    kind: ClassVar[str] = "resumed"
+    event: ClassVar[str] = "resumed"
     step: int = 0
     source: str = "pause"  # "pause", or "checkpoint" when `traintop resume` continues the run
     epochs: int = 0  # from a checkpoint: the epochs the run now trains to (0: unchanged)
@@ -254,17 +250,16 @@ class Resumed(Event):
 
 @dataclass(frozen=True)
 class CheckpointSaved(Event):
-    kind: ClassVar[str] = "checkpoint_saved"
+    event: ClassVar[str] = "checkpoint_saved"
     path: str = ""
-    kind_: str = ""  # best | last | periodic | manual; "kind" on the wire
+    kind: str = ""  # best | last | periodic | manual
     step: int = 0
-    renames: ClassVar[dict[str, str]] = {"kind_": "kind"}
 
 
 @dataclass(frozen=True)
 class RunWarning(Event):
-    kind: ClassVar[str] = "warning"
-    kind_: str = ""  # nan_loss | overfitting | leakage | ...; "kind" on the wire
+    event: ClassVar[str] = "warning"
+    kind: str = ""  # nan_loss | overfitting | leakage | ...
     message: str = ""  # what and why
     step: int = 0
     advice: str = ""  # what to try
@@ -273,7 +268,6 @@ class RunWarning(Event):
     first_step: int = 0
     last_step: int = 0
     values: dict = field(default_factory=dict)  # the numbers behind it
-    renames: ClassVar[dict[str, str]] = {"kind_": "kind"}
 
 
 @dataclass(frozen=True)
@@ -281,7 +275,7 @@ class LrFind(Event):
     """The learning-rate range test: the rates tried since the last such event, each step's loss
     and its smoothed value; the last one (`done`) carries the suggested rate and why it stopped."""
 
-    kind: ClassVar[str] = "lr_find"
+    event: ClassVar[str] = "lr_find"
     numbers: ClassVar[tuple[str, ...]] = ("lr", "loss", "smoothed", "suggested")
     lr: list = field(default_factory=list)
     loss: list = field(default_factory=list)
@@ -296,7 +290,7 @@ class LrFind(Event):
 class EarlyStoppingChanged(Event):
     """Early stopping turned on or off, or its patience changed, as the engine decided it."""
 
-    kind: ClassVar[str] = "early_stopping_changed"
+    event: ClassVar[str] = "early_stopping_changed"
     step: int = 0
     enabled: bool = True
     patience: int = 0
@@ -306,7 +300,7 @@ class EarlyStoppingChanged(Event):
 
 @dataclass(frozen=True)
 class EarlyStopped(Event):
-    kind: ClassVar[str] = "early_stopped"
+    event: ClassVar[str] = "early_stopped"
     numbers: ClassVar[tuple[str, ...]] = ("best_value",)
     step: int = 0
     epoch: int = 0
@@ -320,7 +314,7 @@ class Prediction(Event):
     """A predict request answered. `outputs` holds every answer of a small request and none of a
     big one (more than 100): its `summary` says how many and, for held-out samples, how well."""
 
-    kind: ClassVar[str] = "prediction"
+    event: ClassVar[str] = "prediction"
     request_id: str = ""
     outputs: list = field(default_factory=list)
     weights: str = "current"
@@ -331,7 +325,7 @@ class Prediction(Event):
 
 @dataclass(frozen=True)
 class TestResult(Event):
-    kind: ClassVar[str] = "test_result"
+    event: ClassVar[str] = "test_result"
     numbers: ClassVar[tuple[str, ...]] = ("metrics",)
     __test__: ClassVar[bool] = False  # not a pytest test class
     metrics: dict = field(default_factory=dict)
@@ -343,7 +337,7 @@ class TestResult(Event):
 class Resources(Event):
     """What the engine process uses, sampled every few seconds off the training thread."""
 
-    kind: ClassVar[str] = "resources"
+    event: ClassVar[str] = "resources"
     numbers: ClassVar[tuple[str, ...]] = ("cpu_percent", "rss_mb")
     cpu_percent: float = 0.0  # of one core, since the last sample
     rss_mb: float = 0.0
@@ -353,7 +347,7 @@ class Resources(Event):
 
 @dataclass(frozen=True)
 class RunFinished(Event):
-    kind: ClassVar[str] = "run_finished"
+    event: ClassVar[str] = "run_finished"
     status: str = ""  # completed | early_stopped | stopped | failed
     error: str = ""
     step: int = 0

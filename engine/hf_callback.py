@@ -127,7 +127,7 @@ class _Traintop:
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         kind = "manual" if self._pending_save else "periodic"
         self._pending_save = False
-        self.run.session.emit(ev.CheckpointSaved, path=str(path), kind_=kind, step=self.run.steps)
+        self.run.session.emit(ev.CheckpointSaved, path=str(path), kind=kind, step=self.run.steps)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.run is None:

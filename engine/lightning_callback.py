@@ -186,7 +186,7 @@ class _Traintop:
     def _checkpoint(self, c: cmd.Checkpoint) -> cmd.Reply:
         path = self.run.session.folder.checkpoints / "last.ckpt"
         self.trainer.save_checkpoint(str(path))
-        self.run.session.emit(ev.CheckpointSaved, path=str(path), kind_="manual", step=self.run.steps)
+        self.run.session.emit(ev.CheckpointSaved, path=str(path), kind="manual", step=self.run.steps)
         return cmd.Reply(True, f"saved {path}")
 
     def _has_validation(self) -> bool:

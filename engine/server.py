@@ -86,7 +86,7 @@ class Client:
         """Queue a delivery of live events (called on this loop for every delivery of the run)."""
         if self.dropped:
             return
-        self.finished = self.finished or any(e.kind == "run_finished" for e in batch)
+        self.finished = self.finished or any(e.event == "run_finished" for e in batch)
         self._queue(self.backlog, data)
 
     def answer(self, line: bytes) -> None:

@@ -308,7 +308,7 @@ class Session:
         a higher count instead of as a new warning."""
         key = id or f"{kind}:{message}"
         first = self._warnings.get(key)
-        event = ev.RunWarning(t=self.clock(), kind_=kind, message=message, advice=advice, step=step, id=key,
+        event = ev.RunWarning(t=self.clock(), kind=kind, message=message, advice=advice, step=step, id=key,
                               count=first.count + 1 if first is not None else 1,
                               first_step=first.first_step if first is not None else step, last_step=step,
                               values=values)
@@ -323,7 +323,7 @@ class Session:
         for saved in self.checkpointer.written():
             if saved.kind != "best":
                 self.saved_step = saved.step
-            self.emit(ev.CheckpointSaved, path=str(saved.path), kind_=saved.kind, step=saved.step)
+            self.emit(ev.CheckpointSaved, path=str(saved.path), kind=saved.kind, step=saved.step)
 
     # -- commands, at step boundaries ------------------------------------------------------------
 
@@ -533,7 +533,7 @@ class Session:
         for s in saved:
             if s.kind != "best":
                 self.saved_step = s.step
-            self.emit(ev.CheckpointSaved, path=str(s.path), kind_=s.kind, step=s.step)
+            self.emit(ev.CheckpointSaved, path=str(s.path), kind=s.kind, step=s.step)
         if self.failure is not None and self.lock is not None:
             self.lock.give_back_reserve()  # room for run_finished and report.json
         self.emit(ev.RunFinished, status=status, error=error, step=step, epoch=epoch)

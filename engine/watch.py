@@ -493,7 +493,7 @@ class WatchedRun:
         if self._checkpoint_fn is not None:  # on every rank: the loop's own saving may be collective
             result = self._checkpoint_fn(path)
             path = Path(result) if isinstance(result, (str, os.PathLike)) else path
-            session.emit(ev.CheckpointSaved, path=str(path), kind_=kind, step=self.steps)
+            session.emit(ev.CheckpointSaved, path=str(path), kind=kind, step=self.steps)
             return path
         state: dict = {"step": self.steps, "epoch": session.epoch}
         if self.model is not None:

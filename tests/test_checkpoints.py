@@ -59,7 +59,7 @@ def steps_of(events) -> list[int]:
 
 
 def of_kind(events, kind: str) -> list:
-    return [e for e in events if e.kind == kind]
+    return [e for e in events if e.event == kind]
 
 
 def finished(folder: RunFolder) -> dict | None:
@@ -80,8 +80,8 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_test_metrics(tmp_pa
     os.kill(victim.read_json("meta.json")["pid"], signal.SIGKILL)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
     killed = read_events(victim.events)[0]
-    saved = [e.step for e in of_kind(killed, "checkpoint_saved") if e.kind_ == "periodic"]
-    assert saved and killed[-1].kind != "run_finished"
+    saved = [e.step for e in of_kind(killed, "checkpoint_saved") if e.kind == "periodic"]
+    assert saved and killed[-1].event != "run_finished"
     assert traintop("ls", runs_dir=runs).stdout.count("killed") == 1
 
     proc = traintop("resume", "victim", "--headless", runs_dir=runs)
@@ -100,7 +100,7 @@ async def test_a_periodic_checkpoint_is_announced_once_in_place_and_matches_the_
     run.start()
     checked, mid_epoch = 0, 0
     async for e in run.events():
-        if isinstance(e, ev.CheckpointSaved) and e.kind_ == "periodic" and checked < 4:
+        if isinstance(e, ev.CheckpointSaved) and e.kind == "periodic" and checked < 4:
             state = load_checkpoint(run.folder.last)
             assert state["step"] >= e.step  # the file was in place before the event
             # The log up to the offset in the state holds exactly the steps the state has trained.
@@ -129,7 +129,7 @@ async def test_a_slow_checkpoint_write_never_holds_training_up(tmp_path, monkeyp
     async for e in run.events():
         if isinstance(e, ev.Steps):
             times.append(e.t)
-        periodic += isinstance(e, ev.CheckpointSaved) and e.kind_ == "periodic"
+        periodic += isinstance(e, ev.CheckpointSaved) and e.kind == "periodic"
         if periodic == 2:
             break
     assert (await run.send(cmd.Stop(save=True))).ok
@@ -138,8 +138,8 @@ async def test_a_slow_checkpoint_write_never_holds_training_up(tmp_path, monkeyp
     assert max(gaps) < 0.5, f"training stalled {max(gaps):.2f}s while a checkpoint was written"
     # Saves fall due every 0.2 s but take 1 s each: a newer state replaced the queued ones.
     events = read_events(run.folder.events)[0]
-    assert len([e for e in events if isinstance(e, ev.CheckpointSaved) and e.kind_ == "periodic"]) <= 4
-    last = [e for e in events if isinstance(e, ev.CheckpointSaved) and e.kind_ == "last"]
+    assert len([e for e in events if isinstance(e, ev.CheckpointSaved) and e.kind == "periodic"]) <= 4
+    last = [e for e in events if isinstance(e, ev.CheckpointSaved) and e.kind == "last"]
     assert len(last) == 1 and load_checkpoint(run.folder.last)["step"] == run.trainer.step == events[-1].step
     assert not list(run.folder.path.rglob("*.tmp"))
 
@@ -231,7 +231,7 @@ def test_a_run_blown_up_by_its_learning_rate_keeps_a_finite_checkpoint_and_resum
     # Saved just before the new rate was applied, and never after the weights went bad.
     assert state["step"] == change.step
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    warning = next(e for e in of_kind(events, "warning") if e.kind_ == "nan_loss")
+    warning = next(e for e in of_kind(events, "warning") if e.kind == "nan_loss")
     assert f"checkpoints/last.pt keeps step {change.step}" in warning.message
     assert " failed " in traintop("ls", runs_dir=runs).stdout
 
@@ -310,12 +310,12 @@ def test_a_full_disk_fails_the_run_in_one_line_and_it_resumes_once_space_is_free
         assert not list(folder.path.rglob("*.tmp")) and not folder.socket.exists()
         events, torn = read_events(folder.events)
         assert not torn
-        if events[-1].kind == "run_finished":
+        if events[-1].event == "run_finished":
             assert events[-1].status == "failed" and what in events[-1].error
         else:
             assert "could not write the run_finished event in events.jsonl" in errors[0]
         if kind == "tmpfs":  # the space the run keeps in reserve let it record its end
-            assert events[-1].kind == "run_finished" and finished(folder)["status"] == "failed"
+            assert events[-1].event == "run_finished" and finished(folder)["status"] == "failed"
         kept = load_checkpoint(folder.last)
         assert all(torch.isfinite(v).all() for v in kept["model"].values())
 

@@ -67,7 +67,7 @@ def write_run(runs: Path, name: str, lr: float, decay: float, epochs: int = 8, s
             events.append(ev.LrChanged(t=t, step=step, old=rate, new=rate / 2, source="user"))
             rate /= 2
     if stop_at:
-        events.append(ev.RunWarning(t=t, kind_="overfitting", step=step,
+        events.append(ev.RunWarning(t=t, kind="overfitting", step=step,
                                     message="validation loss rose 3 times in a row while training loss fell"))
         events.append(ev.EarlyStopped(t=t, step=step, epoch=stop_at, best_epoch=stop_at - since_best,
                                       best_value=best, monitor="val_loss"))

@@ -45,7 +45,7 @@ async def next_event(stream, kind: str, timeout: float = 30, where=lambda e: Tru
     """The next event of `kind` (for which `where` holds) from an async event iterator."""
     async def find():
         async for e in stream:
-            if e.kind == kind and where(e):
+            if e.event == kind and where(e):
                 return e
         raise AssertionError(f"the run finished without a {kind} event")
     return await asyncio.wait_for(find(), timeout)
@@ -60,7 +60,7 @@ async def test_digits_run_logs_every_step_once_and_tests_once(tmp_path):
     run.start()
     events = await collect(run)
     assert await run.wait() == "completed"
-    kinds = [e.kind for e in events]
+    kinds = [e.event for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     assert kinds.count("run_started") == 1 and kinds.count("run_finished") == 1
     assert kinds.count("test_result") == 1
@@ -68,7 +68,7 @@ async def test_digits_run_logs_every_step_once_and_tests_once(tmp_path):
     assert kinds.count("validation") == 5 and kinds.count("epoch_end") == 5
     assert steps_of(events) == list(range(1, 5 * run.trainer.steps_per_epoch + 1))
     on_disk, torn = read_events(run.folder.events)
-    assert not torn and [e.kind for e in on_disk] == kinds
+    assert not torn and [e.event for e in on_disk] == kinds
     steps = [e for e in events if isinstance(e, ev.Steps)]
     for e in steps:
         n = len(e.step)
@@ -100,7 +100,7 @@ async def test_pause_stops_steps_until_resume(tmp_path):
         after.append(e)
         if isinstance(e, ev.Steps):
             break
-    kinds = [e.kind for e in after]
+    kinds = [e.event for e in after]
     assert kinds.index("resumed") < kinds.index("steps")
     assert "steps" not in kinds[:kinds.index("resumed")]
     assert after[-1].step[0] == paused.step + 1
@@ -157,12 +157,12 @@ async def test_stop_saves_last_checkpoint_and_finishes_stopped(tmp_path):
     assert (await run.send(cmd.Stop(save=True))).ok
     rest = [e async for e in stream]
     assert await run.wait() == "stopped"
-    assert rest[-1].kind == "run_finished" and rest[-1].status == "stopped"
-    saved = [e for e in rest if isinstance(e, ev.CheckpointSaved) and e.kind_ == "last"]
+    assert rest[-1].event == "run_finished" and rest[-1].status == "stopped"
+    saved = [e for e in rest if isinstance(e, ev.CheckpointSaved) and e.kind == "last"]
     assert len(saved) == 1
     state = load_checkpoint(run.folder.last)
     assert state["step"] == run.trainer.step == rest[-1].step
-    assert not any(e.kind == "test_result" for e in rest)  # a stopped run can be resumed: no test yet
+    assert not any(e.event == "test_result" for e in rest)  # a stopped run can be resumed: no test yet
     late = await run.send(cmd.Pause())
     assert not late.ok and "finished" in late.message
 
@@ -220,7 +220,7 @@ async def test_early_stopping_stops_after_patience_and_restores_the_best_weights
     assert [v.since_best for v in vals] == [0, 0, 1, 2, 3]
     stopped = next(e for e in events if isinstance(e, ev.EarlyStopped))
     assert (stopped.epoch, stopped.best_epoch, stopped.best_value) == (5, 2, 0.8)
-    kinds = [e.kind for e in events]
+    kinds = [e.event for e in events]
     assert kinds.index("early_stopped") < kinds.index("test_result")
     final = run.trainer.model.state_dict()
     assert all(torch.equal(final[k], weights[1][k]) for k in final)  # tested on epoch 2's weights
@@ -235,7 +235,7 @@ async def test_early_stopping_can_be_switched_off_live(tmp_path, monkeypatch):
     run.start()
     events = await collect(run)
     assert await run.wait() == "completed"
-    assert not any(e.kind == "early_stopped" for e in events)
+    assert not any(e.event == "early_stopped" for e in events)
 
 
 async def test_same_seed_gives_identical_losses(tmp_path):
@@ -304,7 +304,7 @@ async def test_overfitting_is_called_out_when_val_loss_rises_while_train_loss_fa
     run = prepare(tmp_path, "train.epochs=6", "early_stopping.enabled=false")
     run.start()
     events = await collect(run)
-    warnings = [e for e in events if isinstance(e, ev.RunWarning) and e.kind_ == "overfitting"]
+    warnings = [e for e in events if isinstance(e, ev.RunWarning) and e.kind == "overfitting"]
     assert len(warnings) == 1 and warnings[0].step == 5 * run.trainer.steps_per_epoch
 
 
@@ -313,13 +313,13 @@ async def test_non_finite_loss_stops_the_run_as_failed_naming_the_step(tmp_path)
     run.start()
     events = await collect(run)
     assert await run.wait() == "failed"
-    warning = next(e for e in events if isinstance(e, ev.RunWarning) and e.kind_ == "nan_loss")
+    warning = next(e for e in events if isinstance(e, ev.RunWarning) and e.kind == "nan_loss")
     assert f"step {warning.step}" in warning.message
     bad = [s for e in events if isinstance(e, ev.Steps) for s, x in zip(e.step, e.loss) if not math.isfinite(x)]
     assert warning.step == (bad[0] if bad else warning.step)
     assert events[-1].status == "failed" and "non-finite" in events[-1].error
     assert not run.folder.last.exists()  # non-finite weights never overwrite a good checkpoint
-    assert not any(e.kind == "test_result" for e in events)
+    assert not any(e.event == "test_result" for e in events)
 
 
 async def test_skip_mode_skips_non_finite_updates_and_keeps_weights_finite(tmp_path):
@@ -328,7 +328,7 @@ async def test_skip_mode_skips_non_finite_updates_and_keeps_weights_finite(tmp_p
     run.start()
     events = await collect(run)
     assert await run.wait() == "completed"
-    assert any(isinstance(e, ev.RunWarning) and e.kind_ == "nan_loss" for e in events)
+    assert any(isinstance(e, ev.RunWarning) and e.kind == "nan_loss" for e in events)
     assert all(torch.isfinite(p).all() for p in run.trainer.model.parameters())
 
 
@@ -360,8 +360,8 @@ async def test_validate_and_checkpoint_commands_work_mid_epoch(tmp_path):
     assert reply.ok and f"val_loss {val.val_loss:.4g}" in reply.message  # the toast says what it found
     assert f"accuracy {val.metrics['accuracy']:.4g}" in reply.message
     assert (await run.send(cmd.Checkpoint())).ok
-    saved = await next_event(stream, "checkpoint_saved", where=lambda e: e.kind_ != "best")
-    assert saved.kind_ == "manual" and run.folder.last.exists()
+    saved = await next_event(stream, "checkpoint_saved", where=lambda e: e.kind != "best")
+    assert saved.kind == "manual" and run.folder.last.exists()
     await run.send(cmd.Stop(save=False))
     await run.wait()
 

@@ -35,16 +35,16 @@ def test_demo_reaches_test_accuracy_and_logs_the_whole_loop(tmp_path):
     assert not list(folder.path.rglob("*.tmp"))
     events, torn = read_events(folder.events)
     assert not torn
-    kinds = [e.kind for e in events]
+    kinds = [e.event for e in events]
     started = events[0]
     assert kinds.count("run_started") == 1 and kinds[0] == "run_started"
     assert kinds.count("run_finished") == 1 and kinds[-1] == "run_finished"
     assert kinds.count("test_result") == 1
     epochs = started.config["train"]["epochs"]
     assert kinds.count("validation") == epochs
-    steps = [s for e in events if e.kind == "steps" for s in e.step]
+    steps = [s for e in events if e.event == "steps" for s in e.step]
     assert steps == list(range(1, epochs * started.steps_per_epoch + 1))
-    test = next(e for e in events if e.kind == "test_result")
+    test = next(e for e in events if e.event == "test_result")
     assert test.metrics["accuracy"] >= 0.93
     report = json.loads(folder.report.read_text())
     assert report["status"] == "completed" and report["test"]["accuracy"] == test.metrics["accuracy"]
@@ -71,8 +71,8 @@ def test_signal_stops_cleanly_after_saving_last_checkpoint(tmp_path, sig, code):
     folder = only_run(runs)
     assert folder.last.is_file()
     events, torn = read_events(folder.events)
-    assert events[-1].kind == "run_finished" and events[-1].status == "stopped"
-    assert any(e.kind == "checkpoint_saved" and e.kind_ == "last" for e in events)
+    assert events[-1].event == "run_finished" and events[-1].status == "stopped"
+    assert any(e.event == "checkpoint_saved" and e.kind == "last" for e in events)
     assert json.loads(folder.report.read_text())["status"] == "stopped"
 
 
@@ -87,3 +87,27 @@ def test_a_failed_run_exits_1_and_keeps_its_log(tmp_path):
     events, _ = read_events(folder.events)
     assert events[-1].status == "failed"
     assert json.loads(folder.report.read_text())["status"] == "failed"
+
+
+def test_a_log_written_by_an_earlier_traintop_reads_the_same_and_attach_shows_its_checkpoints_and_warnings(tmp_path):
+    # Lines exactly as earlier versions wrote them: checkpoints and warnings carry "kind" on the wire.
+    lines = [
+        '{"event":"checkpoint_saved","t":1.5,"path":"checkpoints/last.pt","kind":"manual","step":30}',
+        '{"event":"warning","t":2.0,"kind":"overfitting","message":"validation loss rose 3 times",'
+        '"step":40,"advice":"add dropout","id":"overfitting","count":2,"first_step":20,"last_step":40,'
+        '"values":{"rises":3}}',
+        '{"event":"run_finished","t":2.5,"status":"completed","error":"","step":40,"epoch":2}',
+    ]
+    folder = tmp_path / "20261201-120000-earlier"
+    folder.mkdir()
+    (folder / "events.jsonl").write_text("".join(line + "\n" for line in lines))
+    events, torn = read_events(RunFolder(folder).events)
+    assert not torn and [e.to_line() for e in events] == lines  # the wire format, byte for byte
+    saved, warning, _ = events
+    assert (saved.event, saved.kind, warning.event, warning.kind) == ("checkpoint_saved", "manual", "warning",
+                                                                      "overfitting")
+    proc = subprocess.run([*TRAINTOP, "attach", str(folder), "--headless"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "saved   manual checkpoint at step 30: checkpoints/last.pt" in proc.stdout
+    assert "warning [overfitting] again at step 40 (2 times since step 20)" in proc.stdout

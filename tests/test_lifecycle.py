@@ -74,10 +74,10 @@ async def test_attach_mid_run_receives_every_step_once_and_the_socket_is_private
     assert (await source.send(cmd.Stop())).ok
     seen += await collect(source)
     await source.close()
-    assert seen[0].kind == "run_started" and seen[-1].kind == "run_finished"
+    assert seen[0].event == "run_started" and seen[-1].event == "run_finished"
     assert steps_of(seen) == list(range(1, seen[-1].step + 1))
     on_disk, _ = read_events(folder.events)
-    assert [e.kind for e in on_disk] == [e.kind for e in seen]
+    assert [e.event for e in on_disk] == [e.event for e in seen]
     for _ in range(100):
         if not folder.socket.exists():
             break
@@ -107,7 +107,7 @@ async def test_commands_from_a_client_take_effect_and_are_logged(detached):
     source = await LiveRun.connect(folder)
     await collect(source, until=lambda e: isinstance(e, ev.Steps))
     assert (await source.send(cmd.Pause())).ok
-    paused = (await collect(source, until=lambda e: e.kind == "paused"))[-1]
+    paused = (await collect(source, until=lambda e: e.event == "paused"))[-1]
     await asyncio.sleep(0.5)
     assert (await source.send(cmd.SetLr(value=0.0123))).ok
     assert (await source.send(cmd.Resume())).ok
@@ -117,7 +117,7 @@ async def test_commands_from_a_client_take_effect_and_are_logged(detached):
     await collect(source)
     await source.close()
     events, _ = read_events(folder.events)
-    kinds = [e.kind for e in events]
+    kinds = [e.event for e in events]
     p, r = kinds.index("paused"), kinds.index("resumed")
     assert "steps" not in kinds[p:r]
     changes = [e for e in events if isinstance(e, ev.LrChanged)]
@@ -125,7 +125,7 @@ async def test_commands_from_a_client_take_effect_and_are_logged(detached):
     assert changes[0].step == paused.step
     after = next(e for e in events[r:] if isinstance(e, ev.Steps))
     assert after.step[0] == paused.step + 1 and after.lr[0] == pytest.approx(0.0123)
-    assert events[-1].kind == "run_finished" and events[-1].status == "stopped"
+    assert events[-1].event == "run_finished" and events[-1].status == "stopped"
 
 
 async def test_two_clients_at_once_both_see_every_event(detached):
@@ -146,7 +146,7 @@ async def test_a_client_killed_mid_stream_leaves_the_run_training(detached):
             "async def main():\n"
             "    source = await LiveRun.connect(RunFolder(__import__('pathlib').Path(sys.argv[1])))\n"
             "    async for e in source.events():\n"
-            "        print(e.kind, flush=True)\n"
+            "        print(e.event, flush=True)\n"
             "asyncio.run(main())\n")
     client = subprocess.Popen([sys.executable, "-c", code, str(folder.path)], stdout=subprocess.PIPE, text=True)
     for line in client.stdout:
@@ -265,7 +265,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, detache
     listing = traintop("ls", runs_dir=runs, check=True).stdout
     assert any("victim" in line and "killed" in line for line in listing.splitlines())
     killed_events, _ = read_events(victim.events)
-    assert killed_events[-1].kind != "run_finished"
+    assert killed_events[-1].event != "run_finished"
 
     proc = traintop("resume", "victim", "--headless", runs_dir=runs)
     assert proc.returncode == 0, proc.stderr
@@ -277,7 +277,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, detache
         b = torch.load(victim.checkpoints / name, weights_only=True)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
     events, torn = read_events(victim.events)
-    kinds = [e.kind for e in events]
+    kinds = [e.event for e in events]
     assert kinds.count("run_started") == 1 and kinds.count("test_result") == 1
     resumed = [e for e in events if isinstance(e, ev.Resumed) and e.source == "checkpoint"]
     assert len(resumed) == 1

@@ -34,7 +34,7 @@ def warnings(events) -> dict[str, ev.RunWarning]:
     found: dict[str, ev.RunWarning] = {}
     for e in events:
         if isinstance(e, ev.RunWarning):
-            found.setdefault(e.kind_, e)
+            found.setdefault(e.kind, e)
     return found
 
 
@@ -84,7 +84,7 @@ def test_the_sample_configs_train_without_a_single_warning(tmp_path, config):
 
 def test_a_persisting_condition_is_one_warning_not_a_stream(tmp_path):
     events = train(tmp_path, None, "optim.name=sgd", "optim.lr=1e-5", "optim.momentum=0", "train.epochs=12")
-    plateaus = [e for e in events if isinstance(e, ev.RunWarning) and e.kind_ == "plateau"]
+    plateaus = [e for e in events if isinstance(e, ev.RunWarning) and e.kind == "plateau"]
     assert plateaus and len({w.id for w in plateaus}) == 1
     assert [w.count for w in plateaus] == list(range(1, len(plateaus) + 1))
 

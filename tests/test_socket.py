@@ -144,7 +144,7 @@ async def test_every_hostile_command_line_gets_a_refusal_and_the_connection_keep
     assert stopped.returncode == 0, stopped.stderr
     assert wait_for_report(folder)["status"] == "stopped"
     events, _ = read_events(folder.events)
-    assert [e.kind for e in events].count("paused") == 1  # only the valid pause took effect
+    assert [e.event for e in events].count("paused") == 1  # only the valid pause took effect
     assert not any(isinstance(e, ev.LrChanged) for e in events)
 
 
@@ -257,13 +257,13 @@ async def test_a_client_skips_a_line_longer_than_it_reads_and_keeps_following_th
         await source.close()
         await run.wait()
         await server.close()
-    notes = [e for e in seen if isinstance(e, ev.RunWarning) and e.kind_ == "stream"]
+    notes = [e for e in seen if isinstance(e, ev.RunWarning) and e.kind == "stream"]
     assert len(notes) == 1 and "prediction event" in notes[0].message and "1 MB" in notes[0].message
     assert source.notes == [notes[0].message]
     assert not any(isinstance(e, ev.Prediction) for e in seen)
     steps = [s for e in seen if isinstance(e, ev.Steps) for s in e.step]
     started = next(e for e in seen if isinstance(e, ev.RunStarted))
-    assert steps == list(range(1, 30 * started.steps_per_epoch + 1)) and seen[-1].kind == "run_finished"
+    assert steps == list(range(1, 30 * started.steps_per_epoch + 1)) and seen[-1].event == "run_finished"
     assert any(isinstance(e, ev.Validation) and e.source == "user" for e in seen)
 
 

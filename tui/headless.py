@@ -43,7 +43,7 @@ class HeadlessPrinter:
 
     def show(self, e: ev.Event) -> None:
         """Print what a person should see of one event."""
-        handler = getattr(self, f"on_{e.kind}", None)
+        handler = getattr(self, f"on_{e.event}", None)
         if handler:
             handler(e)
 
@@ -123,15 +123,15 @@ class HeadlessPrinter:
             self.line(f"  resumed at step {e.step}")
 
     def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
-        if e.kind_ != "best":  # best.pt is rewritten often; the final line names it
-            self.line(f"  saved   {e.kind_} checkpoint at step {e.step}: {e.path}")
+        if e.kind != "best":  # best.pt is rewritten often; the final line names it
+            self.line(f"  saved   {e.kind} checkpoint at step {e.step}: {e.path}")
 
     def on_warning(self, e: ev.RunWarning) -> None:
         """A condition once, with what to try; as it persists, a short line at its 2nd, 4th, 8th... time."""
         if e.count <= 1:
-            self.line(f"  warning [{e.kind_}] {e.message}" + (f"\n            try: {e.advice}" if e.advice else ""))
+            self.line(f"  warning [{e.kind}] {e.message}" + (f"\n            try: {e.advice}" if e.advice else ""))
         elif e.count & (e.count - 1) == 0:
-            self.line(f"  warning [{e.kind_}] again at step {e.step} ({e.count} times since step {e.first_step})")
+            self.line(f"  warning [{e.kind}] again at step {e.step} ({e.count} times since step {e.first_step})")
 
     def on_lr_find(self, e: ev.LrFind) -> None:
         """The range test: a line per batch of rates, then the suggested rate and how to use it."""

@@ -100,7 +100,7 @@ def side_text(s: RunState) -> Text:
             # One condition, however often raised: its count and steps, then its latest values, each
             # on a line of its own so that nothing wraps in the panel's width.
             times = f" ×{w.count}" if w.count > 1 else ""
-            t.append(f" {STYLES['warning'].glyph} {w.kind_.replace('_', ' ')}{times}\n", style="yellow")
+            t.append(f" {STYLES['warning'].glyph} {w.kind.replace('_', ' ')}{times}\n", style="yellow")
             where = f"steps {w.first_step:,}–{w.last_step:,}" if w.count > 1 else f"step {w.step:,}"
             t.append(f"   {where}\n", style="yellow")
             details = [f"{k} {rounded(v)}" for k, v in list(w.values.items())[:2]] if w.values else [w.message]
@@ -137,11 +137,11 @@ def event_line(e: ev.Event, mark: Marker | None = None) -> Text:
     t = LiteralText(f"{e.t:8.2f}s  ")
     if mark is not None:
         t.append(STYLES[mark.kind].glyph, style=STYLES[mark.kind].color)
-        t.append(f" {e.kind:<16} ")
+        t.append(f" {e.event:<16} ")
         t.append(mark.label, style=STYLES[mark.kind].color)
         t.append("  ")
     else:
-        t.append(f"  {e.kind:<16} ")
+        t.append(f"  {e.event:<16} ")
     t.append("  ".join(f"{k}={rounded(v)}" for k, v in fields.items()))
     return t
 

@@ -81,7 +81,7 @@ class RunState:
 
     def apply(self, e: ev.Event) -> None:
         """Fold one event into the state."""
-        handler = getattr(self, f"_on_{e.kind}", None)
+        handler = getattr(self, f"_on_{e.event}", None)
         self._marked = None
         if handler is not None:
             handler(e)
@@ -277,10 +277,10 @@ class RunState:
             self.epochs = e.epochs  # `resume --set train.epochs=N`
 
     def _on_warning(self, e: ev.RunWarning) -> None:
-        key = e.id or f"{e.kind_}:{e.message}"
+        key = e.id or f"{e.kind}:{e.message}"
         self.warnings.pop(key, None)  # the latest raise goes last: the panel shows the newest first
         self.warnings[key] = e
-        self.mark(Marker(e.step, "warning", warning_label(e.kind_), e.t))
+        self.mark(Marker(e.step, "warning", warning_label(e.kind), e.t))
 
     def _on_early_stopping_changed(self, e: ev.EarlyStoppingChanged) -> None:
         self.early_enabled, self.patience, self.early_known = e.enabled, e.patience, True
