@@ -87,7 +87,7 @@ def engine_run(cfg, runs_dir: Path) -> float:
 
     async def follow():
         async for event in run.events():
-            printer.show(event)
+            printer.apply(event)
             if event.event == "checkpoint_saved" and event.kind == "periodic":
                 periodic.append(event.step)
 

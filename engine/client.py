@@ -171,7 +171,7 @@ class LiveRun(RunSource):
                     self._skipped(line)
                 elif line.startswith(b'{"event"'):
                     if self.parse_events:
-                        self._event(line)
+                        self._read_event(line)
                 else:
                     self._control(line)
             if not self.closed_reason:
@@ -184,7 +184,8 @@ class LiveRun(RunSource):
                 if not future.done():
                     future.set_result(cmd.Reply(False, self.closed_reason or "the run has ended"))
 
-    def _event(self, line: bytes) -> None:
+    def _read_event(self, line: bytes) -> None:
+        """An event line, queued for `events()`; one this client cannot read becomes a note."""
         try:
             event = ev.parse_line(line.decode())
         except Exception as e:  # noqa: BLE001 - one bad line must not end the stream

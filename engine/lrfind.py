@@ -122,7 +122,7 @@ def _number(loss) -> float:
 
 
 def emitter(session) -> Callable[..., None]:
-    """`emit` for `range_test` that publishes lr_find events on a session and delivers them."""
+    """`emit` for `range_test`: each lr_find event emitted on a session and delivered at once."""
     def emit(**fields):
         session.emit(ev.LrFind, **fields)
         session.deliver()
@@ -136,10 +136,11 @@ def config_range_test(run, *, command: str, lr_min: float = 1e-7, lr_max: float 
     event carries `command` with the suggested rate filled in for `{lr}`."""
     t, session = run.trainer, run.session
     check_range(lr_min, lr_max, steps)
-    session.publish(ev.RunStarted(
-        t=0.0, run_id=run.run_id, name=run.cfg.run.name, config=run.cfg.to_dict(), device=str(t.device),
-        params=sum(p.numel() for p in t.params), data=t.data.summary(run.cfg.data.batch_size),
-        epochs=0, steps_per_epoch=t.steps_per_epoch, world_size=1, source="lr_find"))
+    session.emit(
+        ev.RunStarted, t=0.0, run_id=run.run_id, name=run.cfg.run.name, config=run.cfg.to_dict(),
+        device=str(t.device), params=sum(p.numel() for p in t.params),
+        data=t.data.summary(run.cfg.data.batch_size), epochs=0, steps_per_epoch=t.steps_per_epoch,
+        world_size=1, source="lr_find")
     session.deliver()
 
     def batches():
@@ -158,12 +159,12 @@ def config_range_test(run, *, command: str, lr_min: float = 1e-7, lr_max: float 
         t.optimizer.step()
         return loss
 
-    publish = emitter(session)
+    emit_now = emitter(session)
 
     def emit(**fields):
         if fields.get("done") and fields.get("suggested"):
             fields["command"] = command.format(lr=f"{fields['suggested']:.3g}")
-        publish(**fields)
+        emit_now(**fields)
 
     status, error = "completed", ""
     try:

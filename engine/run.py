@@ -276,13 +276,13 @@ class Run:
         t, session = self.trainer, self.session
         if self.resumed_from is None:
             session.t0 = time.monotonic()
-            session.publish(ev.RunStarted(
-                t=0.0, run_id=self.run_id, name=self.cfg.run.name, config=self.cfg.to_dict(),
+            session.emit(
+                ev.RunStarted, t=0.0, run_id=self.run_id, name=self.cfg.run.name, config=self.cfg.to_dict(),
                 device=str(t.device), params=sum(p.numel() for p in t.params),
                 data=t.data.summary(self.cfg.data.batch_size),
                 epochs=self.cfg.train.epochs, steps_per_epoch=t.steps_per_epoch,
                 layers=describe_layers(t.model), world_size=session.world_size, source="config",
-                signals=t.signals.settings_json()))
+                signals=t.signals.settings_json())
             for kind, message in [*self.cfg.warnings, *t.data.warnings]:
                 session.warn(kind, message, step=0)
             t.policies.announce()

@@ -82,7 +82,7 @@ class Client:
         self.dropped = False
         self.finished = False  # run_finished is queued: the stream ends after it
 
-    def offer(self, batch: list, data: bytes) -> None:
+    def deliver(self, batch: list, data: bytes) -> None:
         """Queue a delivery of live events (called on this loop for every delivery of the run)."""
         if self.dropped:
             return
@@ -182,7 +182,7 @@ class ControlServer:
         task = asyncio.current_task()
         self.tasks.add(task)
         client = Client(writer, task)
-        offset = self.run.subscribe(client.offer)
+        offset = self.run.subscribe(client.deliver)
         self.clients.add(client)
         commands = asyncio.create_task(self._read_commands(reader, client))
         try:
@@ -196,7 +196,7 @@ class ControlServer:
         except (OSError, RuntimeError, asyncio.CancelledError):  # gone, closing, dropped or shut down
             pass
         finally:
-            self.run.unsubscribe(client.offer)
+            self.run.unsubscribe(client.deliver)
             self.clients.discard(client)
             commands.cancel()
             if client.dropped:

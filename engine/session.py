@@ -10,6 +10,12 @@ through one Session. Only the owner of the loop differs.
     ...  session.emit(...); session.serve_commands(); session.flush_and_deliver() ...
     session.close("completed", step=..., epoch=...)                         # run_finished, report.json
 
+An event travels one path, one verb per hop: a loop owner *emits* it (`Session.emit`), the
+session *publishes* it on the event log (queued), the log *delivers* each batch (one write to
+events.jsonl, then each subscriber: the control server, the headless printer), the server *sends*
+it to every client, a client *reads* it (engine/client.py), and a front end *applies* it
+(`RunState.apply`, `HeadlessPrinter.apply`).
+
 On several processes (torch.distributed), rank 0's session is this one and every other rank has
 a follower (`Session.follower`) that writes nothing; `join` gives both the ranks' lock-step
 (lockstep.CommandSync): commands reach every rank at the same step, losses are averaged over
@@ -40,8 +46,8 @@ RESOURCE_SECONDS = 2.0  # a resources event this often; a sample costs 0.02 ms o
 
 
 class EventLog:
-    """events.jsonl and the live subscribers: the loop queues events, `deliver` hands them out in
-    one write and one wake-up per subscriber, about ten times a second however fast they come."""
+    """events.jsonl and the live subscribers: `publish` queues an event, `deliver` hands the queue
+    out in one write and one wake-up per subscriber, about ten times a second however fast they come."""
 
     def __init__(self, folder: RunFolder):
         self.folder = folder
@@ -259,13 +265,16 @@ class Session:
         return round(time.monotonic() - self.t0, 4)
 
     def publish(self, event: ev.Event) -> None:
+        """Queue an event made off the loop's thread (resources) for the next delivery, as it is:
+        no flush, which belongs to the loop."""
         self.log.publish(event)
 
     def emit(self, event_type: type[ev.Event], **fields) -> None:
-        """Publish an event now; steps still buffered are flushed first, so events stay in order."""
+        """Publish an event, at the run's time now unless `t` is given; steps still buffered are
+        flushed first, so events stay in order."""
         if event_type is not ev.Steps:
             self.flush()
-        self.log.publish(event_type(t=self.clock(), **fields))
+        self.log.publish(event_type(**{"t": self.clock(), **fields}))
 
     def deliver(self) -> None:
         self.log.deliver()
@@ -412,8 +421,8 @@ class Session:
     # -- the control server ----------------------------------------------------------------------
 
     def serve(self, printer=None) -> None:
-        """Serve the control socket (and feed `printer`, if any) on a thread of its own until the
-        run is closed. Returns once the socket accepts connections."""
+        """Serve the control socket (and apply every event to `printer`, if any) on a thread of its
+        own until the run is closed. Returns once the socket accepts connections."""
         from .server import ControlServer
 
         if not self.leader:  # rank 0 serves the run
@@ -435,7 +444,7 @@ class Session:
                 if printer is not None:
                     async for event in self.events():
                         try:
-                            printer.show(event)
+                            printer.apply(event)
                         except (OSError, ValueError):  # the terminal went away: keep training
                             break
                 await asyncio.wrap_future(self._done)

@@ -410,13 +410,13 @@ class WatchedRun:
         self.started = True
         model = self.model
         self.session.t0 = time.monotonic()
-        self.session.publish(ev.RunStarted(
-            t=0.0, run_id=self.session.run_id, name=self.name, config=_json_safe(self.config),
+        self.session.emit(
+            ev.RunStarted, t=0.0, run_id=self.session.run_id, name=self.name, config=_json_safe(self.config),
             device=str(self.device), params=sum(p.numel() for p in self.params), data={},
             epochs=self.epochs_planned, steps_per_epoch=self.steps_per_epoch,
             layers=describe_layers(model) if model is not None else [],
             world_size=self.session.world_size, source=self.session.source,
-            signals=self.signals.settings_json()))
+            signals=self.signals.settings_json())
         self.policies.announce()
         self.session.flush_started = time.perf_counter()
 

@@ -154,7 +154,7 @@ class TrainTop(CurvesApp):
 
     @work(exclusive=True, group="follow")
     async def follow(self) -> None:
-        """Connect (waiting while the engine starts), then fold every event into the state."""
+        """Connect (waiting while the engine starts), then apply every event to the state."""
         while self.source is None:
             try:
                 self.source = await self.opener()
@@ -166,7 +166,7 @@ class TrainTop(CurvesApp):
         timing = self.main.query_one("#timing-view", TimingView)
         async for event in self.source.events():
             self.state.apply(event)
-            timing.feed(event)
+            timing.apply(event)
         if self.source.live and self.state.status not in ("finished", "failed"):
             self.state.status = "failed"
             self.state.error = self.source.closed_reason or "the engine went away"

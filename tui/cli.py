@@ -494,7 +494,7 @@ def cmd_attach(args) -> int:
                     continue
                 # the header is always shown whole; the rest of the history only as its last lines
                 printer.out = sys.stdout if tail is None or isinstance(event, ev.RunStarted) else tail
-                printer.show(event)
+                printer.apply(event)
         finally:
             await source.close()
             if tail is not None:  # an engine that does not mark the end of its history

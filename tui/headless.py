@@ -41,7 +41,7 @@ class HeadlessPrinter:
     def line(self, text: str) -> None:
         print(text, file=self.out or sys.stdout, flush=True)
 
-    def show(self, e: ev.Event) -> None:
+    def apply(self, e: ev.Event) -> None:
         """Print what a person should see of one event."""
         handler = getattr(self, f"on_{e.event}", None)
         if handler:

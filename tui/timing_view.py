@@ -1,7 +1,7 @@
 """The Timing view: where each sampled step's time goes (data, forward, backward, update), and
 the learning-rate range test of an `lr-find` run with its suggested rate marked.
 
-Fed only by events (`feed`), drawn at the dashboard's redraw (`redraw`); no torch.
+Fed only by events (`apply`), drawn at the dashboard's redraw (`redraw`); no torch.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class TimingView(Vertical):
         yield PlotWidget(id="timing-plot")
         yield PlotWidget(id="lr-find-plot")
 
-    def feed(self, e: ev.Event) -> None:
+    def apply(self, e: ev.Event) -> None:
         """Fold one event in: a steps batch's timing columns, or lr-find points."""
         if isinstance(e, ev.Steps) and e.timing:
             self.steps.extend(e.timing.get("step", []))
