@@ -37,7 +37,7 @@ class GradientFlow:
         self.early: list[float] = []
         self.early_level: float | None = None
         self.recent: deque[float] = deque(maxlen=EXPLODE_STEPS)
-        self.rows: deque[dict[str, float]] = deque(maxlen=ROWS)
+        self.rows: deque[tuple[float | None, dict[str, float]]] = deque(maxlen=ROWS)
         self.reached: set[str] = set()  # layers that have had a gradient
         self.vanishing = self.exploding = None
         self.set_layers(layers)
@@ -66,6 +66,8 @@ class GradientFlow:
         return [f for f in (self.vanishing, self.exploding) if f is not None]
 
     def _rows(self, norms: dict, k: int) -> None:
+        """Each sampled row as (the weakest over the strongest RMS gradient, the row), computed
+        once as it comes: a flush reads the last ROWS of them."""
         for j in range(max(0, k - ROWS), k):
             row = {}
             for name, _, params, names in self.weights:
@@ -77,20 +79,21 @@ class GradientFlow:
                     self.reached.add(name)
                 row[name] = rms
             else:
-                self.rows.append(row)
+                kept = {n: v for n, v in row.items() if n in self.reached}
+                top = max(kept.values(), default=0.0)
+                ratio = min(kept.values()) / top if len(kept) >= 2 and top > 0 else None
+                self.rows.append((ratio, kept))
 
     def _vanishing(self, step: int) -> None:
-        ratios, smallest = [], {}
-        for row in self.rows:
-            kept = {n: v for n, v in row.items() if n in self.reached}
-            if len(kept) < 2 or max(kept.values()) <= 0:
-                continue
-            ratios.append(min(kept.values()) / max(kept.values()))
-            for n, v in kept.items():
-                smallest.setdefault(n, []).append(v)
+        ratios = [ratio for ratio, _ in self.rows if ratio is not None]
         if len(ratios) < min(4, ROWS) or statistics.median(ratios) >= self.s.vanishing_ratio:
             self.vanishing = None
             return
+        smallest: dict[str, list[float]] = {}
+        for ratio, kept in self.rows:
+            if ratio is not None:
+                for n, v in kept.items():
+                    smallest.setdefault(n, []).append(v)
         level = {n: statistics.median(v) for n, v in smallest.items()}
         top = max(level.values())
         weak = sorted((n for n in level if level[n] < self.s.vanishing_ratio * top), key=level.get)
@@ -118,7 +121,7 @@ class GradientFlow:
             return
         grown = ""
         if self.rows:
-            row = self.rows[-1]
+            row = self.rows[-1][1]
             top = sorted(row, key=row.get, reverse=True)[:3]
             describe = {name: d for name, d, _, _ in self.weights}
             grown = "; largest in " + ", ".join(f"{n} ({describe[n]})" for n in top)
