@@ -113,7 +113,7 @@ class SignalsConfig:
 
     enabled: bool = True  # false: no diagnoses but nan_loss and leakage
     log_timing: bool = False  # the headless log adds a per-phase timing line to each step line
-    spike_mads: float = 10.0  # loss_spike: times the step-to-step noise above the recent median
+    spike_mads: float = 25.0  # loss_spike: times the step-to-step noise above the recent median
     spike_ratio: float = 3.0  # loss_spike: times the recent median
     spike_floor: float = 1.0  # loss_spike: height above the median, as a fraction of the starting loss
     spike_window: int = 100  # loss_spike: steps in the recent window
@@ -121,7 +121,7 @@ class SignalsConfig:
     divergence_rise: float = 0.5  # divergence: rise over the lowest level, as a fraction of the starting loss
     validations: int = 3  # plateau, underfitting, overfitting: validations looked back over
     flat_change: float = 0.02  # plateau, underfitting: relative change of the training loss that counts as flat
-    high_loss: float = 0.7  # plateau, underfitting: "high" is above this fraction of the starting loss
+    high_loss: float = 0.75  # plateau, underfitting: "high" is above this fraction of the starting loss
     moved: float = 0.05  # plateau: the loss has hardly moved when it fell less than this fraction of its start
     overfit_rise: float = 0.1  # overfitting: validation loss this far above its best (relative)
     overfit_widening: float = 0.25  # overfitting: the gap between losses grew by this fraction

@@ -67,7 +67,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     `early_stopping=dict(monitor="val_loss", patience=5)` turns early stopping on;
     `checkpoint_every_seconds` saves last.pt that often (through `run.on_checkpoint`'s function
     when one is registered; 0 = off); `signals` sets the thresholds of the live diagnoses, with
-    the keys of a config's [signals] section (`signals=dict(spike_mads=20)`; `enabled=False` is off).
+    the keys of a config's [signals] section (`signals=dict(spike_mads=40)`; `enabled=False` is off).
     Under torch.distributed, every rank calls it (after init_process_group); `sync_every` is how
     many steps apart the ranks exchange commands. `scaler`: the loop's `torch.amp.GradScaler`, so
     that the gradient norms are recorded unscaled even when `run.step` comes before `scaler.unscale_`.
