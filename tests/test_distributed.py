@@ -7,6 +7,7 @@ step 41"): the tests read those lines to prove that both ranks applied it at the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -111,6 +112,28 @@ def test_two_ranks_obey_pause_lr_validate_checkpoint_and_stop_from_ctl_at_the_sa
     rates = [e.rank_samples_per_s for e in events if isinstance(e, ev.Steps)]
     assert rates and all(len(r) == 2 for r in rates)  # each rank's own throughput beside the run's
     assert any(all(x > 0 for x in r) for r in rates)
+    view = asyncio.run(resources_view_of(folder))  # and the dashboard shows them in the Resources view
+    last = next(r for r in reversed(rates) if r)
+    assert "throughput per rank" in view and f"rank 0: {last[0]:,.0f}" in view and f"rank 1: {last[1]:,.0f}" in view
+
+
+async def resources_view_of(folder) -> str:
+    """The Resources view of a finished run, as the dashboard draws it."""
+    from traintop.engine.client import open_run
+    from traintop.tui.app import TrainTop
+
+    async def open_it():
+        return await open_run(folder)
+
+    app = TrainTop(open_it, title=folder.run_id)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(200):
+            if app.state.status == "finished" and app.drawn_version == app.state.version:
+                break
+            await pilot.pause(0.05)
+        app.query_one("#views").active = "resources"
+        await pilot.pause(0.3)
+        return str(app.query_one("#resources-view").render())
 
 
 FAILING_MODEL = '''

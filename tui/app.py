@@ -233,7 +233,7 @@ class TrainTop(CurvesApp):
             start_up_measured(self, "curves")
         if self.events is not None:
             self.events.update(s)
-        main.query_one("#resources-view", ResourcesView).show(s.resources)  # a few lines: cheap
+        main.query_one("#resources-view", ResourcesView).show(s.resources, s.rank_samples_per_s)  # a few lines: cheap
         main.query_one("#timing-view", TimingView).redraw(width)
         if s.config and not self.config_shown:
             from traintop.engine.config import dumps_toml

@@ -33,15 +33,20 @@ def header_figure(e: ev.Resources | None) -> str:
 
 class ResourcesView(Literal):
     """Per device: memory allocated, reserved, peak and total, and utilisation; the engine's CPU and
-    RSS; then the latest samples, newest first."""
+    RSS; on several ranks, each rank's throughput; then the latest samples, newest first."""
 
-    def show(self, samples: list[ev.Resources]) -> None:
-        """Redraw from the run's resources samples, oldest first."""
+    def show(self, samples: list[ev.Resources], rank_rates: list | None = None) -> None:
+        """Redraw from the run's resources samples, oldest first, and each rank's samples/s as the
+        last steps batch gave them (several ranks only)."""
+        t = LiteralText()
+        if rank_rates:
+            t.append(f"throughput per rank (samples/s, last flush), {sum(rank_rates):,.0f} in all\n", style="bold")
+            t.append("  ".join(f"rank {r}: {rate:,.0f}" for r, rate in enumerate(rank_rates)) + "\n\n")
         if not samples:
-            self.update("no resources sampled yet: the engine reports them every few seconds")
+            t.append("no resources sampled yet: the engine reports them every few seconds")
+            self.update(t)
             return
         last = samples[-1]
-        t = LiteralText()
         if last.devices:
             t.append(f"{'device':<28}{'allocated':>11}{'reserved':>11}{'peak':>11}{'total':>11}{'util':>7}\n",
                      style="bold")

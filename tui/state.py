@@ -41,6 +41,7 @@ class RunState:
     epoch: int = 0
     t: float = 0.0
     samples_per_s: float = 0.0  # of the last batch
+    rank_samples_per_s: list = field(default_factory=list)  # on several ranks: each one's, of the last batch
     lr: float = 0.0
     loss: Series = field(default_factory=Series)
     grad_norm: Series = field(default_factory=Series)
@@ -236,6 +237,8 @@ class RunState:
                     self.epoch_starts.append(e.step[i] - 1, epoch - 1)
         self.step, self.epoch = e.step[-1], e.epoch[-1]
         self.samples_per_s, self.lr = e.samples_per_s, e.lr[-1]
+        if e.rank_samples_per_s:
+            self.rank_samples_per_s = list(e.rank_samples_per_s)
         if self.status == "starting":
             self.status = "running"
 
