@@ -247,12 +247,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load(args):
-    from traintop.engine.config import load_config
+    """The config a command names, or the built-in demo when it names none."""
+    from traintop.engine.config import demo_config, load_config
 
     overrides = list(args.overrides)
     if getattr(args, "name", None):  # validated like run.name in a config
         overrides.append("run.name=" + json.dumps(args.name))
-    return load_config(args.config, overrides)
+    return demo_config(overrides) if args.config is None else load_config(args.config, overrides)
 
 
 def _runs_dir(args) -> Path:
