@@ -203,7 +203,7 @@ def startup_times(tries: int = 7) -> dict[str, list[tuple[float, float]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=30)  # the demo: 79 steps an epoch
     parser.add_argument("--parts", default="redraw,training,startup",
                         help="which measurements, comma-separated: redraw, training, startup")
     parser.add_argument("--watch", help=argparse.SUPPRESS)

@@ -284,6 +284,7 @@ class LrFind(Event):
     suggested: float = 0.0  # 0 until it is done (and when no rate could be suggested)
     reason: str = ""  # why it stopped, and how the rate was chosen
     command: str = ""  # a config run: the command line that trains with the suggested rate
+    run_args: list = field(default_factory=list)  # the same as `traintop` arguments, for the dashboard's key
 
 
 @dataclass(frozen=True)

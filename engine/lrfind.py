@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -58,7 +59,10 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, str]:
     first = finite[0][0]
     if low > 0.95 * first:
         return 0.0, "the loss never fell: no rate in the range trains this model (check the data and model)"
-    return at / 10, f"the smoothed loss was lowest ({low:.4g}) at {at:.3g}; a tenth of that trains fast and stays stable"
+    # Three significant digits: the rate a person reads, types and passes on (--set optim.lr=) is
+    # then exactly the rate suggested.
+    return float(f"{at / 10:.3g}"), (f"the smoothed loss was lowest ({low:.4g}) at {at:.3g}; a tenth of that "
+                                     "trains fast and stays stable")
 
 
 def range_test(step_fn: Callable[[], object], model, optimizer, *, lr_min: float = 1e-7, lr_max: float = 10.0,
@@ -129,11 +133,12 @@ def emitter(session) -> Callable[..., None]:
     return emit
 
 
-def config_range_test(run, *, command: str, lr_min: float = 1e-7, lr_max: float = 10.0,
+def config_range_test(run, *, run_args: list[str], lr_min: float = 1e-7, lr_max: float = 10.0,
                       steps: int = 100) -> RangeTest:
     """`traintop lr-find CONFIG`: the test on a config run's model, optimizer and training data
-    (prepared with `Run.prepare(..., source="lr_find")`), logged in its run folder; the final
-    event carries `command` with the suggested rate filled in for `{lr}`."""
+    (prepared with `Run.prepare(..., source="lr_find")`), logged in its run folder. `run_args`:
+    the `traintop` arguments that train the same config; the final event carries them with
+    `--set optim.lr=<the suggestion>` added (`run_args`), and as a command line (`command`)."""
     t, session = run.trainer, run.session
     check_range(lr_min, lr_max, steps)
     session.emit(
@@ -163,7 +168,8 @@ def config_range_test(run, *, command: str, lr_min: float = 1e-7, lr_max: float 
 
     def emit(**fields):
         if fields.get("done") and fields.get("suggested"):
-            fields["command"] = command.format(lr=f"{fields['suggested']:.3g}")
+            fields["run_args"] = [*run_args, "--set", f"optim.lr={fields['suggested']!r}"]
+            fields["command"] = shlex.join(["traintop", *fields["run_args"]])
         emit_now(**fields)
 
     status, error = "completed", ""

@@ -29,6 +29,8 @@ from traintop.engine.runstore import RunFolder, read_events, resolve_run, socket
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
 NO_EARLY_STOP = ["--set", "early_stopping.enabled=false"]
+# The digits MLP at the defaults (64 per batch: 20 steps an epoch), not the demo's half-minute settings.
+QUICK = ["--set", "data.batch_size=64", "--set", "model.hidden=[128,128]", "--set", "optim.lr=0.001"]
 
 
 def traintop(*args, runs_dir, timeout=300, check=False) -> subprocess.CompletedProcess:
@@ -70,7 +72,7 @@ def finished(folder: RunFolder) -> dict | None:
 
 def test_a_run_killed_at_a_random_moment_resumes_to_the_same_test_metrics(tmp_path, engines):
     runs = tmp_path / "runs"
-    config = ["--set", "train.epochs=400", *NO_EARLY_STOP, "--set", "checkpoint.every_seconds=1"]
+    config = ["--set", "train.epochs=400", *NO_EARLY_STOP, *QUICK, "--set", "checkpoint.every_seconds=1"]
     victim = detach(runs, *config, "--name", "victim", engines=engines)
     whole = subprocess.Popen([*TRAINTOP, "run", "--headless", *config, "--name", "whole", "--runs-dir", str(runs)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -286,7 +288,7 @@ def file_size_limit(limit: int):
 def test_a_full_disk_fails_the_run_in_one_line_and_it_resumes_once_space_is_freed(tmp_path, how):
     disk = tmp_path / "disk"
     with small_disk(disk, how) as kind:
-        config = ["--set", "train.epochs=600", *NO_EARLY_STOP, "--set", "checkpoint.every_seconds=1"]
+        config = ["--set", "train.epochs=600", *NO_EARLY_STOP, *QUICK, "--set", "checkpoint.every_seconds=1"]
         if kind == "limit":
             config += ["--set", "model.hidden=[16]"]  # checkpoints well under the limit; events.jsonl passes it
         engine = subprocess.Popen([*TRAINTOP, "run", "--headless", *config, "--runs-dir", str(disk)],
@@ -333,7 +335,7 @@ def test_a_full_disk_fails_the_run_in_one_line_and_it_resumes_once_space_is_free
 
 def test_a_completed_run_extended_by_resume_is_tested_again_and_keeps_its_first_test_as_its_score(tmp_path):
     runs = tmp_path / "runs"
-    traintop("run", "--headless", "--set", "train.epochs=3", *NO_EARLY_STOP, runs_dir=runs, check=True)
+    traintop("run", "--headless", "--set", "train.epochs=3", *NO_EARLY_STOP, *QUICK, runs_dir=runs, check=True)
     folder = resolve_run("latest", runs)
     first = finished(folder)["test"]
     files = {f: f.read_bytes() for f in (folder.events, folder.meta, folder.config)}

@@ -12,8 +12,9 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from traintop.engine.config import (LR_RANGE, RANGES, _section_types, build_config, load_config,
+from traintop.engine.config import (LR_RANGE, RANGES, _section_types, build_config, demo_config, load_config,
                                     parse_override)
 from traintop.engine.errors import UserError
 
@@ -29,7 +30,7 @@ def error_of(*args, **kwargs) -> str:
 
 # -- defaults ---------------------------------------------------------------------------------------
 
-def test_no_config_is_the_digits_demo():
+def test_the_defaults_train_an_mlp_on_the_digits():
     cfg = load_config()
     assert cfg.data.source == "digits"
     assert cfg.model.kind == "mlp"
@@ -41,8 +42,26 @@ def test_no_config_is_the_digits_demo():
     assert cfg.run.name == "digits-mlp"
 
 
-def test_empty_config_file_is_the_same_as_no_config(write_config):
+def test_empty_config_file_is_every_key_at_its_default(write_config):
     assert load_config(write_config("")) == load_config()
+
+
+def test_the_demo_is_the_defaults_made_to_last_half_a_minute_and_written_out_in_the_samples():
+    demo, defaults = demo_config(), load_config()
+    assert (demo.data.batch_size, demo.model.hidden, demo.optim.lr, demo.train.epochs) == (16, [512, 512], 1e-5, 300)
+    changed = {(section, key) for section, keys in demo.to_dict().items() for key, value in keys.items()
+               if defaults.to_dict()[section][key] != value}
+    assert changed == {("data", "batch_size"), ("model", "hidden"), ("optim", "lr"), ("train", "epochs")}
+    assert load_config(Path(__file__).parent.parent / "sample_configs" / "digits_mlp.toml") == demo
+    assert demo_config(["train.epochs=2"]).train.epochs == 2  # --set still wins over the demo
+
+
+def test_check_without_a_config_prints_the_demo_that_runs():
+    result = subprocess.run([sys.executable, "-m", "traintop.tui", "check"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "batch_size = 16" in result.stdout and "lr = 1e-05" in result.stdout
+    assert "plan        300 epochs × 79 steps" in result.stdout
 
 
 def test_run_name_follows_source_and_model():

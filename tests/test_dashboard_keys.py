@@ -181,7 +181,7 @@ async def test_the_layers_tab_of_a_finished_run_names_each_layer_with_its_last_n
         rows = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
         assert len(rows) == 3  # the MLP's three Linear layers, weights and biases together
         whats = {row[1] for row in rows}
-        assert "Linear 64→128" in whats and "Linear 128→10" in whats
+        assert "Linear 64→512" in whats and "Linear 512→10" in whats
         for row in rows:
             assert float(row[3]) > 0 and len(row[4]) > 1  # its last norm and a trend of several
 

@@ -23,6 +23,7 @@ from traintop.engine.client import open_run
 from traintop.engine.runstore import RunFolder
 from traintop.tui.app import TrainTop
 from traintop.tui.compare import CompareTop
+from traintop.tui.keys import LR_FIND_KEYS
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("TRAINTOP_UPDATE_SNAPSHOTS") == "1"
@@ -159,6 +160,9 @@ async def test_every_key_is_in_the_command_palette_with_its_description(tmp_path
         for binding in app.BINDINGS:
             key = binding.key_display or binding.key
             found = [c for c in commands if c.help == f"key {key}: {binding.description}"]
+            if binding in LR_FIND_KEYS:  # only on an lr-find run that suggested a rate
+                assert not found
+                continue
             assert len(found) == 1, f"key {key} ({binding.action}) is not in the palette"
             assert found[0].title and found[0].title == (binding.tooltip or binding.description)
         assert titles.count("Quit") == 0  # Textual's Quit would leave a live run without asking

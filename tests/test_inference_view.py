@@ -71,7 +71,8 @@ async def test_a_sample_shows_its_true_and_predicted_label_and_follows_training(
 async def test_after_a_live_run_finishes_its_saved_weights_answer(tmp_path, engines):
     runs = tmp_path / "runs"
     proc = subprocess.run([*TRAINTOP, "run", "--detach", "--runs-dir", str(runs), "--set", "train.epochs=150",
-                           "--set", "early_stopping.enabled=false"],
+                           "--set", "early_stopping.enabled=false", "--set", "data.batch_size=64",
+                           "--set", "model.hidden=[128,128]", "--set", "optim.lr=0.001"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     folder = resolve_run(proc.stdout.split()[0], runs)

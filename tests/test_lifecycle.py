@@ -238,7 +238,7 @@ def test_torn_last_line_is_skipped_and_said(tmp_path):
 
 def test_export_writes_one_row_per_step_and_per_validation(tmp_path):
     runs = tmp_path / "runs"
-    traintop("run", "--headless", "--set", "train.epochs=3", runs_dir=runs, check=True)
+    traintop("run", "--headless", "--set", "train.epochs=3", "--set", "data.batch_size=64", runs_dir=runs, check=True)
     out = tmp_path / "tables"
     traintop("export", "latest", "--format", "csv", "--out", str(out), runs_dir=runs, check=True)
     steps = (out / "steps.csv").read_text().splitlines()
@@ -250,8 +250,8 @@ def test_export_writes_one_row_per_step_and_per_validation(tmp_path):
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, detached):
     runs = tmp_path / "runs"
-    config = ["--set", "train.epochs=120", "--set", "early_stopping.enabled=false",
-              "--set", "model.dropout=0.2", "--set", "checkpoint.every_epochs=1"]
+    config = ["--set", "train.epochs=120", "--set", "early_stopping.enabled=false", "--set", "data.batch_size=64",
+              "--set", "model.hidden=[128,128]", "--set", "model.dropout=0.2", "--set", "checkpoint.every_epochs=1"]
     traintop("run", "--headless", *config, "--name", "whole", runs_dir=runs, check=True)
     whole = resolve_run("whole", runs)
     victim = detached(*config, "--name", "victim")

@@ -159,7 +159,8 @@ def test_the_end_of_a_run_in_a_terminal_prints_its_test_like_the_headless_report
     runs = tmp_path / "runs"
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    proc = subprocess.Popen([*TRAINTOP, "run", "--runs-dir", str(runs), "--set", "train.epochs=2"],
+    proc = subprocess.Popen([*TRAINTOP, "run", "--runs-dir", str(runs), "--set", "train.epochs=2",
+                             "--set", "data.batch_size=64", "--set", "optim.lr=0.001"],
                             stdin=slave, stdout=slave, stderr=slave, env=TERMINAL, start_new_session=True)
     os.close(slave)
     shown, quit_sent = b"", False
@@ -189,3 +190,57 @@ def test_the_end_of_a_run_in_a_terminal_prints_its_test_like_the_headless_report
     assert f"test    accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}" in text
     assert f"{folder.run_id}: completed" in text and f"folder  {folder.path}" in text
     assert "{'" not in text
+
+
+def test_lr_find_in_a_terminal_draws_the_test_and_its_key_trains_with_the_suggested_rate(tmp_path):
+    """`traintop lr-find` opens the dashboard on the range test; once it suggests a rate, `u` closes
+    it and trains the same config with that rate, the dashboard on the new run."""
+    runs = tmp_path / "runs"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen([*TRAINTOP, "lr-find", "--steps", "40", "--runs-dir", str(runs),
+                             "--set", "train.epochs=1"],
+                            stdin=slave, stdout=slave, stderr=slave, env=TERMINAL, start_new_session=True)
+    os.close(slave)
+    shown, sent, since = b"", [], 0
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    shown += os.read(master, 65536)
+                except OSError:
+                    break
+            folders = sorted(runs.glob("*")) if runs.is_dir() else []
+            if not sent and b"train at this lr" in shown:  # the footer offers the key once a rate is suggested
+                os.write(master, b"u")
+                sent.append("u")
+                since = len(shown)
+            elif sent == ["u"] and len(folders) == 2 and b"completed" in shown[since:]:
+                os.write(master, b"q")  # the new run has finished: q leaves at once
+                sent.append("q")
+            elif len(sent) == 2:
+                break
+        assert sent == ["u", "q"], shown.decode(errors="replace")[-3000:]
+        assert proc.wait(timeout=30) == 0
+        while select.select([master], [], [], 1)[0]:  # the report printed after the dashboard closed
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    [found_folder] = [RunFolder(p) for p in runs.iterdir() if p.name.endswith("-lr-find")]
+    [run_folder] = [RunFolder(p) for p in runs.iterdir() if not p.name.endswith("-lr-find")]
+    found = [e for e in read_events(found_folder.events)[0] if isinstance(e, ev.LrFind) and e.done][0]
+    started = read_events(run_folder.events)[0][0]
+    assert isinstance(started, ev.RunStarted) and started.source == "config"
+    assert found.suggested > 0 and started.config["optim"]["lr"] == found.suggested
+    assert started.config["train"]["epochs"] == 1  # the same config: lr-find's --set went with it
+    assert started.name == "digits-mlp"
+    assert f"{run_folder.run_id}: completed" in shown.decode(errors="replace")

@@ -24,7 +24,7 @@ from traintop.engine import commands as cmd
 
 from .base import REDRAW_SECONDS, CurvesApp
 from .inference import InferenceView
-from .keys import END_KEYS, RUN_KEYS, TAB_KEYS, VIEW_KEYS
+from .keys import END_KEYS, LR_FIND_KEYS, RUN_KEYS, TAB_KEYS, VIEW_KEYS
 from .literal import Literal
 from .plot import PlotWidget
 from .resources import ResourcesView
@@ -32,6 +32,8 @@ from .screens import EscInput, LrScreen, QuitScreen
 from .timing_view import TimingView
 
 if TYPE_CHECKING:
+    from traintop.engine.events import LrFind
+
     from .state import RunState
 
 __all__ = ["REDRAW_SECONDS", "TrainTop", "start_up_measured"]
@@ -41,7 +43,7 @@ class TrainTop(CurvesApp):
     """The run screen: header, curves, side panel, and views for layers, inference, config, events
     and the engine's output."""
 
-    BINDINGS = [*RUN_KEYS, *VIEW_KEYS, *TAB_KEYS, *END_KEYS]
+    BINDINGS = [*LR_FIND_KEYS, *RUN_KEYS, *VIEW_KEYS, *TAB_KEYS, *END_KEYS]  # lr-find's first: a narrow footer keeps it
 
     def __init__(self, opener, title: str = "", engine_pid: int | None = None, log_path=None):
         """`opener`: an async callable returning the run's RunSource (LiveRun or FinishedRun)."""
@@ -54,7 +56,9 @@ class TrainTop(CurvesApp):
         self.engine_exit: int | None = None  # the engine's exit code, once the dashboard has reaped it
         self.log_path = log_path
         self.drawn_version = -1
-        self.outcome = ""  # "detached" or "stopped" once the user has quit a live run
+        self.outcome = ""  # "detached" or "stopped" once the user has quit a live run; "train": see next_run
+        self.found: LrFind | None = None  # an lr-find run's final event, once it suggests a rate
+        self.next_run: list[str] = []  # the `traintop` arguments to run once the dashboard has closed
         self.config_shown = False
         self.layers = self.events = self.output = None  # the hidden tabs' fillers, made after the first frame
 
@@ -76,12 +80,20 @@ class TrainTop(CurvesApp):
         return [*self.BINDINGS, *InferenceView.BINDINGS, *EscInput.BINDINGS]
 
     def help_sections(self):
-        return [("steering the run", RUN_KEYS), ("the curves", VIEW_KEYS), ("tabs", TAB_KEYS),
+        return [("steering the run", RUN_KEYS), *([("lr-find", LR_FIND_KEYS)] if self.found else []),
+                ("the curves", VIEW_KEYS), ("tabs", TAB_KEYS),
                 ("the inference tab", [b for b in InferenceView.BINDINGS if b.description]),
                 ("text fields", EscInput.BINDINGS), ("", END_KEYS)]
 
     def palette_bindings(self) -> list[Binding]:
-        return [*self.BINDINGS, *(b for b in InferenceView.BINDINGS if b.description)]
+        return [*(b for b in self.BINDINGS if self.found or b not in LR_FIND_KEYS),
+                *(b for b in InferenceView.BINDINGS if b.description)]
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """lr-find's key only once there is a rate to train with; the others as every app's."""
+        if action == "use_suggested_lr" and self.found is None:
+            return False
+        return super().check_action(action, parameters)
 
     async def run_binding(self, binding: Binding) -> None:
         if binding in InferenceView.BINDINGS:  # the inference tab's keys work from the palette too
@@ -146,6 +158,21 @@ class TrainTop(CurvesApp):
         self.set_interval(REDRAW_SECONDS, self.redraw)
         self.follow()
 
+    async def action_use_suggested_lr(self) -> None:
+        """Close this dashboard and train the config with lr-find's suggested rate, as its command line
+        says (`traintop run ... --set optim.lr=RATE`): the command line runs it, with a dashboard."""
+        if self.found is None:
+            return
+        self.next_run = list(self.found.run_args)
+        self.outcome = "train"
+        await self.leave()
+
+    def key_of(self, binding_id: str) -> str:
+        """The key of a binding, as the user has it mapped."""
+        from .keys import key_text
+
+        return next(key_text(self, b) for b in self.BINDINGS if b.id == binding_id)
+
     async def action_quit(self) -> None:
         """Ctrl+Q quits as `q` does."""
         await self.action_quit_run()
@@ -163,10 +190,19 @@ class TrainTop(CurvesApp):
                     return
                 self.state.error = str(e)
                 await asyncio.sleep(0.2)
+        from traintop.engine import events as ev
+
         timing = self.main.query_one("#timing-view", TimingView)
         async for event in self.source.events():
             self.state.apply(event)
             timing.apply(event)
+            if isinstance(event, ev.RunStarted) and event.source == "lr_find":
+                self.main.query_one("#views", TabbedContent).active = "timing"  # its only curve is there
+            elif isinstance(event, ev.LrFind) and event.done and event.suggested and event.run_args:
+                self.found = event
+                self.refresh_bindings()
+                self.notify(f"suggested learning rate {event.suggested:.3g}: "
+                            f"{self.key_of('use_suggested_lr')} trains with it")
         if self.source.live and self.state.status not in ("finished", "failed"):
             self.state.status = "failed"
             self.state.error = self.source.closed_reason or "the engine went away"

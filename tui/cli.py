@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--lr-min", type=float, default=1e-7, help="the first rate tried (default 1e-7)")
     lr_find.add_argument("--lr-max", type=float, default=10.0, help="the last rate tried (default 10)")
     lr_find.add_argument("--steps", type=int, default=100, help="steps from the first rate to the last (default 100)")
+    lr_find.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
+    lr_find.add_argument("--into", type=Path, help=argparse.SUPPRESS)  # its engine's folder, behind a dashboard
     runs_dir(lr_find)
     return parser
 
@@ -213,6 +215,25 @@ def main(argv: list[str] | None = None) -> None:
     # a traceback) reaches the terminal through the one boundary that escapes control characters.
     guard_streams()
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = dispatch(argv)
+    except UserError as e:
+        print(f"traintop: error: {e}", file=sys.stderr)
+        code = 2
+    except DiskFull as e:
+        print(f"traintop: error: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:  # `traintop attach RUN | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
+
+
+def dispatch(argv: list[str]) -> int:
+    """Run one `traintop` command line (its arguments); its exit code. Also how a dashboard's key
+    starts another command once the dashboard has closed (lr-find's: train with the rate)."""
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
     script_args: list[str] = []
@@ -230,29 +251,17 @@ def main(argv: list[str] | None = None) -> None:
     commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
                 "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show,
                 "predict": cmd_predict, "rm": cmd_rm, "lr-find": cmd_lr_find}
-    try:
-        code = commands[args.command](args)
-    except UserError as e:
-        print(f"traintop: error: {e}", file=sys.stderr)
-        code = 2
-    except DiskFull as e:
-        print(f"traintop: error: {e}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        code = 130
-    except BrokenPipeError:  # `traintop attach RUN | head`: the reader has gone
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
-    sys.exit(code)
+    return commands[args.command](args)
 
 
 def _load(args):
-    from traintop.engine.config import load_config
+    """The config a command names, or the built-in demo when it names none."""
+    from traintop.engine.config import demo_config, load_config
 
     overrides = list(args.overrides)
     if getattr(args, "name", None):  # validated like run.name in a config
         overrides.append("run.name=" + json.dumps(args.name))
-    return load_config(args.config, overrides)
+    return demo_config(overrides) if args.config is None else load_config(args.config, overrides)
 
 
 def _runs_dir(args) -> Path:
@@ -434,9 +443,12 @@ def dashboard(folder, trust: bool = False) -> int:
     opener = source_opener(folder, trust)
     from .app import TrainTop
 
-    outcome = TrainTop(opener, title=folder.run_id, log_path=str(folder.log)).run()
+    app = TrainTop(opener, title=folder.run_id, log_path=str(folder.log))
+    outcome = app.run()
     if outcome == "detached":
         print(f"detached; {folder.run_id} goes on training (traintop attach {folder.run_id})")
+    if outcome == "train":  # lr-find's key: the real run, with the suggested rate
+        return dispatch(app.next_run)
     return 0
 
 
@@ -660,28 +672,34 @@ def check_output(path: Path, label: str, folder: bool) -> None:
 
 
 def cmd_lr_find(args) -> int:
-    """The range test in this process, its points printed as they come, then the suggested rate
-    and the command line that trains with it."""
-    import shlex
-
+    """The range test: in a terminal, drawn live on the dashboard (its Timing tab), where a key
+    trains with the suggested rate; headless, its points printed as they come, then the suggested
+    rate and the command line that trains with it."""
     from traintop.engine.lrfind import check_range, config_range_test
     from traintop.engine.run import Run
-    from traintop.engine.runstore import check_runs_dir
+    from traintop.engine.runstore import RunFolder, check_runs_dir
 
+    from . import launch
     from .headless import HeadlessPrinter
 
     check_range(args.lr_min, args.lr_max, args.steps)
     cfg = _load(args)
     cfg.run.name = f"{cfg.run.name}-lr-find"
-    check_runs_dir(_runs_dir(args), cfg.run.name)
+    if not args.into:  # behind a dashboard, the parent has checked and made the folder
+        check_runs_dir(_runs_dir(args), cfg.run.name)
+    if wants_dashboard(args):
+        folder = RunFolder.create(_runs_dir(args), cfg.run.name)
+        return launch.with_dashboard(launch.lr_find_engine(folder, args))
+    # Absolute paths: the command works from any folder, and from the dashboard of `traintop show`.
     kept = [o for o in args.overrides if not o.replace(" ", "").startswith("optim.lr=")]
-    command = shlex.join(["traintop", "run", *([args.config] if args.config else []),
-                          *[x for o in kept for x in ("--set", o)]]) + " --set optim.lr={lr}"
-    run = Run.prepare(cfg, args.runs_dir, source="lr_find")
+    run_args = ["run", *([str(Path(args.config).resolve())] if args.config is not None else []),
+                *[x for o in kept for x in ("--set", o)],
+                *(["--runs-dir", str(args.runs_dir.resolve())] if args.runs_dir else [])]
+    run = Run.prepare(cfg, args.runs_dir, folder=RunFolder(args.into) if args.into else None, source="lr_find")
     printer = HeadlessPrinter()
     printer.folder = str(run.folder.path)
     run.serve(printer)
-    result = config_range_test(run, command=command, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps)
+    result = config_range_test(run, run_args=run_args, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps)
     run.close()
     return 0 if result.suggested else 1
 

@@ -33,6 +33,11 @@ RUN_KEYS = [
         "early_stopping"),
     key("i", "inference", "infer", "Try the model on validation samples or a typed input", "inference"),
 ]
+# An lr-find run's key: in the footer, the help and the palette once a rate is suggested.
+LR_FIND_KEYS = [
+    key("u", "use_suggested_lr", "train at this lr", "Train the config with lr-find's suggested rate "
+        "(traintop run ... --set optim.lr=RATE), the dashboard on the new run", "use_suggested_lr"),
+]
 # How the curves are shown: in the help and the palette.
 VIEW_KEYS = [
     key("y", "log_scale", "log y", "Loss axis: log or linear scale", "log_y", show=False),

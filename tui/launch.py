@@ -75,6 +75,15 @@ def config_engine(folder, config: str | None, overrides: list[str], name: str | 
     return Engine(folder, argv)
 
 
+def lr_find_engine(folder, args) -> Engine:
+    """`traintop lr-find [CONFIG]`'s engine behind a dashboard (`... --headless --into FOLDER`)."""
+    argv = ["-m", "traintop.tui", "lr-find", *([str(Path(args.config).resolve())] if args.config is not None else []),
+            *[x for o in args.overrides for x in ("--set", o)], "--lr-min", repr(args.lr_min), "--lr-max",
+            repr(args.lr_max), "--steps", str(args.steps), "--headless", "--into", str(folder.path),
+            *(["--runs-dir", str(args.runs_dir.resolve())] if args.runs_dir else [])]
+    return Engine(folder, argv)
+
+
 def resumed_engine(folder, overrides: list[str], trust: bool = False, spec: str = "") -> Engine:
     """A resumed run's engine; its folder is never this start's to remove. Without a folder (the
     ranks of a machine other than node 0), `spec` names the run: node 0's rank 0 reads it."""
@@ -203,6 +212,11 @@ def with_dashboard(engine: Engine) -> int:
             started.append(engine.spawn())
             app.engine_pid, app.log_path = started[0].pid, str(folder.log)
         if not (folder.socket.exists() and socket_is_live(folder.socket)):
+            if started[0].poll() is not None and folder.events.exists():
+                # It ended before the dashboard connected (a short lr-find): its log has it all.
+                from traintop.engine.client import FinishedRun
+
+                return FinishedRun(folder)
             raise UserError("waiting for the engine")
         return await LiveRun.connect(folder)
 
@@ -213,6 +227,11 @@ def with_dashboard(engine: Engine) -> int:
         engine.forget()
         return 0
     proc = started[0]
+    if outcome == "train":  # lr-find's key, once the test has ended: the real run, with its rate
+        proc.wait()
+        from .cli import dispatch
+
+        return dispatch(app.next_run)
     if outcome == "detached":
         print(f"{folder.run_id} goes on training in the background (pid {proc.pid}).")
         print(f"  attach again:  traintop attach {folder.run_id}")
