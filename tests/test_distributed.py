@@ -291,3 +291,36 @@ def test_a_framework_trainer_under_torchrun_records_one_run_and_both_ranks_obey_
     assert len(used[0]) == len(used[1]) == seen["stop"][0][0]  # both ranks stopped after the same step
     saved = [e for e in events if isinstance(e, ev.CheckpointSaved) and e.kind == "manual"]
     assert saved and saved[0].step == seen["checkpoint"][0][0] and Path(saved[0].path).exists()
+
+
+APART = '''
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Linear(8, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(256, 8)
+y = (x.sum(1) > 0).long()
+for epoch in range(2):
+    for i in range(0, 256, 32):
+        loss = torch.nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+'''
+
+
+def test_a_script_on_two_ranks_that_never_joins_them_is_told_once_that_each_rank_trains_alone(tmp_path):
+    (tmp_path / "apart.py").write_text(APART)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", str(tmp_path / "apart.py"), "--nproc-per-node", "2", "--headless",
+                           "--runs-dir", str(runs)], cwd=tmp_path, env=env_for(runs), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("warning [ranks_apart]") == 1, proc.stdout
+    assert "init_process_group" in proc.stdout and "each rank trains alone" in proc.stdout
+    [folder] = list(runs.iterdir())
+    events = read_events(resolve_run(str(folder), runs).events)[0]
+    warned = [e for e in events if isinstance(e, ev.RunWarning)]
+    assert [e.kind for e in warned] == ["ranks_apart"] and warned[0].values["world_size"] == 2
+    assert events[-1].status == "completed"

@@ -23,7 +23,7 @@ class Recording(torch.optim.SGD):
     """SGD that writes down the rate it uses, from inside its own step, after every hook has run."""
 
     def step(self, closure=None):
-        with open(f"used-rank{os.environ['RANK']}.txt", "a") as f:
+        with open(f"used-rank{torch.distributed.get_rank()}.txt", "a") as f:
             f.write(f"{self.param_groups[0]['lr']!r}\n")
         return super().step(closure)
 

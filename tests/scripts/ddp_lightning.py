@@ -26,7 +26,7 @@ class Recording(torch.optim.SGD):
 
     def step(self, closure=None):
         loss = super().step(closure)  # Lightning's closure runs forward and backward inside
-        with open(f"used-rank{os.environ['RANK']}.txt", "a") as f:
+        with open(f"used-rank{torch.distributed.get_rank()}.txt", "a") as f:
             f.write(f"{self.param_groups[0]['lr']!r}\n")
         return loss
 
