@@ -266,7 +266,7 @@ def test_a_framework_trainer_under_torchrun_records_one_run_and_both_ranks_obey_
     try:
         folder = live_folder(runs, proc, timeout=90)
         wait_until(lambda: logged_steps(folder) >= 5, what="the first steps")
-        for command in (["pause"], ["lr", "x2"], ["checkpoint"], ["resume"], ["stop"]):
+        for command in (["pause"], ["lr", "x2"], ["checkpoint"], ["resume"], ["validate"], ["stop"]):
             ctl(folder, *command, runs=runs)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -279,9 +279,11 @@ def test_a_framework_trainer_under_torchrun_records_one_run_and_both_ranks_obey_
     assert events[0].world_size == 2 and events[0].source == framework
     assert events[-1].status == "stopped"
     seen = applied(err)
-    for command in ("pause", "set_lr", "checkpoint", "resume", "stop"):
+    for command in ("pause", "set_lr", "checkpoint", "resume", "validate", "stop"):
         assert set(seen.get(command, {})) == {0, 1}, (command, seen)
         assert seen[command][0] == seen[command][1], (command, seen)
+    asked = [e for e in events if isinstance(e, ev.Validation) and e.source == "user"]
+    assert asked and asked[0].step == seen["validate"][0][0] and asked[0].val_loss > 0
     # The rate each rank's optimizer used, step by step: doubled from the step after the command, on both.
     used = [[float(x) for x in (tmp_path / f"used-rank{r}.txt").read_text().split()] for r in (0, 1)]
     changed = seen["set_lr"][0][0]

@@ -60,7 +60,7 @@ if __name__ == "__main__":
                              per_device_train_batch_size=16, lr_scheduler_type="constant", save_strategy="no",
                              eval_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
                              logging_steps=100000)
-    trainer = Trainer(model=model, args=args, train_dataset=Rows(512),
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(512), eval_dataset=Rows(64),
                       optimizers=(Recording(model.parameters(), lr=0.1), None),
                       callbacks=[TraintopCallback("ddp-hf")])
     trainer.train()

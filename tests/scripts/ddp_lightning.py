@@ -42,6 +42,10 @@ class Tiny(L.LightningModule):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
 
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self.net(x), y))
+
     def configure_optimizers(self):
         return Recording(self.parameters(), lr=0.1)
 
@@ -53,4 +57,5 @@ if __name__ == "__main__":
     trainer = L.Trainer(max_epochs=epochs, strategy="ddp", accelerator="cpu", devices=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[TraintopCallback("ddp-lightning")])
-    trainer.fit(Tiny(), DataLoader(TensorDataset(x, y), batch_size=32))
+    trainer.fit(Tiny(), DataLoader(TensorDataset(x[:448], y[:448]), batch_size=32),
+                DataLoader(TensorDataset(x[448:], y[448:]), batch_size=32))
