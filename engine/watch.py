@@ -123,6 +123,7 @@ class WatchedRun:
         self.params: list[torch.nn.Parameter] = []
         self.device = torch.device("cpu")
         self._apart = None  # a launch of several ranks that the script never joined: warned once
+        self.started = False  # run_started emitted
         session.flush_hooks.append(self._count_epoch_loss)
         self.signals = Signals(session, signals or SignalsConfig())
         self.timer = PhaseTimer(LOOP_PHASES, device=None)  # steps drawn through run.iter
