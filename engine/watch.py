@@ -137,7 +137,6 @@ class WatchedRun:
         })
         self.steps = 0  # optimizer steps recorded
         self.steps_per_epoch = 0
-        self.started = False
         self._epoch_loss = [0.0, 0]
         self._epoch_started = time.perf_counter()
         self._last_train_loss = math.nan
