@@ -122,6 +122,8 @@ class WatchedRun:
         self.model = self.optimizer = self.recorder = self.lr = None
         self.params: list[torch.nn.Parameter] = []
         self.device = torch.device("cpu")
+        self._apart = None  # a launch of several ranks that the script never joined: warned once
+        self.started = False  # run_started emitted
         session.flush_hooks.append(self._count_epoch_loss)
         self.signals = Signals(session, signals or SignalsConfig())
         self.timer = PhaseTimer(LOOP_PHASES, device=None)  # steps drawn through run.iter
@@ -135,7 +137,6 @@ class WatchedRun:
         })
         self.steps = 0  # optimizer steps recorded
         self.steps_per_epoch = 0
-        self.started = False
         self._epoch_loss = [0.0, 0]
         self._epoch_started = time.perf_counter()
         self._last_train_loss = math.nan
@@ -199,6 +200,10 @@ class WatchedRun:
             if world is not None:
                 self.session.join(world)
                 self.saved_at = self.session.now()
+            else:
+                self._apart = ranks_apart()
+                if self.started:
+                    self._warn_apart()
 
     # -- what the loop calls -------------------------------------------------------------------
 
@@ -418,7 +423,22 @@ class WatchedRun:
             world_size=self.session.world_size, source=self.session.source,
             signals=self.signals.settings_json())
         self.policies.announce()
+        self._warn_apart()
         self.session.flush_started = time.perf_counter()
+
+    def _warn_apart(self) -> None:
+        """Said once, on rank 0: the launch has several ranks but the script never joined them."""
+        place, self._apart = self._apart, None
+        if place is None or not self.session.leader:
+            return
+        message = (f"this run was launched on {place.world_size} processes, but the script never called "
+                   "torch.distributed.init_process_group: the ranks are not synchronised, each rank trains "
+                   "alone (its own model, its own data); only rank 0's steps are recorded and only rank 0 "
+                   "obeys the dashboard's commands")
+        advice = ("call torch.distributed.init_process_group() and wrap the model in DistributedDataParallel "
+                  "before training, or launch a single process")
+        self.session.warn("ranks_apart", message, step=self.steps, advice=advice, id="ranks_apart",
+                          world_size=place.world_size)
 
     def _rate(self):
         if self.lr is None:
@@ -553,6 +573,19 @@ class WatchedRun:
                           step=self.steps)
         return cmd.Reply(True, f"{len(outputs)} prediction(s)",
                          {"outputs": outputs, "weights": "current", "step": self.steps})
+
+
+def ranks_apart():
+    """This process's place when a launcher started several ranks but no process group joins
+    them (the script never called init_process_group); None otherwise."""
+    import torch.distributed as dist
+
+    from .distributed import placement
+
+    place = placement()
+    if place is None or place.world_size < 2 or (dist.is_available() and dist.is_initialized()):
+        return None
+    return place
 
 
 def _finish_at_exit() -> None:

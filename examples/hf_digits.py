@@ -5,6 +5,7 @@ Each 8x8 image is read as a sequence of 64 tokens (its pixel intensities, 0-16) 
 built from its config class, so nothing is downloaded.
 
     python examples/hf_digits.py --epochs 5     # and in another terminal: traintop attach latest
+    torchrun --nproc-per-node 2 examples/hf_digits.py --epochs 5     # DDP: one run, both ranks steered
 """
 
 import argparse

@@ -2,6 +2,7 @@
 callback: `Trainer(callbacks=[TraintopCallback()])`.
 
     python examples/lightning_digits.py --epochs 20     # and in another terminal: traintop attach latest
+    torchrun --nproc-per-node 2 examples/lightning_digits.py --devices 2    # DDP: one run, both ranks steered
 """
 
 import argparse
@@ -50,6 +51,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--devices", type=int, default=1, help="processes (DDP on the CPU when more than 1)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -58,7 +60,8 @@ def main():
     y = torch.tensor(digits.target)
     train = DataLoader(TensorDataset(x[:1500], y[:1500]), batch_size=64, shuffle=True)
     val = DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=256)
-    trainer = L.Trainer(max_epochs=args.epochs, accumulate_grad_batches=args.accumulate,
+    several = {"strategy": "ddp", "accelerator": "cpu", "devices": args.devices} if args.devices > 1 else {}
+    trainer = L.Trainer(max_epochs=args.epochs, accumulate_grad_batches=args.accumulate, **several,
                         callbacks=[TraintopCallback("digits-lightning")], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(DigitsMLP(lr=args.lr, epochs=args.epochs), train, val)

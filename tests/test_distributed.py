@@ -274,3 +274,78 @@ def test_traintop_run_launches_a_users_ddp_script_on_two_ranks_with_one_run_and_
     events = read_events(resolve_run(str(folder), runs).events)[0]
     assert events[0].world_size == 2 and events[-1].status == "completed"
     assert max(steps_in(events)) == 2 * 24  # each rank's half of 1500 samples, in batches of 32
+
+
+FRAMEWORK_SCRIPTS = {"lightning": "ddp_lightning.py", "transformers": "ddp_hf.py"}
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORK_SCRIPTS))
+def test_a_framework_trainer_under_torchrun_records_one_run_and_both_ranks_obey_at_the_same_step(tmp_path, framework):
+    runs = tmp_path / "runs"
+    script = Path(__file__).resolve().parent / "scripts" / FRAMEWORK_SCRIPTS[framework]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(script), "1000", "0.02"],
+                            cwd=tmp_path, env=env_for(runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc, timeout=90)
+        wait_until(lambda: logged_steps(folder) >= 5, what="the first steps")
+        for command in (["pause"], ["lr", "x2"], ["checkpoint"], ["resume"], ["validate"], ["stop"]):
+            ctl(folder, *command, runs=runs)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert len(list(runs.iterdir())) == 1  # one run folder for both ranks
+    events = read_events(folder.events)[0]
+    assert events[0].world_size == 2 and events[0].source == framework
+    assert events[-1].status == "stopped"
+    seen = applied(err)
+    for command in ("pause", "set_lr", "checkpoint", "resume", "validate", "stop"):
+        assert set(seen.get(command, {})) == {0, 1}, (command, seen)
+        assert seen[command][0] == seen[command][1], (command, seen)
+    asked = [e for e in events if isinstance(e, ev.Validation) and e.source == "user"]
+    assert asked and asked[0].step == seen["validate"][0][0] and asked[0].val_loss > 0
+    # The rate each rank's optimizer used, step by step: doubled from the step after the command, on both.
+    used = [[float(x) for x in (tmp_path / f"used-rank{r}.txt").read_text().split()] for r in (0, 1)]
+    changed = seen["set_lr"][0][0]
+    for rates in used:
+        assert rates[:changed] == [pytest.approx(0.1)] * changed
+        assert rates[changed:] == [pytest.approx(0.2)] * (len(rates) - changed)
+    assert len(used[0]) == len(used[1]) == seen["stop"][0][0]  # both ranks stopped after the same step
+    saved = [e for e in events if isinstance(e, ev.CheckpointSaved) and e.kind == "manual"]
+    assert saved and saved[0].step == seen["checkpoint"][0][0] and Path(saved[0].path).exists()
+
+
+APART = '''
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Linear(8, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(256, 8)
+y = (x.sum(1) > 0).long()
+for epoch in range(2):
+    for i in range(0, 256, 32):
+        loss = torch.nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+'''
+
+
+def test_a_script_on_two_ranks_that_never_joins_them_is_told_once_that_each_rank_trains_alone(tmp_path):
+    (tmp_path / "apart.py").write_text(APART)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([*TRAINTOP, "run", str(tmp_path / "apart.py"), "--nproc-per-node", "2", "--headless",
+                           "--runs-dir", str(runs)], cwd=tmp_path, env=env_for(runs), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("warning [ranks_apart]") == 1, proc.stdout
+    assert "init_process_group" in proc.stdout and "each rank trains alone" in proc.stdout
+    [folder] = list(runs.iterdir())
+    events = read_events(resolve_run(str(folder), runs).events)[0]
+    warned = [e for e in events if isinstance(e, ev.RunWarning)]
+    assert [e.kind for e in warned] == ["ranks_apart"] and warned[0].values["world_size"] == 2
+    assert events[-1].status == "completed"
