@@ -1,8 +1,9 @@
 """The run configuration: TOML sections with defaults, `--set` overrides and validation.
 
-Every key has a default, so an empty config trains an MLP on the bundled digits. The built-in demo
-(no config at all) is those defaults with DEMO's settings over them. Mistakes name the key, the
-file and what is allowed.
+Every key has a default, so a config names only what it changes, and any config trains an MLP on
+the bundled digits unless it says otherwise. The built-in demo (no config at all, or an empty one)
+is those defaults with DEMO's settings over them. Mistakes name the key, the file and what is
+allowed.
 """
 
 from __future__ import annotations
@@ -518,8 +519,8 @@ def demo_config(overrides: list[str] = ()) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (),
                 base: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Read a TOML config (None: every key at its default, or at `base` where it names the key),
-    apply `--set` overrides, and validate."""
+    """Read a TOML config (None: every key at its default, or at `base` where it names the key; an
+    empty file: the demo), apply `--set` overrides, and validate."""
     raw: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     origin = "the built-in demo config" if base is DEMO else "the default config"
     base_dir = Path.cwd()
@@ -536,6 +537,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
             raise UserError(f"{p}: a value is nested too deeply to read") from None
         except UnicodeDecodeError:
             raise UserError(f"{p} is not a UTF-8 text file") from None
+        if not raw:  # a config that says nothing is the demo
+            raw = copy.deepcopy(DEMO)
         base_dir = p.resolve().parent
     for text in overrides:
         section, key, value = parse_override(text)

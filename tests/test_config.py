@@ -42,8 +42,10 @@ def test_the_defaults_train_an_mlp_on_the_digits():
     assert cfg.run.name == "digits-mlp"
 
 
-def test_empty_config_file_is_every_key_at_its_default(write_config):
-    assert load_config(write_config("")) == load_config()
+def test_an_empty_config_file_is_the_demo_and_a_config_that_names_a_key_starts_from_the_defaults(write_config):
+    assert load_config(write_config("# says nothing\n")).to_dict() == demo_config().to_dict()
+    assert load_config(write_config("")).optim.lr == 1e-5
+    assert load_config(write_config("[run]\nname = 'x'\n")).optim.lr == load_config().optim.lr == 1e-3
 
 
 def test_the_demo_is_the_defaults_made_to_last_half_a_minute_and_written_out_in_the_samples():
