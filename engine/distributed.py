@@ -381,16 +381,20 @@ class World:
             return None
 
     def close(self) -> None:
-        """End the process group traintop made (a config run's), unless a rank failed."""
+        """Leave together and end traintop's own group, and the default group too when traintop
+        made it (a config run); a loop's own group stays the loop's to end. Ending ours here, not
+        when the process exits, keeps its threads from being torn down during interpreter exit."""
         import torch.distributed as dist
 
-        if self.owns and not self.broken and dist.is_initialized():
-            try:
-                # Every rank is done with every collective before any tears its connections down.
-                dist.barrier(group=self.group)
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001 - ending anyway
-                pass
+        group, self.group = self.group, None
+        if group is None or self.broken or not dist.is_initialized():
+            return
+        try:
+            # Every rank is done with every collective before any tears its connections down.
+            dist.barrier(group=group)
+            dist.destroy_process_group(None if self.owns else group)
+        except Exception:  # noqa: BLE001 - ending anyway
+            pass
 
 
 def _collective_error(error: BaseException) -> bool:

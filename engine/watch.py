@@ -356,6 +356,8 @@ class WatchedRun:
             if scale is not None:
                 scale.remove()
         self.session.close(status, error, step=self.steps, epoch=self.session.epoch)
+        if self.session.world is not None:
+            self.session.world.close()  # traintop's group; the loop's own stays the loop's
         _live.discard(self)
 
     def __enter__(self) -> WatchedRun:

@@ -212,8 +212,10 @@ def with_dashboard(engine: Engine) -> int:
             started.append(engine.spawn())
             app.engine_pid, app.log_path = started[0].pid, str(folder.log)
         if not (folder.socket.exists() and socket_is_live(folder.socket)):
-            if started[0].poll() is not None and folder.events.exists():
-                # It ended before the dashboard connected (a short lr-find): its log has it all.
+            if started[0].poll() is not None and folder.report.exists():
+                # It ended, run_finished and report.json written, before the dashboard connected
+                # (a short lr-find): its log has it all. An engine that died before its end is
+                # the dashboard's to report, with the tail of its output.
                 from traintop.engine.client import FinishedRun
 
                 return FinishedRun(folder)
