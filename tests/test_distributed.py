@@ -22,7 +22,7 @@ import pytest
 from traintop.engine import events as ev
 from traintop.engine.runstore import read_events, resolve_run
 
-from watched import EXAMPLES, TRAINTOP, live_folder, steps_in
+from watched import EXAMPLES, TRAINTOP, finished_dashboard, live_folder, steps_in
 
 APPLIED = re.compile(r"traintop rank (\d)/2: (\w+) at step (\d+)")
 
@@ -119,18 +119,7 @@ def test_two_ranks_obey_pause_lr_validate_checkpoint_and_stop_from_ctl_at_the_sa
 
 async def resources_view_of(folder) -> str:
     """The Resources view of a finished run, as the dashboard draws it."""
-    from traintop.engine.client import open_run
-    from traintop.tui.app import TrainTop
-
-    async def open_it():
-        return await open_run(folder)
-
-    app = TrainTop(open_it, title=folder.run_id)
-    async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(200):
-            if app.state.status == "finished" and app.drawn_version == app.state.version:
-                break
-            await pilot.pause(0.05)
+    async with finished_dashboard(folder) as (app, pilot):
         app.query_one("#views").active = "resources"
         await pilot.pause(0.3)
         return str(app.query_one("#resources-view").render())

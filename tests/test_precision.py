@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from traintop.engine.client import open_run
 from traintop.engine.config import load_config
 from traintop.engine.errors import UserError
 from traintop.engine.runstore import RunFolder, resolve_run
-from traintop.tui.app import TrainTop
+from watched import finished_dashboard
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
 
@@ -157,15 +156,7 @@ async def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses_and_the_das
     assert traintop("ctl", str(live_run.path), "stop").returncode == 0
     wait_until(lambda: events_of(live_run)[-1]["event"] == "run_finished", 60, "run_finished last")
 
-    async def open_it():
-        return await open_run(live_run)
-
-    app = TrainTop(open_it, title=live_run.run_id)
-    async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(200):
-            if app.state.status == "finished" and app.drawn_version == app.state.version:
-                break
-            await pilot.pause(0.05)
+    async with finished_dashboard(live_run) as (app, pilot):
         header = str(app.query_one("#header").render())
         app.query_one("#views").active = "resources"
         await pilot.pause(0.3)

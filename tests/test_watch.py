@@ -17,7 +17,7 @@ from traintop.engine import events as ev
 from traintop.engine.client import LiveRun
 from traintop.engine.runstore import read_events, resolve_run
 
-from watched import EXAMPLES, PROBE, TRAINTOP, env_for, live_folder, start, steps_in, traintop, wait_for
+from watched import EXAMPLES, PROBE, TRAINTOP, env_for, finished_dashboard, live_folder, start, steps_in, traintop, wait_for
 
 @pytest.fixture
 def watched(tmp_path):
@@ -150,7 +150,6 @@ def test_importing_traintop_does_not_import_torch():
 
 async def test_a_watched_run_lists_exports_shows_and_compares_with_a_config_run(tmp_path):
     from traintop.engine.client import open_run
-    from traintop.tui.app import TrainTop
     from traintop.tui.compare import CompareTop
 
     runs = tmp_path / "runs"
@@ -173,12 +172,7 @@ async def test_a_watched_run_lists_exports_shows_and_compares_with_a_config_run(
             return await open_run(folder)
         return open_it
 
-    app = TrainTop(opener(folders[0]), title=folders[0].run_id)
-    async with app.run_test(size=(120, 40)) as pilot:  # wide enough for all four plots
-        for _ in range(100):
-            if app.state.status == "finished" and app.drawn_version == app.state.version:
-                break
-            await pilot.pause(0.05)
+    async with finished_dashboard(folders[0], tries=100) as (app, pilot):  # 120x40: all four plots
         assert app.state.status == "finished" and app.state.source == "watch"
         assert len(app.state.loss) == 72 and app.state.metric_name == "accuracy"
         assert app.query_one("#metric-plot").figure.title.startswith("val accuracy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -59,3 +60,21 @@ def steps_in(events) -> list[int]:
 
 def traintop(*args, runs: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*TRAINTOP, *args, "--runs-dir", str(runs)], capture_output=True, text=True, timeout=120)
+
+
+@contextlib.asynccontextmanager
+async def finished_dashboard(folder, size=(120, 40), tries: int = 200):
+    """The dashboard on a finished run, once it has drawn the whole log: (app, pilot)."""
+    from traintop.engine.client import open_run
+    from traintop.tui.app import TrainTop
+
+    async def open_it():
+        return await open_run(folder)
+
+    app = TrainTop(open_it, title=folder.run_id)
+    async with app.run_test(size=size) as pilot:
+        for _ in range(tries):
+            if app.state.status == "finished" and app.drawn_version == app.state.version:
+                break
+            await pilot.pause(0.05)
+        yield app, pilot
