@@ -258,8 +258,9 @@ def write_history(folder: RunFolder, n_steps: int, steps_per_epoch: int = 2500) 
             k = min(int(rng.integers(200, 301)), epoch_end - step + 1, n_steps - step + 1)
             recorder.first_step, recorder.lr = step, [0.001] * k
             layer_at = sorted({round(i * (k - 1) / 7) for i in range(8)})  # ~every 12.5 ms of a 100 ms batch
-            batch = recorder.batch(torch.rand(k, generator=generator), torch.rand(k, generator=generator),
-                                   torch.rand(len(layer_at), len(LAYERS), generator=generator), layer_at)
+            batch = recorder.batch(torch.rand(k, generator=generator).tolist(),
+                                   torch.rand(k, generator=generator).tolist(),
+                                   torch.rand(len(layer_at), len(LAYERS), generator=generator).tolist(), layer_at)
             t += k / 2500
             lines.append(ev.Steps(t=round(t, 4), epoch=[epoch] * k, samples_per_s=round(k * 64 / (k / 2500), 1),
                                   **batch).to_line())

@@ -22,6 +22,7 @@ class Gradients:
 
     def __init__(self, params: list[torch.nn.Parameter], device: torch.device):
         self.params = params
+        self.device = device
         self.flat: torch.Tensor | None = None
         self.views: list[torch.Tensor] = []
         self.may_flatten = device.type == "cpu"  # until the first backward pass says otherwise
@@ -61,7 +62,8 @@ class Gradients:
         """Each parameter's gradient; one the loss did not reach counts as zero."""
         if self.flat is not None:
             return self.views
-        return [p.grad if p.grad is not None else self.zero_norm for p in self.params]
+        zero = self.zero_norm
+        return [zero if (g := p.grad) is None else g for p in self.params]
 
     def layer_norms(self) -> list[torch.Tensor]:
         """Every parameter's gradient norm, from one `_foreach_norm`."""

@@ -250,7 +250,7 @@ class Trainer:
             loss = part.detach() if loss is None else loss + part.detach()
         precision.unscale()  # fp16: the true gradients, before they are measured or clipped
         lr = self.lr.at(self.step)
-        self.recorder.record(loss, lr * self.lr_scale.scale, time.perf_counter())  # kept on the device
+        self.recorder.record(loss, lr * self.lr_scale.scale, time.perf_counter())  # no sync: see StepRecorder
         if self.cfg.train.grad_clip:
             self.gradients.clip_(self.recorder.last_total(), self.cfg.train.grad_clip)
         if lr != self.optimizer_lr:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import UserError
@@ -11,29 +13,36 @@ LAYER_SECONDS = 0.0125  # per-layer norms at most this often: about 8 steps per 
 
 
 class StepRecorder:
-    """Buffers each step's loss, gradient norms, learning rate and extra scalars on the device.
+    """Buffers each step's loss, gradient norms, learning rate and extra scalars.
 
     Every step keeps its loss and total gradient norm. Per-layer norms are reported for the first
     step of each batch and then at most every `LAYER_SECONDS`: enough for their curves, and the
     log stays small however many layers the model has or however fast it trains. The total comes
     from the cheapest source at hand: a norm the loop already has (`clip_grad_norm_`'s), one dot
     product over flat gradients (the CPU), or else one fused `_foreach_norm` a step over every
-    layer, whose total, the norm of those norms, is computed for the whole batch at flush time.
+    layer, whose total, the norm of those norms, is computed at flush time.
+
+    On a device the numbers stay there as tensors until the flush fetches them in one transfer:
+    no host sync per step. On the CPU there is nothing to wait for, and each number is read as a
+    float when it is recorded: a float costs the garbage collector nothing, where hundreds of
+    one-number tensors held until the flush make it run every hundred steps or so.
     """
 
     def __init__(self, names: list[str], gradients: Gradients, capacity: int = 2048):
         self.names = names
         self.gradients = gradients
         self.capacity = capacity
-        self.losses: list[torch.Tensor] = []
-        self.totals: list[torch.Tensor | None] = []  # per step: the squared total, or None (from its row)
-        self.rows: list[list[torch.Tensor]] = []  # per-layer norms of the steps that took them
+        self.host = gradients.device.type == "cpu"  # numbers read as they come (see above)
+        self.losses: list = []
+        self.totals: list = []  # per step: the squared total, or None (from its row)
+        self.rows: list = []  # per-layer norms of the steps that took them, row after row in one list
         self.row_at: list[int] = []  # positions in the batch of those rows
         self.layer_at: list[int] = []  # positions of the rows that are reported (the sampled steps)
         self.lr: list = []
-        self.scalars: list[dict] = []  # per step: the loop's extra scalars, if any
+        self.scalars: list[tuple[int, dict]] = []  # (position, the loop's extra scalars) of the steps with some
         self.first_step = 0  # the step number of the first buffered step
         self.next_sample = 0.0
+        self.last: tuple = (None, None, None)  # the last step's (loss, squared total, row) as tensors
 
     @property
     def n(self) -> int:
@@ -52,7 +61,7 @@ class StepRecorder:
         cleared); `scalars`: extra numbers to plot (tensors stay on the device until the flush).
         """
         i = len(self.losses)
-        self.losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
         self.lr.append(lr)
         if scalars:
             for name, value in scalars.items():
@@ -65,25 +74,39 @@ class StepRecorder:
             self.next_sample = now + LAYER_SECONDS
         if total is not None:
             total = total.detach().float() if isinstance(total, torch.Tensor) else torch.tensor(float(total))
-            self.totals.append(total * total)
+            squared = total * total
         elif self.gradients.flat is not None:
-            self.totals.append(self.gradients.squared_total())
+            squared = self.gradients.squared_total()
         else:
-            self.totals.append(None)
+            squared = None
             sample = True  # this step's total comes from its row
+        row = None
         if sample:
-            self.rows.append(norms if norms is not None else self.gradients.layer_norms())
+            row = norms if norms is not None else self.gradients.layer_norms()
             self.row_at.append(i)
+        self.last = (loss, squared, row)
+        if self.host:
+            self.losses.append(loss.item())
+            self.totals.append(None if squared is None else squared.item())
+            if row is not None:
+                self.rows.extend([v.item() for v in row])
+        else:
+            self.losses.append(loss)
+            self.totals.append(squared)
+            if row is not None:
+                self.rows.extend(row)
 
     def last_total(self) -> torch.Tensor:
         """The last recorded step's total gradient norm, as a device tensor."""
-        if self.totals[-1] is None:
-            return torch.linalg.vector_norm(torch.stack(self.rows[-1]))
-        return self.totals[-1].sqrt()
+        _, squared, row = self.last
+        if squared is None:
+            return torch.linalg.vector_norm(torch.stack(row))
+        return squared.sqrt()
 
     def last_finite(self) -> bool:
         """Whether the last step's loss and gradients are finite (a host sync)."""
-        return bool(torch.isfinite(torch.stack([self.losses[-1], self.last_total().to(self.losses[-1].device)])).all())
+        loss = self.last[0]
+        return bool(torch.isfinite(torch.stack([loss, self.last_total().to(loss.device)])).all())
 
     def take(self, reduce=None) -> dict[str, list] | None:
         """The buffered steps as host lists, and an empty buffer; None when nothing is buffered.
@@ -93,66 +116,78 @@ class StepRecorder:
         n = len(self.losses)
         if not n:
             return None
+        if self.host:
+            loss, squared, values = self.losses, self.totals, self.rows
+            if reduce is not None:
+                loss = reduce(torch.tensor(loss)).tolist()
+            lr = [x.item() if isinstance(x, torch.Tensor) else x for x in self.lr]
+            scalars = [(i, name, v.item() if isinstance(v, torch.Tensor) else v)
+                       for i, items in self.scalars for name, v in items.items()]
+        else:
+            loss, squared, values, lr, scalars = self._fetch(reduce)
+        width = len(self.names)
+        rows = [values[k * width:(k + 1) * width] for k in range(len(self.row_at))]
+        row_of = {pos: k for k, pos in enumerate(self.row_at)}
+        total = [math.sqrt(t) if t is not None else math.hypot(*rows[row_of[i]]) for i, t in enumerate(squared)]
+        reported = rows if len(self.row_at) == len(self.layer_at) else [rows[row_of[i]] for i in self.layer_at]
+        lr = [_7g(x) if isinstance(given, torch.Tensor) else x for x, given in zip(lr, self.lr)]
+        given = [v for _, items in self.scalars for v in items.values()]
+        scalars = [(i, name, _7g(v) if isinstance(g, torch.Tensor) else v) for (i, name, v), g in zip(scalars, given)]
+        batch = self.batch(loss, total, reported, self.layer_at, lr=lr, scalars=scalars)
+        self.losses, self.totals, self.rows, self.row_at, self.layer_at = [], [], [], [], []
+        self.lr, self.scalars = [], []
+        return batch
+
+    def _fetch(self, reduce) -> tuple[list, list, list, list, list]:
+        """The buffered values from the device in one transfer: losses, squared totals (None where
+        the row gives it), the rows' values, rates and extra scalars, as host lists."""
         loss = torch.stack(self.losses).float()
         if reduce is not None:
             loss = reduce(loss)
-        device = loss.device
-        width = len(self.names)
-        rows = torch.stack([v for norms in self.rows for v in norms]).view(len(self.rows), width).to(device) \
-            if width and self.rows else torch.zeros(len(self.rows), width, device=device)
-        if all(t is None for t in self.totals):  # every step has its row
-            total = torch.linalg.vector_norm(rows, dim=1)
-        elif all(t is not None for t in self.totals):
-            total = torch.stack(self.totals).to(device).sqrt()
-        else:
-            row_total = torch.linalg.vector_norm(rows, dim=1)
-            row_of = {pos: k for k, pos in enumerate(self.row_at)}
-            total = torch.stack([t.to(device).sqrt() if t is not None else row_total[row_of[i]]
-                                 for i, t in enumerate(self.totals)])
-        row_of = {pos: k for k, pos in enumerate(self.row_at)}
-        reported = rows[[row_of[i] for i in self.layer_at]] if len(self.row_at) != len(self.layer_at) else rows
-        batch = self.batch(loss, total, reported, self.layer_at)
-        self.losses, self.totals, self.rows, self.row_at, self.layer_at = [], [], [], [], []
-        return batch
+        device, n = loss.device, len(self.losses)
+        given = [t for t in self.totals if t is not None]
+        lr_tensors = [x for x in self.lr if isinstance(x, torch.Tensor)]
+        scalar_tensors = [v for _, items in self.scalars for v in items.values() if isinstance(v, torch.Tensor)]
+        parts = [loss.reshape(-1)]
+        for tensors in (given, self.rows):  # the recorder's own: one-number float tensors
+            if tensors:
+                parts.append(torch.stack(tensors).float().to(device))
+        for tensors in (lr_tensors, scalar_tensors):  # the loop's: any shape of one number, any dtype
+            if tensors:
+                parts.append(torch.stack([t.detach().float().reshape(()).to(device) for t in tensors]))
+        values = torch.cat(parts).tolist()
+        at = iter(range(n, len(values)))
+        squared = [None if t is None else values[next(at)] for t in self.totals]
+        rows = [values[next(at)] for _ in self.rows]
+        lr = [values[next(at)] if isinstance(x, torch.Tensor) else x for x in self.lr]
+        scalars = [(i, name, values[next(at)] if isinstance(v, torch.Tensor) else v)
+                   for i, items in self.scalars for name, v in items.items()]
+        return values[:n], squared, rows, lr, scalars
 
-    def batch(self, loss: torch.Tensor, total: torch.Tensor, layers: torch.Tensor,
-              layer_at: list[int]) -> dict[str, list]:
-        """A steps batch starting at `first_step`: each step's loss and total norm, and the
-        per-layer norms (one row per position of `layer_at`)."""
-        n, k = len(loss), len(layer_at)
-        tensors = [loss, total.float(), layers.float().T.reshape(-1)]
-        lr_tensors = [i for i, x in enumerate(self.lr) if isinstance(x, torch.Tensor)]
-        if lr_tensors:  # a rate held in a tensor (a compiled step): fetched with the rest
-            tensors.append(torch.stack([self.lr[i].detach().float().reshape(()).to(loss.device) for i in lr_tensors]))
-        scalar_values = [(i, name, v) for i, values in self.scalars for name, v in values.items()]
-        scalar_tensors = [v.detach().float().reshape(()).to(loss.device) for _, _, v in scalar_values
-                          if isinstance(v, torch.Tensor)]
-        if scalar_tensors:
-            tensors.append(torch.stack(scalar_tensors))
-        # One transfer for everything; values kept to float32's 7 significant digits, so the
-        # log (and a client parsing a long run's history) carries no digits that mean nothing.
-        flat = [float(f"{x:.7g}") for x in torch.cat(tensors).tolist()]
-        end = 2 * n + len(self.names) * k
-        lr = list(self.lr)
-        for j, i in enumerate(lr_tensors):
-            lr[i] = flat[end + j]
-        end += len(lr_tensors)
+    def batch(self, loss: list[float], total: list[float], layers: list[list[float]], layer_at: list[int], *,
+              lr: list | None = None, scalars: list[tuple[int, str, float]] = ()) -> dict[str, list]:
+        """A steps batch starting at `first_step`: each step's loss and total norm, the per-layer
+        norms (one row per position of `layer_at`), the rates (`lr`, else those recorded) and
+        extra scalars as (position, name, value)."""
+        n = len(loss)
+        # Values kept to float32's 7 significant digits, so the log (and a client parsing a long
+        # run's history) carries no digits that mean nothing.
         out = {
             "step": list(range(self.first_step, self.first_step + n)),
-            "loss": flat[:n],
-            "grad_norm": flat[n:2 * n],
-            "lr": lr,
-            "layer_norms": {name: flat[2 * n + i * k: 2 * n + (i + 1) * k] for i, name in enumerate(self.names)},
+            "loss": [_7g(x) for x in loss],
+            "grad_norm": [_7g(x) for x in total],
+            "lr": list(self.lr if lr is None else lr),
+            "layer_norms": {name: [_7g(row[j]) for row in layers] for j, name in enumerate(self.names)},
             "layer_steps": [self.first_step + i for i in layer_at],
         }
-        if scalar_values:
+        if scalars:
             columns: dict[str, list] = {}
-            for i, name, v in scalar_values:
-                if isinstance(v, torch.Tensor):
-                    v, end = flat[end], end + 1
+            for i, name, v in scalars:
                 columns.setdefault(name, [None] * n)[i] = float(v)
             out["scalars"] = columns
         self.first_step += n
-        self.lr = []
-        self.scalars = []
         return out
+
+
+def _7g(x: float) -> float:
+    return float(f"{x:.7g}")

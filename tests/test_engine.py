@@ -450,3 +450,42 @@ async def test_a_requested_validation_never_changes_early_stopping(tmp_path):
     assert run.trainer.early.state_dict() == state
     await run.send(cmd.Stop())
     await run.wait()
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_numbers_read_as_they_come_on_the_cpu_match_those_fetched_from_a_device_at_flush(flat):
+    """On a GPU a steps batch comes over in one transfer at the flush; on the CPU each number is
+    read as it is recorded. Both must report the same steps (the device path runs here on CPU
+    tensors, as it would on CUDA ones)."""
+    from traintop.engine.recorder import StepRecorder
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    params = list(model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    batches = {}
+    for host in (True, False):
+        grads = gradients.Gradients(params, torch.device("cpu"))
+        grads.may_flatten = flat
+        recorder = StepRecorder(names, grads)
+        recorder.host = host
+        recorder.first_step = 1
+        torch.manual_seed(1)
+        now = 0.0
+        for step in range(40):
+            loss = model(torch.randn(8, 5)).pow(2).mean()
+            grads.backward(loss)
+            rate = torch.tensor(0.01 * (step + 1)) if step % 3 == 0 else 0.01 * (step + 1)
+            clip = torch.tensor(2.5) if step == 7 else None
+            recorder.record(loss, rate, now, total=clip, scalars={"acc": torch.tensor(step / 40), "k": step})
+            now += 0.004
+        batches[host] = recorder.take()
+    assert (batches[True]["step"], batches[True]["layer_steps"]) == (list(range(1, 41)), batches[False]["layer_steps"])
+    assert len(batches[True]["layer_steps"]) < 40  # per-layer rows are sampled
+    for key in ("loss", "grad_norm", "lr"):
+        assert batches[True][key] == pytest.approx(batches[False][key], rel=1e-6), key
+    assert batches[True]["grad_norm"][7] == 2.5
+    for name in names:
+        assert batches[True]["layer_norms"][name] == pytest.approx(batches[False]["layer_norms"][name], rel=1e-6)
+    assert batches[True]["scalars"] == batches[False]["scalars"]
+    assert batches[True]["scalars"]["k"][5] == 5.0 and batches[True]["scalars"]["acc"][20] == 0.5
