@@ -116,7 +116,10 @@ class AutoWatch:
         if norms is None:  # a closure ran forward and backward inside the step
             norms = run.recorder.gradients.layer_norms()
         losses = self.capture.take()
-        loss = torch.stack([x.float() for x in losses]).mean() if losses else torch.tensor(math.nan)
+        if len(losses) == 1:  # one backward pass a step, the usual case: its loss as it is
+            loss = losses[0]
+        else:
+            loss = torch.stack([x.float() for x in losses]).mean() if losses else torch.tensor(math.nan)
         run.record_step(loss, norms=norms, boundary=False)
         run.step_boundary()
         if run.should_stop and not self.stopped:
