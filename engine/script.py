@@ -118,8 +118,10 @@ class AutoWatch:
         losses = self.capture.take()
         if len(losses) == 1:  # one backward pass a step, the usual case: its loss as it is
             loss = losses[0]
+        elif losses:  # accumulation: the mean of the step's backward passes
+            loss = torch.stack([x.float() for x in losses]).mean()
         else:
-            loss = torch.stack([x.float() for x in losses]).mean() if losses else torch.tensor(math.nan)
+            loss = torch.tensor(math.nan)
         run.record_step(loss, norms=norms, boundary=False)
         run.step_boundary()
         if run.should_stop and not self.stopped:
