@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import statistics
 
 from ..config import SignalsConfig
-from .loss import LossWatch, finding
+from .loss import LossWatch, finding, median
 
 GAP_SMALL = 0.2  # underfitting: validation within this fraction of the training loss
 MIN_STEPS = 100  # steps trained before the losses are read at all: younger ones say nothing yet
@@ -127,10 +126,10 @@ class FitWatch:
             return None
         recent = self.history[-n:]
         best_step, best_v, best_t = self.best
-        train_now = statistics.median(t for _, _, t in recent)
+        train_now = median(t for _, _, t in recent)
         if not train_now < best_t:
             return None
-        val_now = statistics.median(v for _, v, _ in recent)
+        val_now = median(v for _, v, _ in recent)
         floor = s.overfit_floor * start
         step = self.history[-1][0]
         if val_now - best_v > max(s.overfit_rise * best_v, floor):

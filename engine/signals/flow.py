@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 
 from ..config import SignalsConfig
-from .loss import finding
+from .loss import finding, median
 
 WEIGHT_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Bilinear")  # layers whose gradients are compared
 ROWS = 8  # per-layer samples the vanishing ratio is the median of
@@ -51,14 +50,12 @@ class GradientFlow:
 
     def steps(self, batch: dict) -> list:
         """The conditions holding after this batch."""
-        for norm in batch["grad_norm"]:
-            if norm is None or not math.isfinite(norm):
-                continue
-            if self.early_level is None:
-                self.early.append(norm)
-                if len(self.early) == EARLY_STEPS:
-                    self.early_level = statistics.median(self.early)
-            self.recent.append(norm)
+        norms = [norm for norm in batch["grad_norm"] if norm is not None and math.isfinite(norm)]
+        if self.early_level is None:
+            self.early.extend(norms[:EARLY_STEPS - len(self.early)])
+            if len(self.early) == EARLY_STEPS:
+                self.early_level = median(self.early)
+        self.recent.extend(norms)
         self._rows(batch.get("layer_norms") or {}, len(batch.get("layer_steps") or []))
         step = batch["step"][-1]
         self._vanishing(step)
@@ -86,7 +83,7 @@ class GradientFlow:
 
     def _vanishing(self, step: int) -> None:
         ratios = [ratio for ratio, _ in self.rows if ratio is not None]
-        if len(ratios) < min(4, ROWS) or statistics.median(ratios) >= self.s.vanishing_ratio:
+        if len(ratios) < min(4, ROWS) or median(ratios) >= self.s.vanishing_ratio:
             self.vanishing = None
             return
         smallest: dict[str, list[float]] = {}
@@ -94,14 +91,14 @@ class GradientFlow:
             if ratio is not None:
                 for n, v in kept.items():
                     smallest.setdefault(n, []).append(v)
-        level = {n: statistics.median(v) for n, v in smallest.items()}
+        level = {n: median(v) for n, v in smallest.items()}
         top = max(level.values())
         weak = sorted((n for n in level if level[n] < self.s.vanishing_ratio * top), key=level.get)
         describe = {name: d for name, d, _, _ in self.weights}
         named = ", ".join(f"{n} ({describe[n]}: {level[n]:.1e})" for n in weak[:4]) + (
             f" and {len(weak) - 4} more" if len(weak) > 4 else "")
         strongest = max(level, key=level.get)
-        ratio = statistics.median(ratios)
+        ratio = median(ratios)
         what = "get no gradient at all" if ratio == 0 else "get almost no gradient"
         self.vanishing = finding(
             "vanishing_gradients", step, id="vanishing_gradients",
@@ -114,7 +111,7 @@ class GradientFlow:
     def _exploding(self, step: int) -> None:
         if self.early_level is None or self.early_level <= 0 or len(self.recent) < EXPLODE_STEPS:
             return
-        now = statistics.median(self.recent)
+        now = median(self.recent)
         if now < self.s.exploding_factor * self.early_level:
             if now < self.s.exploding_factor * self.early_level / 2:
                 self.exploding = None
@@ -163,11 +160,11 @@ class DataBound:
     def _judge(self, step: int) -> None:
         if len(self.shares) < MIN_TIMING:
             return
-        share = statistics.median(s for s, _ in self.shares)
+        share = median(s for s, _ in self.shares)
         if share <= self.s.data_bound_share:
             self.finding = None
             return
-        seconds = statistics.median(t for _, t in self.shares)
+        seconds = median(t for _, t in self.shares)
         self.finding = finding(
             "data_bound", step, id="data_bound",
             message=f"each step spends {share:.0%} of its time waiting for the next batch ({share * seconds * 1000:.3g} "

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 
 from ..config import SignalsConfig
 
 MIN_WINDOW = 20  # steps seen before a spike can be judged
-REFRESH = 50  # the recent level is recomputed every this many steps within a batch (it costs ~20 µs)
+REFRESH = 50  # the recent level is recomputed every this many steps (it costs ~10 µs)
 BLOCK = 20  # divergence reads the loss as medians of blocks of this many steps
 RISING_BLOCKS = 3  # ... rising over this many blocks in a row
 MAD_SCALE = 1.4826  # MAD to a standard deviation, for normal noise
@@ -21,12 +20,12 @@ def finding(*args, **kwargs):
     return Finding(*args, **kwargs)
 
 
-def robust_level(window, recent) -> tuple[float, float]:
-    """The median of `recent` and the noise of `window`: the median absolute change between
-    consecutive values, as the standard deviation of one value (a trend hardly moves it)."""
-    values = list(window)
-    changes = [abs(b - a) for a, b in zip(values, values[1:])]
-    return statistics.median(recent), MAD_SCALE * statistics.median(changes) / math.sqrt(2)
+def median(values) -> float:
+    """The median of a few numbers (statistics.median's value, without its generic checks)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def key_presses(factor: float) -> str:
@@ -55,7 +54,10 @@ class LossWatch:
         self.s = settings
         self.start: float | None = None  # the first finite step loss
         self.window: deque[float] = deque(maxlen=settings.spike_window)
+        self.changes: deque[float] = deque(maxlen=settings.spike_window - 1)  # |consecutive| in the window
         self.recent: deque[float] = deque(maxlen=BLOCK)
+        self.level: tuple[float, float] | None = None  # (median, noise) recomputed every REFRESH steps
+        self.level_at = 0  # `seen` when it was
         self.blocks: list[float] = []  # medians of whole blocks, the latest few kept
         self.lowest = math.inf  # the lowest block median so far
         self.diverged = False  # the loss has been past divergence_factor times its start
@@ -64,30 +66,40 @@ class LossWatch:
 
     def steps(self, steps: list[int], losses: list) -> list:
         """The conditions holding after these steps: a spike among them, a divergence."""
-        s, worst, level = self.s, None, None
-        for i, (step, loss) in enumerate(zip(steps, losses)):
+        s, worst = self.s, None
+        window, changes, recent = self.window, self.changes, self.recent
+        for step, loss in zip(steps, losses):
             if loss is None or not math.isfinite(loss):
                 continue  # a non-finite loss is nan_loss's
             if self.start is None:
                 self.start = loss
-            if len(self.window) >= MIN_WINDOW:
-                if level is None or i % REFRESH == 0:
-                    level = robust_level(self.window, self.recent)
-                median, spread = level
-                height = loss - median
-                if (height > s.spike_mads * spread and loss > s.spike_ratio * median
+            if len(window) >= MIN_WINDOW:
+                if self.level is None or self.seen - self.level_at >= REFRESH:
+                    self.level = self.robust_level()
+                    self.level_at = self.seen
+                median_, spread = self.level
+                height = loss - median_
+                if (height > s.spike_mads * spread and loss > s.spike_ratio * median_
                         and height > s.spike_floor * abs(self.start)):
                     if worst is None or height > worst[2]:
-                        worst = (step, loss, height, median, spread)
-            self.window.append(loss)
-            self.recent.append(loss)
+                        worst = (step, loss, height, median_, spread)
+            if window:
+                changes.append(abs(loss - window[-1]))
+            window.append(loss)
+            recent.append(loss)
             self.seen += 1
             if self.seen % BLOCK == 0:
-                block = statistics.median(self.recent)
+                block = median(recent)
                 self.blocks = (self.blocks + [block])[-RISING_BLOCKS:]
                 self.lowest = min(self.lowest, block)
         self._divergence(steps[-1])
         return [f for f in (self._spike(worst), self.divergence) if f is not None]
+
+    def robust_level(self) -> tuple[float, float]:
+        """The median of the last BLOCK steps and the noise of the window: the median absolute
+        change between consecutive steps, as the standard deviation of one step (a trend hardly
+        moves it)."""
+        return median(self.recent), MAD_SCALE * median(self.changes) / math.sqrt(2)
 
     def _spike(self, worst):
         if worst is None:
@@ -108,7 +120,7 @@ class LossWatch:
         s, start = self.s, self.start
         if start is None or start <= 0 or len(self.recent) < BLOCK:
             return
-        level = statistics.median(self.recent)
+        level = median(self.recent)
         past_start = level > s.divergence_factor * start
         rising = (len(self.blocks) == RISING_BLOCKS and all(b > a for a, b in zip(self.blocks, self.blocks[1:]))
                   and self.blocks[-1] - self.lowest > s.divergence_rise * start)
