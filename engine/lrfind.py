@@ -22,6 +22,7 @@ from typing import Callable
 
 from . import events as ev
 from .errors import UserError
+from .recorder import one_number
 
 SMOOTHING = 0.9  # weight of the past in the smoothed loss
 DIVERGED = 4.0  # the test stops once the smoothed loss is this many times its lowest
@@ -118,11 +119,7 @@ def _points(result: RangeTest, start: int) -> dict:
 
 def _number(loss) -> float:
     """A step's loss as a float (one host sync: the test is short, and each point is judged)."""
-    try:
-        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-    except (TypeError, ValueError):
-        raise UserError(f"lr_find: the step function returned {loss!r}; it must return the step's loss") from None
-    return value
+    return float(one_number(loss, "lr_find: the step function's return value (it must be the step's loss)"))
 
 
 def emitter(session) -> Callable[..., None]:

@@ -6,10 +6,27 @@ import math
 
 import torch
 
+from .config import show_value
 from .errors import UserError
 from .gradients import Gradients
 
 LAYER_SECONDS = 0.0125  # per-layer norms at most this often: about 8 steps per 100 ms flush
+
+
+def one_number(value, what: str):
+    """A number a loop hands over (a loss, a norm, a metric): a one-number tensor, detached and left
+    where it is, or anything else `float` takes as a float. A string, None, or a tensor of several
+    values is a UserError naming `what`, raised where the loop handed it over, never later at a flush."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise UserError(f"{what} holds {value.numel()} values; give one number")
+        return value.detach()
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise UserError(f"{what} is {show_value(value)}, not a number")
 
 
 class StepRecorder:
@@ -61,19 +78,22 @@ class StepRecorder:
         cleared); `scalars`: extra numbers to plot (tensors stay on the device until the flush).
         """
         i = len(self.losses)
-        loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        loss = one_number(loss, "the step's loss")
+        if not isinstance(loss, torch.Tensor):
+            loss = torch.tensor(loss)
+        if total is not None:
+            total = one_number(total, "the step's grad_norm")
+        if scalars:
+            scalars = {name: one_number(value, f"step scalar {name!r}") for name, value in scalars.items()}
         self.lr.append(lr)
         if scalars:
-            for name, value in scalars.items():
-                if isinstance(value, torch.Tensor) and value.numel() != 1:
-                    raise UserError(f"step scalar {name!r} holds {value.numel()} values; give one number")
             self.scalars.append((i, scalars))
         sample = i == 0 or now >= self.next_sample
         if sample:
             self.layer_at.append(i)
             self.next_sample = now + LAYER_SECONDS
         if total is not None:
-            total = total.detach().float() if isinstance(total, torch.Tensor) else torch.tensor(float(total))
+            total = total.float() if isinstance(total, torch.Tensor) else torch.tensor(total)
             squared = total * total
         elif self.gradients.flat is not None:
             squared = self.gradients.squared_total()

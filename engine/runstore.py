@@ -121,15 +121,19 @@ class RunFolder:
     def create(cls, runs_dir: Path, name: str, now: datetime | None = None) -> RunFolder:
         """A new, empty run folder named `<yyyymmdd-hhmmss>-<name>` (with -2, -3... if taken)."""
         stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        for n in range(1, 1000):
-            path = runs_dir / (f"{stamp}-{name}" if n == 1 else f"{stamp}-{name}-{n}")
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            (path / "checkpoints").mkdir()
-            return cls(path)
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            for n in range(1, 1000):
+                path = runs_dir / (f"{stamp}-{name}" if n == 1 else f"{stamp}-{name}-{n}")
+                try:
+                    path.mkdir()
+                except FileExistsError:
+                    continue
+                (path / "checkpoints").mkdir()
+                return cls(path)
+        except OSError as e:
+            why = "it is a file, not a folder" if runs_dir.is_file() else e.strerror
+            raise disk_full(e, runs_dir) or UserError(f"cannot keep runs in {runs_dir}: {why}") from None
         raise UserError(f"could not create a run folder in {runs_dir}")
 
     def lock(self) -> RunLock:

@@ -27,6 +27,7 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -35,7 +36,7 @@ import torch
 from . import commands as cmd
 from . import events as ev
 from .checkpoint import all_finite, snapshot
-from .config import SignalsConfig
+from .config import SignalsConfig, build_config, show_value
 from .distributed import World, unwrap
 from .early_stopping import EarlyStopping
 from .errors import UserError
@@ -44,7 +45,7 @@ from .lrscale import LrScale
 from .models import describe_layers
 from .policies import ValidationPolicies
 from .precision import pending_scale
-from .recorder import StepRecorder
+from .recorder import StepRecorder, one_number
 from .runstore import RunFolder, default_runs_dir
 from .session import Session
 from .signals import Signals, settings_from
@@ -74,12 +75,21 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     """
     if model is None and optimizer is None:
         raise UserError("watch needs the model, the optimizer, or both")
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise UserError(f"watch: model is {show_value(model)}; give a torch.nn.Module (or None)")
+    if optimizer is not None and not isinstance(getattr(optimizer, "param_groups", None), list):
+        raise UserError(f"watch: optimizer is {show_value(optimizer)}; give a torch.optim.Optimizer (or None)")
+    if config is not None and not isinstance(config, Mapping):
+        if not hasattr(config, "__dict__"):
+            raise UserError(f"watch: config is {show_value(config)}; give a dict (vars(args) for argparse)")
+        config = vars(config)  # an argparse.Namespace, or any object of settings
     settings = settings_from(signals, "watch(signals=...)")
+    early = early_stopping_from(early_stopping)
     from . import script
 
     if script.current is not None and script.current.optimizer is None:
         return script.current.take_over(model, optimizer, name=name, config=config, epochs=epochs,
-                                        early_stopping=early_stopping)
+                                        early_stopping=early if early_stopping is not None else None)
     name = _run_name(name or (unwrap(model).__class__.__name__.lower() if model is not None else "run"))
     config = dict(config or {})
     world = World.join()
@@ -101,7 +111,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
         session.join(world, sync_every)
     run = WatchedRun(session, model, optimizer, name=name, config=config,
                      epochs=epochs if epochs is not None else _int(config.get("epochs")),
-                     early_stopping=early_stopping, checkpoint_every_seconds=checkpoint_every_seconds,
+                     early_stopping=early, checkpoint_every_seconds=checkpoint_every_seconds,
                      signals=settings)
     run.scaler = scaler
     session.serve()
@@ -113,7 +123,7 @@ class WatchedRun:
     """A run whose loop belongs to the user: `step` records and obeys, `validate` reports."""
 
     def __init__(self, session: Session, model, optimizer, *, name: str, config: dict,
-                 epochs: int | None, early_stopping: dict | None, checkpoint_every_seconds: float = 120,
+                 epochs: int | None, early_stopping: EarlyStopping | None, checkpoint_every_seconds: float = 120,
                  signals: SignalsConfig | None = None):
         self.session = session
         self.name = name
@@ -130,7 +140,7 @@ class WatchedRun:
         self.timer.step_of = lambda: self.steps
         if model is not None or optimizer is not None:
             self.bind(model, optimizer)
-        self.set_early_stopping(early_stopping)
+        self.set_early_stopping(early_stopping or early_stopping_from(None))
         session.handlers.update({
             cmd.SetLr: self._set_lr, cmd.Validate: self._validate_now, cmd.Checkpoint: self._checkpoint,
             cmd.EarlyStopping: lambda c: self.policies.early_stopping(c), cmd.Predict: self._predict,
@@ -157,17 +167,8 @@ class WatchedRun:
         self._samples = None
         self.scaler = None  # the loop's GradScaler, whose scale is taken off the recorded norms
 
-    def set_early_stopping(self, options: dict | None) -> None:
-        """Early stopping as `watch(early_stopping=...)` describes it; off when None."""
-        es = dict(options or {})
-        enabled = bool(es.pop("enabled", options is not None))
-        try:
-            early = EarlyStopping(**{"monitor": "val_loss", "mode": "auto", **es}, enabled=enabled)
-        except TypeError as e:
-            raise UserError(f"watch(early_stopping=...): {e}; allowed keys: monitor, mode, patience, "
-                            "min_delta, enabled") from None
-        if early.mode == "auto":
-            early.mode = "max" if early.monitor.removeprefix("val_") in ("accuracy", "r2", "f1", "auc") else "min"
+    def set_early_stopping(self, early: EarlyStopping) -> None:
+        """Early stopping as `early_stopping_from` made it from `watch(early_stopping=...)`."""
         self.policies = ValidationPolicies(self.session, early, signals=self.signals)
 
     def bind(self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
@@ -210,8 +211,11 @@ class WatchedRun:
     def epochs(self, n: int) -> Iterator[int]:
         """`range(n)` for the epoch loop that also tells the run how many epochs there are (for
         progress and ETA), and ends early once the run is asked to stop."""
-        self.epochs_planned = int(n)
-        for epoch in range(int(n)):
+        if isinstance(n, bool) or not hasattr(n, "__index__") or n.__index__() < 0:
+            raise UserError(f"run.epochs: n is {show_value(n)}; give a whole number of epochs, 0 or more")
+        n = n.__index__()
+        self.epochs_planned = n
+        for epoch in range(n):
             if self.should_stop:
                 return
             self.session.epoch = epoch + 1
@@ -393,22 +397,25 @@ class WatchedRun:
 
     def on_checkpoint(self, fn: Callable[[Path], Any]) -> Callable:
         """`c` (and `ctl checkpoint`) call `fn(path)` instead of saving the model and optimizer."""
-        self._checkpoint_fn = fn
+        self._checkpoint_fn = _function(fn, "run.on_checkpoint")
         return fn
 
     def on_validate(self, fn: Callable[[], Any]) -> Callable:
         """`v` (and `ctl validate`) call `fn()`; it may call `run.validate(...)` or return the metrics."""
-        self._validate_fn = fn
+        self._validate_fn = _function(fn, "run.on_validate")
         return fn
 
     def on_predict(self, fn: Callable[[list], list]) -> Callable:
         """The inference view calls `fn(inputs)` with a list of inputs and shows what it returns:
         one answer per input, a label, {"label", "probabilities"} or {"value"}."""
-        self._predict_fn = fn
+        self._predict_fn = _function(fn, "run.on_predict")
         return fn
 
     def samples(self, dataset) -> None:
         """Held-out samples the inference view can browse: `dataset[i]` is (input, target)."""
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise UserError(f"run.samples takes a dataset with a length, whose dataset[i] is (input, target); "
+                            f"got {show_value(dataset)}")
         self._samples = dataset
 
     # -- inside ----------------------------------------------------------------------------------
@@ -635,15 +642,28 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def early_stopping_from(options: dict | None) -> EarlyStopping:
+    """Early stopping as `watch(early_stopping=...)` describes it, off when None; its values are
+    checked as a config's [early_stopping] keys are (a UserError naming the key)."""
+    es = dict(options or {})
+    enabled = bool(es.pop("enabled", options is not None))
+    unknown = sorted(set(es) - {"monitor", "mode", "patience", "min_delta"})
+    if unknown:
+        raise UserError(f"watch(early_stopping=...): unknown key {unknown[0]!r}; allowed keys: monitor, mode, "
+                        "patience, min_delta, enabled")
+    checked = build_config({"early_stopping": es}, "watch(early_stopping=...)").early_stopping
+    return EarlyStopping(monitor=checked.monitor, mode=checked.mode, patience=checked.patience,
+                         min_delta=checked.min_delta, enabled=enabled)
+
+
+def _function(fn, what: str) -> Callable:
+    if not callable(fn):
+        raise UserError(f"{what} takes a function; got {show_value(fn)}")
+    return fn
+
+
 def _number(value, name: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise UserError(f"validate: {name} holds {value.numel()} values; give one number")
-        return float(value.detach().cpu())
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"validate: {name} is {value!r}, not a number") from None
+    return float(one_number(value, f"validate: {name}"))
 
 
 def _plain(value):

@@ -142,6 +142,87 @@ def test_watch_in_process_records_every_step_and_reports_a_failure(tmp_path):
     assert not run.session.folder.socket.exists()
 
 
+BAD_CALLS = [
+    (lambda run: run.step("abc"), "the step's loss is 'abc', not a number"),
+    (lambda run: run.step(None), "the step's loss is None, not a number"),
+    (lambda run: run.step(torch.ones(3)), "the step's loss holds 3 values; give one number"),
+    (lambda run: run.step(1.0, acc="x"), "step scalar 'acc' is 'x', not a number"),
+    (lambda run: run.step(1.0, acc=[1, 2]), "step scalar 'acc' is [1, 2], not a number"),
+    (lambda run: run.step(1.0, grad_norm="x"), "the step's grad_norm is 'x', not a number"),
+    (lambda run: run.validate(val_loss="abc"), "validate: val_loss is 'abc', not a number"),
+    (lambda run: run.validate(val_loss=torch.ones(2)), "validate: val_loss holds 2 values"),
+    (lambda run: list(run.epochs("x")), "run.epochs: n is 'x'; give a whole number"),
+    (lambda run: run.on_checkpoint(3), "run.on_checkpoint takes a function; got 3"),
+    (lambda run: run.on_predict("f"), "run.on_predict takes a function"),
+    (lambda run: run.samples(5), "run.samples takes a dataset"),
+]
+
+
+def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_and_the_run_goes_on(tmp_path):
+    """A bad number raises there, naming it, and never reaches the buffer: the steps around it
+    are recorded and the run finishes cleanly (before, a bad scalar broke the flush, and finish)."""
+    import traintop
+    from traintop.engine.errors import UserError
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = traintop.watch(model, optimizer, name="bad-values", runs_dir=tmp_path / "runs")
+    for call, message in BAD_CALLS:
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        run.step(loss)
+        optimizer.step()
+        with pytest.raises(UserError) as refused:
+            call(run)
+        assert message in str(refused.value)
+    run.validate(val_loss=0.5, accuracy=torch.tensor(0.75))
+    run.finish()
+    events = read_events(run.session.folder.events)[0]
+    assert steps_in(events) == list(range(1, len(BAD_CALLS) + 1))
+    assert [e.metrics for e in events if isinstance(e, ev.Validation)] == [{"accuracy": 0.75}]
+    assert events[-1].status == "completed"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(model="model"), "watch: model is 'model'; give a torch.nn.Module"),
+    (dict(optimizer="adam"), "watch: optimizer is 'adam'; give a torch.optim.Optimizer"),
+    (dict(config=[1, 2]), "watch: config is [1, 2]; give a dict"),
+    (dict(early_stopping=dict(patience=-1)), "watch(early_stopping=...): early_stopping.patience is -1; allowed"),
+    (dict(early_stopping=dict(mode="up")), "watch(early_stopping=...): early_stopping.mode is 'up'"),
+    (dict(early_stopping=dict(wait=3)), "unknown key 'wait'"),
+    (dict(runs_dir="FILE"), "cannot keep runs in"),
+])
+def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message):
+    import traintop
+    from traintop.engine.errors import UserError
+
+    model = torch.nn.Linear(3, 1)
+    given = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), runs_dir=tmp_path / "runs")
+    if arguments.get("runs_dir") == "FILE":
+        (tmp_path / "a-file").write_text("")
+        arguments = dict(runs_dir=tmp_path / "a-file")
+    given.update(arguments)
+    with pytest.raises(UserError, match=None) as refused:
+        traintop.watch(given.pop("model"), given.pop("optimizer"), name="refused", **given)
+    assert message in str(refused.value)
+    assert not list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else True
+
+
+def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
+    import argparse
+
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    args = argparse.Namespace(lr=0.1, epochs=3)
+    with traintop.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), config=args,
+                        runs_dir=tmp_path / "runs") as run:
+        pass
+    started = read_events(run.session.folder.events)[0][0]
+    assert started.config == {"lr": 0.1, "epochs": 3} and started.epochs == 3
+
+
 def test_importing_traintop_does_not_import_torch():
     code = "import sys, traintop; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
