@@ -42,6 +42,10 @@ class _Traintop:
                  predict: Callable[[list], list] | None = None, samples=None):
         """`name` of the run (default: the model's class); `config` adds to the TrainingArguments
         recorded; `predict(inputs) -> answers` and `samples` feed the inference view."""
+        from .watch import check_callback
+
+        check_callback(config=config, runs_dir=runs_dir, early_stopping=early_stopping, predict=predict,
+                       samples=samples)
         self.name = name
         self.config = config or {}
         self.runs_dir = runs_dir

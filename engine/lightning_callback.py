@@ -53,6 +53,10 @@ class _Traintop:
         `predict(inputs) -> answers` and `samples` (a dataset of (input, target)) feed the
         inference view."""
         super().__init__()
+        from .watch import check_callback
+
+        check_callback(config=config, runs_dir=runs_dir, early_stopping=early_stopping, predict=predict,
+                       samples=samples)
         self.name = name
         self.config = config or {}
         self.runs_dir = runs_dir

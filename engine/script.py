@@ -272,7 +272,11 @@ def run_script(folder: RunFolder | None, script: Path, argv: list[str], printer=
     except BaseException as e:  # noqa: BLE001 - the script's own failure ends its run as failed
         import traceback
 
-        traceback.print_exc()
+        # As `python SCRIPT.py` would show it: from the script's own frame, without traintop's and runpy's.
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != str(script):
+            tb = tb.tb_next
+        traceback.print_exception(type(e), e, tb)
         code, error = 1, f"{type(e).__name__}: {e}"
     finally:
         if auto.active:
@@ -287,15 +291,16 @@ def run_script(folder: RunFolder | None, script: Path, argv: list[str], printer=
         _live.discard(run)
         run.finish("stopped")
         return code
-    if run.recorder is None:
+    if run.recorder is None and code == 0:  # a script that failed says why itself (below)
         message = ("the script finished without a torch.optim optimizer step, so there was nothing to "
                    "watch; a loop that updates its weights another way can be watched only through "
                    "traintop.watch (see the README)")
-        if autowatch_on:
-            print(f"traintop: {message}", file=sys.stderr)
-        run.finish("failed" if autowatch_on else ("completed" if code == 0 else "failed"),
-                   message if autowatch_on else error)
-        return code or (1 if autowatch_on else 0)
+        if not autowatch_on:
+            run.finish("completed")
+            return 0
+        print(f"traintop: {message}", file=sys.stderr)
+        run.finish("failed", message)
+        return 1
     if auto.loader is not None and run.steps > run.epoch_end_step:
         run.end_epoch()
     if code == 0:

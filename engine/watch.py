@@ -46,7 +46,7 @@ from .models import describe_layers
 from .policies import ValidationPolicies
 from .precision import pending_scale
 from .recorder import StepRecorder, one_number
-from .runstore import RunFolder, default_runs_dir
+from .runstore import RunFolder, check_runs_dir, default_runs_dir
 from .session import Session
 from .signals import Signals, settings_from
 from .timing import LOOP_PHASES, PhaseTimer
@@ -99,6 +99,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
             run_folder = RunFolder(Path(folder))
         else:
             base = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+            check_runs_dir(base, name, "watch: runs_dir" if runs_dir else "runs dir")
             run_folder = RunFolder.create(base, name)
         return Session.open(run_folder, name=name, source=source, config=config,
                             meta={"world_size": world.size} if world is not None else None)
@@ -413,10 +414,7 @@ class WatchedRun:
 
     def samples(self, dataset) -> None:
         """Held-out samples the inference view can browse: `dataset[i]` is (input, target)."""
-        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise UserError(f"run.samples takes a dataset with a length, whose dataset[i] is (input, target); "
-                            f"got {show_value(dataset)}")
-        self._samples = dataset
+        self._samples = _dataset(dataset, "run.samples")
 
     # -- inside ----------------------------------------------------------------------------------
 
@@ -642,18 +640,39 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def early_stopping_from(options: dict | None) -> EarlyStopping:
+def early_stopping_from(options: dict | None, origin: str = "watch(early_stopping=...)") -> EarlyStopping:
     """Early stopping as `watch(early_stopping=...)` describes it, off when None; its values are
     checked as a config's [early_stopping] keys are (a UserError naming the key)."""
     es = dict(options or {})
     enabled = bool(es.pop("enabled", options is not None))
     unknown = sorted(set(es) - {"monitor", "mode", "patience", "min_delta"})
     if unknown:
-        raise UserError(f"watch(early_stopping=...): unknown key {unknown[0]!r}; allowed keys: monitor, mode, "
-                        "patience, min_delta, enabled")
-    checked = build_config({"early_stopping": es}, "watch(early_stopping=...)").early_stopping
+        raise UserError(f"{origin}: unknown key {unknown[0]!r}; allowed keys: monitor, mode, patience, min_delta, "
+                        "enabled")
+    checked = build_config({"early_stopping": es}, origin).early_stopping
     return EarlyStopping(monitor=checked.monitor, mode=checked.mode, patience=checked.patience,
                          min_delta=checked.min_delta, enabled=enabled)
+
+
+def check_callback(*, config, runs_dir, early_stopping, predict, samples) -> None:
+    """A Lightning or Hugging Face callback's arguments, checked as `watch` checks its own when the
+    callback is made: a bad one fails the line that builds the trainer, not the start of training."""
+    if config is not None and not isinstance(config, Mapping):
+        raise UserError(f"TraintopCallback: config is {show_value(config)}; give a dict")
+    if runs_dir is not None:
+        check_runs_dir(Path(runs_dir).expanduser(), what="TraintopCallback: runs_dir")
+    early_stopping_from(early_stopping, "TraintopCallback(early_stopping=...)")
+    if predict is not None:
+        _function(predict, "TraintopCallback(predict=...)")
+    if samples is not None:
+        _dataset(samples, "TraintopCallback(samples=...)")
+
+
+def _dataset(dataset, what: str):
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise UserError(f"{what} takes a dataset with a length, whose dataset[i] is (input, target); "
+                        f"got {show_value(dataset)}")
+    return dataset
 
 
 def _function(fn, what: str) -> Callable:

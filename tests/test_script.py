@@ -126,6 +126,20 @@ def test_a_script_without_an_optimizer_is_told_to_use_watch(tmp_path):
     assert read_events(only_run(runs) / "events.jsonl")[0][-1].status == "failed"
 
 
+def test_a_script_that_fails_before_its_first_step_ends_failed_with_its_own_error(tmp_path):
+    """Its error, shown from its own frame as python would show it, is the run's: not that there
+    was nothing to watch."""
+    runs = tmp_path / "runs"
+    (tmp_path / "broken.py").write_text("import torch\n\ndef load():\n    raise ValueError('no data here')\n\nload()\n")
+    done = traintop("run", "broken.py", "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 1
+    assert 'File "broken.py", line 6, in <module>' in done.stderr and "ValueError: no data here" in done.stderr
+    assert "runpy" not in done.stderr and "traintop" not in done.stderr.split("Traceback")[1].split("ValueError")[0]
+    assert "nothing to watch" not in done.stderr + done.stdout
+    finished = read_events(only_run(runs) / "events.jsonl")[0][-1]
+    assert finished.status == "failed" and finished.error == "ValueError: no data here"
+
+
 def test_a_detached_script_reading_stdin_is_told_it_has_none(tmp_path):
     runs = tmp_path / "runs"
     started = traintop("run", str(SCRIPTS / "reads_stdin.py"), "--detach", runs=runs, cwd=tmp_path)

@@ -191,7 +191,7 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
     (dict(early_stopping=dict(patience=-1)), "watch(early_stopping=...): early_stopping.patience is -1; allowed"),
     (dict(early_stopping=dict(mode="up")), "watch(early_stopping=...): early_stopping.mode is 'up'"),
     (dict(early_stopping=dict(wait=3)), "unknown key 'wait'"),
-    (dict(runs_dir="FILE"), "cannot keep runs in"),
+    (dict(runs_dir="FILE"), "watch: runs_dir {file} is a file, not a folder"),
 ])
 def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message):
     import traintop
@@ -203,10 +203,33 @@ def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message
         (tmp_path / "a-file").write_text("")
         arguments = dict(runs_dir=tmp_path / "a-file")
     given.update(arguments)
-    with pytest.raises(UserError, match=None) as refused:
+    with pytest.raises(UserError) as refused:
         traintop.watch(given.pop("model"), given.pop("optimizer"), name="refused", **given)
-    assert message in str(refused.value)
-    assert not list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else True
+    assert message.format(file=tmp_path / "a-file") in str(refused.value)
+    assert not (tmp_path / "runs").exists()  # refused before anything is made
+
+
+@pytest.mark.parametrize("module", ["traintop.lightning", "traintop.transformers"])
+@pytest.mark.parametrize("arguments, message", [
+    (dict(early_stopping=dict(patience="x")), "TraintopCallback(early_stopping=...): early_stopping.patience"),
+    (dict(predict=3), "TraintopCallback(predict=...) takes a function; got 3"),
+    (dict(samples=7), "TraintopCallback(samples=...) takes a dataset"),
+    (dict(config="lr=1"), "TraintopCallback: config is 'lr=1'; give a dict"),
+    (dict(runs_dir="FILE"), "TraintopCallback: runs_dir {file} is a file, not a folder"),
+])
+def test_a_callback_refuses_a_bad_argument_when_it_is_made(tmp_path, module, arguments, message):
+    """Not later, inside the trainer, when training starts."""
+    import importlib
+
+    from traintop.engine.errors import UserError
+
+    if arguments.get("runs_dir") == "FILE":
+        (tmp_path / "a-file").write_text("")
+        arguments = dict(runs_dir=tmp_path / "a-file")
+    callback = importlib.import_module(module).TraintopCallback
+    with pytest.raises(UserError) as refused:
+        callback(**arguments)
+    assert message.format(file=tmp_path / "a-file") in str(refused.value)
 
 
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
