@@ -32,7 +32,11 @@ def __getattr__(name: str):
         from traintop.engine.watch import WatchedRun
 
         return WatchedRun
+    if name == "UserError":  # what a bad argument raises, naming it
+        from traintop.engine.errors import UserError
+
+        return UserError
     raise AttributeError(f"module 'traintop' has no attribute {name!r}")
 
 
-__all__ = ["watch", "WatchedRun"]
+__all__ = ["watch", "WatchedRun", "UserError"]

@@ -162,7 +162,6 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
     """A bad number raises there, naming it, and never reaches the buffer: the steps around it
     are recorded and the run finishes cleanly (before, a bad scalar broke the flush, and finish)."""
     import traintop
-    from traintop.engine.errors import UserError
 
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -173,7 +172,7 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
         loss.backward()
         run.step(loss)
         optimizer.step()
-        with pytest.raises(UserError) as refused:
+        with pytest.raises(traintop.UserError) as refused:
             call(run)
         assert message in str(refused.value)
     run.validate(val_loss=0.5, accuracy=torch.tensor(0.75))
