@@ -240,6 +240,11 @@ class Session:
         may be a round)."""
         return self.sync is not None or bool(self.inbox) or self.paused
 
+    def boundary_due(self, now: float) -> bool:
+        """Whether a step boundary has anything to do, commands or the timed flush; asked at every
+        step, so one cheap test (on several ranks always true: each boundary may be a round)."""
+        return self.sync is not None or now >= self.next_flush or self.paused or bool(self.inbox)
+
     def flush_due(self, now: float | None = None) -> bool:
         """Whether the timed flush is due: about every 100 ms (on several ranks, when rank 0's
         timer said so at the last round)."""

@@ -280,7 +280,8 @@ class WatchedRun:
             # The loop never looked at should_stop: stop it as Ctrl-C would.
             self._stop_seen = True
             raise KeyboardInterrupt("traintop: the run was asked to stop")
-        self.timer.lap("forward+backward")
+        if self.timer.on:
+            self.timer.lap("forward+backward")
         now = time.perf_counter()
         if self.scaler is not None and total is None and norms is None:
             scale = pending_scale(self.scaler, self.optimizer)
@@ -289,7 +290,7 @@ class WatchedRun:
         self.recorder.record(loss, self._rate(), now, total=total, scalars=scalars, norms=norms)
         self.steps += 1
         session.samples += self.batch_samples
-        if boundary:
+        if boundary and (session.boundary_due(now) or self.recorder.full):
             self._before_update = True
             try:
                 self.step_boundary(now)
