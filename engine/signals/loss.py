@@ -42,7 +42,7 @@ class LossWatch:
     between consecutive steps over the last `spike_window` steps, as a standard deviation: a loss
     that falls fast does not inflate it), more than `spike_ratio` times that median, and above it by
     more than `spike_floor` times the starting loss (the first step's, before any update), so that
-    the noise of a loss near zero is no spike.
+    the noise of a loss near zero is no spike. The level and the noise are read every 50 steps.
 
     `divergence`: the loss grows past its starting level (the median of the last 20 steps is
     `divergence_factor` times the starting loss), or rises steadily (the medians of three 20-step
@@ -77,12 +77,12 @@ class LossWatch:
                 if self.level is None or self.seen - self.level_at >= REFRESH:
                     self.level = self.robust_level()
                     self.level_at = self.seen
-                median_, spread = self.level
-                height = loss - median_
-                if (height > s.spike_mads * spread and loss > s.spike_ratio * median_
+                typical, spread = self.level
+                height = loss - typical
+                if (height > s.spike_mads * spread and loss > s.spike_ratio * typical
                         and height > s.spike_floor * abs(self.start)):
                     if worst is None or height > worst[2]:
-                        worst = (step, loss, height, median_, spread)
+                        worst = (step, loss, height, typical, spread)
             if window:
                 changes.append(abs(loss - window[-1]))
             window.append(loss)
