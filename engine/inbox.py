@@ -9,6 +9,14 @@ from concurrent.futures import Future
 from .commands import Command, Reply
 
 
+class Answer(Future):
+    """A reply the loop will give: whoever waits for it may stop waiting (a client that goes, a task
+    cancelled), but cannot cancel it, so the loop's answer never finds it cancelled."""
+
+    def cancel(self) -> bool:
+        return False
+
+
 class CommandInbox:
     """Thread-safe queue of (command, future); closed once the run has finished."""
 
@@ -23,7 +31,7 @@ class CommandInbox:
 
     def submit(self, command: Command) -> Future:
         """Queue a command; the future gets the engine's Reply."""
-        future: Future = Future()
+        future: Future = Answer()
         with self._lock:
             if self.closed_reason is not None:
                 future.set_result(Reply(False, self.closed_reason))

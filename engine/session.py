@@ -38,7 +38,7 @@ from . import commands as cmd
 from . import events as ev
 from .config import dumps_toml
 from .errors import DiskFull, NonFiniteLoss, UserError
-from .inbox import CommandInbox
+from .inbox import Answer, CommandInbox
 from .runstore import RunFolder, RunLock, disk_full, report_from_events, seal, write_json, write_text
 
 FLUSH_SECONDS = 0.1
@@ -189,7 +189,7 @@ class Session:
         self.failure: DiskFull | None = None  # a full disk ended the run
         self.unrecorded: list[str] = []  # what a full disk kept from being written at the end
         self._warnings: dict[str, ev.RunWarning] = {}
-        self._done: Future = Future()
+        self._done: Future = Answer()  # awaited by the server, set by the loop
         self._serving: threading.Thread | None = None
         self._ending = False  # run_finished is on its way: nothing from other threads after it
         self._ending_lock = threading.Lock()
@@ -346,7 +346,7 @@ class Session:
         has ended, a prediction is answered at once: the model is idle."""
         if self.inbox.closed_reason is not None and isinstance(command, cmd.Predict) \
                 and cmd.Predict in self.handlers:
-            future: Future = Future()
+            future: Future = Answer()
             future.set_result(self.apply(command))
             return future
         return self.inbox.submit(command)

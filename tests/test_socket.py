@@ -148,6 +148,25 @@ async def test_every_hostile_command_line_gets_a_refusal_and_the_connection_keep
     assert not any(isinstance(e, ev.LrChanged) for e in events)
 
 
+async def test_a_client_that_goes_with_commands_still_waiting_leaves_the_run_training(detached):
+    """Its replies find no one to read them; the loop answers them all the same and trains on."""
+    folder = detached(*LONG)
+    for _ in range(3):
+        reader, writer = await connect_raw(folder)
+        writer.write(b'{"command": "validate"}\n' * 50)
+        await writer.drain()
+        writer.close()
+        await asyncio.sleep(0.5)
+    source = await LiveRun.connect(folder)
+    reply = await source.send(cmd.Pause())
+    assert reply.ok, reply.message
+    await source.close()
+    stopped = traintop("ctl", folder.run_id, "stop", runs_dir=folder.path.parent)
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_for_report(folder)["status"] == "stopped"
+    assert "Traceback" not in (folder.path / "engine.log").read_text()
+
+
 async def test_a_reply_carries_the_request_id_whenever_the_line_has_a_usable_one(detached):
     folder = detached(*LONG)
     reader, writer = await connect_raw(folder)
