@@ -133,6 +133,45 @@ def test_a_quick_loader_in_a_watched_loop_raises_nothing(tmp_path):
     assert not warnings(watched_epochs(tmp_path, sleep=0.0, epochs=3))
 
 
+def watched_losses(tmp_path, losses: list[float]) -> list[ev.Event]:
+    """A watched loop whose step losses are `losses`, exactly (a hinge loss, say, that reaches 0)."""
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with traintop.watch(model, optimizer, name="losses", runs_dir=tmp_path / "runs") as run:
+        for value in losses:
+            loss = model(torch.ones(4, 2)).sum() * 0 + value
+            optimizer.zero_grad()
+            loss.backward()
+            run.step(loss)
+            optimizer.step()
+    return read_events(run.session.folder.events)[0]
+
+
+def test_a_spike_from_a_loss_of_exactly_zero_is_called_without_a_ratio(tmp_path):
+    events = watched_losses(tmp_path, [1.0] + [0.0] * 149 + [5.0] + [0.0] * 49)
+    assert steps_of(events) == list(range(1, 201)) and events[-1].status == "completed"
+    spike = warnings(events)["loss_spike"]
+    assert spike.step == 151 and spike.values["times"] is None
+    assert "5 against a recent level of 0 (the median of the last 20 steps)" in spike.message
+
+
+def test_a_detector_that_fails_is_turned_off_with_a_word_and_the_run_trains_on(tmp_path, monkeypatch):
+    from traintop.engine.signals.flow import GradientFlow
+
+    def broken(self, batch):
+        raise RuntimeError("a bug of its own")
+
+    monkeypatch.setattr(GradientFlow, "steps", broken)
+    events = watched_losses(tmp_path, [1.0] * 300)
+    assert steps_of(events) == list(range(1, 301)) and events[-1].status == "completed"
+    off = [e for e in events if isinstance(e, ev.RunWarning) and e.kind == "signals_off"]
+    assert len(off) == 1 and "the flow detector failed" in off[0].message and "a bug of its own" in off[0].message
+
+
+def steps_of(events) -> list[int]:
+    return [s for e in events if isinstance(e, ev.Steps) for s in e.step]
+
+
 def test_watch_takes_signal_thresholds_and_refuses_unknown_ones(tmp_path):
     model = nn.Linear(2, 1)
     with pytest.raises(traintop.engine.errors.UserError, match="signals.spike_madz"):

@@ -68,6 +68,7 @@ class Signals:
         self.fit = FitWatch(settings, self.loss)
         self.dead_units = dead_units
         self._active: dict[str, dict[str, float]] = {}  # detector -> {id: run time of its last warning}
+        self.failed: set[str] = set()  # detectors turned off after a failure
         if settings.enabled:
             # First: a batch that fails the run (a non-finite loss) is read before it does.
             session.flush_hooks.insert(0, self.on_steps)
@@ -99,9 +100,10 @@ class Signals:
         if not steps:
             return
         self.fit.add_losses(losses)
-        self.say("loss", self.loss.steps(steps, losses))
-        self.say("flow", self.flow.steps(batch))
-        self.say("data", self.data.steps(batch.get("timing") or {}))
+        step = steps[-1]
+        self.read("loss", step, lambda: self.loss.steps(steps, losses))
+        self.read("flow", step, lambda: self.flow.steps(batch))
+        self.read("data", step, lambda: self.data.steps(batch.get("timing") or {}))
 
     def validated(self, step: int, val_loss: float | None) -> None:
         """A scheduled validation: plateau, underfitting, overfitting and dead units."""
@@ -109,13 +111,32 @@ class Signals:
             return
         self.session.flush()  # the steps up to this validation count in its training loss
         if self.dead_units is not None:
-            self.say("units", self.dead_units(step))
+            self.read("units", step, lambda: self.dead_units(step))
         if val_loss is not None and math.isfinite(val_loss):
-            findings = self.fit.validated(step, val_loss)
-            if self._active.get("units") or "vanishing_gradients" in self._active.get("flow", {}):
-                # Units that cannot learn explain a stalled loss; more rate would not help.
-                findings = [f for f in findings if f.kind != "plateau"]
-            self.say("fit", findings)
+            self.read("fit", step, lambda: self._fit(step, val_loss))
+
+    def _fit(self, step: int, val_loss: float) -> list[Finding]:
+        findings = self.fit.validated(step, val_loss)
+        if self._active.get("units") or "vanishing_gradients" in self._active.get("flow", {}):
+            # Units that cannot learn explain a stalled loss; more rate would not help.
+            findings = [f for f in findings if f.kind != "plateau"]
+        return findings
+
+    def read(self, detector: str, step: int, findings: Callable[[], list[Finding]]) -> None:
+        """Say what `detector` finds now. A detector that fails is turned off for the rest of the
+        run, with a warning that says so: reading the curves must never end the training."""
+        if detector in self.failed:
+            return
+        try:
+            found = findings()
+        except Exception as e:  # noqa: BLE001 - the run goes on without this detector
+            self.failed.add(detector)
+            self.session.warn("signals_off", f"the {detector} detector failed at step {step} ({type(e).__name__}: "
+                              f"{e}); it is off for the rest of this run, the training goes on",
+                              step=step, id=f"signals_off:{detector}",
+                              advice="nothing to change in the run; the other detectors still read the curves")
+            return
+        self.say(detector, found)
 
     def say(self, detector: str, findings: list[Finding]) -> None:
         """Warn of each finding that is new, or that lasts and was last said REPEAT_SECONDS ago;

@@ -105,16 +105,18 @@ class LossWatch:
         if worst is None:
             return None
         step, loss, height, median, spread = worst
-        mads = height / spread if spread > 0 else math.inf
+        times = loss / median if median > 0 else None  # a level of 0 (or below) has no ratio
+        how = [f"{times:.1f}× the median of the last {len(self.recent)} steps" if times is not None
+               else f"the median of the last {len(self.recent)} steps"]
+        if spread > 0:
+            how.append(f"{height / spread:.0f} MADs above it")
         return finding(
             "loss_spike", step, id="loss_spike",
             message=f"loss spiked at step {step}: {loss:.4g} against a recent level of {median:.4g} "
-                    f"({loss / median:.1f}× the median of the last {len(self.recent)} steps"
-                    + (f", {mads:.0f} MADs above it)" if math.isfinite(mads) else ")"),
+                    f"({', '.join(how)})",
             advice="one spike is often a bad batch: check the data around it; if spikes repeat, lower "
                    "the learning rate (-) or clip gradients (train.grad_clip)",
-            values={"loss": loss, "median": median, "mad": spread, "times": loss / median if median else None,
-                    "start": self.start})
+            values={"loss": loss, "median": median, "mad": spread, "times": times, "start": self.start})
 
     def _divergence(self, step: int) -> None:
         s, start = self.s, self.start
