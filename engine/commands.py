@@ -11,12 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .config import PATIENCE, show_value
 from .errors import UserError, did_you_mean
 
 COMMAND_TYPES: dict[str, type[Command]] = {}
 # One predict answers at most this many inputs: it runs between two training steps, so it must stay
 # short, and its reply must fit on one line. A whole split is asked for in pages of this size.
 MAX_PREDICT_INPUTS = 10_000
+ID_LIMIT = 200  # characters of a string request id: echoed back in replies, logged with predictions
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,10 @@ class EarlyStopping(Command):
     def check(self):
         if self.enabled is not None and not isinstance(self.enabled, bool):
             raise UserError(f"early_stopping enabled must be true or false, got {self.enabled!r}")
-        if self.patience is not None and (
-            isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0
-        ):
-            raise UserError(f"early_stopping patience must be an integer >= 0, got {self.patience!r}")
+        if self.patience is not None:
+            if isinstance(self.patience, bool) or not isinstance(self.patience, int) or not PATIENCE.contains(self.patience):
+                raise UserError(f"early_stopping patience must be {PATIENCE.describe('patience', True)}, "
+                                f"got {show_value(self.patience)}")
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,8 @@ class Predict(Command):
             raise UserError(f"predict asks for {len(self.inputs):,} inputs; one request takes at most "
                             f"{MAX_PREDICT_INPUTS:,}: send them in requests of up to {MAX_PREDICT_INPUTS:,} "
                             "(the dashboard's `a` asks for a whole split that way)")
-        if not isinstance(self.request_id, str):
-            raise UserError("predict request_id must be a string")
+        if not isinstance(self.request_id, str) or len(self.request_id) > ID_LIMIT:
+            raise UserError(f"predict request_id must be a string of at most {ID_LIMIT} characters")
         if not isinstance(self.with_inputs, bool):
             raise UserError("predict with_inputs must be true or false")
 

@@ -251,6 +251,8 @@ EPOCHS_MAX = 10 ** 6
 WIDTH_MAX = 65536  # a layer wider than this is 2**32 weights next to another like it
 LAYERS_MAX = 1000
 
+PATIENCE = Range(0, EPOCHS_MAX)  # early stopping's patience, in validations: the config's and a command's
+
 # Every numeric key, with what it allows. Keys of a section that are missing here must still be
 # finite (see _validate), but every key gets its own range: tests/test_config.py checks that.
 RANGES: dict[tuple[str, str], Range] = {
@@ -281,7 +283,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("train", "val_every_steps"): Range(0, COUNT_MAX),
     ("train", "accumulate"): Range(1, 1_000_000),
     ("train", "sync_every"): Range(1, COUNT_MAX),
-    ("early_stopping", "patience"): Range(0, EPOCHS_MAX),
+    ("early_stopping", "patience"): PATIENCE,
     ("early_stopping", "min_delta"): Range(0),
     ("checkpoint", "every_epochs"): Range(0, EPOCHS_MAX),
     ("checkpoint", "every_seconds"): Range(0, 10 ** 7),  # about four months

@@ -21,7 +21,7 @@ LINE_LIMIT = 64 << 20  # the longest line a reader takes whole; longer ones are 
 REPLY_LIMIT = 32 << 20  # the longest reply the engine sends: well under any reader's LINE_LIMIT
 MESSAGE_LIMIT = 2000  # characters of a reply's message (a refusal may quote what it refuses)
 HEAD = 256  # bytes of a skipped line kept to say what it was
-ID_LIMIT = 200  # characters of a string request id echoed back
+ID_LIMIT = cmd.ID_LIMIT  # characters of a string request id echoed back
 
 
 @dataclass(frozen=True)

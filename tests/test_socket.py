@@ -107,6 +107,9 @@ def wait_for_report(folder, seconds: float = 60) -> dict:
 HOSTILE = [
     b'{"command": "set_lr", "value": ' + b"9" * 400 + b', "id": 1}',  # no float holds it
     b'{"command": "early_stopping", "patience": ' + b"9" * 5000 + b"}",  # more digits than int() takes
+    b'{"command": "early_stopping", "patience": ' + b"9" * 700 + b"}",  # would make last.pt unloadable
+    b'{"command": "early_stopping", "patience": 1000001}',  # past what a config's patience takes
+    b'{"command": "predict", "request_id": "' + b"r" * 201 + b'", "inputs": []}',  # logged with the answer
     b"[" * 100_000,  # nested deeper than the JSON parser recurses
     b'{"command": "set_lr", "value": 1e999999}',  # parses as infinity
     b'{"command": "pause", "id": 2}\xff\xfe',  # not UTF-8

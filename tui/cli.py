@@ -557,17 +557,17 @@ def ctl_command(action: str, value: str | None, patience: str | None = None):
             "checkpoint": c.Checkpoint}[action]()
 
 
-PATIENCE_MAX = 1_000_000
-
-
 def patience_value(text: str) -> int:
-    """--patience N: a whole number of validations, 0 to PATIENCE_MAX."""
+    """--patience N: a whole number of validations, in the range a config's patience takes."""
+    from traintop.engine.config import PATIENCE
+
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value <= PATIENCE_MAX:
-        raise UserError(f"--patience {text!r}: expected a whole number of validations from 0 to {PATIENCE_MAX:,}")
+    if not PATIENCE.contains(value):
+        raise UserError(f"--patience {text!r}: expected a whole number of validations from {PATIENCE.low:,.0f} "
+                        f"to {PATIENCE.high:,.0f}")
     return value
 
 
