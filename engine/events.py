@@ -192,12 +192,39 @@ class Steps(Event):
 
     @classmethod
     def from_columns(cls, obj: dict[str, Any]) -> Steps:
-        """A batch read back: unknown list columns are the loop's extra scalars; null is NaN."""
+        """A batch read back: unknown list columns are the loop's extra scalars; null is NaN.
+        Every column holds one entry per step, of its kind (ValueError naming the column)."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = checked(cls, {k: v for k, v in obj.items() if k in names})
-        scalars = {k: _null_as_nan(v) for k, v in obj.items()
-                   if k not in names and k != "event" and isinstance(v, list)}
-        return cls(**values, scalars=scalars)
+        scalars = {k: v for k, v in obj.items() if k not in names and k != "event" and isinstance(v, list)}
+        n = len(values.get("step", ()))
+        _column("step", values.get("step", []), n, _STEP)
+        for name in ("epoch", "loss", "grad_norm", "lr"):
+            if name in values:
+                _column(name, values[name], n, _STEP if name == "epoch" else _NUMBER)
+        for name, column in scalars.items():
+            _column(name, column, n, _NUMBER)
+        layer_steps = values.get("layer_steps", [])
+        _column("layer_steps", layer_steps, len(layer_steps), _STEP)
+        for name, column in values.get("layer_norms", {}).items():
+            _column(f"layer_norms {name}", column, len(layer_steps), _NUMBER)
+        timing = values.get("timing", {})
+        for name, column in timing.items():
+            _column(f"timing {name}", column, len(timing.get("step", ())), _NUMBER)
+        _column("rank_samples_per_s", values.get("rank_samples_per_s", []), None, _NUMBER)
+        return cls(**values, scalars={k: _null_as_nan(v) for k, v in scalars.items()})
+
+
+_STEP = {int}  # what a step number or an epoch may be
+_NUMBER = {int, float, type(None)}  # what a measured value may be: null is a NaN or an infinity
+
+
+def _column(name: str, column, n: int | None, kinds: set[type]) -> None:
+    """A steps column read back: a list of `n` entries (any number when None), each of `kinds`."""
+    if not isinstance(column, list) or (n is not None and len(column) != n) or not set(map(type, column)) <= kinds:
+        what = "whole numbers" if kinds is _STEP else "numbers"
+        count = "" if n is None else f"{n} "
+        raise ValueError(f"steps column {name!r} is not a list of {count}{what}")
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,16 @@ def test_a_checkpoint_of_another_model_is_refused_naming_it(finished, tmp_path, 
     refused(traintop("predict", str(folder.path), str(digits_csv)), "best.pt does not fit this run's model")
 
 
-@pytest.mark.parametrize("damage", ["missing", "junk line", "not UTF-8", "wrong types"])
+FORGED_STEPS = {  # a steps line whose columns are lists, but not of what they hold
+    "a word for a loss": '"step": [1], "epoch": [1], "loss": ["a"], "grad_norm": [1], "lr": [1]',
+    "more steps than losses": '"step": [1, 2], "epoch": [1, 1], "loss": [1], "grad_norm": [1, 1], "lr": [1, 1]',
+    "a word in a scalar": '"step": [1], "epoch": [1], "loss": [1], "grad_norm": [1], "lr": [1], "acc": ["x"]',
+    "a word in a layer": '"step": [1], "epoch": [1], "loss": [1], "grad_norm": [1], "lr": [1], '
+                         '"layer_norms": {"w": ["x"]}, "layer_steps": [1]',
+}
+
+
+@pytest.mark.parametrize("damage", ["missing", "junk line", "not UTF-8", "wrong types", *FORGED_STEPS])
 def test_a_missing_or_damaged_events_log_is_named_by_show_attach_and_export(finished, tmp_path, damage):
     folder = copy_of(finished, tmp_path, "copy")
     if damage == "missing":
@@ -167,9 +176,13 @@ def test_a_missing_or_damaged_events_log_is_named_by_show_attach_and_export(fini
         folder.events.write_text("garbage\n" + folder.events.read_text())
     elif damage == "not UTF-8":
         folder.events.write_bytes(b"\xff\xfe garbage\n" + folder.events.read_bytes())
-    else:  # JSON, but not what the events' fields hold
+    elif damage == "wrong types":  # JSON, but not what the events' fields hold
         folder.events.write_text('{"event": "validation", "t": 1, "val_loss": "high", "metrics": []}\n'
                                  + folder.events.read_text())
+    else:
+        lines = folder.events.read_text().splitlines(keepends=True)
+        forged = '{"event": "steps", "t": 1, "samples_per_s": 1, ' + FORGED_STEPS[damage] + "}\n"
+        folder.events.write_text("".join(lines[:2] + [forged] + lines[2:]))
     for args in (["show", str(folder.path)], ["attach", str(folder.path)], ["attach", str(folder.path), "--headless"],
                  ["export", str(folder.path), "--out", str(tmp_path / "out")]):
         refused(traintop(*args), "events.jsonl")
