@@ -195,6 +195,30 @@ def test_an_out_path_that_is_a_folder_or_under_a_file_is_refused_before_predicti
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("command", ["export", "predict"])
+@pytest.mark.parametrize("out, why", [
+    ("", "argument --out: is empty; give a path"),
+    ("LINK", "is a link to"),
+    ("LONG", "File name too long"),
+    ("FOLDER", "is a folder"),
+])
+def test_an_out_path_that_cannot_be_written_is_refused_naming_it(finished, tmp_path, command, out, why):
+    """Refused with exit 2 and one line, never a traceback, and nothing half-written left."""
+    if out == "LINK":
+        (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+        out = str(tmp_path / "gone")
+    elif out == "LONG":
+        out = str(tmp_path / ("n" * 300))
+    elif out == "FOLDER":  # what the command would write is a folder there
+        (tmp_path / "out" / "steps.csv").mkdir(parents=True)
+        out = str(tmp_path / "out") if command == "export" else str(tmp_path)
+    args = ["export", "latest"] if command == "export" else ["predict", "latest", str(PLANTS_CSV)]
+    proc = traintop(*args, "--out", out, runs_dir=finished)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert why in proc.stderr and proc.stdout == ""
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 @pytest.mark.parametrize("cell, why", [
     ("abc", "is not a number"),
     ("inf", "is not a finite number"),

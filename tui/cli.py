@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable, TextIO
 
 from traintop.engine.errors import DiskFull, UserError
 
@@ -114,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="per-step and per-validation tables")
     export.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     export.add_argument("--format", choices=["csv"], default="csv")
-    export.add_argument("--out", type=Path, help="folder for steps.csv and validation.csv (default: the run folder)")
+    export.add_argument("--out", type=output_path, help="folder for steps.csv and validation.csv (default: the run folder)")
     runs_dir(export)
 
     predict = sub.add_parser("predict", help="predictions for a file of raw inputs, with the run's saved preprocessing")
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "or folder for image runs)")
     predict.add_argument("--checkpoint", choices=["best", "last"], default="best",
                          help="which saved weights (default: best)")
-    predict.add_argument("--out", type=Path, help="write the predictions CSV here (default: stdout)")
+    predict.add_argument("--out", type=output_path, help="write the predictions CSV here (default: stdout)")
     trust_flag(predict)
     runs_dir(predict)
 
@@ -609,24 +611,28 @@ def cmd_export(args) -> int:
         print("note: the last line of events.jsonl was torn and is skipped", file=sys.stderr)
     out = args.out or folder.path
     check_output(out, "--out", folder=True)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "steps.csv", "w", newline="") as f:
+    steps = [e for e in events if isinstance(e, ev.Steps)]
+    n_steps = sum(len(e.step) for e in steps)
+
+    def write_steps(f) -> None:
         w = csv.writer(f)
         w.writerow(["step", "epoch", "loss", "grad_norm", "lr", "samples_per_s"])
-        n_steps = 0
-        for e in events:
-            if isinstance(e, ev.Steps):
-                for row in zip(e.step, e.epoch, e.loss, e.grad_norm, e.lr):
-                    w.writerow([*row, e.samples_per_s])
-                n_steps += len(e.step)
+        for e in steps:
+            for row in zip(e.step, e.epoch, e.loss, e.grad_norm, e.lr):
+                w.writerow([*row, e.samples_per_s])
+
     validations = [e for e in events if isinstance(e, ev.Validation)]
     metrics = list(dict.fromkeys(k for v in validations for k in v.metrics))
-    with open(out / "validation.csv", "w", newline="") as f:
+
+    def write_validations(f) -> None:
         w = csv.writer(f)
         w.writerow(["step", "epoch", "val_loss", *metrics, "best", "since_best", "source"])
         for v in validations:
             w.writerow([v.step, v.epoch, v.val_loss, *[v.metrics.get(m, "") for m in metrics],
                         v.best, v.since_best, v.source])
+
+    write_output(out / "steps.csv", "--out", write_steps)
+    write_output(out / "validation.csv", "--out", write_validations)
     print(f"wrote {out / 'steps.csv'} ({n_steps} steps) and {out / 'validation.csv'} "
           f"({len(validations)} validations)")
     return 0
@@ -644,24 +650,49 @@ def cmd_predict(args) -> int:
     if args.out is None:
         sys.stdout.write(text)
         return 0
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(args.out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"--out {args.out} could not be written: {e.strerror or e}") from None
+    write_output(args.out, "--out", lambda f: f.write(text))
     print(f"wrote {len(answers)} prediction(s) to {args.out} ({predictor.checkpoint} weights, "
           f"step {predictor.step})", file=sys.stderr)
     return 0
 
 
+def output_path(text: str) -> Path:
+    """An --out path: not empty (which would mean the current folder without saying so)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a path")
+    return Path(text)
+
+
+def write_output(path: Path, label: str, write: Callable[[TextIO], object]) -> None:
+    """Write a file the user named (`label`: the option that named it) whole or not at all: through
+    a temporary file beside it; a folder or disk that refuses it is a UserError naming it."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        tmp.replace(path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        what = "is a folder" if path.is_dir() else f"could not be written: {e.strerror or e}"
+        raise UserError(f"{label}: {path} {what}") from None
+
+
 def check_output(path: Path, label: str, folder: bool) -> None:
     """Refuse, before any work, an output path that cannot be what it must: a file (or a folder)
     whose parents are folders."""
+    try:
+        _check_output(path, label, folder)
+    except OSError as e:  # a name too long for the file system, say
+        raise UserError(f"{label} {path}: {e.strerror or e}") from None
+
+
+def _check_output(path: Path, label: str, folder: bool) -> None:
     from traintop.engine.runstore import nearest_existing
 
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{label} {path} is a link to {os.readlink(path)}, which does not exist")
     if folder and path.exists() and not path.is_dir():
         raise UserError(f"{label} {path} is a file; give a folder for the exported tables")
     if not folder and path.is_dir():
