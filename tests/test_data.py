@@ -332,6 +332,15 @@ def test_a_column_named_twice_is_an_error_naming_it(tmp_path):
     assert "'a'" in message and "more than once" in message and "'a.1'" not in message
 
 
+@pytest.mark.parametrize("extra", [1, 2])
+def test_rows_with_more_fields_than_the_header_are_an_error_not_an_index(tmp_path, extra):
+    """pandas would take the first column(s) as an index and shift every value one column left."""
+    path = tmp_path / "wide.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{'xy'[i % 2]}" + ",7" * extra + "\n" for i in range(30)))
+    message = error_of(path)
+    assert "has rows with more fields than its header names columns (3)" in message
+
+
 # -- which columns become inputs --------------------------------------------------------------------
 
 def id_table(n: int = 200) -> pd.DataFrame:

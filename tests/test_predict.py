@@ -195,6 +195,14 @@ def test_an_out_path_that_is_a_folder_or_under_a_file_is_refused_before_predicti
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+def test_a_row_with_one_field_more_than_the_header_is_refused_not_shifted(finished, tmp_path):
+    path = tmp_path / "shifted.csv"
+    path.write_text("soil,sunlight_hours,water_ml,fertilizer,temperature_c\nclay,5,200,3,yes,20\n")
+    proc = traintop("predict", "latest", str(path), runs_dir=finished)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+    assert "has rows with more fields than its header names columns (5)" in proc.stderr
+
+
 @pytest.mark.parametrize("command", ["export", "predict"])
 @pytest.mark.parametrize("out, why", [
     ("", "argument --out: is empty; give a path"),

@@ -3,6 +3,7 @@ factory and torchvision's datasets, each split and preprocessed into a Dataset."
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,16 @@ def read_csv_file(path: Path, label: str, nan_is_missing: bool = True) -> pd.Dat
         # pandas renames a repeated column "a" to "a.1": only the header itself tells
         header = [str(h) for h in pd.read_csv(path, header=None, nrows=1, dtype=str,
                                               keep_default_na=False).iloc[0]]
-        frame = pd.read_csv(path, **missing)
+        with warnings.catch_warnings():
+            # Rows with more fields than the header: pandas would take the first column(s) as an index
+            # and shift every value left; index_col=False makes it say so instead, here an error.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, index_col=False, **missing)
     except pd.errors.EmptyDataError:
         raise UserError(f"{label}: CSV file {path} is empty") from None
+    except pd.errors.ParserWarning:
+        raise UserError(f"{label}: {path} has rows with more fields than its header names columns "
+                        f"({len(header)}); give every row one field per column of the header") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{label}: {path} could not be read as CSV: {e}") from None
     twice = sorted({h for h in header if h.strip() and header.count(h) > 1})
