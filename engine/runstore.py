@@ -508,6 +508,9 @@ def refuse_foreign_code(folder: RunFolder, meta: dict[str, Any] | None, code: li
 
 def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
     """A run from an id, a unique id prefix, a name, a folder path, or `latest`."""
+    if not spec.strip():  # a prefix of every run: it must never pick one
+        raise UserError("an empty run name would match every run; name one by its id, an id prefix, its name, "
+                        "its folder, or latest")
     p = Path(spec).expanduser()
     if (p / "events.jsonl").exists() or (p / "meta.json").exists():
         return RunFolder(p)
@@ -528,7 +531,8 @@ def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
         return RunFolder(matches[0])
     if not matches:
         raise UserError(f"no run matches {spec!r} in {runs_dir}; `traintop ls` lists them")
-    raise UserError(f"{spec!r} matches {len(matches)} runs: " + ", ".join(d.name for d in matches[:5]))
+    more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+    raise UserError(f"{spec!r} matches {len(matches)} runs: " + ", ".join(d.name for d in matches[:5]) + more)
 
 
 def _name_of(folder: RunFolder) -> str | None:

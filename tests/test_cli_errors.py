@@ -212,3 +212,14 @@ def test_a_model_too_large_for_the_built_in_kinds_is_refused_before_it_is_alloca
     assert "model.hidden = [65536, 65536]" in result.stderr and "4,299," in result.stderr  # 4.3 billion
     assert "parameters" in result.stderr and not (tmp_path / "runs").exists()
     assert time.monotonic() - started < 60  # nothing of 17 GB was built
+
+
+@pytest.mark.parametrize("command", [["ctl", "", "stop"], ["show", " "], ["export", ""], ["resume", ""]])
+def test_an_empty_run_name_is_refused_and_picks_no_run(tmp_path, command):
+    """It is a prefix of every run id: with one run it would have picked that one."""
+    runs = tmp_path / "runs"
+    (runs / "20261204-120000-only").mkdir(parents=True)
+    (runs / "20261204-120000-only" / "meta.json").write_text('{"name": "only"}')
+    result = traintop(*command, "--runs-dir", str(runs))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "an empty run name would match every run" in result.stderr
