@@ -223,3 +223,9 @@ def test_an_empty_run_name_is_refused_and_picks_no_run(tmp_path, command):
     result = traintop(*command, "--runs-dir", str(runs))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "an empty run name would match every run" in result.stderr
+
+
+def test_an_extra_argument_is_refused_with_the_usage_of_the_command_it_was_given_to(tmp_path):
+    result = traintop("ctl", "some-run", "lr", "1", "2", "--runs-dir", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: traintop ctl ") and "unrecognized arguments: 2" in result.stderr

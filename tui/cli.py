@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--headless", action="store_true", help="log lines instead of the dashboard")
     lr_find.add_argument("--into", type=Path, help=argparse.SUPPRESS)  # its engine's folder, behind a dashboard
     runs_dir(lr_find)
+    parser.commands = sub.choices  # each command's own parser: its usage for its own mistakes
     return parser
 
 
@@ -246,7 +247,7 @@ def dispatch(argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         script = args.command == "run" and (args.config or "").endswith(".py")
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}"
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}"
                      + (f"; a script's own arguments go after --: traintop run {args.config} -- "
                         f"{' '.join(unknown)}" if script else ""))
     args.script_args = script_args
