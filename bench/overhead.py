@@ -9,8 +9,11 @@ bare steps/s. A third loop, the bare one with its gradients in one flat buffer a
 them on the CPU, separates what that layout saves from what recording, events and the log cost.
 `--every-seconds 120 1` runs the engine once per checkpoint.every_seconds value in each round
 (the default is 120; give the run enough epochs for the timer to fire, e.g. --epochs 400).
+`--signals-off` adds an engine with the signal detectors off (signals.enabled = false; the
+phase timing they read stays on), interleaved with the rest, and the ratio of the engine with them
+to the one without.
 
-    python bench/overhead.py [--rounds 9] [--epochs 40] [--device cpu|cuda] [--every-seconds S ...]
+    python bench/overhead.py [--rounds 9] [--epochs 40] [--device cpu|cuda] [--every-seconds S ...] [--signals-off]
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both loops run there)")
     parser.add_argument("--every-seconds", type=float, nargs="+", default=[120.0], metavar="S",
                         help="checkpoint.every_seconds of the engine runs, one engine per value (default 120)")
+    parser.add_argument("--signals-off", action="store_true",
+                        help="also run an engine with signals.enabled=false, to see what the detectors cost")
     args = parser.parse_args()
     base = [f"train.epochs={args.epochs}", "early_stopping.enabled=false", "model.hidden=[128, 128]",
             "data.batch_size=64", f"run.device={args.device}"]
@@ -120,6 +125,8 @@ def main() -> None:
     set_threads(cfg.run.threads)  # the bare loop gets the engine's thread count
     engines = {f"engine {s:g}s": load_config(None, base + [f"checkpoint.every_seconds={s}"])
                for s in args.every_seconds}
+    if args.signals_off:
+        engines["engine, signals off"] = load_config(None, base + ["signals.enabled=false"])
     names = ["bare", "flat", *engines]
     speeds: dict[str, list[float]] = {name: [] for name in names}
     saves: dict[str, list[int]] = {name: [] for name in engines}
@@ -149,6 +156,11 @@ def main() -> None:
             ratios = [e / b for e, b in zip(speeds[name], speeds[against])]
             print(f"{name} / {labels[against]:15s} median {statistics.median(ratios):.3f}  "
                   f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    if args.signals_off:
+        on = next(iter(engines))
+        ratios = [a / b for a, b in zip(speeds[on], speeds["engine, signals off"])]
+        print(f"{on} / engine, signals off median {statistics.median(ratios):.3f}  "
+              f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
 if __name__ == "__main__":

@@ -308,7 +308,7 @@ RANGES: dict[tuple[str, str], Range] = {
 FINITE = Range(-math.inf)  # a numeric key without a range of its own: any finite number
 
 # Monitors where higher is better; every other (losses and errors) is minimised.
-MAXIMIZED = ("val_accuracy", "val_r2")
+MAXIMIZED = ("val_accuracy", "val_r2", "val_f1", "val_auc")  # a higher one is better
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

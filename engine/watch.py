@@ -644,6 +644,8 @@ def _int(value) -> int | None:
 def early_stopping_from(options: dict | None, origin: str = "watch(early_stopping=...)") -> EarlyStopping:
     """Early stopping as `watch(early_stopping=...)` describes it, off when None; its values are
     checked as a config's [early_stopping] keys are (a UserError naming the key)."""
+    if options is not None and not isinstance(options, Mapping):
+        raise UserError(f"{origin}: {show_value(options)} is not a dict; give dict(monitor=..., patience=...)")
     es = dict(options or {})
     enabled = bool(es.pop("enabled", options is not None))
     unknown = sorted(set(es) - {"monitor", "mode", "patience", "min_delta"})

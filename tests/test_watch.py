@@ -190,6 +190,7 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
     (dict(early_stopping=dict(patience=-1)), "watch(early_stopping=...): early_stopping.patience is -1; allowed"),
     (dict(early_stopping=dict(mode="up")), "watch(early_stopping=...): early_stopping.mode is 'up'"),
     (dict(early_stopping=dict(wait=3)), "unknown key 'wait'"),
+    (dict(early_stopping="val_loss"), "watch(early_stopping=...): 'val_loss' is not a dict"),
     (dict(runs_dir="FILE"), "watch: runs_dir {file} is a file, not a folder"),
 ])
 def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message):
@@ -229,6 +230,16 @@ def test_a_callback_refuses_a_bad_argument_when_it_is_made(tmp_path, module, arg
     with pytest.raises(UserError) as refused:
         callback(**arguments)
     assert message.format(file=tmp_path / "a-file") in str(refused.value)
+
+
+@pytest.mark.parametrize("monitor, mode", [("val_loss", "min"), ("val_accuracy", "max"), ("val_f1", "max"),
+                                           ("val_auc", "max"), ("val_mae", "min")])
+def test_watch_early_stopping_on_auto_follows_what_its_monitor_means(tmp_path, monitor, mode):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    with traintop.watch(model, name="es", runs_dir=tmp_path / "runs", early_stopping=dict(monitor=monitor)) as run:
+        assert run.policies.early.mode == mode and run.policies.early.enabled
 
 
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
