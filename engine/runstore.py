@@ -97,9 +97,13 @@ def check_runs_dir(runs_dir: Path, name: str | None = None, what: str = "runs di
 
 @dataclass(frozen=True)
 class RunFolder:
-    """The paths of one run's folder."""
+    """The paths of one run's folder, absolute: a script that changes its working directory still
+    writes its run where it began."""
 
     path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(os.path.abspath(self.path)))
 
     @property
     def run_id(self) -> str:

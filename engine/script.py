@@ -20,6 +20,7 @@ applying every command at the same step.
 from __future__ import annotations
 
 import gc
+import io
 import math
 import os
 import runpy
@@ -211,14 +212,27 @@ def epochs_in(argv: list[str]) -> int | None:
     return None
 
 
-class NoInput:
-    """stdin of a script under the dashboard: reading it says why there is nothing to read."""
+class NoInput(io.TextIOBase):
+    """stdin of a script with no terminal to read from (under the dashboard, or detached): it
+    answers what a program asks of it (isatty, encoding), and reading it says why there is
+    nothing to read."""
 
-    def __getattr__(self, name):
-        raise OSError("this script runs under the traintop dashboard and has no standard input; "
-                      "run it with --headless to type into it")
+    encoding = "utf-8"
+    errors = "strict"
 
-    def fileno(self):
+    def isatty(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        raise OSError("this script runs under traintop without a terminal (under the dashboard, or detached) and "
+                      "has no standard input; run it with --headless to type into it")
+
+    readline = read
+
+    def fileno(self) -> int:
         return os.open(os.devnull, os.O_RDONLY)
 
 

@@ -151,6 +151,60 @@ def test_a_detached_script_reading_stdin_is_told_it_has_none(tmp_path):
     assert read_events(folder / "events.jsonl")[0][-1].status == "failed"
 
 
+def test_a_detached_script_may_ask_its_stdin_what_it_is_and_train(tmp_path):
+    """isatty() and encoding answer as for `python script.py </dev/null`; only reading refuses."""
+    runs = tmp_path / "runs"
+    (tmp_path / "asks.py").write_text(
+        "import sys, torch\n"
+        "print('interactive', sys.stdin.isatty(), sys.stdin.encoding, flush=True)\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for _ in range(5):\n"
+        "    loss = model(torch.ones(4, 2)).pow(2).mean()\n"
+        "    optimizer.zero_grad()\n"
+        "    loss.backward()\n"
+        "    optimizer.step()\n")
+    started = traintop("run", "asks.py", "--detach", runs=runs, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    folder = only_run(runs)
+    deadline = time.monotonic() + 60
+    while not (folder / "report.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "interactive False utf-8" in (folder / "engine.log").read_text()
+    assert read_events(folder / "events.jsonl")[0][-1].status == "completed"
+
+
+def test_a_script_that_changes_its_directory_still_obeys_and_ends_in_its_run_folder(tmp_path):
+    """With a relative --runs-dir: the run folder is where the run began, whatever the script's cwd."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "moves.py").write_text(
+        "import os, time, torch\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+        "os.chdir('elsewhere')\n"
+        "for _ in range(3000):\n"
+        "    loss = model(torch.ones(4, 2)).pow(2).mean()\n"
+        "    optimizer.zero_grad()\n"
+        "    loss.backward()\n"
+        "    optimizer.step()\n"
+        "    time.sleep(0.01)\n")
+    started = traintop("run", "moves.py", "--detach", "--runs-dir", "rel-runs", runs=tmp_path / "unused", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    folder = only_run(tmp_path / "rel-runs")
+    deadline = time.monotonic() + 60
+    while not steps_in(read_events(folder / "events.jsonl")[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    saved = traintop("ctl", folder.name, "checkpoint", "--runs-dir", "rel-runs", runs=tmp_path / "unused", cwd=tmp_path)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    stopped = traintop("ctl", folder.name, "stop", "--runs-dir", "rel-runs", runs=tmp_path / "unused", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    while not (folder / "report.json").exists() and time.monotonic() < deadline + 30:
+        time.sleep(0.1)
+    assert read_events(folder / "events.jsonl")[0][-1].status == "stopped"
+    assert (folder / "checkpoints" / "last.pt").exists() and not (folder / "control.sock").exists()
+    assert not (tmp_path / "elsewhere" / "rel-runs").exists()
+
+
 def test_script_arguments_go_after_the_double_dash_and_resume_says_how_to_go_on(tmp_path):
     runs = tmp_path / "runs"
     wrong = traintop("run", str(EXAMPLES / "train_digits.py"), "--epochs", "1", runs=runs, cwd=tmp_path)
