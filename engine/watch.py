@@ -156,6 +156,7 @@ class WatchedRun:
         self._stop_seen = False
         self._validated_at = -1
         self._epoch_given = False
+        self._epoch_counted = False  # run.iter ended an epoch it counted: the next pass is the next epoch
         self.save_every = checkpoint_every_seconds or 0
         self.saved_at = session.now()
         self._before_update = False  # at run.step: the optimizer has not yet stepped
@@ -229,6 +230,9 @@ class WatchedRun:
         if epoch is not None:
             self.session.epoch = int(epoch) + 1
             self._epoch_given = True
+        elif self._epoch_counted:  # counting epochs ourselves: this pass is the next one
+            self.session.epoch += 1
+        self._epoch_counted = False
         try:
             length = len(iterable)  # type: ignore[arg-type]
         except TypeError:
@@ -256,8 +260,9 @@ class WatchedRun:
                 break
         self._iterating = False
         self.end_epoch()
-        if not self._epoch_given:  # counting epochs ourselves: the next iteration is the next epoch
-            self.session.epoch += 1
+        # Counting epochs ourselves, the next pass is the next epoch; until it starts, a validation
+        # after this loop (and the run's end) belongs to this one.
+        self._epoch_counted = not self._epoch_given
         self._epoch_given = False
 
     def step(self, loss, grad_norm=None, **scalars) -> None:

@@ -242,6 +242,28 @@ def test_watch_early_stopping_on_auto_follows_what_its_monitor_means(tmp_path, m
         assert run.policies.early.mode == mode and run.policies.early.enabled
 
 
+@pytest.mark.parametrize("epochs", ["range", "run.epochs"])
+def test_run_iter_under_range_labels_each_validation_with_the_epoch_just_trained(tmp_path, epochs):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [torch.randn(8, 3) for _ in range(4)]
+    with traintop.watch(model, optimizer, name="epochs", runs_dir=tmp_path / "runs") as run:
+        for epoch in (range(3) if epochs == "range" else run.epochs(3)):
+            for xb in run.iter(batches):
+                loss = model(xb).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                run.step(loss)
+                optimizer.step()
+            run.validate(val_loss=1.0 / (epoch + 1))
+    events = read_events(run.session.folder.events)[0]
+    assert [e.epoch for e in events if isinstance(e, ev.EpochEnd)] == [1, 2, 3]
+    assert [e.epoch for e in events if isinstance(e, ev.Validation)] == [1, 2, 3]
+    assert events[-1].epoch == 3 and events[-1].step == 12
+
+
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
     import argparse
 
