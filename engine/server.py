@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import os
 import socket
 import sys
@@ -31,6 +32,7 @@ HISTORY_CHUNK = 256 << 10  # history bytes sent between two chances to reply
 MAX_BACKLOG = 64 << 20  # bytes queued for one client before it is dropped
 LINE_LIMIT = wire.LINE_LIMIT  # the longest command line (a predict with many records) we accept
 FINISHED = b'{"event":"run_finished"'
+LAST_REPLY_SECONDS = 1.0  # once the run has ended, how long a reply it still owes is waited for
 
 
 def bind_private(path: Path) -> socket.socket:
@@ -81,6 +83,8 @@ class Client:
         self.in_history = True
         self.dropped = False
         self.finished = False  # run_finished is queued: the stream ends after it
+        self.asked = 0  # commands sent to the run and not yet answered
+        self.answered = asyncio.Event()  # set whenever none is
 
     def deliver(self, batch: list, data: bytes) -> None:
         """Queue a delivery of live events (called on this loop for every delivery of the run)."""
@@ -192,6 +196,7 @@ class ControlServer:
             client.in_history = False
             if not ended:
                 await self._send_live(client)
+            await self._send_last_replies(client)
             await writer.drain()
         except (OSError, RuntimeError, asyncio.CancelledError):  # gone, closing, dropped or shut down
             pass
@@ -243,6 +248,17 @@ class ControlServer:
             if client.finished:
                 return
 
+    async def _send_last_replies(self, client: Client) -> None:
+        """The run has ended: the replies to commands it was still answering (the stop that ended
+        it, say) go out before the connection closes, however the threads raced."""
+        if client.asked and not client.dropped:
+            client.answered.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(client.answered.wait(), LAST_REPLY_SECONDS)
+        while client.backlog and not client.dropped:
+            client.writer.write(client.take(client.backlog))
+            await client.writer.drain()
+
     async def _read_commands(self, reader: asyncio.StreamReader, client: Client) -> None:
         """Every line the client sends gets one reply line; nothing it sends ends this loop."""
         while True:
@@ -257,8 +273,13 @@ class ControlServer:
             else:
                 request_id, reply = wire.read_command(line)
             if isinstance(reply, cmd.Command):
+                client.asked += 1
                 try:
                     reply = await asyncio.wrap_future(self.run.send_nowait(reply))
                 except Exception as e:  # noqa: BLE001 - a command the run could not take is answered too
                     reply = cmd.Reply(False, f"the engine could not take this command: {type(e).__name__}: {e}")
+                finally:
+                    client.asked -= 1
             client.answer(wire.reply_line(request_id, reply))
+            if not client.asked:
+                client.answered.set()
