@@ -38,8 +38,18 @@ from .runstore import RunFolder
 ENV_FOLDER = "TRAINTOP_RUN_FOLDER"  # a run folder made for the script: traintop.watch uses it
 
 
+HANDOVER_STEPS = 20  # another optimizer stepping this often while the followed one does not takes over
+
+
 class AutoWatch:
-    """Global optimizer hooks that feed one watched run from whichever optimizer steps first."""
+    """Global optimizer hooks that feed one watched run from whichever optimizer steps first.
+
+    Every optimizer's step is a step boundary, where commands apply. The steps recorded are those
+    of the optimizer followed: the first to step, until another steps HANDOVER_STEPS times while
+    it does not (the script trains a second model after the first); that one is followed from
+    then on, its steps numbered on from the first's. Optimizers that take turns (a GAN's) keep
+    the first.
+    """
 
     def __init__(self, run):
         self.run = run  # a WatchedRun, bound at the first optimizer step
@@ -52,6 +62,7 @@ class AutoWatch:
         self.loader = None  # the DataLoader being iterated when the optimizer steps: the training data
         self._iterating = None  # the DataLoader whose batches are being drawn now
         self._original_iter = None
+        self._others: dict[int, int] = {}  # id of another optimizer -> its steps since the followed one's last
 
     def install(self) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -110,9 +121,14 @@ class AutoWatch:
         self.norms = None if closure is not None else self.run.recorder.gradients.layer_norms()
 
     def after_step(self, optimizer, args, kwargs) -> None:
-        if optimizer is not self.optimizer:
-            return
         run = self.run
+        if optimizer is not self.optimizer:
+            steps = self._others[id(optimizer)] = self._others.get(id(optimizer), 0) + 1
+            if steps >= HANDOVER_STEPS:
+                self.hand_over(optimizer)
+            self.boundary()
+            return
+        self._others.clear()
         norms, self.norms = self.norms, None
         if norms is None:  # a closure ran forward and backward inside the step
             norms = run.recorder.gradients.layer_norms()
@@ -124,10 +140,32 @@ class AutoWatch:
         else:
             loss = torch.tensor(math.nan)
         run.record_step(loss, norms=norms, boundary=False)
+        self.boundary()
+
+    def boundary(self) -> None:
+        """Commands apply here (pause holds here); a stop ends the script as Ctrl-C would."""
+        run = self.run
         run.step_boundary()
         if run.should_stop and not self.stopped:
             self.stopped = True
             raise KeyboardInterrupt("traintop: the run was asked to stop")
+
+    def hand_over(self, optimizer) -> None:
+        """Follow `optimizer` from now on: the script has moved on to another model. The steps so
+        far go out as they were; the new ones are numbered on from them, at the rate scale the user
+        set, and the signals read the new model's curves afresh."""
+        run = self.run
+        run.session.flush()
+        next_step, scale = run.recorder.first_step + run.recorder.n, run.lr.scale
+        for follower in [s for s in run.extra_scales if s.optimizer is optimizer]:
+            follower.remove()  # its own scale takes over: two would compound
+            run.extra_scales.remove(follower)
+        run.extra_scales.append(run.lr)  # the first keeps following the scale, should it step again
+        self._others.clear()
+        self.bind(optimizer)
+        run.recorder.first_step = next_step
+        run.lr.scale = scale
+        run.signals.restart(run.signals.layers)
 
     def take_over(self, model, optimizer, *, name, config, epochs, early_stopping):
         """The script called traintop.watch itself: that wins. The hooks come off and its run is

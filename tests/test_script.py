@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+
+import pytest
 from pathlib import Path
 
 from traintop.engine import events as ev
@@ -203,6 +205,48 @@ def test_a_script_that_changes_its_directory_still_obeys_and_ends_in_its_run_fol
     assert read_events(folder / "events.jsonl")[0][-1].status == "stopped"
     assert (folder / "checkpoints" / "last.pt").exists() and not (folder / "control.sock").exists()
     assert not (tmp_path / "elsewhere" / "rel-runs").exists()
+
+
+def test_a_script_that_trains_a_second_model_after_the_first_is_followed_to_it_and_obeys(tmp_path):
+    runs = tmp_path / "runs"
+    started = traintop("run", str(SCRIPTS / "two_models.py"), "--detach", runs=runs, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    folder = only_run(runs)
+    deadline = time.monotonic() + 60
+    while len(steps_in(read_events(folder / "events.jsonl")[0])) < 25 and time.monotonic() < deadline:
+        time.sleep(0.2)  # past the first model's 16 steps and into the second's
+    doubled = traintop("ctl", folder.name, "lr", "x2", runs=runs, cwd=tmp_path)
+    assert doubled.returncode == 0, doubled.stdout + doubled.stderr
+    time.sleep(1)
+    stopped = traintop("ctl", folder.name, "stop", runs=runs, cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    while not (folder / "report.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    events = read_events(folder / "events.jsonl")[0]
+    steps = steps_in(events)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 25
+    rates = [lr for e in events if isinstance(e, ev.Steps) for lr in e.lr]
+    assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.2)  # the second model's rate, doubled
+    assert events[-1].status == "stopped"
+
+
+def test_ctl_stop_on_a_detached_script_gets_its_reply_before_the_run_closes(tmp_path):
+    """The stop ends the run at once; its reply still reaches ctl (it raced the connection's close)."""
+    for attempt in range(3):
+        runs = tmp_path / f"runs{attempt}"
+        started = traintop("run", str(EXAMPLES / "train_digits.py"), "--detach", "--", "--epochs", "100000",
+                           runs=runs, cwd=tmp_path, env={"OMP_NUM_THREADS": "2"})  # busier: the race shows
+        assert started.returncode == 0, started.stderr
+        folder = only_run(runs)
+        deadline = time.monotonic() + 60
+        while not steps_in(read_events(folder / "events.jsonl")[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        stop = traintop("ctl", folder.name, "stop", runs=runs, cwd=tmp_path)
+        assert stop.returncode == 0 and stop.stdout.startswith("stopping at step"), stop.stdout + stop.stderr
+        while not (folder / "report.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert read_events(folder / "events.jsonl")[0][-1].status == "stopped"
 
 
 def test_script_arguments_go_after_the_double_dash_and_resume_says_how_to_go_on(tmp_path):

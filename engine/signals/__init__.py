@@ -62,16 +62,22 @@ class Signals:
         allows one (config runs of the built-in kinds)."""
         self.session = session
         self.settings = settings
-        self.loss = LossWatch(settings)
-        self.flow = GradientFlow(settings, layers or [])
-        self.data = DataBound(settings)
-        self.fit = FitWatch(settings, self.loss)
         self.dead_units = dead_units
-        self._active: dict[str, dict[str, float]] = {}  # detector -> {id: run time of its last warning}
+        self.restart(layers or [])
         self.failed: set[str] = set()  # detectors turned off after a failure
         if settings.enabled:
             # First: a batch that fails the run (a non-finite loss) is read before it does.
             session.flush_hooks.insert(0, self.on_steps)
+
+    def restart(self, layers: list[dict]) -> None:
+        """Read the curves afresh, of a model with these layers: what was learnt of another one's
+        (its starting loss, its early gradient level, its conditions) says nothing of this one."""
+        settings = self.settings
+        self.loss = LossWatch(settings)
+        self.flow = GradientFlow(settings, layers)
+        self.data = DataBound(settings)
+        self.fit = FitWatch(settings, self.loss)
+        self._active: dict[str, dict[str, float]] = {}  # detector -> {id: run time of its last warning}
 
     @classmethod
     def for_model(cls, session, settings: SignalsConfig, model=None, inputs=None) -> Signals:
