@@ -63,6 +63,7 @@ class AutoWatch:
         self._iterating = None  # the DataLoader whose batches are being drawn now
         self._original_iter = None
         self._others: dict[int, int] = {}  # id of another optimizer -> its steps since the followed one's last
+        self.epoch_ended = False  # a training pass has ended an epoch; the next step begins the next
 
     def install(self) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -98,13 +99,16 @@ class AutoWatch:
         from .watch import _batch_len
 
         run = self.run
-        if loader is self.loader and run.started:
-            run.end_epoch()
-            run.session.epoch += 1
+        training = self.loader is not None and (loader is self.loader or loader.dataset is self.loader.dataset)
+        if training:  # the training loader, or a new one over the same data (made afresh each epoch)
+            if run.started and run.steps > run.epoch_end_step:
+                run.end_epoch()  # the pass before trained: an epoch, which ends here
+                self.epoch_ended = True  # the count moves on at the next step, not at a pass that only evaluates
             run.mark_epoch_start()
+            self.loader = loader
         for batch in iterator:
             self._iterating = loader
-            if loader is self.loader:
+            if training:
                 run.batch_samples = _batch_len(batch)
             yield batch
 
@@ -129,6 +133,9 @@ class AutoWatch:
             self.boundary()
             return
         self._others.clear()
+        if self.epoch_ended:
+            self.epoch_ended = False
+            run.session.epoch += 1
         norms, self.norms = self.norms, None
         if norms is None:  # a closure ran forward and backward inside the step
             norms = run.recorder.gradients.layer_norms()

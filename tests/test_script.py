@@ -249,6 +249,16 @@ def test_ctl_stop_on_a_detached_script_gets_its_reply_before_the_run_closes(tmp_
         assert read_events(folder / "events.jsonl")[0][-1].status == "stopped"
 
 
+def test_a_script_that_makes_its_loader_each_epoch_is_counted_epoch_by_epoch(tmp_path):
+    runs = tmp_path / "runs"
+    done = traintop("run", str(SCRIPTS / "loader_each_epoch.py"), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    assert [e.epoch for e in events if isinstance(e, ev.EpochEnd)] == [1, 2, 3]
+    assert [x for e in events if isinstance(e, ev.Steps) for x in e.epoch] == [1] * 4 + [2] * 4 + [3] * 4
+    assert events[-1].status == "completed" and events[-1].epoch == 3
+
+
 def test_script_arguments_go_after_the_double_dash_and_resume_says_how_to_go_on(tmp_path):
     runs = tmp_path / "runs"
     wrong = traintop("run", str(EXAMPLES / "train_digits.py"), "--epochs", "1", runs=runs, cwd=tmp_path)
