@@ -502,8 +502,9 @@ class WatchedRun:
 
     def _validate_now(self, c: cmd.Validate) -> cmd.Reply:
         if self._validate_fn is None:
-            return cmd.Reply(False, "this loop has no validation to call: register one with "
-                                    "run.on_validate(fn)")
+            how = ("call traintop.watch in the script and register one with run.on_validate(fn)"
+                   if self.session.source == "script" else "register one with run.on_validate(fn)")
+            return cmd.Reply(False, f"this loop has no validation to call: {how}")
         self._user_validation = True
         try:
             result = self._validate_fn()
