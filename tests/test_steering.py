@@ -244,3 +244,46 @@ def test_lr_find_in_a_terminal_draws_the_test_and_its_key_trains_with_the_sugges
     assert started.config["train"]["epochs"] == 1  # the same config: lr-find's --set went with it
     assert started.name == "digits-mlp"
     assert f"{run_folder.run_id}: completed" in shown.decode(errors="replace")
+
+
+def test_the_output_tab_of_a_script_under_the_dashboard_shows_what_it_prints(tmp_path, engines):
+    """`traintop run train.py` in a terminal: the script's prints reach the Output tab as it runs."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "says.py"
+    script.write_text(
+        "import time, torch\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+        "for step in range(100000):\n"
+        "    loss = model(torch.ones(4, 2)).pow(2).mean()\n"
+        "    optimizer.zero_grad()\n"
+        "    loss.backward()\n"
+        "    optimizer.step()\n"
+        "    if step % 50 == 0:\n"
+        "        print(f'the script says {step}', flush=True)\n"
+        "    time.sleep(0.002)\n")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    env = {**TERMINAL, "TRAINTOP_RUNS_DIR": str(runs)}
+    proc = subprocess.Popen([*TRAINTOP, "run", str(script)], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            cwd=tmp_path, start_new_session=True)
+    os.close(slave)
+    shown, pressed = b"", False
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and b"the script says" not in shown[pressed or 0:]:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    shown += os.read(master, 65536)
+                except OSError:
+                    break
+            if not pressed and b"step" in shown and runs.is_dir() and any(runs.glob("*/engine.log")):
+                time.sleep(1)
+                os.write(master, b"6")  # the Output tab
+                pressed = len(shown)
+        assert pressed and b"the script says" in shown[pressed:], shown.decode(errors="replace")[-2000:]
+    finally:
+        engines.extend(resolve_run(p.name, runs) for p in runs.glob("*") if p.is_dir())  # the script's engine
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(master)

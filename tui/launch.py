@@ -210,7 +210,7 @@ def with_dashboard(engine: Engine) -> int:
 
         if not started:
             started.append(engine.spawn())
-            app.engine_pid, app.log_path = started[0].pid, str(folder.log)
+            app.engine_pid = started[0].pid
         if not (folder.socket.exists() and socket_is_live(folder.socket)):
             if started[0].poll() is not None and folder.report.exists():
                 # It ended, run_finished and report.json written, before the dashboard connected
@@ -222,7 +222,9 @@ def with_dashboard(engine: Engine) -> int:
             raise UserError("waiting for the engine")
         return await LiveRun.connect(folder)
 
-    app = TrainTop(opener, title=folder.run_id)  # first: a bad keymap is refused before the run folder is taken
+    # First: a bad keymap is refused before the run folder is taken. The engine's output is its log,
+    # which the Output tab follows from the start.
+    app = TrainTop(opener, title=folder.run_id, log_path=str(folder.log))
     engine.take()
     outcome = app.run()
     if not started:  # the dashboard closed before the engine was started: there is no new run
