@@ -430,7 +430,8 @@ class WatchedRun:
         self.session.t0 = time.monotonic()
         self.session.emit(
             ev.RunStarted, t=0.0, run_id=self.session.run_id, name=self.name, config=_json_safe(self.config),
-            device=str(self.device), params=sum(p.numel() for p in self.params), data={},
+            device=str(self.device), params=sum(p.numel() for p in self.params),
+            data={"n_val": len(self._samples)} if self._samples is not None else {},
             epochs=self.epochs_planned, steps_per_epoch=self.steps_per_epoch,
             layers=describe_layers(model) if model is not None else [],
             world_size=self.session.world_size, source=self.session.source,

@@ -264,6 +264,36 @@ def test_run_iter_under_range_labels_each_validation_with_the_epoch_just_trained
     assert events[-1].epoch == 3 and events[-1].step == 12
 
 
+def test_a_watched_loop_with_samples_and_on_predict_answers_the_inference_view(tmp_path):
+    """run_started says how many samples there are to browse (the view opens on them); a predict for
+    one of them is answered by the loop's function, with the sample's truth beside it."""
+    import traintop
+    from torch.utils.data import TensorDataset
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    held_out = TensorDataset(torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1]))
+    run = traintop.watch(model, optimizer, name="predicts", runs_dir=tmp_path / "runs")
+    run.samples(held_out)
+    run.on_predict(lambda inputs: [int(model(torch.as_tensor(x)).argmax()) for x in inputs])
+    answers = []
+    for step in range(3):
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 1:
+            answers.append(run.session.send_nowait(cmd.Predict(inputs=[{"split": "val", "index": 3}])))
+        run.step(loss)  # the command is answered here, at the step boundary
+        optimizer.step()
+    reply = answers[0].result(timeout=5)
+    run.finish()
+    assert reply.ok, reply.message
+    (out,) = reply.data["outputs"]
+    assert out["true"] == 1 and out["label"] in (0, 1)
+    started = read_events(run.session.folder.events)[0][0]
+    assert started.data == {"n_val": 5}
+
+
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
     import argparse
 

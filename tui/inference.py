@@ -189,8 +189,13 @@ class InferenceView(Vertical, can_focus=True):
 
     def ready(self) -> bool:
         if self.n_val == 0:
-            self.say("no validation samples yet: the run has not started" if not self.data
-                     else "this run has no validation split")
+            state = self.app.state
+            if state.source != "config" and state.run_id:  # a loop of the user's own: its samples are its to give
+                self.say("this loop gave no samples to browse: register them with run.samples(dataset) (and "
+                         "run.on_predict(fn) for the answers) before its first step; see the README")
+            else:
+                self.say("no validation samples yet: the run has not started" if not self.data
+                         else "this run has no validation split")
             return False
         return True
 
