@@ -353,7 +353,7 @@ def cmd_run_script(args, how=None) -> int:
                         f"traintop run {script} -- --lr 0.01")
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", script.stem).strip("-._") or "script"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
-        raise UserError(f"--name is {name!r}; use letters, digits, '.', '_' and '-'")
+        raise UserError(f"--name is {name!r}; use ASCII letters, digits, '.', '_' and '-' (it becomes part of the run id)")
     if is_follower():  # a rank torchrun started: rank 0 makes the run folder
         return launch.run_script_here(None, script, args.script_args)
     if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's rank 0
