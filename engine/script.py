@@ -169,6 +169,7 @@ class AutoWatch:
             run.extra_scales.remove(follower)
         run.extra_scales.append(run.lr)  # the first keeps following the scale, should it step again
         self._others.clear()
+        self.capture.take()  # the losses of steps not recorded are no step's to report
         self.bind(optimizer)
         run.recorder.first_step = next_step
         run.lr.scale = scale
