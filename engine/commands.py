@@ -125,8 +125,9 @@ class EarlyStopping(Command):
     def check(self):
         if self.enabled is not None and not isinstance(self.enabled, bool):
             raise UserError(f"early_stopping enabled must be true or false, got {self.enabled!r}")
-        if self.patience is not None:
-            if isinstance(self.patience, bool) or not isinstance(self.patience, int) or not PATIENCE.contains(self.patience):
+        patience = self.patience
+        if patience is not None:
+            if isinstance(patience, bool) or not isinstance(patience, int) or not PATIENCE.contains(patience):
                 raise UserError(f"early_stopping patience must be {PATIENCE.describe('patience', True)}, "
                                 f"got {show_value(self.patience)}")
 

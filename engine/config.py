@@ -438,7 +438,8 @@ def _validate(cfg: Config, origin: str) -> None:
         source = re.sub(r"[^A-Za-z0-9._-]+", "-", source).lstrip("._-") or "data"
         cfg.run.name = f"{source}-{model}"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.run.name):
-        fail("run", "name", f"is {cfg.run.name!r}; use ASCII letters, digits, '.', '_' and '-' (it becomes part of the run id)")
+        fail("run", "name", f"is {cfg.run.name!r}; use ASCII letters, digits, '.', '_' and '-' "
+                            "(it becomes part of the run id)")
 
 
 def _check_numbers(cfg: Config, origin: str) -> None:

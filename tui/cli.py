@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="per-step and per-validation tables")
     export.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     export.add_argument("--format", choices=["csv"], default="csv")
-    export.add_argument("--out", type=output_path, help="folder for steps.csv and validation.csv (default: the run folder)")
+    export.add_argument("--out", type=output_path,
+                        help="folder for steps.csv and validation.csv (default: the run folder)")
     runs_dir(export)
 
     predict = sub.add_parser("predict", help="predictions for a file of raw inputs, with the run's saved preprocessing")
@@ -247,9 +248,9 @@ def dispatch(argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         script = args.command == "run" and (args.config or "").endswith(".py")
-        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}"
-                     + (f"; a script's own arguments go after --: traintop run {args.config} -- "
-                        f"{' '.join(unknown)}" if script else ""))
+        hint = (f"; a script's own arguments go after --: traintop run {args.config} -- {' '.join(unknown)}"
+                if script else "")
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     args.script_args = script_args
     commands = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "attach": cmd_attach,
                 "ctl": cmd_ctl, "resume": cmd_resume, "export": cmd_export, "show": cmd_show,
@@ -353,7 +354,8 @@ def cmd_run_script(args, how=None) -> int:
                         f"traintop run {script} -- --lr 0.01")
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", script.stem).strip("-._") or "script"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
-        raise UserError(f"--name is {name!r}; use ASCII letters, digits, '.', '_' and '-' (it becomes part of the run id)")
+        raise UserError(f"--name is {name!r}; use ASCII letters, digits, '.', '_' and '-' "
+                        "(it becomes part of the run id)")
     if is_follower():  # a rank torchrun started: rank 0 makes the run folder
         return launch.run_script_here(None, script, args.script_args)
     if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's rank 0
