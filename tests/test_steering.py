@@ -247,7 +247,8 @@ def test_lr_find_in_a_terminal_draws_the_test_and_its_key_trains_with_the_sugges
 
 
 def test_the_output_tab_of_a_script_under_the_dashboard_shows_what_it_prints(tmp_path, engines):
-    """`traintop run train.py` in a terminal: the script's prints reach the Output tab as it runs."""
+    """`traintop run train.py` in a terminal: the script's prints reach the Output tab as it runs,
+    as a terminal would show them: the title a script sets is not printed as text."""
     runs = tmp_path / "runs"
     script = tmp_path / "says.py"
     script.write_text(
@@ -260,7 +261,7 @@ def test_the_output_tab_of_a_script_under_the_dashboard_shows_what_it_prints(tmp
         "    loss.backward()\n"
         "    optimizer.step()\n"
         "    if step % 50 == 0:\n"
-        "        print(f'the script says {step}', flush=True)\n"
+        "        print(f'\\x1b]0;TITLE-{step}\\x07the script says {step}', flush=True)\n"
         "    time.sleep(0.002)\n")
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
@@ -282,6 +283,7 @@ def test_the_output_tab_of_a_script_under_the_dashboard_shows_what_it_prints(tmp
                 os.write(master, b"6")  # the Output tab
                 pressed = len(shown)
         assert pressed and b"the script says" in shown[pressed:], shown.decode(errors="replace")[-2000:]
+        assert b"TITLE-" not in shown[pressed:]
     finally:
         engines.extend(resolve_run(p.name, runs) for p in runs.glob("*") if p.is_dir())  # the script's engine
         os.killpg(proc.pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ of the start-up), from the RunState or the engine's log file.
 from __future__ import annotations
 
 import os
+import re
 
 from rich.text import Text
 
@@ -17,6 +18,9 @@ from .state import RunState
 
 OUTPUT_LINES = 5000  # lines of the engine's output kept in the Output view
 OUTPUT_BYTES = 1 << 20  # of a long output, its last this many bytes are read at first
+# Strings a terminal consumes without showing: a title (OSC, ended by BEL or ST), DCS, SOS, PM and
+# APC. Rich reads colours and ST-ended OSC but would leave a BEL-ended title's text on the line.
+UNSHOWN = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[PX^_].*?(?:\x1b\\|$)")
 TREND = 40  # the trend column: the last this many samples of each layer's norm
 
 
@@ -71,6 +75,16 @@ class EventsView:
         self.update(state)
 
 
+def as_terminal_shows(line: str) -> Text:
+    """A line of a program's output as its terminal shows it: colours kept, a title and other
+    strings a terminal consumes gone, and of a progress bar, what it drew after its last carriage
+    return."""
+    line = line.rsplit("\r", 1)[-1]
+    if "\x1b" not in line:
+        return Text(line)
+    return Text.from_ansi(UNSHOWN.sub("", line))
+
+
 class OutputView:
     """The Output tab: what the engine printed (a watched script's own output), as it grows."""
 
@@ -98,5 +112,4 @@ class OutputView:
         self.offset = offset + len(data)
         *lines, self.partial = (self.partial + data.decode(errors="replace")).split("\n")
         for line in lines:
-            # A progress bar redraws its line after each carriage return: show what a terminal would.
-            self.log.write(shown(Text.from_ansi(line.rsplit("\r", 1)[-1])))
+            self.log.write(shown(as_terminal_shows(line)))
