@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from traintop.engine.client import open_run
 from traintop.engine.config import load_config
 from traintop.engine.errors import UserError
 from traintop.engine.runstore import RunFolder, resolve_run
+from traintop.tui.app import TrainTop
 from watched import finished_dashboard
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
@@ -153,6 +155,19 @@ async def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses_and_the_das
     sample = resources_while_paused()[0]
     assert 20 < sample["rss_mb"] < 100_000  # the engine's own memory, torch loaded
     assert sample["cpu_percent"] >= 0 and sample["devices"] == []  # no GPU here
+
+    async def open_it():
+        return await open_run(live_run)
+
+    app = TrainTop(open_it, title=live_run.run_id)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(200):
+            if app.state.status == "paused" and app.state.resources:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+        live_header = str(app.query_one("#header").render())
+    assert "paused" in live_header and "cpu " in live_header and "rss " in live_header
     assert traintop("ctl", str(live_run.path), "stop").returncode == 0
     wait_until(lambda: events_of(live_run)[-1]["event"] == "run_finished", 60, "run_finished last")
 
@@ -162,8 +177,8 @@ async def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses_and_the_das
         await pilot.pause(0.3)
         view = str(app.query_one("#resources-view").render())
     last = [e for e in events_of(live_run) if e["event"] == "resources"][-1]
-    assert f"cpu {last['cpu_percent']:.0f}%" in header and "rss " in header
-    assert "no GPU in use by the engine" in view and "engine process: cpu" in view
+    assert "rss " not in header  # a finished run uses nothing: its last sample is in the view
+    assert "no GPU in use by the engine" in view and f"engine process: cpu {last['cpu_percent']:.0f}%" in view
 
 
 def test_precision_is_one_of_32_bf16_fp16_written_as_text_or_as_the_number_32():

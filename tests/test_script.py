@@ -259,6 +259,25 @@ def test_a_script_that_makes_its_loader_each_epoch_is_counted_epoch_by_epoch(tmp
     assert events[-1].status == "completed" and events[-1].epoch == 3
 
 
+def test_a_script_without_a_loader_is_logged_in_steps_a_second(tmp_path):
+    """Without a DataLoader traintop cannot count samples: the log says how many steps a second,
+    never "0 samples/s"."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "tensors.py"
+    script.write_text("import time, torch\n"
+                      "model = torch.nn.Linear(4, 1)\n"
+                      "optimizer = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+                      "for step in range(250):\n"
+                      "    loss = model(torch.ones(8, 4)).pow(2).mean()\n"
+                      "    optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+                      "    time.sleep(0.02)\n")
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ") and " loss " in line]
+    assert len(lines) >= 2 and "0 samples/s" not in done.stdout, done.stdout
+    assert any(line.endswith(" steps/s") and float(line.split()[-2]) > 5 for line in lines), done.stdout
+
+
 def test_script_arguments_go_after_the_double_dash_and_resume_says_how_to_go_on(tmp_path):
     runs = tmp_path / "runs"
     wrong = traintop("run", str(EXAMPLES / "train_digits.py"), "--epochs", "1", runs=runs, cwd=tmp_path)

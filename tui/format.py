@@ -31,6 +31,16 @@ def duration(seconds: float) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
+def speed(samples_per_s: float, steps_per_s: float | None) -> str:
+    """How fast a run trains: samples a second, or steps a second where a loop of the user's own
+    gives no batch sizes; empty before either is known."""
+    if samples_per_s > 0:
+        return f"{samples_per_s:,.0f} samples/s"
+    if steps_per_s:
+        return f"{steps_per_s:,.3g} steps/s" if steps_per_s < 100 else f"{steps_per_s:,.0f} steps/s"
+    return ""
+
+
 def rounded(value: Any) -> str:
     """Any event field as the screen shows it: floats through `fmt`, however deep in lists and dicts."""
     if isinstance(value, bool) or value is None:

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from traintop.engine import events as ev
 
-from .format import duration, fmt  # noqa: F401 - the log's numbers; also imported from here
+from .format import duration, fmt, speed  # noqa: F401 - the log's numbers; also imported from here
 
 LOG_SECONDS = 2.0  # within a long epoch, one step line at most this often
 LOOPS = {"watch": "your own, through traintop.watch", "script": "your script, watched through its optimizer",
@@ -29,6 +29,7 @@ class HeadlessPrinter:
         self.monitor = "val_loss"
         self.folder = ""
         self.last_line_t = -math.inf
+        self.last_line_step = 0
         self.window: list[float] = []  # losses since the last step line
         self.last: dict = {}
         self.best: ev.Validation | None = None
@@ -83,11 +84,14 @@ class HeadlessPrinter:
         loss = sum(self.window) / len(self.window)
         epoch = f"epoch {s['epoch']:>3}/{self.epochs}" if self.epochs else f"epoch {s['epoch']:>3}"
         step = f"step {s['step']:>6}/{total}" if total else f"step {s['step']:>6}"
+        seconds = s["t"] - self.last_line_t
+        pace = speed(s["samples_per_s"], (s["step"] - self.last_line_step) / seconds
+                     if math.isfinite(seconds) and seconds > 0 else None)
         self.line(f"{epoch}  {step}  loss {fmt(loss)}"
                   f"  grad {fmt(s['grad_norm'], 3)}  lr {fmt(s['lr'], 3)}"
-                  f"  {s['samples_per_s']:,.0f} samples/s" + self.timing_text())
+                  + (f"  {pace}" if pace else "") + self.timing_text())
         self.window = []
-        self.last_line_t = s["t"]
+        self.last_line_t, self.last_line_step = s["t"], s["step"]
 
     def timing_text(self) -> str:
         """Where the sampled steps' time went, as shares: "  time data 12% forward 30% ..."."""

@@ -7,7 +7,7 @@ from rich.text import Text
 from traintop.engine import events as ev
 
 from .figures import loss_name
-from .format import duration, fmt, rounded
+from .format import duration, fmt, rounded, speed
 from .literal import LiteralText
 from .marks import STYLES, Marker
 from .resources import header_figure
@@ -33,7 +33,7 @@ def header_text(s: RunState, title: str, width: int, starting: str, view: str = 
     t.append(f"{s.name or title}", style="bold")
     t.append(f"  {s.device}  " if s.device else "  ")
     t.append(status, style=STATUS_STYLES.get(s.status, "bold"))
-    if s.resources:
+    if s.resources and s.status != "finished":  # a finished run uses nothing
         t.append(f"  {header_figure(s.resources[-1])}")
     if view and t.cell_len + len(view) + 2 < width:
         t.append(" " * (width - t.cell_len - len(view)))
@@ -44,7 +44,7 @@ def header_text(s: RunState, title: str, width: int, starting: str, view: str = 
         core = f"{epoch}  {step}  lr {fmt(s.lr, 3)}"
         eta = s.eta
         items = {"eta": f"ETA {duration(eta)}" if eta is not None else "",
-                 "speed": f"{s.recent_samples_per_s():,.0f} samples/s", "elapsed": f"elapsed {duration(s.t)}"}
+                 "speed": speed(s.recent_samples_per_s(), s.steps_per_s()), "elapsed": f"elapsed {duration(s.t)}"}
         room = width - 2  # the header's padding
 
         def line(bar: str) -> str:
