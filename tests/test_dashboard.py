@@ -90,8 +90,12 @@ async def test_show_renders_a_finished_run(tmp_path):
         assert "completed" in header(app)
         side = str(app.query_one("#side").render())
         assert "accuracy" in side and "best" in side
-        await pilot.press("space")  # a finished run refuses, and says why
+        footer = {key.description: key.has_class("-disabled") for key in app.query("FooterKey")}
+        assert footer["pause"] and footer["lr×2"] and footer["ckpt"]  # dimmed: the run has ended
+        assert not footer["infer"]  # the inference view answers from the checkpoint
+        await pilot.press("space")
         await pilot.pause(0.3)
+        assert app.state.status == "finished" and "completed" in header(app)
         await pilot.press("q")
     assert app.return_value == ""
 

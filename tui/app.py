@@ -24,7 +24,7 @@ from traintop.engine import commands as cmd
 
 from .base import REDRAW_SECONDS, CurvesApp
 from .inference import InferenceView
-from .keys import END_KEYS, LR_FIND_KEYS, RUN_KEYS, TAB_KEYS, VIEW_KEYS
+from .keys import END_KEYS, LR_FIND_KEYS, RUN_KEYS, STEERING_ACTIONS, TAB_KEYS, VIEW_KEYS
 from .literal import Literal
 from .plot import PlotWidget
 from .resources import ResourcesView
@@ -90,9 +90,13 @@ class TrainTop(CurvesApp):
                 *(b for b in InferenceView.BINDINGS if b.description)]
 
     def check_action(self, action: str, parameters) -> bool | None:
-        """lr-find's key only once there is a rate to train with; the others as every app's."""
+        """lr-find's key only once there is a rate to train with; the steering keys dimmed once the
+        run has ended (the inference view still answers from its checkpoint); the others as every
+        app's."""
         if action == "use_suggested_lr" and self.found is None:
             return False
+        if action in STEERING_ACTIONS and self.state.status in ("finished", "failed"):
+            return None
         return super().check_action(action, parameters)
 
     async def run_binding(self, binding: Binding) -> None:
@@ -196,6 +200,8 @@ class TrainTop(CurvesApp):
         async for event in self.source.events():
             self.state.apply(event)
             timing.apply(event)
+            if isinstance(event, ev.RunFinished):
+                self.main.refresh_bindings()  # its footer, even before the app counts as mounted
             if isinstance(event, ev.RunStarted) and event.source == "lr_find":
                 self.main.query_one("#views", TabbedContent).active = "timing"  # its only curve is there
             elif isinstance(event, ev.LrFind) and event.done and event.suggested and event.run_args:
@@ -206,6 +212,7 @@ class TrainTop(CurvesApp):
         if self.source.live and self.state.status not in ("finished", "failed"):
             self.state.status = "failed"
             self.state.error = self.source.closed_reason or "the engine went away"
+            self.main.refresh_bindings()
             self.engine_died()
         self.state.version += 1
         self.redraw()  # now, not at the next tick: a finished run's whole history has just been read

@@ -33,6 +33,8 @@ RUN_KEYS = [
         "early_stopping"),
     key("i", "inference", "infer", "Try the model on validation samples or a typed input", "inference"),
 ]
+# What steers the training: dimmed once the run has ended (the inference view goes on answering).
+STEERING_ACTIONS = frozenset(b.action.split("(")[0] for b in RUN_KEYS if b.id != "inference")
 # An lr-find run's key: in the footer, the help and the palette once a rate is suggested.
 LR_FIND_KEYS = [
     key("u", "use_suggested_lr", "train at this lr", "Train the config with lr-find's suggested rate "
