@@ -414,6 +414,13 @@ def socket_is_live(path: Path) -> bool:
         s.close()
 
 
+def killed_note(folder: RunFolder) -> str:
+    """What a log that ends with no run_finished means, and how the run can go on."""
+    how = (f"`traintop resume {folder.run_id}` continues it from checkpoints/last.pt"
+           if folder.last.exists() else "it saved no last.pt to resume from")
+    return f"run {folder.run_id} has no run_finished event: it was killed ({how})"
+
+
 def is_live(folder: RunFolder) -> bool:
     """A run is live while a process holds its folder; a folder from before the lock, while its
     engine serves the control socket (or its process still starts up)."""

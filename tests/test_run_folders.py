@@ -127,6 +127,29 @@ async def test_the_inference_view_of_a_finished_run_says_which_checkpoint_is_dam
     assert not (tmp_path / "ran").exists()
 
 
+async def test_the_dashboard_on_a_killed_run_says_it_was_killed_and_how_it_goes_on(finished, tmp_path):
+    from traintop.engine.client import open_run
+    from traintop.tui.app import TrainTop
+
+    folder = copy_of(finished, tmp_path, "copy", killed=True)
+
+    async def open_it():
+        return await open_run(folder)
+
+    app = TrainTop(open_it, title=folder.run_id)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(100):
+            if app.state.status != "starting" and app.drawn_version == app.state.version:
+                break
+            await pilot.pause(0.05)
+        header = str(app.query_one("#header").render())
+        side = str(app.query_one("#side").render())
+        footer = {key.description: key.has_class("-disabled") for key in app.query("FooterKey")}
+    assert "killed" in header and "running" not in header and "ETA" not in header
+    assert "it was killed" in side and f"traintop resume {folder.run_id}" in side
+    assert footer["pause"] and footer["lr×2"]
+
+
 JUNK_JSON = {
     "not JSON": b"junk{",
     "not UTF-8": b"\xff\xfe\x00junk",

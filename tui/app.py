@@ -195,6 +195,7 @@ class TrainTop(CurvesApp):
                 self.state.error = str(e)
                 await asyncio.sleep(0.2)
         from traintop.engine import events as ev
+        from traintop.engine.runstore import is_live, killed_note
 
         timing = self.main.query_one("#timing-view", TimingView)
         async for event in self.source.events():
@@ -209,11 +210,13 @@ class TrainTop(CurvesApp):
                 self.refresh_bindings()
                 self.notify(f"suggested learning rate {event.suggested:.3g}: "
                             f"{self.key_of('use_suggested_lr')} trains with it")
-        if self.source.live and self.state.status not in ("finished", "failed"):
-            self.state.status = "failed"
-            self.state.error = self.source.closed_reason or "the engine went away"
+        if self.state.status not in ("finished", "failed"):  # the log ends with no run_finished
+            if self.source.live and (self.engine_died() or is_live(self.source.folder)):
+                self.state.status = "failed"  # the engine we started failed, or dropped us
+                self.state.error = self.state.error or self.source.closed_reason or "the engine went away"
+            else:
+                self.state.killed(killed_note(self.source.folder))
             self.main.refresh_bindings()
-            self.engine_died()
         self.state.version += 1
         self.redraw()  # now, not at the next tick: a finished run's whole history has just been read
 

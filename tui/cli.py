@@ -486,6 +486,7 @@ def cmd_attach(args) -> int:
     """History (its last --tail lines), then live events, as log lines; Ctrl-C leaves the run training."""
     from traintop.engine import events as ev
     from traintop.engine.client import HISTORY_END, open_run
+    from traintop.engine.runstore import killed_note
 
     from .headless import HeadlessPrinter
 
@@ -520,9 +521,7 @@ def cmd_attach(args) -> int:
             print(f"traintop: {source.closed_reason}", file=sys.stderr)
             return 1
         if not source.live and not printer.status:
-            how = (f"`traintop resume {folder.run_id}` continues it from checkpoints/last.pt"
-                   if folder.last.exists() else "it saved no last.pt to resume from")
-            print(f"run {folder.run_id} has no run_finished event: it was killed ({how})")
+            print(killed_note(folder))
         return 0
 
     try:

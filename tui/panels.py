@@ -27,7 +27,7 @@ def header_text(s: RunState, title: str, width: int, starting: str, view: str = 
     elapsed time and samples/s give way, in that order, when it is too long.
     """
     status = starting if s.status == "starting" else s.status
-    if s.status == "finished" and s.final_status:
+    if s.status in ("finished", "failed") and s.final_status:
         status = s.final_status.replace("_", " ")
     t = LiteralText()
     t.append(f"{s.name or title}", style="bold")
@@ -110,7 +110,7 @@ def side_text(s: RunState) -> Text:
         if len(latest) > SHOWN_WARNINGS:
             t.append(f" {len(latest) - SHOWN_WARNINGS} more in the Events tab\n", style="dim")
     if s.status == "failed" and s.error:
-        t.append("error\n", style="bold red")
+        t.append("killed\n" if s.final_status == "killed" else "error\n", style="bold red")
         t.append(f" {s.error}\n", style="red")
     kinds = [k for k in STYLES if any(m.kind == k for m in s.markers)]
     if kinds:

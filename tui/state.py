@@ -297,6 +297,10 @@ class RunState:
         if self.test is None or not e.extension:  # the first test stays the run's score
             self.test = e.metrics
 
+    def killed(self, note: str) -> None:
+        """The run's log ends with no run_finished: its engine was killed mid-run."""
+        self.status, self.final_status, self.error = "failed", "killed", note
+
     def _on_run_finished(self, e: ev.RunFinished) -> None:
         self.final_status = e.status
         self.status = "failed" if e.status == "failed" else "finished"
