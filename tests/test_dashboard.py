@@ -119,3 +119,19 @@ async def test_layout_reads_at_each_size(tmp_path, size):
         for key in ("y", "s", "question_mark"):
             await pilot.press(key)
             await pilot.pause(0.1)
+
+
+async def test_the_layout_follows_each_resize_at_once(tmp_path):
+    """Shrinking, growing and shrinking again: the side panel and the plot grid follow the size the
+    terminal has now, never the one before."""
+    runs = tmp_path / "runs"
+    subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs), "--set", "train.epochs=2"],
+                   check=True, capture_output=True, timeout=300)
+    app = app_for(resolve_run("latest", runs))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.state.status == "finished")
+        for width, height in [(60, 15), (80, 24), (130, 40), (80, 24), (120, 40)]:
+            await pilot.resize_terminal(width, height)
+            await pilot.pause(0.2)
+            assert app.query_one("#side").has_class("hidden") == (width < 70), (width, height)
+            assert app.query_one("#plots").has_class("narrow") == (width < 110 or height < 30), (width, height)

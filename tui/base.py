@@ -18,6 +18,11 @@ from .screens import HelpScreen, RangeScreen
 REDRAW_SECONDS = 0.1
 
 
+def narrow(size) -> bool:
+    """80×24 and the like: two plots, one above the other."""
+    return size.width < 110 or size.height < 30
+
+
 class CurvesApp(LiteralApp):
     """An app of curves: subclasses set BINDINGS, compose the plots, and draw them in `_redraw`."""
 
@@ -54,14 +59,15 @@ class CurvesApp(LiteralApp):
     @property
     def narrow(self) -> bool:
         """80×24 and the like: two plots, one above the other."""
-        return self.size.width < 110 or self.size.height < 30
+        return narrow(self.size)
 
     # -- layout, palette, help ----------------------------------------------------------------------
 
     def on_resize(self, event=None) -> None:
+        size = self.size if event is None else event.size  # self.size may still be the one before
         screen = self.screen_stack[0]
-        screen.query_one("#plots").set_class(self.narrow, "narrow")
-        screen.query_one("#side").set_class(self.size.width < 70, "hidden")
+        screen.query_one("#plots").set_class(narrow(size), "narrow")
+        screen.query_one("#side").set_class(size.width < 70, "hidden")
         self.drawn_view = ()  # what the second plot shows depends on the layout
 
     def get_system_commands(self, screen):
