@@ -60,8 +60,10 @@ async def test_live_run_fills_the_plots_and_obeys_the_keys(live_run):
         await pilot.pause(0.2)
         assert "not a positive number" in str(app.screen.query_one("#lr-error").render())
         app.screen.query_one("#lr-input").value = ""
-        await pilot.press(*"0.0005", "enter")
-        await wait_for(pilot, lambda: app.state.lr == pytest.approx(0.0005))
+        await pilot.press(*"0.0037", "enter")
+        await wait_for(pilot, lambda: app.state.lr == pytest.approx(0.0037))
+        # its mark says the rate, never rounded to 0.00
+        await wait_for(pilot, lambda: any(m.kind == "lr" and m.label == "lr 0.0037" for m in app.state.markers))
 
         await pilot.press("q")
         await pilot.pause(0.2)

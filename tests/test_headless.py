@@ -53,6 +53,15 @@ def test_demo_reaches_test_accuracy_and_logs_the_whole_loop(tmp_path):
     assert f"accuracy {test.metrics['accuracy']:.4f}" in out
 
 
+def test_the_log_gives_a_small_learning_rate_to_three_figures(tmp_path):
+    proc = subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(tmp_path / "runs"), "--set",
+                           "train.epochs=1", "--set", "optim.lr=0.00195", "--set", 'schedule.name="none"'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ") and " loss " in line]
+    assert lines and all(" lr 0.00195 " in line for line in lines), proc.stdout
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_after_saving_last_checkpoint(tmp_path, sig, code):
     runs = tmp_path / "runs"

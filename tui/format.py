@@ -18,6 +18,18 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
 
 
+def rate(value: float | None, digits: int = 3) -> str:
+    """A learning rate to `digits` significant figures, however small: 0.00195, 0.001, 1.00e-05
+    (`fmt` keeps decimals, which would make 0.00195 read 0.002)."""
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
 def duration(seconds: float) -> str:
     """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
     if not math.isfinite(seconds):

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from traintop.engine import events as ev
 
-from .format import duration, fmt, speed  # noqa: F401 - the log's numbers; also imported from here
+from .format import duration, fmt, rate, speed  # noqa: F401 - the log's numbers; also imported from here
 
 LOG_SECONDS = 2.0  # within a long epoch, one step line at most this often
 LOOPS = {"watch": "your own, through traintop.watch", "script": "your script, watched through its optimizer",
@@ -88,7 +88,7 @@ class HeadlessPrinter:
         pace = speed(s["samples_per_s"], (s["step"] - self.last_line_step) / seconds
                      if math.isfinite(seconds) and seconds > 0 else None)
         self.line(f"{epoch}  {step}  loss {fmt(loss)}"
-                  f"  grad {fmt(s['grad_norm'], 3)}  lr {fmt(s['lr'], 3)}"
+                  f"  grad {fmt(s['grad_norm'], 3)}  lr {rate(s['lr'])}"
                   + (f"  {pace}" if pace else "") + self.timing_text())
         self.window = []
         self.last_line_t, self.last_line_step = s["t"], s["step"]
@@ -141,7 +141,7 @@ class HeadlessPrinter:
         """The range test: a line per batch of rates, then the suggested rate and how to use it."""
         if e.lr:
             loss = [x for x in e.smoothed if x is not None and math.isfinite(x)]
-            self.line(f"  lr-find  lr {fmt(e.lr[0], 3)} .. {fmt(e.lr[-1], 3)}  smoothed loss "
+            self.line(f"  lr-find  lr {rate(e.lr[0])} .. {rate(e.lr[-1])}  smoothed loss "
                       f"{fmt(loss[-1]) if loss else '-'}")
         if e.done:
             self.line(f"  lr-find  {e.reason}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .format import duration, fmt
+from .format import duration, rate
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Marker:
 
 def lr_label(old: float, new: float, source: str = "user") -> str:
     """An LR change in a few characters: `lr ×2`, `lr ÷2`, `lr 5e-4`, and who changed it when not you."""
-    text = f"lr {fmt(new, 2)}"
+    text = f"lr {rate(new, 2)}"
     if old > 0 and new > 0 and math.isfinite(old) and math.isfinite(new):
         ratio = new / old
         for factor in (2, 3, 4, 5, 10, 100):

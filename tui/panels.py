@@ -7,7 +7,7 @@ from rich.text import Text
 from traintop.engine import events as ev
 
 from .figures import loss_name
-from .format import duration, fmt, rounded, speed
+from .format import duration, fmt, rate, rounded, speed
 from .literal import LiteralText
 from .marks import STYLES, Marker
 from .resources import header_figure
@@ -41,7 +41,7 @@ def header_text(s: RunState, title: str, width: int, starting: str, view: str = 
     if s.step or s.total_steps:
         epoch = f"epoch {s.epoch}/{s.epochs}" if s.epochs else f"epoch {s.epoch}"
         step = f"step {s.step:,}/{s.total_steps:,}" if s.total_steps else f"step {s.step:,}"
-        core = f"{epoch}  {step}  lr {fmt(s.lr, 3)}"
+        core = f"{epoch}  {step}  lr {rate(s.lr)}"
         eta = s.eta
         items = {"eta": f"ETA {duration(eta)}" if eta is not None else "",
                  "speed": speed(s.recent_samples_per_s(), s.steps_per_s()), "elapsed": f"elapsed {duration(s.t)}"}
