@@ -197,6 +197,12 @@ class Trainer:
         session.flush()
         return "completed" if session.stop_request is None else session.stop_status
 
+    @property
+    def epoch_of_last_step(self) -> int:
+        """The epoch (1-based) the last step trained in: a run that ends mid-epoch ends in the one
+        it had begun, not the last it completed."""
+        return self.epoch + 1 if self.batch else self.epoch
+
     def permutation(self, epoch: int) -> torch.Tensor:
         """This epoch's data order: seeded by (seed, epoch), so a resumed run repeats it."""
         g = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + epoch)

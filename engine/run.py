@@ -301,8 +301,9 @@ class Run:
                         if session.saved_step is not None else "")
                 again = (f"resume with a lower rate (traintop resume {self.run_id} --set optim.lr=...)"
                          if session.saved_step is not None else "lower optim.lr")
+                seen = f" at step {t.step}, where the steps were next read" if t.step > e.step else ""
                 session.warn("nan_loss", step=e.step, id="nan_loss",
-                             message=f"the {e.what} became non-finite at step {e.step}; stopped{kept}",
+                             message=f"the {e.what} became non-finite at step {e.step}; stopped{seen}{kept}",
                              advice=f"{again}, clip gradients (train.grad_clip), or set train.on_nan = "
                                     "\"skip\" to skip such updates")
         except DiskFull as e:
@@ -313,7 +314,8 @@ class Run:
                 traceback.print_exc(file=sys.stderr)
             else:  # another rank's failure: that rank says why
                 session.world.say(f"ending: {error}")
-        return session.close(status, error, step=t.step, epoch=t.epoch, name=self.cfg.run.name, epochs=t.epoch)
+        return session.close(status, error, step=t.step, epoch=t.epoch_of_last_step, name=self.cfg.run.name,
+                             epochs=t.epoch)
 
 
 def _apply_overrides(trainer: Trainer, cfg: Config, keys: dict) -> list[str]:

@@ -318,6 +318,10 @@ async def test_non_finite_loss_stops_the_run_as_failed_naming_the_step(tmp_path)
     bad = [s for e in events if isinstance(e, ev.Steps) for s, x in zip(e.step, e.loss) if not math.isfinite(x)]
     assert warning.step == (bad[0] if bad else warning.step)
     assert events[-1].status == "failed" and "non-finite" in events[-1].error
+    last_steps = [e for e in events if isinstance(e, ev.Steps)][-1]
+    assert (events[-1].step, events[-1].epoch) == (last_steps.step[-1], last_steps.epoch[-1])  # mid-epoch: that one
+    if events[-1].step > warning.step:  # the steps are read in batches: it says where the run stopped
+        assert f"stopped at step {events[-1].step}" in warning.message
     assert not run.folder.last.exists()  # non-finite weights never overwrite a good checkpoint
     assert not any(e.event == "test_result" for e in events)
 

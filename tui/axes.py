@@ -14,10 +14,12 @@ TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 108
 
 def number_label(value: float) -> str:
     """The shortest text that reads back as `value` (to 9 significant digits): 62.5, 0.0005, 2.5e-5,
-    12k, 1.25M."""
+    12k, 1.25M, 1.5e26."""
     if value == 0:
         return "0"
     magnitude = abs(value)
+    if magnitude >= 1e12:  # past G: 1.5e26, never 150000000000000000G
+        return _shortest(value, scientific=True)
     if magnitude >= 10_000:
         for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
             if magnitude >= scale:
