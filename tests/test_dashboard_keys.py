@@ -98,7 +98,9 @@ async def test_a_keymap_file_rebinds_a_key_by_its_id(tmp_path, monkeypatch):
         await pilot.press("question_mark")  # the help lists the key the user chose
         await pilot.pause(0.3)
         help_text = str(app.screen.query_one("Literal").render())
-        assert any(line.strip().startswith("o  Loss axis") for line in help_text.splitlines())
+        # the help lists the key the user chose, and the id a keymap file names it by
+        assert any(line.strip().startswith("o  Loss axis") and line.endswith("[log_y]")
+                   for line in help_text.splitlines())
 
 
 def test_a_keymap_naming_no_binding_is_refused_before_the_dashboard_starts(tmp_path):

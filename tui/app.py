@@ -153,10 +153,10 @@ class TrainTop(CurvesApp):
         self.layers = LayersView(table)
         events_filter = EscInput(placeholder="filter events (e.g. warning, lr_changed); Esc leaves",
                                  id="events-filter")
-        events_log = RichLog(id="events-log", max_lines=5000)
+        events_log = RichLog(id="events-log", max_lines=5000, wrap=True)  # advice is at the end
         await self.main.query_one("#events", TabPane).mount_all([events_filter, events_log])
         self.events = EventsView(events_log, events_filter)
-        output_log = RichLog(id="output-log", max_lines=OUTPUT_LINES)
+        output_log = RichLog(id="output-log", max_lines=OUTPUT_LINES, wrap=True)  # as a terminal wraps
         await self.main.query_one("#output", TabPane).mount(output_log)
         self.output = OutputView(output_log, self.log_path)
         self.set_interval(REDRAW_SECONDS, self.redraw)

@@ -105,11 +105,13 @@ def key_text(app, binding: Binding) -> str:
 
 
 def help_rows(app, sections) -> list[str]:
-    """The help's lines: a title per section, then each key and what it does."""
+    """The help's lines: a title per section, then each key, what it does, and the id a keymap
+    file rebinds it by."""
     rows: list[str] = []
     for title, bindings in sections:
         rows.append(title)
-        rows += [f"{key_text(app, b):>7}  {b.tooltip or b.description}" for b in bindings]
+        rows += [f"{key_text(app, b):>7}  {b.tooltip or b.description}" + (f"  [{b.id}]" if b.id else "")
+                 for b in bindings]
         rows.append("")
     return rows
 

@@ -128,22 +128,20 @@ def side_text(s: RunState) -> Text:
     return t
 
 
-def event_line(e: ev.Event, mark: Marker | None = None) -> Text:
-    """One line per event for the Events tab: numbers rounded as everywhere else, and an event that
-    marked the curves shown with the mark's glyph and label."""
+def event_line(e: ev.Event, mark: Marker | None = None) -> tuple[Text, Text]:
+    """One event for the Events tab, as its head (when, what, and the mark it left on the curves,
+    with its glyph and label) and its fields, numbers rounded as everywhere else."""
     fields = {k: v for k, v in e.to_json().items() if k not in ("event", "t", "config", "data", "layers")}
     if isinstance(e, ev.RunStarted):
         fields = {"run_id": e.run_id, "device": e.device, "params": e.params}
-    t = LiteralText(f"{e.t:8.2f}s  ")
+    head = LiteralText(f"{e.t:8.2f}s  ")
     if mark is not None:
-        t.append(STYLES[mark.kind].glyph, style=STYLES[mark.kind].color)
-        t.append(f" {e.event:<16} ")
-        t.append(mark.label, style=STYLES[mark.kind].color)
-        t.append("  ")
+        head.append(STYLES[mark.kind].glyph, style=STYLES[mark.kind].color)
+        head.append(f" {e.event:<16} ")
+        head.append(mark.label, style=STYLES[mark.kind].color)
     else:
-        t.append(f"  {e.event:<16} ")
-    t.append("  ".join(f"{k}={rounded(v)}" for k, v in fields.items()))
-    return t
+        head.append(f"  {e.event:<16}")
+    return head, LiteralText("  ".join(f"{k}={rounded(v)}" for k, v in fields.items()))
 
 
 def sparkline(values) -> str:

@@ -127,5 +127,6 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog", classes="wide"):
-            yield Literal("traintop keys\n\n" + "\n".join(self.rows) + "\nEsc closes this help; a keymap file "
-                          "rebinds any key by its id (see the README).")
+            yield Literal("traintop keys\n\n" + "\n".join(self.rows) + "\nctrl+p finds any of them by what it "
+                          "does; ctrl+q quits as q does. Esc closes this help; a keymap file rebinds any key by "
+                          "its id, in [brackets] (see the README).")

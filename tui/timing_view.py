@@ -46,6 +46,10 @@ class TimingView(Vertical):
         yield PlotWidget(id="timing-plot")
         yield PlotWidget(id="lr-find-plot")
 
+    def on_mount(self) -> None:
+        for plot in self.query(PlotWidget):  # each shows once it has something to draw
+            plot.display = False
+
     def apply(self, e: ev.Event) -> None:
         """Fold one event in: a steps batch's timing columns, or lr-find points."""
         if isinstance(e, ev.Steps) and e.timing:
@@ -101,12 +105,16 @@ class TimingView(Vertical):
             x = np.asarray(self.steps, dtype=np.float64)
             lines = [Line(x, np.asarray(v, dtype=np.float64), p, COLORS.get(p, "white"))
                      for p, v in self.shares().items()]
-            self.query_one("#timing-plot", PlotWidget).show(Figure("share of step time (%) by phase", lines))
+            plot = self.query_one("#timing-plot", PlotWidget)
+            plot.display = True
+            plot.show(Figure("share of step time (%) by phase", lines))
         if self.lr:
             x = np.log10(np.asarray(self.lr, dtype=np.float64))
             marks = [Marker(math.log10(self.found.suggested), "best", "suggested")] \
                 if self.found and self.found.suggested else []
-            self.query_one("#lr-find-plot", PlotWidget).show(Figure(
+            plot = self.query_one("#lr-find-plot", PlotWidget)
+            plot.display = True
+            plot.show(Figure(
                 "lr-find: smoothed loss against log10(learning rate)",
                 [Line(x, np.asarray(self.smoothed, dtype=np.float64), "loss", "cyan")], marks,
                 x_title="log10 lr", mark_labels=True))

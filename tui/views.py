@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+from rich.table import Table
 from rich.text import Text
 
 from .format import fmt
@@ -64,9 +65,13 @@ class EventsView:
     def update(self, state: RunState) -> None:
         pattern = self.filter.value.strip().lower()
         for i in range(self.written, len(state.log)):
-            line = event_line(state.log[i], state.log_marks.get(i))
-            if not pattern or pattern in line.plain.lower():
-                self.log.write(shown(line))
+            head, fields = event_line(state.log[i], state.log_marks.get(i))
+            if not pattern or pattern in f"{head.plain} {fields.plain}".lower():
+                row = Table.grid(padding=(0, 2), expand=True)  # the fields wrap under themselves, beside the head
+                row.add_column(no_wrap=True)
+                row.add_column(ratio=1)
+                row.add_row(shown(head), shown(fields))
+                self.log.write(row)
         self.written = len(state.log)
 
     def refilter(self, state: RunState) -> None:
@@ -93,14 +98,23 @@ class OutputView:
         self.path = path
         self.offset: int | None = None
         self.partial = ""
+        self.noted = False  # saying why there is nothing to show
 
     def update(self) -> None:
-        if not self.path:
-            return
         try:
-            size = os.path.getsize(self.path)
+            size = os.path.getsize(self.path) if self.path else None
         except OSError:
+            size = None
+        if size is None:
+            if not self.noted:
+                self.log.write(shown("no output kept for this run: a loop of your own that calls traintop.watch "
+                                     "prints where it runs; `traintop run script.py` keeps a script's output "
+                                     "here (engine.log in the run folder)"))
+                self.noted = True
             return
+        if self.noted:
+            self.log.clear()
+            self.noted = False
         if size == self.offset:
             return
         offset = self.offset
