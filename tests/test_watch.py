@@ -345,6 +345,9 @@ async def test_a_watched_run_lists_exports_shows_and_compares_with_a_config_run(
         app.query_one("#views").active = "output"  # the loop printed in its own terminal: it says so
         await pilot.pause(0.3)
         assert "no output kept" in "".join(line.text for line in app.query_one("#output-log").lines)
+        await pilot.press("i")  # no samples registered: the view says how, at once
+        await pilot.pause(0.3)
+        assert "register them with run.samples" in str(app.query_one("#inf-status").render())
     both = CompareTop([(folder.read_json("meta.json")["name"], opener(folder)) for folder in folders])
     async with both.run_test(size=(100, 30)) as pilot:
         for _ in range(100):

@@ -100,9 +100,11 @@ class InferenceView(Vertical, can_focus=True):
         return self.query_one(TypedForm)
 
     def shown(self) -> None:
-        """The tab has come into view: open on the first validation sample, not on an empty page."""
-        if self.answer is None and self.sample is None and not self.pending and not self.typed and self.n_val:
-            self.ask_sample()
+        """The tab has come into view: open on the first validation sample, or say why there is none,
+        never on an empty page."""
+        if self.answer is None and self.sample is None and not self.pending and not self.typed:
+            if self.ready():  # or it says why there is nothing to browse
+                self.ask_sample()
 
     # -- keys and buttons ----------------------------------------------------------------------------
 
