@@ -138,11 +138,13 @@ class Launch:
         return cls(nproc_per_node, nnodes, node_rank, endpoint)
 
     def torchrun_args(self) -> list[str]:
-        """torch.distributed.run's options for this launch: no restarts (a failing rank ends the run)."""
+        """torch.distributed.run's options for this launch: no restarts (a failing rank ends the run).
+        Several machines meet at a static rendezvous, which keeps each machine's --node-rank (c10d's
+        ignores it), so process 0, which writes the run folder, is on the machine of node 0."""
         args = ["--nproc-per-node", str(self.nproc_per_node), "--max-restarts", "0"]
         if self.nnodes == 1 and not self.rdzv_endpoint:
             return [*args, "--standalone"]
-        return [*args, "--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank), "--rdzv-backend", "c10d",
+        return [*args, "--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank), "--rdzv-backend", "static",
                 "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", "traintop"]
 
     def argv(self, folder: str | None, engine_argv: list[str]) -> list[str]:

@@ -338,3 +338,36 @@ def test_a_script_on_two_ranks_that_never_joins_them_is_told_once_that_each_rank
     warned = [e for e in events if isinstance(e, ev.RunWarning)]
     assert [e.kind for e in warned] == ["ranks_apart"] and warned[0].values["world_size"] == 2
     assert events[-1].status == "completed"
+
+
+def test_two_machines_meet_at_the_endpoint_and_node_0_keeps_the_run_whoever_comes_first(tmp_path):
+    """`--nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT` on each machine (two runs folders on
+    this one): node 1 may start first; process 0, and with it the run folder, is node 0's."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def node(rank: int) -> subprocess.Popen:
+        runs = tmp_path / f"node{rank}"
+        return subprocess.Popen([*TRAINTOP, "run", "--headless", "--set", "train.epochs=1", "--nproc-per-node", "1",
+                                 "--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}",
+                                 "--runs-dir", str(runs)], env=env_for(runs), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    second = node(1)
+    time.sleep(2)
+    first = node(0)
+    try:
+        out0, _ = first.communicate(timeout=240)
+        out1, _ = second.communicate(timeout=60)
+    finally:
+        for proc in (first, second):
+            proc.kill()
+    assert first.returncode == 0 and second.returncode == 0, out0 + out1
+    folder = resolve_run("latest", tmp_path / "node0")
+    events = read_events(folder.events)[0]
+    assert events[-1].status == "completed" and events[0].world_size == 2
+    assert "finished: completed" in out0 and "finished" not in out1  # node 1's processes only train
+    assert not (tmp_path / "node1").exists() or not any((tmp_path / "node1").iterdir())
