@@ -123,15 +123,21 @@ async def test_layout_reads_at_each_size(tmp_path, size):
             await pilot.pause(0.1)
 
 
-async def test_the_layout_follows_each_resize_at_once(tmp_path):
-    """Shrinking, growing and shrinking again: the side panel and the plot grid follow the size the
-    terminal has now, never the one before."""
+async def test_the_footer_keeps_help_and_quit_and_the_layout_follows_each_resize_at_once(tmp_path):
+    """At 100 columns the inference tab's footer still has help and quit. Shrinking, growing and
+    shrinking again: the side panel and the plot grid follow the size the terminal has now, never
+    the one before."""
     runs = tmp_path / "runs"
     subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs), "--set", "train.epochs=2"],
                    check=True, capture_output=True, timeout=300)
     app = app_for(resolve_run("latest", runs))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.state.status == "finished")
+        await pilot.press("i")  # the inference tab's keys are on its buttons: the footer keeps help and quit
+        await pilot.pause(0.3)
+        footer = [key.description for key in app.query("FooterKey") if key.region.right <= 100]
+        assert "help" in footer and "quit" in footer, footer
+        assert str(app.query_one("#inf-next").label) == "n next ▶"
         for width, height in [(60, 15), (80, 24), (130, 40), (80, 24), (120, 40)]:
             await pilot.resize_terminal(width, height)
             await pilot.pause(0.2)

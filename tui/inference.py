@@ -22,9 +22,13 @@ from traintop.engine import commands as cmd
 
 from .inference_draw import answer_text, draw_image, image_pixels, record_table, summary_text
 from .inference_form import TypedForm
+from .keys import key_text
 from .literal import Literal
 
 REFRESH_SECONDS = 1.0  # with "current" weights, a shown answer follows training this often
+BUTTONS = {"inf-prev": ("sample_previous", "◀ prev"), "inf-next": ("sample_next", "next ▶"),
+           "inf-random": ("sample_random", "random"), "inf-weights": ("weights", "weights"),
+           "inf-all": ("whole_split", "all val"), "inf-typed": ("typed_input", "type input")}
 
 
 async def _send(source, command: cmd.Predict) -> cmd.Reply:
@@ -38,16 +42,16 @@ class InferenceView(Vertical, can_focus=True):
     """Browse validation samples or type an input; the answer says which weights and step gave it."""
 
     BINDINGS = [
-        Binding("n,right", "browse(1)", "next", tooltip="Inference: the next validation sample", id="sample_next"),
+        Binding("n,right", "browse(1)", "next", tooltip="Inference: the next validation sample", id="sample_next", show=False),
         Binding("p,left", "browse(-1)", "prev", tooltip="Inference: the previous validation sample",
-                id="sample_previous"),
-        Binding("r", "random_sample", "random", tooltip="Inference: a random validation sample", id="sample_random"),
+                id="sample_previous", show=False),
+        Binding("r", "random_sample", "random", tooltip="Inference: a random validation sample", id="sample_random", show=False),
         Binding("w", "toggle_weights", "current/best", tooltip="Inference: answer with the current or the best "
-                "weights", id="weights"),
+                "weights", id="weights", show=False),
         Binding("a", "whole_split", "all val", tooltip="Inference: predict the whole validation split "
-                "(accuracy and confusions)", id="whole_split"),
+                "(accuracy and confusions)", id="whole_split", show=False),
         Binding("t", "toggle_typed", "type input", tooltip="Inference: type an input of your own instead of a "
-                "sample", id="typed_input"),
+                "sample", id="typed_input", show=False),
         Binding("escape", "back_to_samples", "samples", tooltip="Inference: leave the typed input (Esc)",
                 id="back_to_samples", show=False),
     ]
@@ -81,9 +85,19 @@ class InferenceView(Vertical, can_focus=True):
                 yield Literal(id="inf-answer")
 
     def on_mount(self) -> None:
+        for button in self.query("#inf-bar Button"):  # its key on it: the footer has the run's keys
+            button.label = self.button_label(button.id)
         self.query_one("#inf-form").display = False
         self.set_interval(REFRESH_SECONDS, self.follow_training)
         self.show_status()
+
+    def button_label(self, button_id: str) -> str:
+        """A button's text after its key as the user has it mapped: `n next ▶`, `w weights: best`."""
+        binding_id, text = BUTTONS[button_id]
+        if button_id == "inf-weights":
+            text = f"weights: {self.weights}"
+        binding = next(b for b in self.BINDINGS if b.id == binding_id)
+        return f"{key_text(self.app, binding).split(',')[0]} {text}"
 
     # -- what the run is ---------------------------------------------------------------------------
 
@@ -132,7 +146,7 @@ class InferenceView(Vertical, can_focus=True):
 
     def action_toggle_weights(self) -> None:
         self.weights = "best" if self.weights == "current" else "current"
-        self.query_one("#inf-weights", Button).label = f"weights: {self.weights}"
+        self.query_one("#inf-weights", Button).label = self.button_label("inf-weights")
         if self.typed:
             self.submit_form()
         elif self.sample is not None:
@@ -346,10 +360,8 @@ class InferenceView(Vertical, can_focus=True):
         parts = [f"weights: {self.weights}"]
         if self.tally:
             parts.append(f"browsed: {sum(self.tally.values())} right of {len(self.tally)}")
-        if self.typed:
+        if self.typed:  # the buttons above carry the other keys
             parts.append("typed input: Enter predicts, Esc goes back to samples")
-        else:
-            parts.append("n p r: samples · w: weights · a: whole split · t: type")
         if self.message:
             parts.insert(0, self.message)
         self.query_one("#inf-status", Literal).update("  ·  ".join(parts))
