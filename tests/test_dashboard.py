@@ -143,3 +143,24 @@ async def test_the_footer_keeps_help_and_quit_and_the_layout_follows_each_resize
             await pilot.pause(0.2)
             assert app.query_one("#side").has_class("hidden") == (width < 70), (width, height)
             assert app.query_one("#plots").has_class("narrow") == (width < 110 or height < 30), (width, height)
+
+
+async def test_a_run_whose_loss_went_non_finite_draws_a_gap_not_a_flat_line(tmp_path):
+    """The smoothed loss has no value where the loss has none: after the step that went bad, the
+    curve stops, rather than carrying its last (huge) value on as if the loss had stayed there."""
+    import numpy as np
+
+    runs = tmp_path / "runs"
+    subprocess.run([*TRAINTOP, "run", "--headless", "--runs-dir", str(runs), "--set", "optim.name=sgd",
+                    "--set", "optim.lr=10", "--set", "train.epochs=5"], capture_output=True, timeout=300)
+    app = app_for(resolve_run("latest", runs))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.state.status == "failed")
+        await pilot.pause(0.3)
+        lines = app.query_one("#loss-plot").figure.lines
+        loss = app.state.loss
+        last_finite = loss.x[np.isfinite(loss.y)].max()
+    assert loss.x.max() > last_finite  # the run went on a while before the bad loss was read
+    raw = next(line for line in lines if line.faint)
+    smoothed = next(line for line in lines if line.joined and not line.faint)
+    assert raw.x.max() == last_finite and smoothed.x[np.isfinite(smoothed.y)].max() == last_finite

@@ -142,6 +142,7 @@ class Ema:
             powers = a ** k
             acc = powers * self._acc + (1 - a) * powers * np.cumsum(np.where(valid, y0, 0.0) / powers)
             weight = powers * self._weight + (1 - a) * powers * np.cumsum(valid / powers)
-            out[start:start + len(y)] = np.where(weight > 0, acc / np.where(weight > 0, weight, 1), np.nan)
+            # a step without a finite loss has no average either: a gap, not the last one carried on
+            out[start:start + len(y)] = np.where(valid & (weight > 0), acc / np.where(weight > 0, weight, 1), np.nan)
             self._acc, self._weight = float(acc[-1]), float(weight[-1])
         self.values.extend(xs, out)
