@@ -42,10 +42,12 @@ class InferenceView(Vertical, can_focus=True):
     """Browse validation samples or type an input; the answer says which weights and step gave it."""
 
     BINDINGS = [
-        Binding("n,right", "browse(1)", "next", tooltip="Inference: the next validation sample", id="sample_next", show=False),
+        Binding("n,right", "browse(1)", "next", tooltip="Inference: the next validation sample", id="sample_next",
+                show=False),
         Binding("p,left", "browse(-1)", "prev", tooltip="Inference: the previous validation sample",
                 id="sample_previous", show=False),
-        Binding("r", "random_sample", "random", tooltip="Inference: a random validation sample", id="sample_random", show=False),
+        Binding("r", "random_sample", "random", tooltip="Inference: a random validation sample", id="sample_random",
+                show=False),
         Binding("w", "toggle_weights", "current/best", tooltip="Inference: answer with the current or the best "
                 "weights", id="weights", show=False),
         Binding("a", "whole_split", "all val", tooltip="Inference: predict the whole validation split "
