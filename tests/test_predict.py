@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +195,35 @@ def test_an_out_path_that_is_a_folder_or_under_a_file_is_refused_before_predicti
     assert export.returncode == 2 and "is a file; give a folder" in export.stderr
     assert "Traceback" not in export.stderr
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_out_writes_through_a_link_and_into_a_pipe_and_never_over_its_input(finished, tmp_path):
+    """A link stays a link (its file gets the predictions), a fifo stays a fifo (its reader gets
+    them), as with a shell's `>`; an --out that is the input is refused, the input kept."""
+    import threading
+
+    target = tmp_path / "target.csv"
+    target.write_text("old\n")
+    (tmp_path / "link.csv").symlink_to(target)
+    proc = traintop("predict", "latest", str(PLANTS_CSV), "--out", str(tmp_path / "link.csv"), runs_dir=finished)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "link.csv").is_symlink() and target.read_text().startswith("row,prediction")
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()), daemon=True)
+    reader.start()
+    proc = traintop("predict", "latest", str(PLANTS_CSV), "--out", str(fifo), runs_dir=finished)
+    reader.join(60)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and read and read[0].startswith("row,prediction")
+
+    data = tmp_path / "mine.csv"
+    data.write_bytes(PLANTS_CSV.read_bytes())
+    same = traintop("predict", "latest", str(data), "--out", str(data), runs_dir=finished)
+    assert same.returncode == 2 and "is the input" in same.stderr and "Traceback" not in same.stderr
+    assert data.read_bytes() == PLANTS_CSV.read_bytes()
 
 
 def test_a_row_with_one_field_more_than_the_header_is_refused_not_shifted(finished, tmp_path):

@@ -646,6 +646,10 @@ def cmd_predict(args) -> int:
     folder = _folder(args)
     if args.out is not None:
         check_output(args.out, "--out", folder=False)
+        with contextlib.suppress(OSError):
+            if os.path.samefile(args.out, args.input):
+                raise UserError(f"--out {args.out} is the input {args.input}: the predictions would replace it; "
+                                "give another path")
     predictor = Predictor.from_folder(folder, args.checkpoint, trust=args.trust)
     ids, answers = predictor.predict_input(args.input)
     text = predictor.table(ids, answers)
@@ -667,7 +671,18 @@ def output_path(text: str) -> Path:
 
 def write_output(path: Path, label: str, write: Callable[[TextIO], object]) -> None:
     """Write a file the user named (`label`: the option that named it) whole or not at all: through
-    a temporary file beside it; a folder or disk that refuses it is a UserError naming it."""
+    a temporary file beside it; a folder or disk that refuses it is a UserError naming it. A link
+    is written through to the file it names, never replaced; a device or a pipe (/dev/stdout, a
+    fifo) is written to as it is, as a shell's `>` would."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            with open(path, "w", newline="") as f:
+                write(f)
+        except OSError as e:
+            raise UserError(f"{label}: {path} could not be written: {e.strerror or e}") from None
+        return
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
