@@ -100,6 +100,9 @@ def threads_per_rank(threads: int, local_world_size: int) -> int:
 # -- the launch: torch-free checks for the CLI --------------------------------------------------
 
 
+MAX_PROCESSES = 1024  # per machine, and machines: far past any real launch, short of a fork bomb
+
+
 @dataclass(frozen=True)
 class Launch:
     """`--nproc-per-node N [--nnodes N --node-rank R --rdzv-endpoint HOST:PORT]`, checked."""
@@ -125,6 +128,9 @@ class Launch:
             return None
         nnodes = 1 if nnodes is None else nnodes
         node_rank = 0 if node_rank is None else node_rank
+        for flag, value in (("--nproc-per-node", nproc_per_node), ("--nnodes", nnodes)):
+            if not 1 <= value <= MAX_PROCESSES:
+                raise UserError(f"{flag} {value}: allowed 1 to {MAX_PROCESSES}")
         if not 0 <= node_rank < nnodes:
             raise UserError(f"--node-rank {node_rank} with --nnodes {nnodes}: allowed 0 to {nnodes - 1}")
         endpoint = rdzv_endpoint or ""

@@ -229,3 +229,16 @@ def test_an_extra_argument_is_refused_with_the_usage_of_the_command_it_was_given
     result = traintop("ctl", "some-run", "lr", "1", "2", "--runs-dir", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("usage: traintop ctl ") and "unrecognized arguments: 2" in result.stderr
+
+
+@pytest.mark.parametrize("flags, why", [
+    (["--nproc-per-node", "99999999999999999999"], "--nproc-per-node 99999999999999999999: allowed 1 to 1024"),
+    (["--nproc-per-node", "1", "--nnodes", "5000", "--node-rank", "0", "--rdzv-endpoint", "h:1"],
+     "--nnodes 5000: allowed 1 to 1024"),
+])
+def test_a_launch_far_past_any_machine_is_refused_before_anything_starts(tmp_path, flags, why):
+    """Not a launcher growing without end until the machine runs out of memory."""
+    result = subprocess.run([sys.executable, "-m", "traintop.tui", "run", "--headless", *flags, "--runs-dir",
+                             str(tmp_path / "runs")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert why in result.stderr and not (tmp_path / "runs").exists()
