@@ -100,10 +100,26 @@ def checked(cls: type, kept: dict[str, Any]) -> dict[str, Any]:
             # a damaged or forged log line: readers would fail on it later, far from the cause
             wanted = "a number" if types[name] == "t" else types[name]
             raise ValueError(f"{cls.event} field {name!r} is {type(value).__name__}, not {wanted}")
+    for name in cls.numbers:
+        if name in kept and not _numbers_only(kept[name]):
+            raise ValueError(f"{cls.event} field {name!r} holds something that is not a number")
     for name in ("t", *cls.numbers):
         if name in kept:
             kept[name] = _null_as_nan(kept[name])
     return kept
+
+
+def _numbers_only(value: Any) -> bool:
+    """What a number field may hold: a number or null, a list of them, or a dict of either."""
+    if isinstance(value, dict):
+        return all(_is_number(v) or (isinstance(v, list) and all(map(_is_number, v))) for v in value.values())
+    if isinstance(value, list):
+        return all(map(_is_number, value))
+    return _is_number(value)
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) or value is None
 
 
 # What each field type may hold on the wire; a float may be null (a non-finite number), not `t`.

@@ -190,7 +190,8 @@ FORGED_STEPS = {  # a steps line whose columns are lists, but not of what they h
 }
 
 
-@pytest.mark.parametrize("damage", ["missing", "junk line", "not UTF-8", "wrong types", *FORGED_STEPS])
+@pytest.mark.parametrize("damage", ["missing", "junk line", "not UTF-8", "wrong types", "a word for a metric",
+                                    *FORGED_STEPS])
 def test_a_missing_or_damaged_events_log_is_named_by_show_attach_and_export(finished, tmp_path, damage):
     folder = copy_of(finished, tmp_path, "copy")
     if damage == "missing":
@@ -202,6 +203,10 @@ def test_a_missing_or_damaged_events_log_is_named_by_show_attach_and_export(fini
     elif damage == "wrong types":  # JSON, but not what the events' fields hold
         folder.events.write_text('{"event": "validation", "t": 1, "val_loss": "high", "metrics": []}\n'
                                  + folder.events.read_text())
+    elif damage == "a word for a metric":  # the dashboard crashed on it (and exited 0), attach too
+        lines = folder.events.read_text().splitlines(keepends=True)
+        forged = '{"event": "validation", "t": 1, "step": 1, "val_loss": 1, "metrics": {"accuracy": "x"}}\n'
+        folder.events.write_text("".join(lines[:2] + [forged] + lines[2:]))
     else:
         lines = folder.events.read_text().splitlines(keepends=True)
         forged = '{"event": "steps", "t": 1, "samples_per_s": 1, ' + FORGED_STEPS[damage] + "}\n"
@@ -210,6 +215,15 @@ def test_a_missing_or_damaged_events_log_is_named_by_show_attach_and_export(fini
                  ["export", str(folder.path), "--out", str(tmp_path / "out")]):
         refused(traintop(*args), "events.jsonl")
     assert not (tmp_path / "out" / "steps.csv").exists()
+
+
+def test_show_into_a_file_or_a_pipe_says_it_needs_a_terminal_and_how_to_get_lines(finished, tmp_path):
+    """Not a dashboard drawn into the pipe for ever."""
+    for runs in ([str(finished.path)], [str(finished.path), str(copy_of(finished, tmp_path, "again").path)]):
+        proc = subprocess.run([*TRAINTOP, "show", *runs], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+        assert "needs a terminal" in proc.stderr and f"traintop attach {finished.run_id} --headless" in proc.stderr
 
 
 def ls(runs: Path, *args: str) -> subprocess.CompletedProcess:

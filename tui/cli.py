@@ -449,12 +449,22 @@ def dashboard(folder, trust: bool = False) -> int:
     from .app import TrainTop
 
     app = TrainTop(opener, title=folder.run_id, log_path=str(folder.log))
+    need_terminal(folder)
     outcome = app.run()
+    if app.return_code:  # it failed (Textual has shown why): not a success to a script
+        return app.return_code
     if outcome == "detached":
         print(f"detached; {folder.run_id} goes on training (traintop attach {folder.run_id})")
     if outcome == "train":  # lr-find's key: the real run, with the suggested rate
         return dispatch(app.next_run)
     return 0
+
+
+def need_terminal(folder) -> None:
+    """A dashboard draws on a terminal: written into a file or a pipe it would never end."""
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise UserError(f"the dashboard needs a terminal; for the log as lines: traintop attach {folder.run_id} "
+                        f"--headless --tail all; for tables: traintop export {folder.run_id}")
 
 
 def cmd_show(args) -> int:
@@ -478,8 +488,10 @@ def compare(folders: list, trust: bool = False) -> int:
     names = [str((folder.read_json("meta.json") or {}).get("name") or folder.run_id) for folder in folders]
     labels = [name if names.count(name) == 1 else folder.run_id for name, folder in zip(names, folders)]
     openers = [source_opener(folder, trust) for folder in folders]
-    CompareTop(list(zip(labels, openers))).run()
-    return 0
+    app = CompareTop(list(zip(labels, openers)))
+    need_terminal(folders[0])
+    app.run()
+    return app.return_code or 0
 
 
 def cmd_attach(args) -> int:
