@@ -112,6 +112,35 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 
+RESUMED = ("model", "optimizer", "lr", "early_stopping", "epoch_loss", "history", "torch_rng")
+
+
+def check_resumable(path: Path, state: dict[str, Any]) -> None:
+    """What a resume reads of a checkpoint, each of its kind, and finite weights: a file damaged,
+    edited or from elsewhere is a UserError naming it, before anything of the run changes."""
+    def refuse(why: str):
+        raise UserError(f"{path} {why}: the checkpoint is damaged or not this run's, and was not loaded")
+
+    missing = [key for key in RESUMED if key not in state]
+    if missing:
+        refuse(f"has no {', '.join(map(repr, missing))}")
+    for key in ("model", "optimizer", "lr", "early_stopping"):
+        if not isinstance(state[key], dict):
+            refuse(f"holds a {type(state[key]).__name__} for {key!r}")
+    for key in ("step", "epoch", "batch"):
+        if type(state.get(key)) is not int or state[key] < 0:
+            refuse(f"says {key} {state.get(key)!r}, not a whole number >= 0")
+    offset = state.get("events_offset")
+    if offset is not None and (type(offset) is not int or offset < 0):
+        refuse(f"says events_offset {offset!r}, not a position in events.jsonl")
+    size = state.get("world_size", 1)
+    if type(size) is not int or not 1 <= size <= 1 << 20:
+        refuse(f"says world_size {size!r}")
+    weights = [t for t in state["model"].values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not all(bool(torch.isfinite(t).all()) for t in weights):
+        refuse("holds non-finite weights (NaN or infinity)")
+
+
 def snapshot(state: Any) -> Any:
     """A copy of `state` that training can no longer change: every tensor copied to the CPU.
 

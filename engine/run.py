@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ import torch
 
 from . import commands as cmd
 from . import events as ev
-from .checkpoint import load_checkpoint
+from .checkpoint import check_resumable, load_checkpoint
 from .config import Config
 from .data import load_data
 from .distributed import World, placement, threads_per_rank
@@ -158,6 +159,7 @@ class Run:
         def checked():
             cfg, keys, status = resume_config(folder, overrides, trust)
             state = load_checkpoint(folder.last)
+            check_resumable(folder.last, state)
             if cfg.train.epochs < state["epoch"]:
                 raise UserError(f"run {folder.run_id} has already trained {state['epoch']} epochs; "
                                 f"train.epochs = {cfg.train.epochs} would leave nothing to train")
@@ -179,7 +181,10 @@ class Run:
         if world is not None:
             session.join(world, cfg.train.sync_every)
         trainer = Trainer(cfg, data, device, session)
-        trainer.load_state_dict(state, map_location=device)
+        try:
+            trainer.load_state_dict(state, map_location=device)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise UserError(misfit(folder, e)) from None
         notes = _apply_overrides(trainer, cfg, keys)
         if status == "early_stopped":
             trainer.early.since_best = 0
@@ -316,6 +321,19 @@ class Run:
                 session.world.say(f"ending: {error}")
         return session.close(status, error, step=t.step, epoch=t.epoch_of_last_step, name=self.cfg.run.name,
                              epochs=t.epoch)
+
+
+def misfit(folder: RunFolder, error: Exception) -> str:
+    """Why a checkpoint that reads as one does not fit the run the config builds now."""
+    shapes = re.search(r"size mismatch for ([\w.]+): copying a param with shape (torch.Size\(\[[\d, ]*\]\)) from "
+                       r"checkpoint, the shape in current model is (torch.Size\(\[[\d, ]*\]\))", str(error))
+    if shapes:
+        name, saved, now = shapes.groups()
+        return (f"{folder.last} does not fit the model the config builds now ({name}: {saved[11:-1]} saved, "
+                f"{now[11:-1]} now): has the data changed since it trained (its classes or columns)? It was not "
+                "loaded; start a new run on the new data")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{folder.last} does not fit this run ({first[:300]}): it was not loaded"
 
 
 def _apply_overrides(trainer: Trainer, cfg: Config, keys: dict) -> list[str]:

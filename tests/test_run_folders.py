@@ -99,6 +99,30 @@ def test_a_damaged_checkpoint_is_named_by_predict_and_resume_never_with_a_traceb
     assert folder.events.read_bytes() == events_before  # the refused resume touched nothing
 
 
+EDITED = {  # a last.pt that reads as tensors and numbers, with one thing in it that a resume cannot use
+    "no optimizer": (lambda s: {k: v for k, v in s.items() if k != "optimizer"}, "has no 'optimizer'"),
+    "a word for a step": (lambda s: {**s, "step": "3"}, "says step '3'"),
+    "a log position before its start": (lambda s: {**s, "events_offset": -5}, "says events_offset -5"),
+    "NaN weights": (lambda s: {**s, "model": {k: v * float("nan") for k, v in s["model"].items()}},
+                    "holds non-finite weights"),
+    "a huge world": (lambda s: {**s, "world_size": 10 ** 18}, "says world_size"),
+    "junk optimizer state": (lambda s: {**s, "optimizer": {"state": {}, "param_groups": "x"}}, "does not fit this run"),
+    "another model's weights": (lambda s: {**s, "model": {**s["model"], "4.weight": torch.zeros(3, 128)}},
+                                "does not fit the model the config builds now (4.weight: [3, 128] saved"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITED))
+def test_resume_from_an_edited_or_foreign_checkpoint_is_refused_naming_it_and_changes_nothing(finished, tmp_path,
+                                                                                              edit):
+    folder = copy_of(finished, tmp_path, "copy", killed=True)
+    change, why = EDITED[edit]
+    torch.save(change(torch.load(folder.last, weights_only=True)), folder.last)
+    before = folder.events.read_bytes()
+    refused(traintop("resume", str(folder.path), "--headless", "--set", "train.epochs=3"), "checkpoints/last.pt", why)
+    assert folder.events.read_bytes() == before and not folder.report.exists()
+
+
 def test_a_checkpoint_holding_pickled_code_is_refused_as_possibly_hostile_and_never_run(finished, tmp_path,
                                                                                        digits_csv):
     folder = copy_of(finished, tmp_path, "copy", killed=True)
