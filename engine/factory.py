@@ -19,7 +19,7 @@ _OURS = str(Path(__file__).resolve().parent)
 _IMPORTLIB = str(Path(importlib.__file__).resolve().parent)
 
 
-def _their_traceback(e: BaseException) -> str:
+def their_traceback(e: BaseException) -> str:
     """The traceback of `e` with traintop's and importlib's frames left out."""
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if not f.filename.startswith((_OURS, _IMPORTLIB, "<frozen importlib"))]
@@ -30,9 +30,9 @@ def _their_traceback(e: BaseException) -> str:
 def load_factory(spec: str, key: str, base_dir: Path) -> Callable:
     """The function that `spec` ("module:function") names; `key` is the config key, for messages."""
     module_name, _, function = spec.partition(":")
-    if not module_name or not function:
-        raise UserError(f'{key} is {spec!r}; give "module:function", e.g. "my_data:make_datasets", '
-                        "with my_data.py next to the config")
+    if module_name.endswith(".py") or not all(part.isidentifier() for part in [*module_name.split("."), function]):
+        raise UserError(f'{key} is {spec!r}; give "module:function" as Python imports it (no ".py", no '
+                        'folder), e.g. "my_data:make_datasets", with my_data.py next to the config')
     for folder in (str(Path.cwd()), str(Path(base_dir).resolve())):
         if folder not in sys.path:
             sys.path.insert(0, folder)
@@ -46,9 +46,9 @@ def load_factory(spec: str, key: str, base_dir: Path) -> Callable:
         if e.name == module_name.split(".")[0]:
             raise UserError(f"{key}: module {module_name!r} was not found; put {module_name}.py next to "
                             f"the config ({base_dir}) or in the current folder") from None
-        raise UserError(f"{key}: importing {module_name!r} failed:\n{_their_traceback(e)}") from None
+        raise UserError(f"{key}: importing {module_name!r} failed:\n{their_traceback(e)}") from None
     except Exception as e:  # noqa: BLE001 - any error in the user's module is theirs to see
-        raise UserError(f"{key}: importing {module_name!r} failed:\n{_their_traceback(e)}") from None
+        raise UserError(f"{key}: importing {module_name!r} failed:\n{their_traceback(e)}") from None
     except SystemExit as e:  # traintop must not end, as if it had finished, without a run
         raise UserError(f"{key}: importing {module_name!r} called sys.exit({e.code!r}); a module named "
                         "in the config must not exit") from None
@@ -65,7 +65,7 @@ def call_factory(fn: Callable, key: str, *args) -> Any:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - their code, their error
-        raise UserError(f"{key}: {getattr(fn, '__name__', 'the factory')}() failed:\n{_their_traceback(e)}") from None
+        raise UserError(f"{key}: {getattr(fn, '__name__', 'the factory')}() failed:\n{their_traceback(e)}") from None
     except SystemExit as e:  # traintop must not end, as if it had finished, without a run
         raise UserError(f"{key}: {getattr(fn, '__name__', 'the factory')}() called sys.exit({e.code!r}) "
                         "instead of returning; a factory must return what it makes") from None

@@ -141,6 +141,9 @@ def _python_model(cfg: Config, info: DataInfo) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"model.factory {cfg.model.factory!r} returned a {type(model).__name__}; "
                         "it must return a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"model.factory {cfg.model.factory!r} returned a model with no trainable parameters "
+                        "(none requires grad): there is nothing to train")
     _check_outputs(model, info)
     return model
 
@@ -148,7 +151,7 @@ def _python_model(cfg: Config, info: DataInfo) -> nn.Module:
 def _check_outputs(model: nn.Module, info: DataInfo) -> None:
     """A user's model must answer a batch with one row of `n_outputs` per input: a wrong width is
     named now, not met as a shape error (or a silently wrong loss) in the first step."""
-    from .factory import _their_traceback
+    from .factory import their_traceback
 
     x = torch.zeros(2, *info.input_shape, dtype=torch.int64 if info.input_dtype == "int64" else torch.float32)
     was_training = model.training
@@ -158,7 +161,7 @@ def _check_outputs(model: nn.Module, info: DataInfo) -> None:
             out = model(x)
     except Exception as e:  # noqa: BLE001 - their forward, their error
         raise UserError(f"model.factory: the model's forward failed on a batch of 2 inputs of shape "
-                        f"{list(info.input_shape)} ({x.dtype}):\n{_their_traceback(e)}") from None
+                        f"{list(info.input_shape)} ({x.dtype}):\n{their_traceback(e)}") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor):

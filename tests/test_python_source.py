@@ -177,6 +177,50 @@ def test_an_error_in_the_users_code_shows_their_traceback_not_ours_and_exits_2(t
         capture_output=True, text=True, timeout=120).stderr
 
 
+BROKEN_PARTS = """
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+class Failing(Dataset):
+    def __len__(self):
+        return 10
+    def __getitem__(self, i):
+        raise RuntimeError("item fails")
+
+def failing():
+    return Failing(), Failing(), Failing()
+
+def frozen(info):
+    layer = nn.Linear(info.input_shape[0], info.n_outputs)
+    layer.requires_grad_(False)
+    return layer
+
+def good():
+    g = torch.Generator().manual_seed(0)
+    return [TensorDataset(torch.randn(60, 2, generator=g), torch.randint(0, 2, (60,), generator=g)) for _ in "abc"]
+"""
+
+
+@pytest.mark.parametrize("data, model, why", [
+    ("parts:failing", "", "item 0 of the train Dataset failed"),
+    ("parts:good", "parts:frozen", "no trainable parameters"),
+    ("parts.py:good", "", 'as Python imports it (no ".py", no folder)'),
+    ("../parts:good", "", 'as Python imports it (no ".py", no folder)'),
+])
+def test_a_dataset_that_fails_a_frozen_model_or_a_path_for_a_module_is_named_by_check_and_run(tmp_path, data, model,
+                                                                                               why):
+    (tmp_path / "parts.py").write_text(BROKEN_PARTS)
+    config = tmp_path / "config.toml"
+    model_table = f'[model]\nkind = "python"\nfactory = "{model}"\n' if model else ""
+    config.write_text(f'[data]\nsource = "python"\nfactory = "{data}"\n{model_table}[train]\nepochs = 1\n')
+    for command in (["check"], ["run", "--headless", "--runs-dir", str(tmp_path / "runs")]):
+        proc = subprocess.run([sys.executable, "-m", "traintop.tui", *command, str(config)], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+        assert "engine" not in proc.stderr  # their frames only, if any
+
+
 def test_preprocess_json_without_a_kind_is_read_as_a_table():
     obj = {"task": "classification", "target": "y", "classes": ["a", "b"],
            "columns": [{"name": "x", "kind": "numeric", "fill": 0.0, "mean": 0.0, "std": 1.0}]}
