@@ -242,3 +242,15 @@ def test_a_launch_far_past_any_machine_is_refused_before_anything_starts(tmp_pat
                              str(tmp_path / "runs")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert why in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_output_to_a_full_disk_is_one_line_and_exit_1_not_a_traceback(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "20261204-120000-only").mkdir(parents=True)
+    (runs / "20261204-120000-only" / "meta.json").write_text('{"name": "only"}')
+    (runs / "20261204-120000-only" / "events.jsonl").write_text("")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "traintop.tui", "ls", "--runs-dir", str(runs)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.stderr == "traintop: error: the output could not be written: No space left on device\n"

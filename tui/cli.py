@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -232,6 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `traintop attach RUN | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except OSError as e:  # `traintop ls > file` on a full disk: the output cannot be written
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        with contextlib.suppress(OSError):
+            print(f"traintop: error: the output could not be written: {e.strerror or e}", file=sys.stderr)
+        code = 1
     sys.exit(code)
 
 
