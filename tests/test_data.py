@@ -443,3 +443,33 @@ def test_a_small_table_with_many_classes_is_split_without_stratifying_rather_tha
     train, val, test = split_indices(10, [0.7, 0.15, 0.15], 0, labels)
     assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(10))
     assert len(val) and len(test)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zip"])
+def test_a_compressed_csv_is_read_and_one_that_unpacks_past_the_limit_is_refused_unread(tmp_path, monkeypatch,
+                                                                                      suffix):
+    """A few kilobytes can unpack to gigabytes: the size is counted as it streams, never held."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    import traintop.engine.data as data
+
+    def write(path, text: bytes):
+        if suffix == ".zip":
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr("table.csv", text)
+        else:
+            with {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix](path, "wb") as f:
+                f.write(text)
+
+    small = tmp_path / f"small.csv{suffix}"
+    write(small, b"a,b,y\n" + b"".join(f"{i % 7},{i % 5},{i % 2}\n".encode() for i in range(300)))
+    assert data.read_csv_file(small, "data.path").shape == (300, 3)
+    monkeypatch.setattr(data, "UNPACKED_LIMIT", 1 << 20)
+    bomb = tmp_path / f"bomb.csv{suffix}"
+    write(bomb, b"a,b,y\n" + b"0,0,0\n" * 400_000)  # 2.4 MB of CSV in a few kilobytes
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UserError, match=r"data.path: .*bomb.csv.* unpacks to more than 1 MiB of CSV"):
+        data.read_csv_file(bomb, "data.path")

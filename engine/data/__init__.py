@@ -47,6 +47,40 @@ def _builtin(source: str, seed: int) -> tuple[pd.DataFrame, pd.Series, list[str]
     return bunch.data, bunch.target.rename("target"), names, extra
 
 
+UNPACKED_LIMIT = 1 << 30  # a compressed CSV that unpacks to more is refused, not unpacked into memory
+
+
+def _check_unpacked_size(path: Path, label: str) -> None:
+    """A compressed CSV (.gz, .bz2, .xz, .zip), as pandas would unpack it, must unpack to at most
+    UNPACKED_LIMIT bytes: a few kilobytes can hold gigabytes. Counted by streaming, never held."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower())
+    if opener is None and path.suffix.lower() != ".zip":
+        return
+    total = 0
+    try:
+        if opener is not None:
+            stream = opener(path, "rb")
+        else:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if len(names) != 1:
+                return  # pandas refuses it itself
+            stream = zipfile.ZipFile(path).open(names[0])
+        with stream:
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+                if total > UNPACKED_LIMIT:
+                    raise UserError(f"{label}: {path} unpacks to more than {UNPACKED_LIMIT >> 20:,} MiB of CSV; "
+                                    "unpack it yourself and give the CSV file if so much is meant")
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as e:
+        raise UserError(f"{label}: {path} could not be unpacked: {e}") from None
+
+
 def read_csv_file(path: Path, label: str, nan_is_missing: bool = True) -> pd.DataFrame:
     """A CSV file as a table; a missing, empty or unreadable file, or one that names a column
     twice, is a UserError that names it as `label` (the config key, or the command's argument).
@@ -58,6 +92,7 @@ def read_csv_file(path: Path, label: str, nan_is_missing: bool = True) -> pd.Dat
         raise UserError(f"{label}: CSV file {path} does not exist")
     if not path.is_file():
         raise UserError(f"{label}: {path} is not a file")
+    _check_unpacked_size(path, label)
     missing = {} if nan_is_missing else {"keep_default_na": False, "na_values": sorted(MISSING_TEXT)}
     try:
         # pandas renames a repeated column "a" to "a.1": only the header itself tells
