@@ -299,3 +299,33 @@ async def test_the_predict_command_refuses_bad_numbers_with_a_reply(finished):
         assert (await run.send(cmd.Predict(request_id="g", inputs=[good]))).ok  # and it still answers
     finally:
         await run.close()
+
+
+PREPROCESS_EDITS = {  # preprocess.json edited by hand: one value that predict could not use
+    "a word for a mean": (lambda p: p["columns"][1].update(mean="x"), "'s mean is 'x', not a finite number"),
+    "no std": (lambda p: p["columns"][1].update(std=None), "'s std is None, not a positive number"),
+    "a zero std": (lambda p: p["columns"][1].update(std=0), "'s std is 0, not a positive number"),
+    "a dict for a class": (lambda p: p.update(classes=["wilted", {"x": 2}]), "classes are not a list of names"),
+    "a column twice": (lambda p: p["columns"].append(dict(p["columns"][1])), "a name of their own"),
+    "no columns": (lambda p: p.update(columns=[]), "columns are not a list"),
+    "a newer version": (lambda p: p.update(version=99), "has version 99"),
+}
+
+
+@pytest.mark.parametrize("edit", list(PREPROCESS_EDITS))
+def test_an_edited_preprocess_json_is_named_by_predict_with_what_is_wrong(finished, tmp_path, edit):
+    import json
+    import shutil
+
+    from traintop.engine.runstore import resolve_run
+
+    folder = resolve_run("latest", finished)
+    copy = tmp_path / folder.run_id
+    shutil.copytree(folder.path, copy)
+    fitted = json.loads((copy / "preprocess.json").read_text())
+    change, why = PREPROCESS_EDITS[edit]
+    change(fitted)
+    (copy / "preprocess.json").write_text(json.dumps(fitted))
+    proc = traintop("predict", str(copy), str(PLANTS_CSV), runs_dir=finished)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    assert "preprocess.json" in proc.stderr and why in proc.stderr and proc.stdout == ""

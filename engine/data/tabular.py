@@ -264,10 +264,44 @@ class Preprocessor:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Preprocessor:
-        """Read back what to_json wrote."""
-        return cls(task=obj["task"], target=obj["target"], columns=obj["columns"],
-                   classes=obj.get("classes", []), target_mean=obj.get("target_mean", 0.0),
-                   target_std=obj.get("target_std", 1.0))
+        """Read back what to_json wrote, each value of its kind (a UserError saying which is not):
+        a file edited by hand must fail here, not as a numpy error on the first row predicted."""
+        def number(value, what: str, positive: bool = False) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (positive and value <= 0):
+                raise UserError(f"{what} is {value!r}, not a {'positive' if positive else 'finite'} number")
+            return float(value)
+
+        version = obj.get("version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version > 1:
+            raise UserError(f"has version {version!r}; this traintop reads version 1 (a newer traintop wrote it?)")
+        if obj.get("task") not in ("classification", "regression"):
+            raise UserError(f"task is {obj.get('task')!r}, not classification or regression")
+        columns, classes = obj.get("columns"), obj.get("classes", [])
+        if not isinstance(obj.get("target"), str) or not isinstance(classes, list) \
+                or not all(isinstance(c, str) for c in classes):
+            raise UserError("its target is not a name, or its classes are not a list of names")
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, dict) for c in columns):
+            raise UserError("its columns are not a list of the input columns")
+        names = [c.get("name") for c in columns]
+        if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise UserError("its columns do not each have a name of their own")
+        for c in columns:
+            what = f"column {c['name']!r}"
+            if c.get("kind") == "numeric":
+                for key in ("fill", "mean"):
+                    number(c.get(key), f"{what}'s {key}")
+                number(c.get("std"), f"{what}'s std", positive=True)
+            elif c.get("kind") == "categorical":
+                categories = c.get("categories")
+                if not isinstance(categories, list) or not all(isinstance(v, str) for v in categories) \
+                        or not (c.get("fill") is None or isinstance(c.get("fill"), str)):
+                    raise UserError(f"{what}'s categories are not a list of names")
+            else:
+                raise UserError(f"{what} is of kind {c.get('kind')!r}, not numeric or categorical")
+        return cls(task=obj["task"], target=obj["target"], columns=columns, classes=classes,
+                   target_mean=number(obj.get("target_mean", 0.0), "target_mean"),
+                   target_std=number(obj.get("target_std", 1.0), "target_std", positive=True))
 
 
 def split_indices(n: int, fractions: list[float], seed: int,
