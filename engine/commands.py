@@ -90,8 +90,13 @@ class SetLr(Command):
     def check(self):
         if (self.value is None) == (self.factor is None):
             raise UserError("set_lr needs exactly one of value or factor")
-        if self.value is not None:
-            _number("set_lr value", self.value)
+        if self.value is not None:  # in range or not, the engine answers (and says the rate it keeps)
+            value = self.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                from .config import LR_RANGE
+
+                low, high = LR_RANGE
+                raise UserError(f"learning rate {value!r} refused: allowed {low:g} < lr <= {high:g}")
         else:
             _number("set_lr factor", self.factor)
 

@@ -220,8 +220,9 @@ def test_a_run_blown_up_by_its_learning_rate_keeps_a_finite_checkpoint_and_resum
     folder = detach(runs, "--set", "optim.name=sgd", "--set", "train.epochs=60", *NO_EARLY_STOP, engines=engines)
     wait_for(lambda: len(of_kind(read_events(folder.events)[0], "steps")) > 2, what="steps")
     assert traintop("ctl", folder.run_id, "pause", runs_dir=runs).returncode == 0
-    refused = traintop("ctl", folder.run_id, "lr", "1e308", runs_dir=runs)
-    assert refused.returncode == 1 and "allowed 0 < lr <= 10" in refused.stderr
+    for rate in ("1e308", "0", "-1"):  # the engine refuses, saying the rate it keeps
+        refused = traintop("ctl", folder.run_id, "lr", rate, runs_dir=runs)
+        assert refused.returncode == 1 and "allowed 0 < lr <= 10; it stays" in refused.stderr, refused.stderr
     time.sleep(5.2)  # the last save (the start) is now older than a few seconds
     assert traintop("ctl", folder.run_id, "lr", "10", runs_dir=runs).returncode == 0
     assert traintop("ctl", folder.run_id, "resume", runs_dir=runs).returncode == 0
