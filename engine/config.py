@@ -192,6 +192,10 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 # The learning rate a run may use, from the config or set live: lower bound excluded.
 LR_RANGE = (0.0, 10.0)
+# A run's name becomes part of its run id, a folder's name: config runs, --name and watch(name=).
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+RUN_NAME_RULE = ("use ASCII letters, digits, '.', '_' and '-', starting with a letter or digit (it becomes part "
+                 "of the run id)")
 
 
 @dataclass(frozen=True)
@@ -437,9 +441,8 @@ def _validate(cfg: Config, origin: str) -> None:
         # a file stem may hold spaces or brackets ("sales 2024 (v2).csv"), which run ids cannot
         source = re.sub(r"[^A-Za-z0-9._-]+", "-", source).lstrip("._-") or "data"
         cfg.run.name = f"{source}-{model}"
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cfg.run.name):
-        fail("run", "name", f"is {cfg.run.name!r}; use ASCII letters, digits, '.', '_' and '-' "
-                            "(it becomes part of the run id)")
+    if not RUN_NAME.match(cfg.run.name):
+        fail("run", "name", f"is {cfg.run.name!r}; {RUN_NAME_RULE}")
 
 
 def _check_numbers(cfg: Config, origin: str) -> None:

@@ -254,3 +254,10 @@ def test_output_to_a_full_disk_is_one_line_and_exit_1_not_a_traceback(tmp_path):
                               stderr=subprocess.PIPE, text=True, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert proc.stderr == "traintop: error: the output could not be written: No space left on device\n"
+
+
+@pytest.mark.parametrize("name", ["..", "-rf", "_x"])
+def test_a_run_name_that_does_not_start_with_a_letter_or_digit_is_refused_saying_so(tmp_path, name):
+    result = traintop("run", "--headless", f"--name={name}", "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"is {name!r}" in result.stderr and "starting with a letter or digit" in result.stderr

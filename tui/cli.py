@@ -361,9 +361,10 @@ def cmd_run_script(args, how=None) -> int:
         raise UserError("--set changes a config's keys; a script takes its own arguments after --: "
                         f"traintop run {script} -- --lr 0.01")
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", script.stem).strip("-._") or "script"
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
-        raise UserError(f"--name is {name!r}; use ASCII letters, digits, '.', '_' and '-' "
-                        "(it becomes part of the run id)")
+    from traintop.engine.config import RUN_NAME, RUN_NAME_RULE
+
+    if not RUN_NAME.match(name):
+        raise UserError(f"--name is {name!r}; {RUN_NAME_RULE}")
     if is_follower():  # a rank torchrun started: rank 0 makes the run folder
         return launch.run_script_here(None, script, args.script_args)
     if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's rank 0
