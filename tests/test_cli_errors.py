@@ -146,6 +146,9 @@ def test_a_runs_dir_that_is_a_file_is_refused_naming_it(tmp_path):
     runs.write_text("not a folder")
     refused_before_loading(run_in(runs), str(runs), "is a file")
     refused_before_loading(traintop("run", "--detach", "--runs-dir", str(runs)), str(runs), "is a file")
+    for command in (["ls"], ["show", "latest"], ["attach", "latest"], ["export", "latest"]):  # not "no runs"
+        listed = traintop(*command, "--runs-dir", str(runs))
+        assert listed.returncode == 2 and f"--runs-dir {runs} is a file, not a folder" in listed.stderr
 
 
 def test_a_runs_dir_under_a_file_is_refused_naming_the_file(tmp_path):

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "even from a run folder that is not your own, in place (copied, moved, another user's)")
 
     def runs_dir(p):
-        p.add_argument("--runs-dir", type=Path, help="where runs live (default: TRAINTOP_RUNS_DIR "
+        p.add_argument("--runs-dir", type=output_path, help="where runs live (default: TRAINTOP_RUNS_DIR "
                        "or the user data dir)")
 
     def overrides(p):
@@ -277,9 +277,15 @@ def _load(args):
 
 
 def _runs_dir(args) -> Path:
+    """--runs-dir, or TRAINTOP_RUNS_DIR, or the default: a folder, or a path where one can be made."""
     from traintop.engine.runstore import default_runs_dir
 
-    return args.runs_dir or default_runs_dir()
+    runs_dir = args.runs_dir or default_runs_dir()
+    if runs_dir.exists() and not runs_dir.is_dir():
+        given = "--runs-dir" if args.runs_dir else ("TRAINTOP_RUNS_DIR" if os.environ.get("TRAINTOP_RUNS_DIR")
+                                                   else "the runs dir")
+        raise UserError(f"{given} {runs_dir} is a file, not a folder of runs")
+    return runs_dir
 
 
 def _folder(args):
