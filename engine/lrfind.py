@@ -42,11 +42,17 @@ class RangeTest:
     reason: str = ""
 
 
+LOWEST = 1e-10  # lr_min: below it, the test's steps would spread over rates that all train alike
+
+
 def check_range(lr_min: float, lr_max: float, steps: int) -> None:
-    """The range must grow: 0 < lr_min < lr_max, and at least MIN_POINTS steps."""
-    if not (math.isfinite(lr_min) and math.isfinite(lr_max) and 0 < lr_min < lr_max):
-        raise UserError(f"lr_find: the rates must satisfy 0 < lr_min < lr_max; got lr_min={lr_min!r}, "
-                        f"lr_max={lr_max!r}")
+    """The range must grow within the rates a run can train at: LOWEST <= lr_min < lr_max <= the
+    config's highest rate, and at least MIN_POINTS steps."""
+    from .config import LR_RANGE
+
+    if not (math.isfinite(lr_min) and math.isfinite(lr_max) and LOWEST <= lr_min < lr_max <= LR_RANGE[1]):
+        raise UserError(f"lr_find: the rates must satisfy {LOWEST:g} <= lr_min < lr_max <= {LR_RANGE[1]:g} (the "
+                        f"highest rate a run trains at); got lr_min={lr_min!r}, lr_max={lr_max!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_POINTS <= steps <= 100_000:
         raise UserError(f"lr_find: steps is {steps!r}; allowed: an integer from {MIN_POINTS} to 100000")
 

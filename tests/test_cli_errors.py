@@ -264,3 +264,16 @@ def test_a_run_name_that_does_not_start_with_a_letter_or_digit_is_refused_saying
     result = traintop("run", "--headless", f"--name={name}", "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"is {name!r}" in result.stderr and "starting with a letter or digit" in result.stderr
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--lr-max", "1e300"], "1e-10 <= lr_min < lr_max <= 10"),
+    (["--lr-min", "1e-300"], "1e-10 <= lr_min < lr_max <= 10"),
+    (["SCRIPT"], "lr-find trains a config; in a script of your own, `lr = run.lr_find(step)`"),
+])
+def test_lr_find_refuses_a_range_no_run_trains_at_and_a_script(tmp_path, args, why):
+    if args == ["SCRIPT"]:
+        (tmp_path / "train.py").write_text("print('training')\n")
+        args = [str(tmp_path / "train.py")]
+    result = traintop("lr-find", *args, "--headless", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and why in result.stderr, result.stderr

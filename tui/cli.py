@@ -758,6 +758,9 @@ def cmd_lr_find(args) -> int:
     from .headless import HeadlessPrinter
 
     check_range(args.lr_min, args.lr_max, args.steps)
+    if (args.config or "").endswith(".py"):
+        raise UserError(f"lr-find trains a config; in a script of your own, `lr = run.lr_find(step)` does the same "
+                        f"(see the README), then run it: traintop run {args.config}")
     cfg = _load(args)
     cfg.run.name = f"{cfg.run.name}-lr-find"
     if not args.into:  # behind a dashboard, the parent has checked and made the folder
