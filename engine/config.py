@@ -536,7 +536,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         if not p.is_file():
             raise UserError(f"config file {p} does not exist" if not p.exists() else f"config {p} is not a file")
         try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+            raw = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a BOM, as some editors write, is no TOML
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{p} is not valid TOML: {e}") from None
         except RecursionError:

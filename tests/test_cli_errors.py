@@ -277,3 +277,12 @@ def test_lr_find_refuses_a_range_no_run_trains_at_and_a_script(tmp_path, args, w
         args = [str(tmp_path / "train.py")]
     result = traintop("lr-find", *args, "--headless", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr and why in result.stderr, result.stderr
+
+
+def test_a_config_with_a_byte_order_mark_is_read_and_a_semicolon_csv_is_named_as_such(tmp_path):
+    """Editors on Windows start a file with a BOM; spreadsheets in many countries write ';'."""
+    (tmp_path / "semi.csv").write_text("a;b;y\n1;2;0\n3;4;1\n")
+    (tmp_path / "bom.toml").write_bytes(b'\xef\xbb\xbf[data]\nsource = "csv"\npath = "semi.csv"\ntarget = "y"\n')
+    result = traintop("check", str(tmp_path / "bom.toml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "TOML" not in result.stderr
+    assert "are its fields separated by ';'?" in result.stderr

@@ -251,6 +251,10 @@ def _csv_table(cfg: Config):
     if d.target not in frame.columns:
         close = get_close_matches(d.target, columns, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
+        other = [sep for sep in (";", "\t", "|") if len(columns) == 1 and sep in columns[0]]
+        if other:
+            hint = f" (its header reads as one column: are its fields separated by {other[0]!r}? traintop reads " \
+                   "comma-separated files)"
         raise UserError(f"data.target: column {d.target!r} is not in {path}{hint}; "
                         f"columns: {', '.join(columns)}")
     chosen = list(d.features)
