@@ -286,3 +286,14 @@ def test_a_config_with_a_byte_order_mark_is_read_and_a_semicolon_csv_is_named_as
     result = traintop("check", str(tmp_path / "bom.toml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr and "TOML" not in result.stderr
     assert "are its fields separated by ';'?" in result.stderr
+
+
+@pytest.mark.parametrize("table, why", [
+    ('a,"b\nx",y\n1,2,p\n3,4,q\n5,6,q\n', "has a column name with a line break in it ('b\\nx')"),
+    ('a,b,y\n1,2,"p\nq"\n3,4,r\n5,6,r\n1,2,p\n', "holds a class with a line break in it ('p\\nq' at line 2)"),
+])
+def test_a_column_or_class_name_with_a_line_break_is_refused_before_it_breaks_a_log_line(tmp_path, table, why):
+    (tmp_path / "table.csv").write_text(table)
+    (tmp_path / "c.toml").write_text('[data]\nsource = "csv"\npath = "table.csv"\ntarget = "y"\n')
+    result = traintop("check", str(tmp_path / "c.toml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and why in result.stderr, result.stderr

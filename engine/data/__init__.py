@@ -248,6 +248,10 @@ def _csv_table(cfg: Config):
     path = cfg.resolve_path(d.path)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns  # a header of numbers is read as text, as a config names it
+    broken = [c for c in columns if "\n" in c or "\r" in c]
+    if broken:  # printed in one line of a log or a table, it would break it (or forge another)
+        raise UserError(f"data.path: {path} has a column name with a line break in it ({broken[0]!r}); give each "
+                        "column a name on one line")
     if d.target not in frame.columns:
         close = get_close_matches(d.target, columns, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
@@ -310,6 +314,12 @@ def _csv_table(cfg: Config):
     kinds = {c: "categorical" if is_categorical(frame[c]) else "numeric" for c in names}
     target = frame[d.target]
     task = d.task if d.task != "auto" else infer_task(target)
+    if task == "classification":
+        broken_at = np.flatnonzero(target.map(category_key).str.contains("[\r\n]", na=False).to_numpy())
+        if len(broken_at):
+            raise UserError(f"data.target: column {d.target!r} holds a class with a line break in it "
+                            f"({target.iloc[broken_at[0]]!r} at line {int(lines[broken_at[0]])}); give each class "
+                            "a name on one line")
     if task == "regression":
         numeric = pd.to_numeric(target, errors="coerce")
         if numeric.isna().any():
