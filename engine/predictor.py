@@ -87,7 +87,7 @@ class Predictor:
             objective = Objective(loss_name(cfg, pre.task, n_classes))
             info = DataInfo.of(pre, n_model_outputs(objective.name, pre.task, n_classes))
         except UserError as e:
-            raise UserError(f"{folder.preprocess}: {e}") from None
+            raise UserError(f"{folder.preprocess} is damaged: {e}") from None
         except Exception as e:  # noqa: BLE001 - any odd value in a damaged file
             raise UserError(f"{folder.preprocess} is damaged: it does not describe fitted preprocessing "
                             f"({type(e).__name__}: {e})") from None

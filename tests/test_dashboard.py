@@ -92,9 +92,11 @@ async def test_show_renders_a_finished_run(tmp_path):
         assert "completed" in header(app)
         side = str(app.query_one("#side").render())
         assert "accuracy" in side and "best" in side
-        footer = {key.description: key.has_class("-disabled") for key in app.query("FooterKey")}
-        assert footer["pause"] and footer["lr×2"] and footer["ckpt"]  # dimmed: the run has ended
-        assert not footer["infer"]  # the inference view answers from the checkpoint
+        def footer() -> dict[str, bool]:
+            return {key.description: key.has_class("-disabled") for key in app.query("FooterKey")}
+        await wait_for(pilot, lambda: footer()["pause"], seconds=10)  # dimmed: the run has ended
+        assert footer()["lr×2"] and footer()["ckpt"]
+        assert not footer()["infer"]  # the inference view answers from the checkpoint
         await pilot.press("space")
         await pilot.pause(0.3)
         assert app.state.status == "finished" and "completed" in header(app)

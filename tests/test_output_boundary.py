@@ -291,7 +291,7 @@ async def test_the_typed_input_form_of_markup_named_columns_opens_and_submits(ho
 
 
 async def test_class_names_warnings_and_toasts_with_markup_show_literally(hostile, tmp_path):
-    # A folder name with markup reaches a toast: a finished run refuses `space`, naming itself.
+    # A folder name with markup reaches a toast: a finished run refuses a command, naming itself.
     folder = RunFolder(tmp_path / "20261126-120000-[reverse]b")
     shutil.copytree(hostile.folder.path, folder.path)
     app = dashboard(folder)
@@ -300,7 +300,9 @@ async def test_class_names_warnings_and_toasts_with_markup_show_literally(hostil
         await pilot.pause(0.3)
         side = str(app.main.query_one("#side").render())
         assert "▲ data\n   step 0" in side and EMPTY_SHOWN in side  # the warning, its values escaped
-        await pilot.press("space")
+        from traintop.engine import commands as cmd
+
+        await app.command(cmd.Pause())  # its key is dimmed on a finished run; the reply is the same
 
         def toasts() -> str:
             return " ".join(str(toast.render()) for toast in app.screen.query("Toast"))

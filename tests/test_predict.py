@@ -308,7 +308,7 @@ PREPROCESS_EDITS = {  # preprocess.json edited by hand: one value that predict c
     "a dict for a class": (lambda p: p.update(classes=["wilted", {"x": 2}]), "classes are not a list of names"),
     "a column twice": (lambda p: p["columns"].append(dict(p["columns"][1])), "a name of their own"),
     "no columns": (lambda p: p.update(columns=[]), "columns are not a list"),
-    "a newer version": (lambda p: p.update(version=99), "has version 99"),
+    "a newer version": (lambda p: p.update(version=99), "its version is 99"),
 }
 
 

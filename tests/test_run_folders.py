@@ -162,16 +162,19 @@ async def test_the_dashboard_on_a_killed_run_says_it_was_killed_and_how_it_goes_
 
     app = TrainTop(open_it, title=folder.run_id)
     async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(100):
-            if app.state.status != "starting" and app.drawn_version == app.state.version:
+        def footer() -> dict[str, bool]:
+            return {key.description: key.has_class("-disabled") for key in app.query("FooterKey")}
+
+        for _ in range(200):  # drawn, and the footer redrawn for the run's end
+            if app.state.status != "starting" and app.drawn_version == app.state.version and footer()["pause"]:
                 break
             await pilot.pause(0.05)
         header = str(app.query_one("#header").render())
         side = str(app.query_one("#side").render())
-        footer = {key.description: key.has_class("-disabled") for key in app.query("FooterKey")}
+        keys = footer()
     assert "killed" in header and "running" not in header and "ETA" not in header
     assert "it was killed" in side and f"traintop resume {folder.run_id}" in side
-    assert footer["pause"] and footer["lr×2"]
+    assert keys["pause"] and keys["lr×2"]
 
 
 JUNK_JSON = {

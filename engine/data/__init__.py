@@ -30,7 +30,7 @@ def load_preprocessor(obj: dict[str, Any]):
     if kind == "tensor":
         from .python import TensorPreprocessor
         return TensorPreprocessor.from_json(obj)
-    raise UserError(f"preprocess.json has kind {kind!r}; this traintop reads tabular, text, image, tensor")
+    raise UserError(f"its kind is {kind!r}; this traintop reads tabular, text, image, tensor")
 
 def _builtin(source: str, seed: int) -> tuple[pd.DataFrame, pd.Series, list[str] | None, dict]:
     """A bundled dataset (scikit-learn's own copies, no download) as features, target, class names."""

@@ -274,7 +274,7 @@ class Preprocessor:
 
         version = obj.get("version", 1)
         if not isinstance(version, int) or isinstance(version, bool) or version > 1:
-            raise UserError(f"has version {version!r}; this traintop reads version 1 (a newer traintop wrote it?)")
+            raise UserError(f"its version is {version!r}; this traintop reads version 1 (a newer traintop wrote it?)")
         if obj.get("task") not in ("classification", "regression"):
             raise UserError(f"task is {obj.get('task')!r}, not classification or regression")
         columns, classes = obj.get("columns"), obj.get("classes", [])
