@@ -66,8 +66,15 @@ class Gradients:
         return [zero if (g := p.grad) is None else g for p in self.params]
 
     def layer_norms(self) -> list[torch.Tensor]:
-        """Every parameter's gradient norm, from one `_foreach_norm`."""
-        return torch._foreach_norm(self.tensors())
+        """Every parameter's gradient norm, from one `_foreach_norm` (none for a model with nothing
+        to train of its own; a sparse gradient, which it cannot take, by its stored values)."""
+        tensors = self.tensors()
+        if not tensors:
+            return []
+        try:
+            return torch._foreach_norm(tensors)
+        except (NotImplementedError, RuntimeError):
+            return [t.coalesce().values().norm() if t.is_sparse else t.norm() for t in tensors]
 
     def squared_total(self) -> torch.Tensor:
         """The squared total norm in one op; flat gradients only."""

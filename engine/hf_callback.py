@@ -111,10 +111,12 @@ class _Traintop:
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.run is None or not metrics:
             return
+        from .watch import VALIDATION_FIELDS  # an "epoch" or "step" is the event's own, not a metric
+
         values = {}
         for key, value in metrics.items():
             name = key[len("eval_"):] if key.startswith("eval_") else key
-            if name in SKIPPED_METRICS or not isinstance(value, (int, float)):
+            if name in SKIPPED_METRICS or name in VALIDATION_FIELDS or not isinstance(value, (int, float)):
                 continue
             values["val_loss" if name == "loss" else name] = value
         self.run._user_validation = self._user_validation

@@ -236,7 +236,9 @@ def _validation_metrics(metrics: dict) -> dict:
     if not out:  # logged without a prefix: everything but the training numbers
         out = {("val_loss" if k == "loss" else str(k)): v for k, v in metrics.items()
                if not str(k).startswith(("train", "lr"))}
-    return {k: v for k, v in out.items() if isinstance(v, (int, float, torch.Tensor))}
+    from .watch import VALIDATION_FIELDS  # a logged "epoch" or "step" is the event's own, not a metric
+
+    return {k: v for k, v in out.items() if isinstance(v, (int, float, torch.Tensor)) and k not in VALIDATION_FIELDS}
 
 
 def _batch_len(batch) -> int:

@@ -20,10 +20,16 @@ def one_number(value, what: str):
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise UserError(f"{what} holds {value.numel()} values; give one number")
+        if value.is_complex():
+            raise UserError(f"{what} is a complex number; give a real one (its .real or .abs())")
         return value.detach()
+    if isinstance(value, complex) or getattr(getattr(value, "dtype", None), "kind", "") == "c":
+        raise UserError(f"{what} is a complex number; give a real one (its .real or abs())")
     if not isinstance(value, (str, bytes)):
         try:
             return float(value)
+        except OverflowError:
+            raise UserError(f"{what} is too large for a float; give a finite number") from None
         except (TypeError, ValueError):
             pass
     raise UserError(f"{what} is {show_value(value)}, not a number")

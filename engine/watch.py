@@ -22,7 +22,9 @@ serves the run, every rank applies each command at the same step (`run.step` is 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import math
+import operator
 import os
 import sys
 import time
@@ -228,7 +230,14 @@ class WatchedRun:
         """Yield from `iterable` (a DataLoader, say), telling the run the epoch (0-based, as
         `range` counts) and its length for progress and ETA; its end is the epoch's end."""
         if epoch is not None:
-            self.session.epoch = int(epoch) + 1
+            try:
+                given = -1 if isinstance(epoch, bool) else operator.index(epoch)  # numpy's integers too
+            except TypeError:
+                given = -1
+            if given < 0:
+                raise UserError(f"run.iter: epoch is {show_value(epoch)}; give the epoch as range counts it, "
+                                "a whole number from 0")
+            self.session.epoch = given + 1
             self._epoch_given = True
         elif self._epoch_counted:  # counting epochs ourselves: this pass is the next one
             self.session.epoch += 1
@@ -244,26 +253,29 @@ class WatchedRun:
             return
         self.session.timer = self.timer
         items, timer = iter(iterable), self.timer
-        while True:
-            timer.start()  # the wait for the batch: the loader's time, not the model's
-            try:
-                item = next(items)
-            except StopIteration:
-                timer.cancel()
-                break
-            timer.lap("data")
-            self.batch_samples = _batch_len(item)
-            self._iterating = True
-            yield item
-            timer.lap("update")
-            if self.should_stop:
-                break
-        self._iterating = False
-        self.end_epoch()
-        # Counting epochs ourselves, the next pass is the next epoch; until it starts, a validation
-        # after this loop (and the run's end) belongs to this one.
-        self._epoch_counted = not self._epoch_given
-        self._epoch_given = False
+        try:
+            while True:
+                timer.start()  # the wait for the batch: the loader's time, not the model's
+                try:
+                    item = next(items)
+                except StopIteration:
+                    timer.cancel()
+                    break
+                timer.lap("data")
+                self.batch_samples = _batch_len(item)
+                self._iterating = True
+                yield item
+                timer.lap("update")
+                if self.should_stop:
+                    break
+        finally:  # run out, stopped, or left by the loop's own `break`: the epoch ends here
+            self._iterating = False
+            if not self.session.closed:
+                self.end_epoch()
+            # Counting epochs ourselves, the next pass is the next epoch; until it starts, a
+            # validation after this loop (and the run's end) belongs to this one.
+            self._epoch_counted = not self._epoch_given
+            self._epoch_given = False
 
     def step(self, loss, grad_norm=None, **scalars) -> None:
         """Record this step (after backward, before `optimizer.step()`) and apply waiting commands.
@@ -272,6 +284,10 @@ class WatchedRun:
         is used as the total instead of measuring it; `scalars` are more numbers to plot.
         Pause blocks here; stop sets `should_stop`.
         """
+        if scalars and not STEP_COLUMNS.isdisjoint(scalars):
+            taken = sorted(STEP_COLUMNS.intersection(scalars))
+            raise UserError(f"run.step: {', '.join(map(repr, taken))} name(s) traintop records itself; give your "
+                            f"scalar another name (taken: {', '.join(sorted(STEP_COLUMNS))})")
         self.record_step(loss, total=grad_norm, scalars=scalars)
 
     def record_step(self, loss, *, total=None, norms=None, scalars=None, boundary: bool = True) -> None:
@@ -314,6 +330,9 @@ class WatchedRun:
             if self.save_every and session.now() - self.saved_at >= self.save_every:
                 try:
                     self.save("periodic")
+                except CheckpointFailed as e:
+                    session.warn("checkpoint_failed", step=self.steps, id="checkpoint_failed", message=str(e),
+                                 advice="fix the function registered with run.on_checkpoint")
                 except UserError as e:  # non-finite weights: the last good file stays
                     session.warn("nan_loss", step=self.steps, id="nan_loss:save", message=str(e),
                                  advice="lower the learning rate (-), or clip gradients")
@@ -333,6 +352,12 @@ class WatchedRun:
             self._start()
         if self.should_stop and self.steps == self._validated_at:
             return False  # stopped: a validation with no training since the last one adds nothing
+        if not VALIDATION_FIELDS.isdisjoint(metrics):
+            taken = sorted(VALIDATION_FIELDS.intersection(metrics))
+            raise UserError(f"run.validate: {', '.join(map(repr, taken))} name(s) a validation event has already; "
+                            f"give your metric another name (taken: {', '.join(sorted(VALIDATION_FIELDS))})")
+        if "loss" in metrics and "val_loss" in metrics:
+            raise UserError("run.validate: loss and val_loss are the same metric; give one of them")
         self._validated_at = self.steps
         val_loss = metrics.pop("val_loss", metrics.pop("loss", None))
         values = {k: _number(v, k) for k, v in metrics.items()}
@@ -357,6 +382,9 @@ class WatchedRun:
         """
         if self.session.closed:
             return
+        if status not in (None, *FINISH_STATUSES):
+            raise UserError(f"run.finish: status {status!r}; allowed: {', '.join(FINISH_STATUSES)} (or none: "
+                            "completed, or stopped when traintop was asked to stop)")
         if status == "failed":
             error = self.session.fail(exception or RuntimeError(error), error)
         if not self.started:
@@ -457,7 +485,7 @@ class WatchedRun:
     def _rate(self):
         if self.lr is None:
             return math.nan
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.optimizer.param_groups[0].get("lr", math.nan)  # an optimizer of one's own may have none
         if isinstance(lr, torch.Tensor):
             return lr.detach() * self.lr.scale
         return lr * self.lr.scale
@@ -493,6 +521,9 @@ class WatchedRun:
         if self.lr is None:
             return cmd.Reply(False, "this run was watched without its optimizer: pass it to watch() "
                                     "to change the learning rate")
+        if any("lr" not in group for group in self.optimizer.param_groups):
+            return cmd.Reply(False, f"{type(self.optimizer).__name__} has no 'lr' in its parameter groups: "
+                                    "traintop cannot change a rate it does not have")
         old, new = self.lr.apply(c)
         for scale in self.extra_scales:
             scale.scale = self.lr.scale
@@ -511,12 +542,19 @@ class WatchedRun:
             result = self._validate_fn()
             if isinstance(result, dict):
                 self.validate(**result)
+        except UserError as e:
+            return cmd.Reply(False, f"not validated: {e}")
+        except Exception as e:  # noqa: BLE001 - the loop's function failed; its training goes on
+            return cmd.Reply(False, f"run.on_validate failed ({type(e).__name__}: {e}); training goes on")
         finally:
             self._user_validation = False
         return cmd.Reply(True, f"validated at step {self.steps}")
 
     def _checkpoint(self, c: cmd.Checkpoint) -> cmd.Reply:
-        path = self.save("manual")
+        try:
+            path = self.save("manual")
+        except UserError as e:  # not saved (its function failed, or the weights are not finite): training goes on
+            return cmd.Reply(False, str(e))
         return cmd.Reply(True, f"saved {path}")
 
     def save(self, kind: str) -> Path:
@@ -526,7 +564,11 @@ class WatchedRun:
         path = session.folder.last
         self.saved_at = session.now()
         if self._checkpoint_fn is not None:  # on every rank: the loop's own saving may be collective
-            result = self._checkpoint_fn(path)
+            try:
+                result = self._checkpoint_fn(path)
+            except Exception as e:  # noqa: BLE001 - the loop's function failed; its training goes on
+                raise CheckpointFailed(f"run.on_checkpoint failed ({type(e).__name__}: {e}): not saved; "
+                                       "training goes on") from None
             path = Path(result) if isinstance(result, (str, os.PathLike)) else path
             session.emit(ev.CheckpointSaved, path=str(path), kind=kind, step=self.steps)
             return path
@@ -577,6 +619,9 @@ class WatchedRun:
         finally:
             if model is not None:
                 model.train(was_training)
+        if len(answers) != len(inputs):
+            return cmd.Reply(False, f"run.on_predict returned {len(answers)} answer(s) for {len(inputs)} input(s); "
+                                    "it must return one answer per input")
         outputs = []
         for answer, truth in zip(answers, truths):
             out = answer if isinstance(answer, dict) else {"label": _plain(answer)}
@@ -588,6 +633,16 @@ class WatchedRun:
                           step=self.steps)
         return cmd.Reply(True, f"{len(outputs)} prediction(s)",
                          {"outputs": outputs, "weights": "current", "step": self.steps})
+
+
+class CheckpointFailed(UserError):
+    """The loop's own checkpoint function raised: not saved, and the training goes on."""
+
+
+# Names a loop's step scalars and validation metrics cannot take: the events' own fields.
+STEP_COLUMNS = frozenset({*(f.name for f in dataclasses.fields(ev.Steps)), "event"})
+VALIDATION_FIELDS = frozenset({*(f.name for f in dataclasses.fields(ev.Validation)), "event"} - {"val_loss"})
+FINISH_STATUSES = ("completed", "stopped", "early_stopped", "failed")
 
 
 def ranks_apart():
@@ -695,20 +750,25 @@ def _number(value, name: str) -> float:
     return float(one_number(value, f"validate: {name}"))
 
 
-def _plain(value):
-    """A value as plain JSON: tensors as numbers or lists."""
+def _plain(value, depth: int = 0):
+    """A value the loop answered as plain JSON: tensors and numpy values as numbers or lists, text
+    as text, anything else as its repr: an answer never fails the reply that carries it."""
+    if value is None or isinstance(value, (bool, int, float, str)) or depth > 20:
+        return value if depth <= 20 else repr(value)
     if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
+        return value.item() if value.numel() == 1 else _plain(value.detach().cpu().tolist(), depth + 1)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if callable(getattr(value, "tolist", None)):  # numpy arrays and scalars
         try:
-            return value.item()
+            return _plain(value.tolist(), depth + 1)
         except (TypeError, ValueError):
             pass
-    return value
+    return repr(value)
 
 
 def _json_safe(value, depth: int = 0):

@@ -294,6 +294,134 @@ def test_a_watched_loop_with_samples_and_on_predict_answers_the_inference_view(t
     assert started.data == {"n_val": 5}
 
 
+def test_a_loops_function_that_fails_or_answers_odd_values_never_ends_its_run(tmp_path):
+    """c, v and predictions call the loop's own functions: one that raises is refused with its error,
+    an answer of numpy arrays or bytes is sent as plain values, a wrong count is named; the
+    training goes on and ends completed."""
+    import numpy as np
+
+    import traintop
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = traintop.watch(model, optimizer, name="odd", runs_dir=tmp_path / "runs", checkpoint_every_seconds=0)
+    run.on_checkpoint(lambda path: 1 / 0)
+    run.on_validate(lambda: {}["missing"])
+    answers = {"arrays": lambda xs: [np.array([1.0, 2.0]) for _ in xs], "bytes": lambda xs: [b"\xff" for _ in xs],
+               "too few": lambda xs: []}
+    commands = [cmd.Checkpoint(), cmd.Validate(), *(cmd.Predict(inputs=[{"input": [1, 2, 3]}]) for _ in answers)]
+    replies = []
+    for step, command in enumerate(commands):
+        if isinstance(command, cmd.Predict):
+            run.on_predict(list(answers.values())[step - 2])
+        replies.append(run.session.send_nowait(command))
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        run.step(loss)  # each command is answered here
+        optimizer.step()
+    replies = [r.result(timeout=5) for r in replies]
+    run.finish()
+    saved, validated, arrays, text, few = replies
+    assert not saved.ok and "run.on_checkpoint failed (ZeroDivisionError" in saved.message
+    assert not validated.ok and "run.on_validate failed (KeyError" in validated.message
+    assert arrays.ok and arrays.data["outputs"] == [{"label": [1.0, 2.0]}]
+    assert text.ok and text.data["outputs"] == [{"label": "\ufffd"}]
+    assert not few.ok and "returned 0 answer(s) for 1 input(s)" in few.message
+    events = read_events(run.session.folder.events)[0]
+    assert events[-1].status == "completed" and steps_in(events) == [1, 2, 3, 4, 5]
+
+
+def test_what_a_loop_hands_over_under_a_name_traintop_records_or_as_a_complex_number_is_refused(tmp_path):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with traintop.watch(model, optimizer, name="names", runs_dir=tmp_path / "runs") as run:
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        loss.backward()
+        for scalars, why in [({"timing": 1.5}, r"'timing' name\(s\) traintop records itself"),
+                             ({"lr": 0.1}, r"'lr' name\(s\) traintop records itself"),
+                             ({"c": torch.tensor(1 + 1j)}, "is a complex number"),
+                             ({"big": 10 ** 400}, "too large for a float")]:
+            with pytest.raises(traintop.UserError, match=why):
+                run.step(loss, **scalars)
+        with pytest.raises(traintop.UserError, match="is a complex number"):
+            run.step(torch.tensor(1 + 2j))
+        run.step(loss, acc=0.5)
+        for metrics, why in [({"step": 3}, r"'step' name\(s\) a validation event has already"),
+                             ({"loss": 1.0, "val_loss": 2.0}, "loss and val_loss are the same metric")]:
+            with pytest.raises(traintop.UserError, match=why):
+                run.validate(**metrics)
+        with pytest.raises(traintop.UserError, match="run.iter: epoch is -5"):
+            next(iter(run.iter([1], epoch=-5)))
+    events = read_events(run.session.folder.events)[0]  # the log reads back whole
+    assert events[-1].status == "completed" and steps_in(events) == [1]
+
+
+def test_leaving_run_iter_with_break_still_ends_the_epoch(tmp_path):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with traintop.watch(model, optimizer, name="breaks", runs_dir=tmp_path / "runs") as run:
+        for epoch in range(3):
+            for i, x in enumerate(run.iter([torch.randn(8, 3)] * 4)):
+                loss = model(x).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                run.step(loss)
+                optimizer.step()
+                if i == 1:
+                    break
+            run.validate(val_loss=loss.item())
+    events = read_events(run.session.folder.events)[0]
+    assert [e.epoch for e in events if isinstance(e, ev.EpochEnd)] == [1, 2, 3]
+    assert [e.epoch for e in events if isinstance(e, ev.Validation)] == [1, 2, 3]
+
+
+def test_a_model_with_nothing_of_its_own_to_train_sparse_gradients_and_an_optimizer_without_lr_are_watched(
+        tmp_path):
+    """A frozen backbone whose trained parameter lives elsewhere, an embedding with sparse gradients
+    under SparseAdam, and an optimizer of one's own without an 'lr': each trains, recorded; the
+    last refuses a rate change, saying why."""
+    import traintop
+
+    class NoLr(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {"alpha": 0.1})
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(p.grad, alpha=-group["alpha"])
+
+    frozen = torch.nn.Linear(4, 1).requires_grad_(False)
+    offset = torch.nn.Parameter(torch.zeros(1))
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    plain = torch.nn.Linear(4, 1)
+    cases = [(frozen, torch.optim.SGD([offset], lr=0.1), lambda: (frozen(torch.randn(8, 4)) + offset).pow(2).mean()),
+             (embedding, torch.optim.SparseAdam(embedding.parameters(), lr=0.01),
+              lambda: embedding(torch.randint(0, 10, (8,))).pow(2).mean()),
+             (plain, NoLr(plain.parameters()), lambda: plain(torch.randn(8, 4)).pow(2).mean())]
+    for model, optimizer, loss_of in cases:
+        with traintop.watch(model, optimizer, name="odd", runs_dir=tmp_path / "runs") as run:
+            reply = None
+            for step in range(5):
+                loss = loss_of()
+                optimizer.zero_grad()
+                loss.backward()
+                if step == 2:
+                    reply = run.session.send_nowait(cmd.SetLr(factor=2.0))
+                run.step(loss)
+                optimizer.step()
+        events = read_events(run.session.folder.events)[0]
+        assert events[-1].status == "completed" and steps_in(events) == [1, 2, 3, 4, 5]
+        assert reply.result(timeout=5).ok == (not isinstance(optimizer, NoLr))
+    assert "NoLr has no 'lr' in its parameter groups" in reply.result().message
+
+
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
     import argparse
 
