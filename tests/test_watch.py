@@ -357,6 +357,11 @@ def test_what_a_loop_hands_over_under_a_name_traintop_records_or_as_a_complex_nu
             next(iter(run.iter([1], epoch=-5)))
     events = read_events(run.session.folder.events)[0]  # the log reads back whole
     assert events[-1].status == "completed" and steps_in(events) == [1]
+    exported = subprocess.run([*TRAINTOP, "export", str(run.session.folder.path), "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    header, row = (tmp_path / "out" / "steps.csv").read_text().splitlines()
+    assert header.endswith(",acc") and row.endswith(",0.5")  # the loop's own scalar is a column
 
 
 def test_leaving_run_iter_with_break_still_ends_the_epoch(tmp_path):

@@ -643,12 +643,15 @@ def cmd_export(args) -> int:
     steps = [e for e in events if isinstance(e, ev.Steps)]
     n_steps = sum(len(e.step) for e in steps)
 
+    scalars = list(dict.fromkeys(name for e in steps for name in e.scalars))  # a loop's own, by name
+
     def write_steps(f) -> None:
         w = csv.writer(f)
-        w.writerow(["step", "epoch", "loss", "grad_norm", "lr", "samples_per_s"])
+        w.writerow(["step", "epoch", "loss", "grad_norm", "lr", "samples_per_s", *scalars])
         for e in steps:
-            for row in zip(e.step, e.epoch, e.loss, e.grad_norm, e.lr):
-                w.writerow([*row, e.samples_per_s])
+            for i, row in enumerate(zip(e.step, e.epoch, e.loss, e.grad_norm, e.lr)):
+                w.writerow([*row, e.samples_per_s, *(e.scalars[name][i] if name in e.scalars else ""
+                                                     for name in scalars)])
 
     validations = [e for e in events if isinstance(e, ev.Validation)]
     metrics = list(dict.fromkeys(k for v in validations for k in v.metrics))
