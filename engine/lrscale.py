@@ -67,9 +67,17 @@ class LrScale:
         """The (old, new) rates a set_lr command asks for; UserError when the new one is refused."""
         old = self.current()
         new = c.value if c.value is not None else old * c.factor
-        check_rate(new, f"{new:.3g}" if c.value is not None else f"x{c.factor:g} (which gives {new:.3g})", old)
+        asked = f"{new:.3g}" if c.value is not None else f"x{c.factor:g} (which gives {new:.3g})"
+        check_rate(new, asked, old)
         if c.value is not None and self.scheduled() <= 0:
             raise UserError("the schedule's learning rate is 0 at this step; set it with a factor later")
+        scale = c.value / self.scheduled() if c.value is not None else self.scale * c.factor
+        for i, group in enumerate(self.optimizer.param_groups[1:], 1):  # the scale is every group's
+            rate = lr_value(group["lr"]) * scale
+            if rate > 0 and not (math.isfinite(rate) and LR_RANGE[0] < rate <= LR_RANGE[1]):
+                raise UserError(f"learning rate {asked} refused: it scales every parameter group alike, and group "
+                                f"{i}'s rate would be {rate:.3g}; allowed {LR_RANGE[0]:g} < lr <= {LR_RANGE[1]:g}; "
+                                f"it stays {old:.3g}")
         return old, new
 
     def apply(self, c) -> tuple[float, float]:

@@ -530,7 +530,9 @@ class WatchedRun:
         if self._before_update and self.recorder.n:  # this step's update is still to come, at the new rate
             self.recorder.lr[-1] = self._rate()
         self.session.emit(ev.LrChanged, step=self.steps, old=old, new=new, source="user")
-        return cmd.Reply(True, f"learning rate {old:.3g} -> {new:.3g}", {"old": old, "new": new})
+        groups = len(self.optimizer.param_groups)
+        alike = f" (all {groups} parameter groups scaled alike, x{new / old:.3g})" if groups > 1 and old > 0 else ""
+        return cmd.Reply(True, f"learning rate {old:.3g} -> {new:.3g}{alike}", {"old": old, "new": new})
 
     def _validate_now(self, c: cmd.Validate) -> cmd.Reply:
         if self._validate_fn is None:

@@ -427,6 +427,27 @@ def test_a_model_with_nothing_of_its_own_to_train_sparse_gradients_and_an_optimi
     assert "NoLr has no 'lr' in its parameter groups" in reply.result().message
 
 
+def test_a_rate_change_scales_every_parameter_group_and_none_may_leave_the_allowed_range(tmp_path):
+    import traintop
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.001},
+                                 {"params": model[1].parameters(), "lr": 5.0}])
+    with traintop.watch(model, optimizer, name="groups", runs_dir=tmp_path / "runs") as run:
+        replies = []
+        for command in (cmd.SetLr(value=0.01), cmd.SetLr(factor=2.0), cmd.SetLr(factor=2.0)):
+            replies.append(run.session.send_nowait(command))
+            loss = model(torch.randn(8, 3)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            run.step(loss)
+            optimizer.step()
+    tenfold, doubled, again = (r.result(timeout=5) for r in replies)
+    assert not tenfold.ok and "group 1's rate would be 50" in tenfold.message and "it stays 0.001" in tenfold.message
+    assert doubled.ok and "0.001 -> 0.002 (all 2 parameter groups scaled alike, x2)" in doubled.message
+    assert not again.ok and "group 1's rate would be 20" in again.message
+
+
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
     import argparse
 
