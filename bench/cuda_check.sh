@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA path, checked on a machine with one NVIDIA GPU, in under 5 minutes (run from the
+# The CUDA path, checked on a machine with one NVIDIA GPU, in about 4 minutes (run from the
 # repository root). The machine may have its own torch and lack the project's other dependencies
 # and any network: the pure-Python ones come from bench/wheels (made beforehand, on a machine with
 # a network, by `bash bench/cuda_check.sh --fetch-wheels`; the folder is git-ignored and travels
@@ -8,8 +8,10 @@
 #  0. what the machine has: GPU, torch, CUDA, the binary dependencies; stops at once, saying what
 #     is missing, when it cannot run;
 #  1. the precision, engine and checkpoint tests with run.device = "auto" (= cuda);
-#  2. host syncs inside each training step (must be 0) for fp32, bf16 and compiled (fp16's
-#     GradScaler reads its overflow flag on the host once a step, by design: reported);
+#  2. host syncs inside each training step after the first two (must be 0) for fp32, bf16 and
+#     compiled; the first two compile and pick kernels, counted apart (fp16's GradScaler reads its
+#     overflow flag on the host once a step, by design: reported); the stack behind each kind of
+#     sync goes to OUT_DIR/syncs.txt;
 #  3. the engine against a bare loop: a CIFAR-sized CNN and a small transformer, fp32, bf16, compiled;
 #  4. the resources events (what the header and the Resources view show) against nvidia-smi.
 #     bash bench/cuda_check.sh [OUT_DIR]        (default $OUT, else /tmp/cuda-check)
@@ -84,15 +86,19 @@ $py -c "import traintop.engine.loop, traintop.tui.app" || fail "the project does
 echo "ready after $((SECONDS - start))s"
 
 echo "== 1. tests on the GPU"
-timeout 110 $py -m pytest -q -x -p no:cacheprovider --tb=short tests/test_precision.py tests/test_engine.py \
-    tests/test_checkpoints.py 2>&1 | tail -15
+# in parallel where pytest-xdist is there and works with the pytest in use (a quick collection says)
+parallel=""
+timeout 30 $py -m pytest -q --co -p no:cacheprovider -n 2 tests/test_precision.py >/dev/null 2>&1 && parallel="-n 6"
+echo "   pytest ${parallel:-in one process}"
+timeout 110 $py -m pytest -q -p no:cacheprovider -rfE --tb=short $parallel tests/test_precision.py tests/test_engine.py \
+    tests/test_checkpoints.py 2>&1 | tee "$out/tests.log" | tail -25
 echo "   (exit ${PIPESTATUS[0]}; 124 = cut at 110 s) after $((SECONDS - start))s"
 
 echo "== 2. host syncs inside each training step"
-timeout 60 $py bench/gpu_bench.py syncs; echo "   (exit $?) after $((SECONDS - start))s"
+timeout 90 $py bench/gpu_bench.py syncs --where "$out/syncs.txt"; echo "   (exit $?) after $((SECONDS - start))s"
 
 echo "== 3. engine against a bare loop (steps/s, after one warm-up epoch each)"
-timeout 80 $py bench/gpu_bench.py speed --epochs 3; echo "   (exit $?) after $((SECONDS - start))s"
+timeout 100 $py bench/gpu_bench.py speed --epochs 3; echo "   (exit $?) after $((SECONDS - start))s"
 
 echo "== 4. the resources events against nvidia-smi"
 timeout 25 $py bench/gpu_bench.py resources --samples 4; echo "   (exit $?) after $((SECONDS - start))s"

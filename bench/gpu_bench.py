@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from traintop.engine.run import Run  # noqa: E402
 
 SIZES = {"n": int(os.environ.get("GPU_BENCH_N", "8192")), "seq": 64, "vocab": 1000}
 CLASSES = [str(i) for i in range(10)]
+WARM_STEPS = 2  # the steps that compile and pick kernels: their syncs are counted apart
 VARIANTS = {"fp32": [], "bf16": ['train.precision="bf16"'], "compiled": ["train.compile=true"]}
 
 
@@ -181,11 +183,18 @@ def speed(args) -> None:
 
 
 def syncs(args) -> None:
-    """Host syncs inside the training steps (flushes, validations and the test are outside them)."""
+    """Host syncs inside the training steps (flushes, validations and the test are outside them).
+
+    The first steps are counted apart: they compile (torch.compile) and pick kernels (cuDNN), work
+    done once. A step after them must make none. The code behind each sync site is written to
+    --where file with the stack that led there, to find it again."""
     cuda = args.device.startswith("cuda")
     original = Trainer.train_step
+    current = {"step": 0}
+    found: list[tuple[int, str, list[str]]] = []  # (step, site, stack) of each sync
 
     def watched(self, batches):
+        current["step"] += 1
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
         try:
@@ -194,27 +203,45 @@ def syncs(args) -> None:
             if cuda:
                 torch.cuda.set_sync_debug_mode(0)
 
+    def seen(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            found.append((current["step"], f"{Path(filename).name}:{lineno}", traceback.format_stack(limit=25)[:-1]))
+
     Trainer.train_step = watched
     failed = False
+    stacks: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in MODELS:
             for variant in [*VARIANTS, "fp16"]:
                 extra = ['train.precision="fp16"'] if variant == "fp16" else []
                 run = Run.prepare(config(model_name, "fp32" if variant == "fp16" else variant, args.device, 1,
                                          extra), Path(tmp))
-                with warnings.catch_warnings(record=True) as caught:
+                current["step"], found[:] = 0, []
+                with warnings.catch_warnings():
                     warnings.simplefilter("always")
+                    warnings.showwarning = seen
                     run.train()
                 run.close()
-                found = [w for w in caught if "synchroniz" in str(w.message)]
-                per_step = len(found) / max(1, run.trainer.step)
-                where = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in found})[:3]
+                steps = run.trainer.step
+                first = [f for f in found if f[0] <= WARM_STEPS]
+                later = [f for f in found if f[0] > WARM_STEPS]
+                per_step = len(later) / max(1, steps - WARM_STEPS)
                 # fp16's GradScaler reads found_inf on the host before it steps: one sync a step, by design
                 ok = per_step == 0 or variant == "fp16"
                 failed |= not ok
-                print(f"{model_name:<12}{variant:<10} {run.trainer.step} steps, {len(found)} host syncs in them "
-                      f"({per_step:.2f} per step){'' if ok else '  FAIL'} {' '.join(where)}", flush=True)
+                sites = sorted({site for _, site, _ in later or first})[:3]
+                print(f"{model_name:<12}{variant:<10} {steps} steps: {len(first)} host syncs in the first "
+                      f"{WARM_STEPS} (warm-up), then {per_step:.2f} per step{'' if ok else '  FAIL'} "
+                      f"{' '.join(sites)}", flush=True)
+                for label, group in (("warm-up", first), ("later steps", later)):
+                    if group:
+                        step, site, stack = group[0]
+                        stacks.append(f"== {model_name} {variant}: {len(group)} in the {label}; the first, "
+                                      f"in step {step} at {site}:\n{''.join(stack)}")
     Trainer.train_step = original
+    if args.where and stacks:
+        Path(args.where).write_text("\n".join(stacks))
+        print(f"where each kind of sync comes from: {args.where}")
     if failed:
         sys.exit(1)
 
@@ -284,6 +311,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4, help="resources: samples to compare")
+    parser.add_argument("--where", help="syncs: a file for the stack behind each kind of sync")
     parser.add_argument("--small", action="store_true", help="small data: to check the script on a CPU")
     args = parser.parse_args()
     if args.small:

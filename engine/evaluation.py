@@ -227,7 +227,11 @@ def predict_records(model, objective: Objective, preprocess, records: list[dict]
 def record_inputs(preprocess, records: list[dict], device: torch.device) -> torch.Tensor:
     """Raw records as one batch of model inputs, through the preprocessing fitted in training: the
     one way a raw record reaches the model, so what is checked about records belongs here."""
-    return torch.as_tensor(preprocess.transform(pd.DataFrame(records)), device=device)
+    try:
+        rows = pd.DataFrame(records)
+    except OverflowError:  # pandas 2 converts an integer past a float's range as it builds the table
+        rows = pd.DataFrame(records, dtype=object)  # kept as given: the preprocessing names it
+    return torch.as_tensor(preprocess.transform(rows), device=device)
 
 
 def answers(objective: Objective, preprocess, out: torch.Tensor) -> list[dict[str, Any]]:

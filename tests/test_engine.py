@@ -257,8 +257,9 @@ def autograd_gradients(monkeypatch):
 
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 async def test_the_gradient_layout_never_changes_the_numbers(tmp_path, monkeypatch, clip):
-    async def steps(*overrides):
-        run = prepare(tmp_path, "train.epochs=2", "model.dropout=0.2", f"train.grad_clip={clip}", *overrides)
+    async def steps(*overrides):  # the flat buffer is the CPU's layout: on the CPU wherever the tests run
+        run = prepare(tmp_path, "train.epochs=2", "model.dropout=0.2", f"train.grad_clip={clip}", 'run.device="cpu"',
+                      *overrides)
         run.start()
         batches = [e for e in await collect(run) if isinstance(e, ev.Steps)]
         return ([x for e in batches for x in e.loss], [x for e in batches for x in e.grad_norm],

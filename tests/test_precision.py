@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from traintop.engine.client import open_run
 from traintop.engine.config import load_config
@@ -154,7 +155,11 @@ async def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses_and_the_das
     wait_until(resources_while_paused, 30, "a resources event while paused")
     sample = resources_while_paused()[0]
     assert 20 < sample["rss_mb"] < 100_000  # the engine's own memory, torch loaded
-    assert sample["cpu_percent"] >= 0 and sample["devices"] == []  # no GPU here
+    assert sample["cpu_percent"] >= 0
+    if torch.cuda.is_available():  # the run trains on the GPU: its memory is reported
+        assert sample["devices"] and sample["devices"][0]["reserved_mb"] > 0, sample["devices"]
+    else:
+        assert sample["devices"] == []
 
     async def open_it():
         return await open_run(live_run)
