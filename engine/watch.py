@@ -403,8 +403,8 @@ class WatchedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.finish()
+        if exc_type is None or (issubclass(exc_type, SystemExit) and exc.code in (None, 0)):
+            self.finish()  # sys.exit() and sys.exit(0) end a script as its last line would
         elif issubclass(exc_type, KeyboardInterrupt):
             self.finish("stopped")
         else:

@@ -142,6 +142,28 @@ def test_watch_in_process_records_every_step_and_reports_a_failure(tmp_path):
     assert not run.session.folder.socket.exists()
 
 
+@pytest.mark.parametrize("code, status", [(None, "completed"), (0, "completed"), (3, "failed"),
+                                          ("bad data", "failed")])
+def test_leaving_a_watched_block_with_sys_exit_ends_the_run_as_the_exit_status_says(tmp_path, code, status):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(SystemExit):
+        with traintop.watch(model, optimizer, name="exits", runs_dir=tmp_path / "runs") as run:
+            for _ in range(3):
+                loss = model(torch.randn(8, 3)).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                run.step(loss)
+                optimizer.step()
+            sys.exit(code)
+    finished = read_events(run.session.folder.events)[0][-1]
+    assert finished.event == "run_finished" and finished.status == status and finished.step == 3
+    if status == "failed":
+        assert f"SystemExit: {code}" in finished.error
+
+
 BAD_CALLS = [
     (lambda run: run.step("abc"), "the step's loss is 'abc', not a number"),
     (lambda run: run.step(None), "the step's loss is None, not a number"),
