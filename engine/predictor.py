@@ -18,7 +18,7 @@ from . import events as ev
 from . import wire
 from .checkpoint import load_checkpoint
 from .config import Config, load_config
-from .data import Dataset, load_data, load_preprocessor, read_csv_file
+from .data import Dataset, images, load_data, load_preprocessor, read_csv_file
 from .data.tabular import BadValue
 from .errors import UserError
 from .evaluation import predict_outputs, predict_records
@@ -60,6 +60,7 @@ class Predictor:
         self.preprocess = preprocess
         self.checkpoint = checkpoint
         self.step = step
+        self.skipped = ""  # files of an input folder that could not be read, as a warning
 
     @classmethod
     def from_folder(cls, folder: RunFolder, checkpoint: str = "best", trust: bool = False) -> Predictor:
@@ -109,7 +110,8 @@ class Predictor:
 
     def predict_input(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         """Row ids and answers for an input file of the kind the run trained on: a CSV of rows
-        (tables, text), or an image file or a folder of them (images)."""
+        (tables, text), or an image file or a folder of them (images). Files of a folder that
+        cannot be read are left out and named in `self.skipped`, as training skips them."""
         kind = self.preprocess.kind
         if kind == "image":
             return self.predict_images(path)
@@ -132,9 +134,29 @@ class Predictor:
         else:
             files = [path]
         answers: list[dict[str, Any]] = []
+        kept: list[Path] = []
+        bad: list[tuple[Path, str]] = []
         for i in range(0, len(files), CHUNK):
-            answers += self.predict([{"path": str(f)} for f in files[i:i + CHUNK]])
-        return [str(f) for f in files], answers
+            chunk = files[i:i + CHUNK]
+            try:
+                answers += self.predict([{"path": str(f)} for f in chunk])
+                kept += chunk
+                continue
+            except UserError:
+                if not path.is_dir():
+                    raise
+            for f in chunk:  # a file of the folder failed: answer the others, name it
+                why = images.unreadable(f, self.preprocess.channels, self.preprocess.image_size)
+                if why is None:
+                    answers += self.predict([{"path": str(f)}])
+                    kept.append(f)
+                else:
+                    bad.append((f, why))
+        if bad:
+            self.skipped = images.bad_files_warning(bad, path)
+            if not kept:
+                raise UserError(f"input folder {path}: no image file could be read ({self.skipped})")
+        return [str(f) for f in kept], answers
 
     def predict_csv(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         """The rows of a CSV of raw features (extra columns ignored) and their answers."""

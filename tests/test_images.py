@@ -200,3 +200,35 @@ def test_an_image_over_pillows_pixel_limit_is_skipped_in_training_and_refused_by
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert str(path) in proc.stderr and "refused" in proc.stderr and "Traceback" not in proc.stderr
         assert "pixels" in proc.stderr and proc.stdout == ""
+
+
+def test_predict_on_a_folder_answers_every_readable_image_and_names_the_unreadable_ones(tmp_path):
+    folder = shapes_folder(tmp_path / "shapes", per_class=10, size=16)
+    run = Run.prepare(image_config(folder, image_size=16, batch_size=16), tmp_path / "runs")
+    run.trainer.cfg.train.epochs = 1
+    assert run.train() == "completed"
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = sorted((folder / "circle").glob("*.png"))[:3]
+    for i, path in enumerate(good):
+        (inputs / f"{i}.png").write_bytes(path.read_bytes())
+    (inputs / "1a-truncated.png").write_bytes(good[0].read_bytes()[:60])
+    (inputs / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+
+    def predict(path):
+        return subprocess.run([sys.executable, "-m", "traintop.tui", "predict", str(run.folder.path), str(path)],
+                              capture_output=True, text=True, timeout=120)
+
+    proc = predict(inputs)
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(inputs / f"{i}.png") for i in range(3)]
+    assert "skipped 2 unreadable" in proc.stderr and "1a-truncated.png" in proc.stderr
+    assert "noise.jpg" in proc.stderr and "Traceback" not in proc.stderr
+    for i in range(3):  # only the unreadable ones left: nothing to answer, an error naming them
+        (inputs / f"{i}.png").unlink()
+    proc = predict(inputs)
+    assert proc.returncode == 2 and "no image file could be read" in proc.stderr and "noise.jpg" in proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    proc = predict(inputs / "noise.jpg")  # one file named by the user: refused, as before
+    assert proc.returncode == 2 and "could not be read as an image" in proc.stderr

@@ -682,6 +682,8 @@ def cmd_predict(args) -> int:
                                 "give another path")
     predictor = Predictor.from_folder(folder, args.checkpoint, trust=args.trust)
     ids, answers = predictor.predict_input(args.input)
+    if predictor.skipped:  # the table holds the others; the user learns which are missing and why
+        print(f"warning: {predictor.skipped}", file=sys.stderr)
     text = predictor.table(ids, answers)
     if args.out is None:
         sys.stdout.write(text)

@@ -227,7 +227,19 @@ def _scan(folder: Path) -> _Scan:
     return scan
 
 
-def _bad_warning(bad: list[tuple[Path, str]], folder: Path) -> str:
+def unreadable(path: Path, channels: int, size: int) -> str | None:
+    """Why an image file cannot be decoded, in the words a skipped file is named with (its size
+    past Pillow's limit, or the error's kind); None when it can."""
+    try:
+        decode(path, channels, size)
+    except ImageTooLarge as e:
+        return str(e).split(",")[0]
+    except (OSError, ValueError, SyntaxError) as e:
+        return type(e).__name__
+    return None
+
+
+def bad_files_warning(bad: list[tuple[Path, str]], folder: Path) -> str:
     from PIL import Image
 
     def named(path: Path, why: str) -> str:
@@ -284,7 +296,7 @@ def load_image_folder(cfg: Config) -> Dataset:
             x[split] = pre.normalize(u8[idx])
         else:
             x[split] = StreamedImages(pre, [paths[i] for i in idx], label_array[idx], cache, idx)
-    warnings = [("data", _bad_warning(bad, folder))] if bad else []
+    warnings = [("data", bad_files_warning(bad, folder))] if bad else []
     leaked = leakage_from_hashes({s: [hashes[i] for i in idx] for s, idx in parts.items()})
     if leaked:
         warnings.append(("leakage", f"{leaked} validation/test images are byte-for-byte copies of an image "
