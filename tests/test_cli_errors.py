@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import subprocess
 import sys
@@ -286,6 +287,20 @@ def test_a_config_with_a_byte_order_mark_is_read_and_a_semicolon_csv_is_named_as
     result = traintop("check", str(tmp_path / "bom.toml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr and "TOML" not in result.stderr
     assert "are its fields separated by ';'?" in result.stderr
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("latin1.csv", "name,x,y\ntea,1,0\ncafé,2,1\n".encode("latin-1"),
+     "latin1.csv is not UTF-8 text: line 3 holds the byte 0xe9 ('é' in Latin-1 or Windows-1252); save it as UTF-8"),
+    ("excel.csv", "name,x,y\ntea,1,0\n".encode("utf-16"), "excel.csv is UTF-16 text; save it as UTF-8"),
+    ("packed.csv.gz", gzip.compress(("x,y\n" + "1,0\n" * 5000 + "\xff,1\n").encode("latin-1"), mtime=0),
+     "line 5002 holds the byte 0xff"),
+], ids=["latin-1", "utf-16", "gzip"])
+def test_a_csv_that_is_not_utf8_names_the_line_and_byte_and_how_to_convert_it(tmp_path, name, content, why):
+    (tmp_path / name).write_bytes(content)
+    (tmp_path / "c.toml").write_text(f'[data]\nsource = "csv"\npath = "{name}"\ntarget = "y"\n')
+    result = traintop("check", str(tmp_path / "c.toml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and why in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("table, why", [

@@ -3,9 +3,12 @@ factory and torchvision's datasets, each split and preprocessed into a Dataset."
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -50,27 +53,65 @@ def _builtin(source: str, seed: int) -> tuple[pd.DataFrame, pd.Series, list[str]
 UNPACKED_LIMIT = 1 << 30  # a compressed CSV that unpacks to more is refused, not unpacked into memory
 
 
-def _check_unpacked_size(path: Path, label: str) -> None:
-    """A compressed CSV (.gz, .bz2, .xz, .zip), as pandas would unpack it, must unpack to at most
-    UNPACKED_LIMIT bytes: a few kilobytes can hold gigabytes. Counted by streaming, never held."""
+PACKED = (".gz", ".bz2", ".xz", ".zip")  # the compressed CSVs pandas unpacks by their suffix
+
+
+def _unpacked(path: Path) -> IO[bytes] | None:
+    """The bytes of a CSV file as pandas reads them: unpacked by its suffix (PACKED); None for a
+    zip of other than one file."""
     import bz2
     import gzip
     import lzma
     import zipfile
 
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower())
-    if opener is None and path.suffix.lower() != ".zip":
+    if opener is not None:
+        return opener(path, "rb")
+    if path.suffix.lower() == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        return zipfile.ZipFile(path).open(names[0]) if len(names) == 1 else None
+    return open(path, "rb")
+
+
+def _not_utf8(path: Path, label: str) -> UserError:
+    """What a CSV that is not UTF-8 text is told: the line and byte where it stops being UTF-8, and
+    how to convert it."""
+    fix = ("unpack it and save it as UTF-8" if path.suffix.lower() in PACKED
+           else f"save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv)")
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    line = 1
+    with contextlib.suppress(OSError, EOFError, ValueError), _unpacked(path) or io.BytesIO() as stream:
+        first = True
+        while chunk := stream.read(1 << 20):
+            if first and chunk[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                return UserError(f"{label}: {path} is UTF-16 text; {fix.replace('latin1', 'utf-16')}")
+            first = False
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line += e.object.count(b"\n", 0, e.start)
+                byte = e.object[e.start]
+                return UserError(f"{label}: {path} is not UTF-8 text: line {line} holds the byte 0x{byte:02x} "
+                                 f"({bytes([byte]).decode('cp1252', 'replace')!r} in Latin-1 or Windows-1252); "
+                                 f"{fix}")
+            line += chunk.count(b"\n")
+    return UserError(f"{label}: {path} is not UTF-8 text; {fix}")
+
+
+def _check_unpacked_size(path: Path, label: str) -> None:
+    """A compressed CSV (.gz, .bz2, .xz, .zip), as pandas would unpack it, must unpack to at most
+    UNPACKED_LIMIT bytes: a few kilobytes can hold gigabytes. Counted by streaming, never held."""
+    import lzma
+    import zipfile
+
+    if path.suffix.lower() not in PACKED:
         return
     total = 0
     try:
-        if opener is not None:
-            stream = opener(path, "rb")
-        else:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-            if len(names) != 1:
-                return  # pandas refuses it itself
-            stream = zipfile.ZipFile(path).open(names[0])
+        stream = _unpacked(path)
+        if stream is None:
+            return  # pandas refuses it itself
         with stream:
             while chunk := stream.read(1 << 20):
                 total += len(chunk)
@@ -108,7 +149,9 @@ def read_csv_file(path: Path, label: str, nan_is_missing: bool = True) -> pd.Dat
     except pd.errors.ParserWarning:
         raise UserError(f"{label}: {path} has rows with more fields than its header names columns "
                         f"({len(header)}); give every row one field per column of the header") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError:
+        raise _not_utf8(path, label) from None
+    except (pd.errors.ParserError, ValueError) as e:
         raise UserError(f"{label}: {path} could not be read as CSV: {e}") from None
     twice = sorted({h for h in header if h.strip() and header.count(h) > 1})
     if twice:
