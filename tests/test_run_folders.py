@@ -278,11 +278,15 @@ def test_ls_lists_every_readable_run_and_marks_each_damaged_one_unreadable_with_
     odd.meta.write_text(json.dumps({"name": ["x"], "started": 5, "pid": "abc"}))
     odd.report.write_text(json.dumps({"status": "completed", "best": 3, "test": "high", "epochs": "two",
                                       "seconds": "long"}))
+    for name, seconds in (("aeons", 1e308), ("days", 3 * 86400 + 4 * 3600 + 5), ("negative", -4.0)):
+        report = json.loads(copy_of(finished, runs, name).report.read_text())
+        (runs / name / "report.json").write_text(json.dumps({**report, "seconds": seconds}))
     (runs / "not-a-run").mkdir()
     (runs / "stray-file.txt").write_text("hello")
 
     out = ls(runs).stdout
     table = rows(out)
+    assert [table[name][7] for name in ("aeons", "days", "negative")] == [">999d", "3d04h", "-"]
     assert table["good"][2] == "completed" and table["good"][5].startswith("accuracy 0.")
     assert table["odd-values"][2] == "completed"  # odd values shown as unknown, not fatal
     assert "not-a-run" not in table and "stray-file.txt" not in table

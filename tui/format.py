@@ -31,9 +31,14 @@ def rate(value: float | None, digits: int = 3) -> str:
 
 
 def duration(seconds: float) -> str:
-    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m."""
-    if not math.isfinite(seconds):
+    """Elapsed time or ETA: 0.4s, 42s, 3m05s, 2h07m, 3d04h; past 999 days (a hand-edited report,
+    an ETA at a crawl) >999d."""
+    if not math.isfinite(seconds) or seconds < 0:
         return "-"
+    if seconds >= 1000 * 86400:
+        return ">999d"
+    if seconds >= 2 * 86400:
+        return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
     if seconds < 10:
         return f"{seconds:.1f}s"
     if seconds < 60:
