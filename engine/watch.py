@@ -156,6 +156,7 @@ class WatchedRun:
         self.batch_samples = 0  # samples in the batch being trained, for samples/s
         self._iterating = False  # inside run.iter: a stop ends the iteration
         self._stop_seen = False
+        self._finding = False  # inside lr_find: the range test's steps are not the run's
         self._validated_at = -1
         self._epoch_given = False
         self._epoch_counted = False  # run.iter ended an epoch it counted: the next pass is the next epoch
@@ -294,6 +295,8 @@ class WatchedRun:
         """`step` for the callbacks too: `norms` are per-layer gradient norms measured earlier in the
         step (before the loop cleared the gradients); `boundary=False` leaves the commands to a
         later `step_boundary()`."""
+        if self._finding:  # a step function that reports its steps, as the loop's own one does
+            return
         if not self.started:
             self._start()
         session = self.session
@@ -414,8 +417,8 @@ class WatchedRun:
     def lr_find(self, step_fn: Callable[[], Any], *, lr_min: float = 1e-7, lr_max: float = 10.0,
                 steps: int = 100) -> float:
         """The learning-rate range test on this run's model and optimizer: `step_fn()` trains one
-        step on the next batch (forward, backward, `optimizer.step()`, without `run.step`) and
-        returns its loss; the rate is set before each call. The points go out as `lr_find`
+        step on the next batch (forward, backward, `optimizer.step()`) and returns its loss (a
+        `run.step` inside it is not recorded: the loop's own step function will do); the rate is set before each call. The points go out as `lr_find`
         events; the model and optimizer are restored afterwards. Returns the suggested rate
         (0.0 when none could be suggested)."""
         from .lrfind import emitter, range_test
@@ -424,8 +427,12 @@ class WatchedRun:
             raise UserError("lr_find needs the optimizer: pass it to traintop.watch(model, optimizer)")
         if not self.started:
             self._start()
-        result = range_test(step_fn, self.model, self.optimizer, lr_min=lr_min, lr_max=lr_max, steps=steps,
-                            emit=emitter(self.session))
+        self._finding = True
+        try:
+            result = range_test(step_fn, self.model, self.optimizer, lr_min=lr_min, lr_max=lr_max, steps=steps,
+                                emit=emitter(self.session))
+        finally:
+            self._finding = False
         return result.suggested
 
     # -- what the dashboard's keys call --------------------------------------------------------

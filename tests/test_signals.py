@@ -227,15 +227,21 @@ def test_lr_find_in_a_watched_loop_restores_the_model_and_optimizer(tmp_path):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        run.step(loss)  # the loop's own step function, reporting as it does in training
         return loss
 
     suggested = run.lr_find(step, steps=60)
-    run.finish()
     assert suggested > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert optimizer.param_groups[0]["lr"] == 0.05 and not optimizer.state
-    done = [e for e in read_events(run.session.folder.events)[0] if isinstance(e, ev.LrFind) and e.done]
+    for _ in range(3):
+        step()
+    run.finish()
+    events = read_events(run.session.folder.events)[0]
+    done = [e for e in events if isinstance(e, ev.LrFind) and e.done]
     assert done and done[0].suggested == suggested
+    assert [s for e in events if isinstance(e, ev.Steps) for s in e.step] == [1, 2, 3]  # the range test's are not
+    assert events[-1].step == 3
 
 
 async def test_the_timing_view_shows_the_phases_and_the_suggested_rate(tmp_path):
