@@ -12,7 +12,8 @@
 #     compiled; the first two compile and pick kernels, counted apart (fp16's GradScaler reads its
 #     overflow flag on the host once a step, by design: reported); the stack behind each kind of
 #     sync goes to OUT_DIR/syncs.txt;
-#  3. the engine against a bare loop: a CIFAR-sized CNN and a small transformer, fp32, bf16, compiled;
+#  3. the engine against a bare loop: a CIFAR-sized CNN and a small transformer, fp32, bf16, compiled,
+#     with the phases of the engine's sampled steps as the Timing view shows them (CUDA events);
 #  4. the resources events (what the header and the Resources view show) against nvidia-smi.
 #     bash bench/cuda_check.sh [OUT_DIR]        (default $OUT, else /tmp/cuda-check)
 #     bash bench/cuda_check.sh --fetch-wheels   (needs a network; fills bench/wheels)

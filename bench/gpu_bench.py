@@ -156,8 +156,11 @@ def bare_loop(model_name: str, variant: str, device: str, epochs: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def engine_loop(model_name: str, variant: str, device: str, epochs: int, runs: Path) -> float:
-    """traintop's config engine on the same; steps per second from the first step to the report."""
+def engine_loop(model_name: str, variant: str, device: str, epochs: int, runs: Path) -> tuple[float, str]:
+    """traintop's config engine on the same; steps per second from the first step to the report,
+    and the phases of its sampled steps as the Timing view shows them (mean ms of each)."""
+    from traintop.engine.runstore import read_events
+
     run = Run.prepare(config(model_name, variant, device, epochs), runs)
     run.serve()
     sync(device)
@@ -166,7 +169,13 @@ def engine_loop(model_name: str, variant: str, device: str, epochs: int, runs: P
     sync(device)
     speed = run.trainer.step / (time.perf_counter() - start)
     run.close()
-    return speed
+    timing: dict[str, list[float]] = {}
+    for e in read_events(run.session.folder.events)[0]:
+        for name, column in getattr(e, "timing", {}).items():
+            timing.setdefault(name, []).extend(column)
+    samples = len(timing.pop("step", []))
+    phases = " ".join(f"{name} {1000 * sum(v) / len(v):.2f}" for name, v in timing.items() if v)
+    return speed, f"{samples} sampled steps, ms: {phases or '-'}"
 
 
 def speed(args) -> None:
@@ -175,11 +184,11 @@ def speed(args) -> None:
         for model_name in MODELS:
             for variant in VARIANTS:
                 bare_loop(model_name, variant, args.device, 1)
-                engine_loop(model_name, variant, args.device, 1, Path(tmp))
+                engine_loop(model_name, variant, args.device, 1, Path(tmp))  # warm-up
                 bare = bare_loop(model_name, variant, args.device, args.epochs)
-                engine = engine_loop(model_name, variant, args.device, args.epochs, Path(tmp))
+                engine, phases = engine_loop(model_name, variant, args.device, args.epochs, Path(tmp))
                 print(f"{model_name:<12}{variant:<10} bare {bare:8.1f} steps/s   engine {engine:8.1f} steps/s   "
-                      f"engine/bare {engine / bare:.3f}", flush=True)
+                      f"engine/bare {engine / bare:.3f}   (a step {1000 / engine:.2f} ms; {phases})", flush=True)
 
 
 def syncs(args) -> None:
