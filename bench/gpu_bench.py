@@ -243,10 +243,13 @@ def syncs(args) -> None:
                       f"{WARM_STEPS} (warm-up), then {per_step:.2f} per step{'' if ok else '  FAIL'} "
                       f"{' '.join(sites)}", flush=True)
                 for label, group in (("warm-up", first), ("later steps", later)):
-                    if group:
-                        step, site, stack = group[0]
-                        stacks.append(f"== {model_name} {variant}: {len(group)} in the {label}; the first, "
-                                      f"in step {step} at {site}:\n{''.join(stack)}")
+                    kinds: dict[str, list] = {}  # by the frames that led to it, the five most frequent
+                    for step, site, stack in group:
+                        kinds.setdefault("".join(stack[-4:]), []).append((step, site, stack))
+                    for same in sorted(kinds.values(), key=len, reverse=True)[:5]:
+                        step, site, stack = same[0]
+                        stacks.append(f"== {model_name} {variant}: {len(same)} of the {len(group)} in the {label} "
+                                      f"(steps {sorted({s for s, _, _ in same})[:8]}), at {site}:\n{''.join(stack)}")
     Trainer.train_step = original
     if args.where and stacks:
         Path(args.where).write_text("\n".join(stacks))
