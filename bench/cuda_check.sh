@@ -91,9 +91,10 @@ echo "== 1. tests on the GPU"
 parallel=""
 timeout 30 $py -m pytest -q --co -p no:cacheprovider -n 2 tests/test_precision.py >/dev/null 2>&1 && parallel="-n 6"
 echo "   pytest ${parallel:-in one process}"
-timeout 110 $py -m pytest -q -p no:cacheprovider -rfE --tb=short $parallel tests/test_precision.py tests/test_engine.py \
-    tests/test_checkpoints.py 2>&1 | tee "$out/tests.log" | tail -25
-echo "   (exit ${PIPESTATUS[0]}; 124 = cut at 110 s) after $((SECONDS - start))s"
+# each test's result goes to tests.log as it comes (-v), so a run cut at its limit still names them
+timeout 150 $py -m pytest -v -p no:cacheprovider -rfE --tb=short $parallel tests/test_precision.py tests/test_engine.py \
+    tests/test_checkpoints.py 2>&1 | tee "$out/tests.log" | grep -E '^(FAILED|ERROR)|^E  |passed|failed' | tail -25
+echo "   (exit ${PIPESTATUS[0]}; 124 = cut at 150 s) after $((SECONDS - start))s"
 
 echo "== 2. host syncs inside each training step"
 timeout 90 $py bench/gpu_bench.py syncs --where "$out/syncs.txt"; echo "   (exit $?) after $((SECONDS - start))s"

@@ -213,7 +213,7 @@ def syncs(args) -> None:
                 torch.cuda.set_sync_debug_mode(0)
 
     def seen(message, category, filename, lineno, file=None, line=None):
-        if "synchroniz" in str(message):
+        if str(message).startswith("called a synchronizing"):  # not the mode's own notice that it is on
             found.append((current["step"], f"{Path(filename).name}:{lineno}", traceback.format_stack(limit=25)[:-1]))
 
     Trainer.train_step = watched
