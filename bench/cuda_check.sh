@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA path, checked on a machine with one NVIDIA GPU, in about 4 minutes (run from the
+# The CUDA path, checked on a machine with one NVIDIA GPU, in about 5 minutes (run from the
 # repository root). The machine may have its own torch and lack the project's other dependencies
 # and any network: the pure-Python ones come from bench/wheels (made beforehand, on a machine with
 # a network, by `bash bench/cuda_check.sh --fetch-wheels`; the folder is git-ignored and travels
@@ -92,9 +92,9 @@ parallel=""
 timeout 30 $py -m pytest -q --co -p no:cacheprovider -n 2 tests/test_precision.py >/dev/null 2>&1 && parallel="-n 6"
 echo "   pytest ${parallel:-in one process}"
 # each test's result goes to tests.log as it comes (-v), so a run cut at its limit still names them
-timeout 150 $py -m pytest -v -p no:cacheprovider -rfE --tb=short $parallel tests/test_precision.py tests/test_engine.py \
+timeout 180 $py -m pytest -v -p no:cacheprovider -rfE --tb=short $parallel tests/test_precision.py tests/test_engine.py \
     tests/test_checkpoints.py 2>&1 | tee "$out/tests.log" | grep -E '^(FAILED|ERROR)|^E  |passed|failed' | tail -25
-echo "   (exit ${PIPESTATUS[0]}; 124 = cut at 150 s) after $((SECONDS - start))s"
+echo "   (exit ${PIPESTATUS[0]}; 124 = cut at 180 s) after $((SECONDS - start))s"
 
 echo "== 2. host syncs inside each training step"
 timeout 90 $py bench/gpu_bench.py syncs --where "$out/syncs.txt"; echo "   (exit $?) after $((SECONDS - start))s"

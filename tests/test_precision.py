@@ -21,6 +21,7 @@ from traintop.engine.config import load_config
 from traintop.engine.errors import UserError
 from traintop.engine.runstore import RunFolder, resolve_run
 from traintop.tui.app import TrainTop
+from traintop.tui.resources import size
 from watched import finished_dashboard
 
 TRAINTOP = [sys.executable, "-m", "traintop.tui"]
@@ -183,7 +184,12 @@ async def test_a_paused_run_still_reports_the_memory_and_cpu_it_uses_and_the_das
         view = str(app.query_one("#resources-view").render())
     last = [e for e in events_of(live_run) if e["event"] == "resources"][-1]
     assert "rss " not in header  # a finished run uses nothing: its last sample is in the view
-    assert "no GPU in use by the engine" in view and f"engine process: cpu {last['cpu_percent']:.0f}%" in view
+    assert f"engine process: cpu {last['cpu_percent']:.0f}%" in view
+    if last["devices"]:  # trained on a GPU: its memory as the engine last sampled it
+        gpu = last["devices"][0]
+        assert f"cuda:0 {gpu['name']}"[:27] in view and size(gpu["reserved_mb"]) in view
+    else:
+        assert "no GPU in use by the engine" in view
 
 
 def test_precision_is_one_of_32_bf16_fp16_written_as_text_or_as_the_number_32():
