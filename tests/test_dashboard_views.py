@@ -257,3 +257,22 @@ def test_export_of_a_name_two_runs_share_says_which_it_took(tmp_path):
     assert f"2 runs are named 'adam'; exporting the latest, {newer.name}" in proc.stderr
     assert older.run_id in proc.stderr  # and how to take the other
     assert (newer / "steps.csv").is_file() and not (older.path / "steps.csv").exists()
+
+
+@pytest.mark.parametrize("width", [140, 100, 80, 60])
+def test_the_headers_resource_figure_gives_way_from_the_end_and_never_runs_past_the_screen(width):
+    """A GPU box with a long run name: the GPU's memory stays longest, then the CPU, then the RSS."""
+    from traintop.tui.panels import header_text
+    from traintop.tui.state import RunState
+
+    state = RunState()
+    state.name, state.device, state.status = "resnet50-imagenet-bf16-lr3e-4-warmup", "cuda:0", "running"
+    state.resources = [ev.Resources(t=2.0, cpu_percent=104.0, rss_mb=5120.0, devices=[
+        {"index": 0, "name": "NVIDIA H200", "allocated_mb": 60000.0, "reserved_mb": 71680.0, "peak_mb": 70000.0,
+         "total_mb": 143771.0, "utilization": 97.0}])]
+    first = str(header_text(state, "", width, "starting")).splitlines()[0]
+    assert len(first) <= width - 2, first  # inside the header's padding: nothing wraps or is cut
+    full = "gpu0 70.0G/140.4G 97%  cpu 104%  rss 5.0G"
+    shown = first.split("running")[1].strip()
+    assert full.startswith(shown)  # whole pieces, from the front
+    assert shown == {140: full, 100: full, 80: "gpu0 70.0G/140.4G 97%", 60: ""}[width], shown

@@ -34,7 +34,9 @@ def header_text(s: RunState, title: str, width: int, starting: str, view: str = 
     t.append(f"  {s.device}  " if s.device else "  ")
     t.append(status, style=STATUS_STYLES.get(s.status, "bold"))
     if s.resources and s.status != "finished":  # a finished run uses nothing
-        t.append(f"  {header_figure(s.resources[-1])}")
+        figure = header_figure(s.resources[-1], room=width - 2 - t.cell_len - 2)  # inside the padding
+        if figure:
+            t.append(f"  {figure}")
     if view and t.cell_len + len(view) + 2 < width:
         t.append(" " * (width - t.cell_len - len(view)))
         t.append(view, style="dim")

@@ -18,16 +18,19 @@ def size(mb: float) -> str:
     return f"{mb / 1024:.1f}G" if mb >= 1024 else f"{mb:.0f}M"
 
 
-def header_figure(e: ev.Resources | None) -> str:
+def header_figure(e: ev.Resources | None, room: int = 1 << 16) -> str:
     """One line for the header: each GPU's memory in use of its total and utilisation, then CPU
-    and RSS ("gpu0 3.1G/80.0G 97%  cpu 104%  rss 1.2G"); empty before the first sample."""
+    and RSS ("gpu0 3.1G/80.0G 97%  cpu 104%  rss 1.2G"), in at most `room` cells: what does not
+    fit gives way from the end (rss, cpu, the later GPUs); empty before the first sample."""
     if e is None:
         return ""
     parts = []
     for d in e.devices:
         util = f" {d['utilization']:.0f}%" if d.get("utilization") is not None else ""
         parts.append(f"gpu{d.get('index', 0)} {size(d.get('reserved_mb', 0))}/{size(d.get('total_mb', 0))}{util}")
-    parts.append(f"cpu {e.cpu_percent:.0f}%  rss {size(e.rss_mb)}")
+    parts += [f"cpu {e.cpu_percent:.0f}%", f"rss {size(e.rss_mb)}"]
+    while parts and len("  ".join(parts)) > room:
+        parts.pop()
     return "  ".join(parts)
 
 
