@@ -124,6 +124,7 @@ class Predictor:
 
     def predict_images(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         """An image file, or every image file under a folder (by suffix, sorted), and their answers."""
+        self.skipped = ""
         if not path.exists():
             raise UserError(f"input {path} does not exist")
         if path.is_dir():
@@ -145,13 +146,16 @@ class Predictor:
             except UserError:
                 if not path.is_dir():
                     raise
-            for f in chunk:  # a file of the folder failed: answer the others, name it
+            readable = []  # a file of the folder failed: answer the others as one batch, name it
+            for f in chunk:
                 why = images.unreadable(f, self.preprocess.channels, self.preprocess.image_size)
                 if why is None:
-                    answers += self.predict([{"path": str(f)}])
-                    kept.append(f)
+                    readable.append(f)
                 else:
                     bad.append((f, why))
+            if readable:
+                answers += self.predict([{"path": str(f)} for f in readable])
+                kept += readable
         if bad:
             self.skipped = images.bad_files_warning(bad, path)
             if not kept:

@@ -351,6 +351,8 @@ class WatchedRun:
     def validate(self, **metrics) -> bool:
         """Report a validation (`val_loss=`, and any metrics such as `accuracy=`); True when it is
         the best so far. Early stopping and the overfitting warning follow it, as in config runs."""
+        if self._finding:  # the range test's throw-away weights: not the run's validation
+            return False
         if not self.started:
             self._start()
         if self.should_stop and self.steps == self._validated_at:
@@ -418,7 +420,7 @@ class WatchedRun:
                 steps: int = 100) -> float:
         """The learning-rate range test on this run's model and optimizer: `step_fn()` trains one
         step on the next batch (forward, backward, `optimizer.step()`) and returns its loss (a
-        `run.step` inside it is not recorded: the loop's own step function will do); the rate is set before each call. The points go out as `lr_find`
+        `run.step` or `run.validate` inside it is not recorded: the loop's own step function will do); the rate is set before each call. The points go out as `lr_find`
         events; the model and optimizer are restored afterwards. Returns the suggested rate
         (0.0 when none could be suggested)."""
         from .lrfind import emitter, range_test

@@ -270,9 +270,14 @@ def test_the_headers_resource_figure_gives_way_from_the_end_and_never_runs_past_
     state.resources = [ev.Resources(t=2.0, cpu_percent=104.0, rss_mb=5120.0, devices=[
         {"index": 0, "name": "NVIDIA H200", "allocated_mb": 60000.0, "reserved_mb": 71680.0, "peak_mb": 70000.0,
          "total_mb": 143771.0, "utilization": 97.0}])]
+    full = "gpu0 70.0G/140.4G 97%  cpu 104%  rss 5.0G"
     first = str(header_text(state, "", width, "starting")).splitlines()[0]
     assert len(first) <= width - 2, first  # inside the header's padding: nothing wraps or is cut
-    full = "gpu0 70.0G/140.4G 97%  cpu 104%  rss 5.0G"
     shown = first.split("running")[1].strip()
     assert full.startswith(shown)  # whole pieces, from the front
     assert shown == {140: full, 100: full, 80: "gpu0 70.0G/140.4G 97%", 60: ""}[width], shown
+    # the words saying how the curves are shown keep their place at the right edge
+    first = str(header_text(state, "", width, "starting", view="log y")).splitlines()[0]
+    assert len(first) <= width - 2 and first.endswith("log y") == (width >= 80), first  # at 60 not even they fit
+    shown = first.split("running")[1].removesuffix("log y").strip()
+    assert shown == {140: full, 100: "gpu0 70.0G/140.4G 97%  cpu 104%", 80: "", 60: ""}[width], shown

@@ -228,6 +228,7 @@ def test_lr_find_in_a_watched_loop_restores_the_model_and_optimizer(tmp_path):
         loss.backward()
         optimizer.step()
         run.step(loss)  # the loop's own step function, reporting as it does in training
+        run.validate(val_loss=loss.item())
         return loss
 
     suggested = run.lr_find(step, steps=60)
@@ -241,6 +242,7 @@ def test_lr_find_in_a_watched_loop_restores_the_model_and_optimizer(tmp_path):
     done = [e for e in events if isinstance(e, ev.LrFind) and e.done]
     assert done and done[0].suggested == suggested
     assert [s for e in events if isinstance(e, ev.Steps) for s in e.step] == [1, 2, 3]  # the range test's are not
+    assert [e.step for e in events if isinstance(e, ev.Validation)] == [1, 2, 3]
     assert events[-1].step == 3
 
 

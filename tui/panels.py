@@ -33,12 +33,14 @@ def header_text(s: RunState, title: str, width: int, starting: str, view: str = 
     t.append(f"{s.name or title}", style="bold")
     t.append(f"  {s.device}  " if s.device else "  ")
     t.append(status, style=STATUS_STYLES.get(s.status, "bold"))
+    room = width - 2  # inside the header's padding
     if s.resources and s.status != "finished":  # a finished run uses nothing
-        figure = header_figure(s.resources[-1], room=width - 2 - t.cell_len - 2)  # inside the padding
+        kept = len(view) + 2 if view else 0  # the view words the user chose keep their place
+        figure = header_figure(s.resources[-1], room=room - t.cell_len - 2 - kept)
         if figure:
             t.append(f"  {figure}")
-    if view and t.cell_len + len(view) + 2 < width:
-        t.append(" " * (width - t.cell_len - len(view)))
+    if view and t.cell_len + 2 + len(view) <= room:
+        t.append(" " * (room - t.cell_len - len(view)))
         t.append(view, style="dim")
     if s.step or s.total_steps:
         epoch = f"epoch {s.epoch}/{s.epochs}" if s.epochs else f"epoch {s.epoch}"
@@ -47,7 +49,6 @@ def header_text(s: RunState, title: str, width: int, starting: str, view: str = 
         eta = s.eta
         items = {"eta": f"ETA {duration(eta)}" if eta is not None else "",
                  "speed": speed(s.recent_samples_per_s(), s.steps_per_s()), "elapsed": f"elapsed {duration(s.t)}"}
-        room = width - 2  # the header's padding
 
         def line(bar: str) -> str:
             return "  ".join([core, *([bar] if bar else []), *(v for v in items.values() if v)])

@@ -75,28 +75,43 @@ def _unpacked(path: Path) -> IO[bytes] | None:
 
 
 def _not_utf8(path: Path, label: str) -> UserError:
-    """What a CSV that is not UTF-8 text is told: the line and byte where it stops being UTF-8, and
-    how to convert it."""
-    fix = ("unpack it and save it as UTF-8" if path.suffix.lower() in PACKED
-           else f"save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv)")
+    """What a CSV that is not UTF-8 text is told: the line and byte where it stops being UTF-8, what
+    that byte is in the usual 8-bit encodings, and how to convert it."""
+    packed = path.suffix.lower() in (*PACKED, ".tar", ".tgz", ".zst")
+
+    def fix(encoding: str) -> str:
+        return ("unpack it and save it as UTF-8" if packed
+                else f"save it as UTF-8 (e.g. iconv -f {encoding} -t utf-8 {path.name} > utf8.csv)")
+
+    def bad(e: UnicodeDecodeError, line: int) -> UserError:
+        line += e.object.count(b"\n", 0, e.start)
+        byte = e.object[e.start]
+        char = bytes([byte]).decode("cp1252", "replace")
+        if 0x80 <= byte < 0xA0 and char != "\ufffd":  # Windows' own: curly quotes, the euro, dashes
+            return UserError(f"{label}: {path} is not UTF-8 text: line {line} holds the byte 0x{byte:02x} "
+                             f"({char!r} in Windows-1252); {fix('cp1252')}")
+        named = f" ({char!r} in Latin-1 or Windows-1252)" if byte >= 0xA0 else ""
+        return UserError(f"{label}: {path} is not UTF-8 text: line {line} holds the byte 0x{byte:02x}{named}; "
+                         f"{fix('latin1')}")
+
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     line = 1
     with contextlib.suppress(OSError, EOFError, ValueError), _unpacked(path) or io.BytesIO() as stream:
         first = True
         while chunk := stream.read(1 << 20):
             if first and chunk[:2] in (b"\xff\xfe", b"\xfe\xff"):
-                return UserError(f"{label}: {path} is UTF-16 text; {fix.replace('latin1', 'utf-16')}")
+                return UserError(f"{label}: {path} is UTF-16 text; {fix('utf-16')}")
             first = False
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as e:
-                line += e.object.count(b"\n", 0, e.start)
-                byte = e.object[e.start]
-                return UserError(f"{label}: {path} is not UTF-8 text: line {line} holds the byte 0x{byte:02x} "
-                                 f"({bytes([byte]).decode('cp1252', 'replace')!r} in Latin-1 or Windows-1252); "
-                                 f"{fix}")
+                return bad(e, line)
             line += chunk.count(b"\n")
-    return UserError(f"{label}: {path} is not UTF-8 text; {fix}")
+        try:
+            decoder.decode(b"", final=True)  # a sequence the file ends in the middle of
+        except UnicodeDecodeError as e:
+            return bad(e, line)
+    return UserError(f"{label}: {path} is not UTF-8 text; {fix('latin1')}")
 
 
 def _check_unpacked_size(path: Path, label: str) -> None:
