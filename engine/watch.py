@@ -419,10 +419,11 @@ class WatchedRun:
     def lr_find(self, step_fn: Callable[[], Any], *, lr_min: float = 1e-7, lr_max: float = 10.0,
                 steps: int = 100) -> float:
         """The learning-rate range test on this run's model and optimizer: `step_fn()` trains one
-        step on the next batch (forward, backward, `optimizer.step()`) and returns its loss (a
-        `run.step` or `run.validate` inside it is not recorded: the loop's own step function will do); the rate is set before each call. The points go out as `lr_find`
-        events; the model and optimizer are restored afterwards. Returns the suggested rate
-        (0.0 when none could be suggested)."""
+        step on the next batch (forward, backward, `optimizer.step()`) and returns its loss; a
+        `run.step` or `run.validate` inside it is not recorded, so the loop's own step function
+        will do. The rate is set before each call. The points go out as `lr_find` events; the
+        model and optimizer are restored afterwards. Returns the suggested rate (0.0 when none
+        could be suggested)."""
         from .lrfind import emitter, range_test
 
         if self.optimizer is None:
