@@ -64,7 +64,7 @@ class _Traintop:
 
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
         config = {**_arguments(args), **self.config}
-        epochs = math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None
+        epochs = math.ceil(args.num_train_epochs) or None if args.max_steps is None or args.max_steps <= 0 else None
         self.run = watch(model, inner, name=self.name or type(model).__name__, config=config, epochs=epochs,
                          runs_dir=self.runs_dir, early_stopping=self.early_stopping, source="transformers")
         if state.max_steps and state.num_train_epochs:

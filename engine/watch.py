@@ -85,6 +85,8 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
         if not hasattr(config, "__dict__"):
             raise UserError(f"watch: config is {show_value(config)}; give a dict (vars(args) for argparse)")
         config = vars(config)  # an argparse.Namespace, or any object of settings
+    _check_options(name=name, epochs=epochs, checkpoint_every_seconds=checkpoint_every_seconds, runs_dir=runs_dir,
+                   folder=folder, sync_every=sync_every, scaler=scaler)
     settings = settings_from(signals, "watch(signals=...)")
     early = early_stopping_from(early_stopping)
     from . import script
@@ -495,7 +497,8 @@ class WatchedRun:
     def _rate(self):
         if self.lr is None:
             return math.nan
-        lr = self.optimizer.param_groups[0].get("lr", math.nan)  # an optimizer of one's own may have none
+        groups = self.optimizer.param_groups  # Lightning's stand-in for no optimizer has none
+        lr = groups[0].get("lr", math.nan) if groups else math.nan  # one of one's own may have no lr
         if isinstance(lr, torch.Tensor):
             return lr.detach() * self.lr.scale
         return lr * self.lr.scale
@@ -671,12 +674,21 @@ def ranks_apart():
 
 
 def _finish_at_exit() -> None:
-    """A script that simply ends is finished; one that died of an exception failed; a notebook
-    kernel that goes leaves its runs as killed (no run_finished)."""
-    error = _uncaught[0] if _uncaught else None
+    """A script that simply ends is finished; one that died of an exception failed, and one
+    interrupted (Ctrl-C, or traintop's stop raised in a loop that never read should_stop) stopped;
+    a notebook kernel that goes leaves its runs as killed (no run_finished).
+
+    The interpreter keeps the uncaught exception in `sys.last_value` before any exception hook
+    runs, so one installed after ours (rich's, a logger's) hides nothing (at an interactive prompt
+    it is any earlier line's error, so not read there). A `sys.exit(status)`
+    leaves no trace an exit handler can read: outside `with traintop.watch(...)` it reads as an end.
+    """
+    error = _uncaught[0] if _uncaught else None if hasattr(sys, "ps1") else getattr(sys, "last_value", None)
     for run in list(_live):
         if _in_notebook():
             run.session.abandon()
+        elif isinstance(error, KeyboardInterrupt):
+            run.finish("stopped")
         elif error is not None:
             run.finish("failed", f"{type(error).__name__}: {error}", error)
         else:
@@ -709,6 +721,29 @@ def _run_name(name: str) -> str:
 
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-._") or "run"
     return cleaned[:100]
+
+
+def _check_options(*, name, epochs, checkpoint_every_seconds, runs_dir, folder, sync_every, scaler) -> None:
+    """watch's plain options, refused where they are handed over (a UserError naming each and what
+    it takes), not at the first flush or step that would use them."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if name is not None and not isinstance(name, str):
+        raise UserError(f"watch: name is {show_value(name)}; give a string")
+    if epochs is not None and not (whole(epochs) and epochs > 0):
+        raise UserError(f"watch: epochs is {show_value(epochs)}; give a whole number above 0 (or None)")
+    every = checkpoint_every_seconds
+    if not (isinstance(every, (int, float)) and not isinstance(every, bool) and math.isfinite(every) and every >= 0):
+        raise UserError(f"watch: checkpoint_every_seconds is {show_value(every)}; give a number of seconds, "
+                        "0 or more (0 = off)")
+    for option, value in (("runs_dir", runs_dir), ("folder", folder)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise UserError(f"watch: {option} is {show_value(value)}; give a path (a string or a Path)")
+    if not (whole(sync_every) and sync_every > 0):
+        raise UserError(f"watch: sync_every is {show_value(sync_every)}; give a whole number of steps above 0")
+    if scaler is not None and not all(callable(getattr(scaler, m, None)) for m in ("is_enabled", "get_scale")):
+        raise UserError(f"watch: scaler is {show_value(scaler)}; give the loop's torch.amp.GradScaler (or None)")
 
 
 def _int(value) -> int | None:

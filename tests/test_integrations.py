@@ -95,3 +95,32 @@ def test_lightning_accumulation_records_one_step_per_optimizer_step(tmp_path):
     events = read_events(folder / "events.jsonl")[0]
     assert steps_in(events) == list(range(1, 13))  # 24 batches an epoch, 4 to a step: 6 steps an epoch
     assert events[-1].status == "completed"
+
+
+def test_a_lightning_module_without_an_optimizer_trains_watched(tmp_path):
+    """configure_optimizers may return None (Lightning then steps a stand-in with no parameter
+    groups): the callback records the run, with no rate, instead of failing the fit."""
+    import lightning as L
+
+    from traintop.lightning import TraintopCallback
+
+    x = torch.randn(64, 4)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x.sum(1) > 0).long()), batch_size=16)
+
+    class NoOptimizer(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch, i):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return None
+
+    trainer = L.Trainer(max_epochs=2, callbacks=[TraintopCallback(name="no-optimizer", runs_dir=tmp_path / "runs")],
+                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    trainer.fit(NoOptimizer(), data)
+    events = read_events(next((tmp_path / "runs").iterdir()) / "events.jsonl")[0]
+    assert events[-1].event == "run_finished" and events[-1].status == "completed", events[-1]

@@ -17,7 +17,8 @@ from traintop.engine import events as ev
 from traintop.engine.client import LiveRun
 from traintop.engine.runstore import read_events, resolve_run
 
-from watched import EXAMPLES, PROBE, TRAINTOP, env_for, finished_dashboard, live_folder, start, steps_in, traintop, wait_for
+from watched import (EXAMPLES, PROBE, TRAINTOP, env_for, finished_dashboard, live_folder, start, steps_in, traintop,
+                     wait_for)
 
 @pytest.fixture
 def watched(tmp_path):
@@ -214,6 +215,16 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
     (dict(early_stopping=dict(wait=3)), "unknown key 'wait'"),
     (dict(early_stopping="val_loss"), "watch(early_stopping=...): 'val_loss' is not a dict"),
     (dict(runs_dir="FILE"), "watch: runs_dir {file} is a file, not a folder"),
+    (dict(runs_dir=5), "watch: runs_dir is 5; give a path"),
+    (dict(checkpoint_every_seconds="10"), "watch: checkpoint_every_seconds is '10'; give a number of seconds"),
+    (dict(checkpoint_every_seconds=-1), "watch: checkpoint_every_seconds is -1; give a number of seconds, 0 or more"),
+    (dict(checkpoint_every_seconds=float("nan")), "watch: checkpoint_every_seconds is nan"),
+    (dict(epochs="5"), "watch: epochs is '5'; give a whole number above 0"),
+    (dict(epochs=2.5), "watch: epochs is 2.5; give a whole number above 0"),
+    (dict(epochs=-3), "watch: epochs is -3; give a whole number above 0"),
+    (dict(scaler="s"), "watch: scaler is 's'; give the loop's torch.amp.GradScaler"),
+    (dict(sync_every=0), "watch: sync_every is 0; give a whole number of steps above 0"),
+    (dict(name=["a"]), "watch: name is ['a']; give a string"),
 ])
 def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message):
     import traintop
@@ -226,7 +237,7 @@ def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message
         arguments = dict(runs_dir=tmp_path / "a-file")
     given.update(arguments)
     with pytest.raises(UserError) as refused:
-        traintop.watch(given.pop("model"), given.pop("optimizer"), name="refused", **given)
+        traintop.watch(given.pop("model"), given.pop("optimizer"), **{"name": "refused", **given})
     assert message.format(file=tmp_path / "a-file") in str(refused.value)
     assert not (tmp_path / "runs").exists()  # refused before anything is made
 
@@ -533,3 +544,51 @@ async def test_a_watched_run_lists_exports_shows_and_compares_with_a_config_run(
         await pilot.pause(0.3)
         labels = [line.label for line in both.query_one("#loss-plot").figure.lines if line.joined]
     assert labels == ["digits-watch", "digits-mlp"]
+
+
+SCRIPT_HEAD = """
+import sys, time, torch, traintop
+model = torch.nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+run = traintop.watch(model, optimizer, name="plain")
+
+def train(steps):
+    for _ in range(steps):
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        run.step(loss)
+        optimizer.step()
+"""
+
+
+@pytest.mark.parametrize("ending, status, error", [
+    ("train(3)\nraise KeyboardInterrupt", "stopped", ""),  # Ctrl-C
+    ("train(3)\nsys.excepthook = lambda *exc: print('own hook', file=sys.stderr)\nraise RuntimeError('crash')",
+     "failed", "RuntimeError: crash"),
+    ("train(3)", "completed", ""),
+])
+def test_a_plain_script_without_with_is_finished_by_how_it_ended(tmp_path, ending, status, error):
+    """No `with`, no finish(): the exit handler decides, whatever exception hook the script set."""
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT_HEAD + ending], cwd=tmp_path, env=env_for(runs),
+                          capture_output=True, text=True, timeout=120)
+    finished = read_events(next(runs.iterdir()) / "events.jsonl")[0][-1]
+    assert finished.event == "run_finished" and finished.status == status, proc.stderr[-2000:]
+    assert finished.error == error and finished.step == 3
+
+
+def test_stop_ends_a_plain_loop_that_never_reads_should_stop_as_stopped(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT_HEAD + "train(10**9)"], cwd=tmp_path, env=env_for(runs),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc)
+        stop = traintop("ctl", str(folder.path), "stop", runs=runs)
+        assert stop.returncode == 0, stop.stderr
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    listing = traintop("ls", runs=runs)
+    assert "stopped" in listing.stdout.splitlines()[1], listing.stdout
+    assert read_events(folder.events)[0][-1].status == "stopped"
