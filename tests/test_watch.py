@@ -592,3 +592,41 @@ def test_stop_ends_a_plain_loop_that_never_reads_should_stop_as_stopped(tmp_path
     listing = traintop("ls", runs=runs)
     assert "stopped" in listing.stdout.splitlines()[1], listing.stdout
     assert read_events(folder.events)[0][-1].status == "stopped"
+
+
+def test_a_step_that_raises_leaves_the_rate_change_as_it_was_never_compounded(tmp_path):
+    """The scale's post-hook never runs for an optimizer step that raised (an error in an LBFGS
+    closure the loop catches): the next step still uses the schedule's rate times the scale, and
+    a rate the schedule wrote in between is kept."""
+    import traintop
+    from traintop.engine import commands as cmd
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = traintop.watch(model, optimizer, name="raising-step", runs_dir=tmp_path / "runs")
+
+    def used_rate():
+        """The rate one plain SGD step moves the bias by, for a gradient of 1."""
+        before = model.bias.detach().clone()
+        optimizer.zero_grad()
+        model.bias.grad = torch.ones_like(model.bias)
+        model.weight.grad = torch.zeros_like(model.weight)
+        run.step(1.0)
+        optimizer.step()
+        return float(before - model.bias.detach())
+
+    def failing_closure():
+        raise RuntimeError("out of memory")
+
+    assert used_rate() == pytest.approx(0.1)
+    run.lr.apply(cmd.SetLr(factor=2.0))
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            optimizer.step(failing_closure)
+        assert run.lr.scheduled() == pytest.approx(0.1)
+    assert used_rate() == pytest.approx(0.2) and optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    with pytest.raises(RuntimeError):
+        optimizer.step(failing_closure)
+    optimizer.param_groups[0]["lr"] = 0.05  # the schedule moves on after the failed step
+    assert used_rate() == pytest.approx(0.1) and optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    run.finish()
