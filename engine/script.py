@@ -33,7 +33,7 @@ import torch
 from .capture import LossCapture
 from .errors import UserError
 from .lrscale import LrScale
-from .runstore import RunFolder
+from .runstore import RunFolder, write_json
 
 ENV_FOLDER = "TRAINTOP_RUN_FOLDER"  # a run folder made for the script: traintop.watch uses it
 
@@ -179,7 +179,7 @@ class AutoWatch:
         """The script called traintop.watch itself: that wins. The hooks come off and its run is
         this one, bound to what it passed."""
         global current
-        from .watch import _json_safe
+        from .watch import _json_safe, _run_name
 
         if self.active:
             self.uninstall()
@@ -188,7 +188,10 @@ class AutoWatch:
         run.config = {**run.config, **_json_safe(dict(config or {}))}
         run.epochs_planned = epochs or run.epochs_planned
         if name:
-            run.name = name
+            run.name = _run_name(name)
+            if run.session.leader:  # the listing's name too, as run_started gives it
+                meta = run.session.folder.read_json("meta.json") or {}
+                write_json(run.session.folder.meta, {**meta, "name": run.name})
         if early_stopping is not None:
             run.set_early_stopping(early_stopping)
         run.session.source = "watch"
@@ -285,7 +288,8 @@ class NoInput(io.TextIOBase):
 current: AutoWatch | None = None  # the script's watch, while it has not bound an optimizer
 
 
-def run_script(folder: RunFolder | None, script: Path, argv: list[str], printer=None, stdin: bool = True) -> int:
+def run_script(folder: RunFolder | None, script: Path, argv: list[str], name: str | None = None, printer=None,
+               stdin: bool = True) -> int:
     """Run `script` as __main__ with `argv`, watched through its optimizer; the exit code.
 
     `folder`: None on a rank other than 0 that was not told rank 0's folder (it learns it later).
@@ -303,7 +307,7 @@ def run_script(folder: RunFolder | None, script: Path, argv: list[str], printer=
         name = script.stem
         session = Session.follower("script", folder)
     else:
-        name = (folder.read_json("meta.json") or {}).get("name") or script.stem
+        name = name or script.stem
         os.environ[ENV_FOLDER] = str(folder.path)
         session = Session.open(folder, name=name, source="script", config=config,
                                meta={"script": str(script.resolve()), "args": argv, "cwd": os.getcwd()})
@@ -371,12 +375,14 @@ def run_script(folder: RunFolder | None, script: Path, argv: list[str], printer=
 
 
 def main(argv: list[str]) -> int:
-    """`python -m traintop.engine.script [--no-stdin] RUN_FOLDER SCRIPT.py [ARGS...]`."""
+    """`python -m traintop.engine.script [--no-stdin] [--name NAME] RUN_FOLDER SCRIPT.py [ARGS...]`."""
     import signal
 
-    stdin = True
+    stdin, name = True, None
     if argv and argv[0] == "--no-stdin":
         stdin, argv = False, argv[1:]
+    if argv and argv[0] == "--name":
+        name, argv = argv[1], argv[2:]
     folder, script, *rest = argv
 
     def on_term(sig, frame):
@@ -384,7 +390,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)  # stop as Ctrl-C would: the script's own handlers run
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return run_script(RunFolder(Path(folder)) if folder != "-" else None, Path(script), rest, stdin=stdin)
+    return run_script(RunFolder(Path(folder)) if folder != "-" else None, Path(script), rest, name=name, stdin=stdin)
 
 
 if __name__ == "__main__":

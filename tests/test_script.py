@@ -107,6 +107,23 @@ def test_a_script_that_calls_watch_itself_is_watched_through_it_in_one_run(tmp_p
     assert events[0].source == "watch"
     assert steps_in(events) == list(range(1, 49))
     assert len([e for e in events if isinstance(e, ev.Validation)]) == 2
+    listing = traintop("ls", "--name", "digits-watch", runs=runs, cwd=tmp_path)  # the name the script gave watch
+    assert listing.returncode == 0 and "digits-watch" in listing.stdout.splitlines()[1], listing.stdout + listing.stderr
+
+
+@pytest.mark.parametrize("how", ["--headless", "--detach"])
+def test_a_script_run_under_a_name_is_listed_and_exported_by_it(tmp_path, how):
+    runs = tmp_path / "runs"
+    done = traintop("run", str(EXAMPLES / "train_digits.py"), how, "--name", "my-run", "--", "--epochs", "1",
+                    runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 120
+    while "completed" not in (listing := traintop("ls", "--name", "my-run", runs=runs, cwd=tmp_path)).stdout:
+        assert time.monotonic() < deadline, listing.stdout + listing.stderr
+        time.sleep(0.5)
+    assert read_events(only_run(runs) / "events.jsonl")[0][0].name == "my-run"
+    exported = traintop("export", "my-run", "--format", "csv", runs=runs, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
 
 
 def test_autowatch_off_runs_the_script_unwatched(tmp_path):

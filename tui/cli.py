@@ -372,25 +372,25 @@ def cmd_run_script(args, how=None) -> int:
     if not RUN_NAME.match(name):
         raise UserError(f"--name is {name!r}; {RUN_NAME_RULE}")
     if is_follower():  # a rank torchrun started: rank 0 makes the run folder
-        return launch.run_script_here(None, script, args.script_args)
+        return launch.run_script_here(None, script, args.script_args, name)
     if how is not None and how.node_rank != 0:  # this machine's ranks follow node 0's rank 0
-        engine = launch.on_ranks(launch.script_here_engine(None, script, args.script_args), how)
+        engine = launch.on_ranks(launch.script_here_engine(None, script, args.script_args, name), how)
         return launch.start(engine, args.detach, wants_dashboard(args))
     from traintop.engine.runstore import check_runs_dir
 
     if args.into:  # rank 0 of ranks launched by traintop: its launcher made the folder
-        return launch.run_script_here(RunFolder(args.into), script, args.script_args)
+        return launch.run_script_here(RunFolder(args.into), script, args.script_args, name)
     check_runs_dir(_runs_dir(args), name)
     folder = RunFolder.create(_runs_dir(args), name)
     if how is not None:
         here = not args.detach and not wants_dashboard(args)  # log lines in this terminal
         make = launch.script_here_engine if here else launch.script_engine
-        engine = launch.on_ranks(make(folder, script, args.script_args), how)
+        engine = launch.on_ranks(make(folder, script, args.script_args, name), how)
         return launch.start(engine, args.detach, wants_dashboard(args))
     if args.detach or wants_dashboard(args):
-        engine = launch.script_engine(folder, script, args.script_args)
+        engine = launch.script_engine(folder, script, args.script_args, name)
         return launch.detach(engine) if args.detach else launch.with_dashboard(engine)
-    return launch.run_script_here(folder, script, args.script_args)
+    return launch.run_script_here(folder, script, args.script_args, name)
 
 
 def cmd_resume(args) -> int:

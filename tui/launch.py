@@ -93,17 +93,17 @@ def resumed_engine(folder, overrides: list[str], trust: bool = False, spec: str 
     return Engine(folder, argv, created=False)
 
 
-def script_engine(folder, script: Path, script_args: list[str]) -> Engine:
-    """A user's script as the engine, watched; it has no standard input behind a dashboard. Without
-    a folder (`-`: a machine other than node 0), its ranks learn rank 0's."""
-    return Engine(folder, ["-m", "traintop.engine.script", "--no-stdin", str(folder.path) if folder else "-",
-                           str(script.resolve()), *script_args])
+def script_engine(folder, script: Path, script_args: list[str], name: str) -> Engine:
+    """A user's script as the engine, watched, as run `name`; it has no standard input behind a
+    dashboard. Without a folder (`-`: a machine other than node 0), its ranks learn rank 0's."""
+    return Engine(folder, ["-m", "traintop.engine.script", "--no-stdin", "--name", name,
+                           str(folder.path) if folder else "-", str(script.resolve()), *script_args])
 
 
-def script_here_engine(folder, script: Path, script_args: list[str]) -> Engine:
+def script_here_engine(folder, script: Path, script_args: list[str], name: str) -> Engine:
     """A user's script watched in the engine's own process with log lines on its output
     (`traintop run train.py --headless --into FOLDER -- ARGS`): the ranks launched in this terminal."""
-    return Engine(folder, ["-m", "traintop.tui", "run", str(script.resolve()), "--headless",
+    return Engine(folder, ["-m", "traintop.tui", "run", str(script.resolve()), "--headless", "--name", name,
                            *(["--into", str(folder.path)] if folder is not None else []), "--", *script_args])
 
 
@@ -290,7 +290,7 @@ def run_engine(run) -> int:
     return EXIT_CODES.get(status, 1)
 
 
-def run_script_here(folder, script: Path, script_args: list[str]) -> int:
+def run_script_here(folder, script: Path, script_args: list[str], name: str) -> int:
     """A watched script in this process (`--headless`): its own output passes through untouched,
     traintop's log lines go through the terminal guard beside it. SIGTERM stops it as Ctrl-C does."""
     from traintop.engine.script import run_script
@@ -299,10 +299,10 @@ def run_script_here(folder, script: Path, script_args: list[str]) -> int:
     from .terminal import SafeStream
 
     guarded = sys.stdout
-    for name in ("stdout", "stderr"):  # the script's own text is its own: colours, progress bars
-        stream = getattr(sys, name)
+    for which in ("stdout", "stderr"):  # the script's own text is its own: colours, progress bars
+        stream = getattr(sys, which)
         if isinstance(stream, SafeStream):
-            setattr(sys, name, stream.stream)
+            setattr(sys, which, stream.stream)
     printer = HeadlessPrinter(guarded if isinstance(guarded, SafeStream) else SafeStream(sys.stdout))
     printer.folder = str(folder.path) if folder is not None else ""
 
@@ -311,7 +311,7 @@ def run_script_here(folder, script: Path, script_args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not end the training
-    return run_script(folder, script, script_args, printer=printer)
+    return run_script(folder, script, script_args, name=name, printer=printer)
 
 
 def say_disk_full(run) -> None:
