@@ -504,6 +504,22 @@ class Trainer:
 
     # -- the end -------------------------------------------------------------------------------
 
+    def salvage(self) -> None:
+        """After an error in training (a bug in the model's code, a bad batch): the best weights
+        not yet written go to best.pt, and the weights as the last whole step left them to last.pt
+        when they are finite, so the run can be resumed once the cause is fixed. Whatever goes
+        wrong here leaves the files as they were: the error the run ends with is the first one."""
+        try:
+            try:
+                self.save("last")
+            except NonFiniteLoss:
+                pass  # the last finite last.pt stays
+            self.save_best()
+            self.session.checkpointer.wait()
+            self.session.announce_saves()
+        except Exception:  # noqa: BLE001 - the training's own error is the one to report
+            pass
+
     def finish(self, status: str) -> None:
         """After training: last.pt, best.pt, then the one test on the restored best weights.
 

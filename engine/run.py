@@ -319,6 +319,8 @@ class Run:
                 traceback.print_exc(file=sys.stderr)
             else:  # another rank's failure: that rank says why
                 session.world.say(f"ending: {error}")
+            if session.world is None:  # on several ranks a save is collective, and a rank is gone
+                t.salvage()
         return session.close(status, error, step=t.step, epoch=t.epoch_of_last_step, name=self.cfg.run.name,
                              epochs=t.epoch)
 

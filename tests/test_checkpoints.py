@@ -382,3 +382,31 @@ def test_an_early_stopped_run_resumed_gets_its_whole_patience_again(tmp_path):
     assert [e.epoch for e in of_kind(events, "early_stopped")] == [3, 5]
     assert [t.extension for t in of_kind(events, "test_result")] == [False, True]
     assert finished(folder)["status"] == "early_stopped"
+
+
+def test_a_run_failed_by_an_error_in_training_keeps_its_best_and_last_weights_and_resumes(tmp_path):
+    """An error in the model's own code at step 2 epochs + 5: best.pt holds the best the log names
+    (its write was still deferred), last.pt the weights the last whole step left, and resume goes on."""
+    runs = tmp_path / "runs"
+    run = Run.prepare(load_config(None, ["train.epochs=5", *NO_EARLY_STOP[1:], *QUICK[1::2]]), runs)
+    model, spe = run.trainer.model, run.trainer.steps_per_epoch
+    forward, calls = model.forward, [0]
+
+    def failing(x):
+        if model.training:
+            calls[0] += 1
+            if calls[0] == 2 * spe + 5:
+                raise RuntimeError("late boom")
+        return forward(x)
+
+    model.forward = failing
+    assert run.train() == "failed"
+    folder = run.folder
+    finished_event = read_events(folder.events)[0][-1]
+    assert finished_event.status == "failed" and "late boom" in finished_event.error
+    best = folder.read_json("report.json")["best"]
+    assert load_checkpoint(folder.best)["step"] == best["step"] == 2 * spe
+    assert load_checkpoint(folder.last)["step"] == 2 * spe + 4
+    proc = traintop("resume", folder.run_id, "--headless", runs_dir=runs)
+    assert proc.returncode == 0, proc.stderr
+    assert steps_of(read_events(folder.events)[0])[-1] == 5 * spe
