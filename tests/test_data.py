@@ -332,6 +332,11 @@ def test_a_column_named_twice_is_an_error_naming_it(tmp_path):
     assert "'a'" in message and "more than once" in message and "'a.1'" not in message
 
 
+def test_a_feature_listed_twice_in_data_features_is_an_error_naming_it(write_csv):
+    message = error_of(write_csv(mixed_table()), features=["size", "rooms", "size"])
+    assert message == "data.features names 'size' more than once; name each column once"
+
+
 @pytest.mark.parametrize("extra", [1, 2])
 def test_rows_with_more_fields_than_the_header_are_an_error_not_an_index(tmp_path, extra):
     """pandas would take the first column(s) as an index and shift every value one column left."""

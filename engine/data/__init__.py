@@ -327,6 +327,9 @@ def _csv_table(cfg: Config):
                         f"columns: {', '.join(columns)}")
     if d.target in names:
         raise UserError(f"data.features includes the target column {d.target!r}")
+    twice = sorted({c for c in chosen if chosen.count(c) > 1})
+    if twice:
+        raise UserError(f"data.features names {', '.join(map(repr, twice))} more than once; name each column once")
     if d.text:
         if d.text not in frame.columns:
             close = get_close_matches(d.text, columns, n=1)
