@@ -78,6 +78,8 @@ def _number(value: Any, row: int, column: str) -> float:
         if text in MISSING_TEXT:
             return math.nan
         try:
+            if "_" in text or not text.isascii():  # Python reads 1_000 and full-width digits; a CSV reader does not
+                raise ValueError(text)
             number = float(text)
         except ValueError:
             raise BadValue(row, column, value, "is not a number (leave it blank for a missing value)") from None
