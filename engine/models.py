@@ -83,6 +83,13 @@ def _built_in(cfg: Config, info: DataInfo) -> nn.Module:
             raise UserError("model.kind = \"text\" needs a text column: set data.text to the CSV column "
                             "of free text")
         return TextModel(info, m.hidden, m.dropout)
+    if info.input_dtype == "int64":
+        raise UserError(f"model.kind = {m.kind!r} takes floating-point inputs, and data.factory gives integers "
+                        "(int64): return floats from the factory (x.float(); 8-bit images x.float() / 255), or, "
+                        "for token ids, model.kind = \"python\" with an embedding of your own")
+    if not info.input_shape:
+        raise UserError(f"model.kind = {m.kind!r} takes inputs of at least one dimension, and data.factory gives "
+                        "single numbers (shape []): give each input the shape [1] (x.unsqueeze(-1))")
     if m.kind == "cnn":
         if len(info.input_shape) != 3:
             raise UserError(f"model.kind = \"cnn\" needs images (channels, height, width); this data's "

@@ -94,6 +94,19 @@ def helper_that_fails():
 def wrong_shape():
     x = torch.zeros(10, 2)
     return (x, torch.zeros(10, 3)), (x, torch.zeros(10, 3)), (x, torch.zeros(10, 3))
+
+
+def raw_images():
+    """8-bit images as a raw MNIST file holds them."""
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: (torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(n) % 2)
+    return split(60), split(20), split(20)
+
+
+def single_numbers():
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: (torch.randn(n, generator=g), torch.arange(n) % 2)
+    return split(60), split(20), split(20)
 '''
 
 
@@ -125,6 +138,20 @@ def test_a_python_factory_dataset_and_model_train_and_the_model_sees_the_data_in
     assert test["metrics"]["accuracy"] >= 0.9, test
     started = next(e for e in events if e["event"] == "run_started")["data"]
     assert started["classes"] == ["inside", "outside"] and started["n_train"] == 1200
+
+
+@pytest.mark.parametrize("factory, kind, message", [
+    ("raw_images", "cnn", "model.kind = 'cnn' takes floating-point inputs, and data.factory gives integers (int64)"),
+    ("raw_images", "mlp", "model.kind = 'mlp' takes floating-point inputs"),
+    ("single_numbers", "mlp", "model.kind = 'mlp' takes inputs of at least one dimension, and data.factory gives "
+                              "single numbers (shape [])"),
+])
+def test_inputs_a_built_in_model_cannot_take_are_refused_by_check_naming_them(user_folder, tmp_path, factory, kind,
+                                                                             message):
+    path = user_folder(f"user_rings:{factory}", model=f'[model]\nkind = "{kind}"\n')
+    proc = subprocess.run([sys.executable, "-m", "traintop.tui", "check", str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_a_parameter_the_loss_never_reaches_is_left_alone_by_the_optimizer(tmp_path, user_folder):
