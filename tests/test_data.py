@@ -13,6 +13,7 @@ from traintop.engine.config import build_config
 from traintop.engine.data import feed, load_data
 from traintop.engine.data.tabular import Preprocessor, split_indices
 from traintop.engine.errors import UserError
+from traintop.engine.runstore import read_events
 
 
 def csv_data(path, target: str = "label", **data):
@@ -165,6 +166,25 @@ def test_float_target_is_regression(write_csv):
     assert data.task == "regression"
     assert data.y["train"].dtype == np.float32
     assert data.preprocess.target_mean == pytest.approx(float(data.raw_target["train"].mean()))
+
+
+@pytest.mark.parametrize("unit", [1e-20, 1e20])
+def test_a_regression_in_tiny_or_huge_units_is_learnt_and_scored_in_those_units(write_csv, tmp_path, unit):
+    """Standardized by their own spread, however small: targets of 1e-20 were left unscaled (a
+    spread under 1e-12 read as constant) and scored 18 orders of magnitude off."""
+    from traintop.engine.run import Run
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=300)
+    path = write_csv(pd.DataFrame({"x": x * unit, "y": (2 * x + 0.1 * rng.normal(size=300)) * unit}))
+    data = csv_data(path, target="y")
+    assert data.preprocess.target_std == pytest.approx(float(data.raw_target["train"].std(ddof=0)))
+    assert np.abs(data.y["train"]).max() < 10  # standardized
+    cfg = build_config({"data": {"source": "csv", "path": str(path), "target": "y"}, "train": {"epochs": 30}})
+    run = Run.prepare(cfg, tmp_path / "runs")
+    assert run.train() in ("completed", "early_stopped")
+    test = next(e for e in read_events(run.folder.events)[0] if e.event == "test_result").metrics
+    assert test["r2"] > 0.9 and test["mae"] < 0.2 * unit, test
 
 
 def test_small_integer_target_is_classification_in_number_order(write_csv):

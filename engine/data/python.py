@@ -213,8 +213,7 @@ def load_python_data(cfg: Config) -> Dataset:
     pre = TensorPreprocessor(task=task, input_shape=list(x["train"].shape[1:]), dtype=dtype, classes=classes,
                              vocab_size=int(getattr(parts["train"], "vocab_size", 0) or 0))
     if task == "regression":
-        pre.target_mean, std = scale_of(raw_target["train"], "data.factory: the train targets")
-        pre.target_std = std if std > 1e-12 else 1.0
+        pre.target_mean, pre.target_std = scale_of(raw_target["train"], "data.factory: the train targets")
     leaked = leakage_from_hashes({s: [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in a]
                                   for s, a in x.items()})
     warnings = []

@@ -102,12 +102,14 @@ def numeric_values(column: pd.Series, name: str) -> np.ndarray:
 
 
 def scale_of(values: pd.Series, what: str) -> tuple[float, float]:
-    """Mean and standard deviation of finite values, for standardizing them; a UserError naming
-    `what` when they overflow (values near 1e300)."""
+    """Mean and scale of finite values, for standardizing them: the scale is their standard
+    deviation, or 1 for values that do not vary (by no more than float64's rounding of their
+    mean: a spread of 1e-20 in targets of 1e-20 is their whole signal, not noise). A UserError
+    naming `what` when they overflow (values near 1e300)."""
     with np.errstate(over="ignore", invalid="ignore"):
         mean, std = float(values.mean()), float(values.std(ddof=0))
     if math.isfinite(mean) and math.isfinite(std):
-        return mean, std
+        return mean, std if std > 1e-12 * abs(mean) and std > 0 else 1.0
     raise UserError(f"{what} holds numbers too large to standardize (largest magnitude "
                     f"{values.abs().max():.3g}); rescale it, e.g. into other units")
 
@@ -192,7 +194,7 @@ class Preprocessor:
                 median = float(values.median()) if values.notna().any() else 0.0
                 mean, std = scale_of(values.fillna(median), f"column {name!r}")
                 columns.append({"name": name, "kind": "numeric", "fill": median,
-                                "mean": mean, "std": std if std > 1e-12 else 1.0})
+                                "mean": mean, "std": std})
             else:
                 keys = col.map(category_key).dropna()
                 counts = keys.value_counts()
@@ -201,8 +203,7 @@ class Preprocessor:
                                 "fill": top[0] if top else None, "categories": top})
         pre = cls(task=task, target=target, columns=columns, classes=classes)
         if task == "regression":
-            pre.target_mean, std = scale_of(y_train.astype(float), f"data.target: column {target!r}")
-            pre.target_std = std if std > 1e-12 else 1.0
+            pre.target_mean, pre.target_std = scale_of(y_train.astype(float), f"data.target: column {target!r}")
         return pre
 
     def transform(self, rows: pd.DataFrame) -> np.ndarray:
