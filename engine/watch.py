@@ -333,14 +333,20 @@ class WatchedRun:
         if self.recorder.full or session.flush_due(now):
             session.flush_and_deliver()
             if self.save_every and session.now() - self.saved_at >= self.save_every:
-                try:
-                    self.save("periodic")
-                except CheckpointFailed as e:
-                    session.warn("checkpoint_failed", step=self.steps, id="checkpoint_failed", message=str(e),
-                                 advice="fix the function registered with run.on_checkpoint")
-                except UserError as e:  # non-finite weights: the last good file stays
-                    session.warn("nan_loss", step=self.steps, id="nan_loss:save", message=str(e),
-                                 advice="lower the learning rate (-), or clip gradients")
+                self._save_or_warn("periodic")
+
+    def _save_or_warn(self, kind: str) -> None:
+        """A save no command asked for (periodic, or at a stop): its failure is a warning, and the
+        training (or its end) goes on."""
+        session = self.session
+        try:
+            self.save(kind)
+        except CheckpointFailed as e:
+            session.warn("checkpoint_failed", step=self.steps, id="checkpoint_failed", message=str(e),
+                         advice="fix the function registered with run.on_checkpoint")
+        except UserError as e:  # non-finite weights: the last good file stays
+            session.warn("nan_loss", step=self.steps, id="nan_loss:save", message=str(e),
+                         advice="lower the learning rate (-), or clip gradients")
 
     @property
     def should_stop(self) -> bool:
@@ -398,6 +404,10 @@ class WatchedRun:
             self._start()
         if status is None:
             status = self.session.stop_status if self.session.stop_request is not None else "completed"
+        stop = self.session.stop_request
+        if (status in ("stopped", "early_stopped") and stop is not None and stop.save and self.steps
+                and (self.model is not None or self.optimizer is not None or self._checkpoint_fn is not None)):
+            self._save_or_warn("last")  # as a config run's stop does: last.pt, then the end
         for scale in [self.lr, *self.extra_scales]:
             if scale is not None:
                 scale.remove()

@@ -80,6 +80,10 @@ def test_stop_ends_an_unchanged_script_cleanly_and_traintop_exits_0(tmp_path):
     changed = next(e for e in events if isinstance(e, ev.LrChanged))
     assert changed.new == 2 * changed.old
     assert rates[changed.step + 1] > 1.9 * rates[changed.step]  # the cosine's next rate, doubled
+    import torch
+
+    state = torch.load(folder.last, weights_only=True)  # the stop saved the script's model, as it says
+    assert state["step"] == events[-1].step and "0.weight" in state["model"] and "state" in state["optimizer"]
 
 
 def test_a_plain_lightning_script_stopped_by_traintop_exits_0(tmp_path):

@@ -591,7 +591,11 @@ def test_stop_ends_a_plain_loop_that_never_reads_should_stop_as_stopped(tmp_path
         proc.kill()
     listing = traintop("ls", runs=runs)
     assert "stopped" in listing.stdout.splitlines()[1], listing.stdout
-    assert read_events(folder.events)[0][-1].status == "stopped"
+    events = read_events(folder.events)[0]
+    assert events[-1].status == "stopped"
+    saved = [e for e in events if isinstance(e, ev.CheckpointSaved)]  # the stop saved last.pt, as it says
+    assert [e.kind for e in saved] == ["last"] and saved[0].step == events[-1].step
+    assert torch.load(folder.last, weights_only=True)["step"] == events[-1].step
 
 
 def test_a_step_that_raises_leaves_the_rate_change_as_it_was_never_compounded(tmp_path):
