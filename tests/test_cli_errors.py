@@ -298,7 +298,11 @@ def test_a_config_with_a_byte_order_mark_is_read_and_a_semicolon_csv_is_named_as
     ("ends.csv", "x,y\n1,0\n2,café".encode("latin-1"), "ends.csv is not UTF-8 text: line 3 holds the byte 0xe9"),
     ("excel1252.csv", "x,y\n1,0\n2,\u201cyes\u201d\n".encode("cp1252"),
      "line 3 holds the byte 0x93 ('\u201c' in Windows-1252); save it as UTF-8 (e.g. iconv -f cp1252 -t utf-8"),
-], ids=["latin-1", "utf-16", "gzip", "last-byte", "windows-1252"])
+    ("shapes.csv", (Path(__file__).parent.parent / "sample_configs/shapes/circle/0000.png").read_bytes(),
+     "shapes.csv is not a text file (it is a PNG image); give a CSV file: comma-separated text"),
+    ("sheet.xlsx", b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00" + bytes(range(256)) * 4,
+     "sheet.xlsx is not a text file (it is a zip archive, as .xlsx spreadsheets are: export the sheet as CSV)"),
+], ids=["latin-1", "utf-16", "gzip", "last-byte", "windows-1252", "png", "xlsx"])
 def test_a_csv_that_is_not_utf8_names_the_line_and_byte_and_how_to_convert_it(tmp_path, name, content, why):
     (tmp_path / name).write_bytes(content)
     (tmp_path / "c.toml").write_text(f'[data]\nsource = "csv"\npath = "{name}"\ntarget = "y"\n')

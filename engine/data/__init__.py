@@ -74,6 +74,26 @@ def _unpacked(path: Path) -> IO[bytes] | None:
     return open(path, "rb")
 
 
+BINARY_KINDS = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"%PDF", "a PDF document"),
+                (b"PK\x03\x04", "a zip archive, as .xlsx spreadsheets are: export the sheet as CSV"),
+                (b"\xd0\xcf\x11\xe0", "an old Excel or Office document: export the sheet as CSV"),
+                (b"PAR1", "a Parquet file")]
+
+
+def _check_text(path: Path, label: str) -> None:
+    """A file with NUL bytes in its first 8 KB (unpacked) is no CSV but an image, a spreadsheet, a
+    model...: named before a CSV reader makes a tokenizing error of it. UTF-16 text is left to
+    `_not_utf8`, which names it."""
+    head = b""
+    with contextlib.suppress(OSError, EOFError, ValueError), _unpacked(path) or io.BytesIO() as stream:
+        head = stream.read(8192)
+    if b"\0" not in head or head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return
+    kind = next((k for magic, k in BINARY_KINDS if head.startswith(magic)), "")
+    raise UserError(f"{label}: {path} is not a text file{f' (it is {kind})' if kind else ''}; give a CSV file: "
+                    "comma-separated text")
+
+
 def _not_utf8(path: Path, label: str) -> UserError:
     """What a CSV that is not UTF-8 text is told: the line and byte where it stops being UTF-8, what
     that byte is in the usual 8-bit encodings, and how to convert it."""
@@ -149,6 +169,7 @@ def read_csv_file(path: Path, label: str, nan_is_missing: bool = True) -> pd.Dat
     if not path.is_file():
         raise UserError(f"{label}: {path} is not a file")
     _check_unpacked_size(path, label)
+    _check_text(path, label)
     missing = {} if nan_is_missing else {"keep_default_na": False, "na_values": sorted(MISSING_TEXT)}
     try:
         # pandas renames a repeated column "a" to "a.1": only the header itself tells
