@@ -41,6 +41,14 @@ class ValidationPolicies:
         """Publish the validation and apply the policies; True when it is the new best."""
         value = self.monitored(val_loss, metrics)
         best = source == "schedule" and value is not None and self.early.update(value, epoch, step)
+        if value is None and source == "schedule" and self.early.enabled:
+            named = [k if k.startswith("val_") else f"val_{k}" for k in metrics]
+            given = ", ".join((["val_loss"] if val_loss is not None else []) + named) or "nothing"
+            self.session.warn("early_stopping", step=step, id="early_stopping:monitor",
+                              message=f"early stopping watches {self.early.monitor}, which this validation did not "
+                                      f"report (it reported {given}): it cannot stop the run, nor mark a best",
+                              advice=f"report {self.early.monitor} at each validation, or have early stopping "
+                                     "watch one of those")
         self.session.emit(ev.Validation, step=step, epoch=epoch, val_loss=val_loss, metrics=metrics,
                           best=best, since_best=self.early.since_best, source=source)
         if best:

@@ -438,6 +438,9 @@ class WatchedRun:
         could be suggested)."""
         from .lrfind import emitter, range_test
 
+        if not callable(step_fn):
+            raise UserError(f"run.lr_find takes a function that trains one step and returns its loss; got "
+                            f"{show_value(step_fn)}")
         if self.optimizer is None:
             raise UserError("lr_find needs the optimizer: pass it to traintop.watch(model, optimizer)")
         if not self.started:

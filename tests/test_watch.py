@@ -178,6 +178,7 @@ BAD_CALLS = [
     (lambda run: run.on_checkpoint(3), "run.on_checkpoint takes a function; got 3"),
     (lambda run: run.on_predict("f"), "run.on_predict takes a function"),
     (lambda run: run.samples(5), "run.samples takes a dataset"),
+    (lambda run: run.lr_find(3), "run.lr_find takes a function that trains one step and returns its loss; got 3"),
 ]
 
 
@@ -273,6 +274,21 @@ def test_watch_early_stopping_on_auto_follows_what_its_monitor_means(tmp_path, m
     model = torch.nn.Linear(3, 1)
     with traintop.watch(model, name="es", runs_dir=tmp_path / "runs", early_stopping=dict(monitor=monitor)) as run:
         assert run.policies.early.mode == mode and run.policies.early.enabled
+
+
+def test_early_stopping_on_a_metric_the_loop_never_reports_says_so_once(tmp_path):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    with traintop.watch(model, name="es", runs_dir=tmp_path / "runs",
+                        early_stopping=dict(monitor="val_f1", patience=1)) as run:
+        for _ in range(4):
+            run.step(1.0)
+            run.validate(val_loss=0.5, accuracy=0.9)
+    warnings = [e for e in read_events(run.session.folder.events)[0] if isinstance(e, ev.RunWarning)]
+    assert {w.id for w in warnings} == {"early_stopping:monitor"} and warnings[-1].count == 4
+    assert "watches val_f1, which this validation did not report (it reported val_loss, val_accuracy)" in \
+        warnings[0].message
 
 
 @pytest.mark.parametrize("epochs", ["range", "run.epochs"])
