@@ -6,9 +6,11 @@ engine checks the same again, under the run folder's lock.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from . import events as ev
 from .config import Config, load_config, parse_override
 from .errors import UserError
 from .runstore import RunFolder, refuse_foreign_code
@@ -65,6 +67,7 @@ def resume_config(folder: RunFolder, overrides: list[str],
                         "the model's and the optimizer's state_dict)")
     if not folder.last.is_file():
         raise UserError(f"run {folder.run_id} has no checkpoints/last.pt to resume from")
+    check_log(folder, None)
     old = load_config(folder.config)
     cfg = load_config(folder.config, overrides)
     before, after = old.to_dict(), cfg.to_dict()
@@ -86,3 +89,31 @@ def resume_config(folder: RunFolder, overrides: list[str],
     cfg.base_dir = Path(config_dir)
     keys = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides)}
     return cfg, keys, status
+
+
+def check_log(folder: RunFolder, offset: int | None) -> None:
+    """A run resumes onto its own history: its log must be there, begin with run_started, and hold
+    every byte up to where last.pt says it had written (a log deleted, emptied or cut shorter by
+    hand would leave a run without its start, its best or its curves). A UserError naming it."""
+    why = ""
+    if not folder.events.is_file():
+        why = "has no events.jsonl"
+    else:
+        with open(folder.events, "rb") as f:
+            first = f.readline()
+            size = f.seek(0, os.SEEK_END)
+        if not isinstance(_first_event(first), ev.RunStarted):
+            why = "has an events.jsonl that does not begin with its run_started event"
+        elif offset is not None and size < offset:
+            why = (f"has an events.jsonl of {size} bytes, shorter than the {offset} it had written when "
+                   "last.pt was saved")
+    if why:
+        raise UserError(f"run {folder.run_id} {why}: its history is lost, and a resumed run would go on without "
+                        "it; start a new run, or use its checkpoints as they are (traintop predict)")
+
+
+def _first_event(line: bytes):
+    try:
+        return ev.parse_line(line.decode())
+    except ValueError:  # torn, or not an event at all
+        return None

@@ -31,7 +31,7 @@ from .distributed import World, placement, threads_per_rank
 from .errors import DiskFull, NonFiniteLoss, UserError
 from .loop import Model, Trainer
 from .models import describe_layers
-from .resume import resume_config
+from .resume import check_log, resume_config
 from .runstore import RunFolder, RunLock, default_runs_dir, read_events, write_json, write_text
 from .session import EventLog, Session
 
@@ -160,6 +160,7 @@ class Run:
             cfg, keys, status = resume_config(folder, overrides, trust)
             state = load_checkpoint(folder.last)
             check_resumable(folder.last, state)
+            check_log(folder, state.get("events_offset"))
             if cfg.train.epochs < state["epoch"]:
                 raise UserError(f"run {folder.run_id} has already trained {state['epoch']} epochs; "
                                 f"train.epochs = {cfg.train.epochs} would leave nothing to train")

@@ -410,3 +410,22 @@ def test_a_run_failed_by_an_error_in_training_keeps_its_best_and_last_weights_an
     proc = traintop("resume", folder.run_id, "--headless", runs_dir=runs)
     assert proc.returncode == 0, proc.stderr
     assert steps_of(read_events(folder.events)[0])[-1] == 5 * spe
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda log: log.unlink(), "has no events.jsonl"),
+    (lambda log: log.write_bytes(b""), "does not begin with its run_started event"),
+    (lambda log: log.write_bytes(b"\n".join(log.read_bytes().splitlines()[5:]) + b"\n"),
+     "does not begin with its run_started event"),
+    (lambda log: log.write_bytes(log.read_bytes()[:log.read_bytes().index(b"\n") + 300]), "shorter than the"),
+])
+def test_a_run_whose_log_was_lost_is_not_resumed_onto_nothing(tmp_path, damage, why):
+    runs = tmp_path / "runs"
+    traintop("run", "--headless", "--set", "train.epochs=3", *NO_EARLY_STOP, *QUICK, runs_dir=runs, check=True)
+    folder = resolve_run("latest", runs)
+    damage(folder.events)
+    kept = {f: f.read_bytes() for f in (folder.last, folder.meta) if f.exists()}
+    proc = traintop("resume", folder.run_id, "--set", "train.epochs=5", "--headless", runs_dir=runs)
+    assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "its history is lost" in proc.stderr
+    assert all(f.read_bytes() == data for f, data in kept.items())  # nothing written
