@@ -227,7 +227,12 @@ class WatchedRun:
                 return
             self.session.epoch = epoch + 1
             self._epoch_given = True
-            yield epoch
+            self.mark_epoch_start()
+            try:
+                yield epoch
+            finally:  # an epoch trained without run.iter (which ends its own) ends here
+                if self.started and not self.session.closed and self.steps > self.epoch_end_step:
+                    self.end_epoch()
 
     def iter(self, iterable: Iterable, epoch: int | None = None) -> Iterator:
         """Yield from `iterable` (a DataLoader, say), telling the run the epoch (0-based, as
@@ -381,8 +386,10 @@ class WatchedRun:
             val_loss = values.pop("val_loss", None)
         source = "user" if self._user_validation else "schedule"
         train_loss = self._last_train_loss
-        if not math.isfinite(train_loss) and self._epoch_loss[1]:
-            train_loss = self._epoch_loss[0] / self._epoch_loss[1]
+        if self.steps > self.epoch_end_step:  # in an epoch not ended yet: its own mean so far
+            self.session.flush()
+            if self._epoch_loss[1]:
+                train_loss = self._epoch_loss[0] / self._epoch_loss[1]
         best = self.policies.validated(step=self.steps, epoch=self.session.epoch,
                                        val_loss=None if val_loss is None else _number(val_loss, "val_loss"),
                                        metrics=values, train_loss=train_loss, source=source)

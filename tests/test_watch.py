@@ -291,6 +291,31 @@ def test_early_stopping_on_a_metric_the_loop_never_reports_says_so_once(tmp_path
         warnings[0].message
 
 
+@pytest.mark.parametrize("leave", ["to the end", "with break"])
+def test_run_epochs_without_run_iter_ends_each_epoch_with_its_own_train_loss(tmp_path, leave):
+    """The README's epoch loop with the optional run.iter left out: each epoch still ends (epoch_end,
+    ls's EPOCHS), and a validation inside it carries that epoch's training loss, not the last one's."""
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with traintop.watch(model, optimizer, name="epochs", runs_dir=tmp_path / "runs") as run:
+        for epoch in run.epochs(3):
+            for _ in range(5):
+                run.step(float(10 * (epoch + 1)))  # each epoch's losses are its own number
+            run.validate(val_loss=1.0)
+            if leave == "with break" and epoch == 1:
+                break
+    events = read_events(run.session.folder.events)[0]
+    trained = 3 if leave == "to the end" else 2
+    ends = [e for e in events if isinstance(e, ev.EpochEnd)]
+    assert [(e.epoch, e.step, e.train_loss) for e in ends] == [(k, 5 * k, 10.0 * k) for k in range(1, trained + 1)]
+    assert [e.epoch for e in events if isinstance(e, ev.Validation)] == list(range(1, trained + 1))
+    assert run.session.folder.read_json("report.json")["epochs"] == trained
+    assert all(e.seconds < 5 for e in ends)
+    assert [t for _, t in run.policies.history] == [10.0 * k for k in range(1, trained + 1)]
+
+
 @pytest.mark.parametrize("epochs", ["range", "run.epochs"])
 def test_run_iter_under_range_labels_each_validation_with_the_epoch_just_trained(tmp_path, epochs):
     import traintop
