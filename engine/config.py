@@ -518,15 +518,16 @@ DEMO: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_config(overrides: list[str] = ()) -> Config:
+def demo_config(overrides: list[str] = (), name: str | None = None) -> Config:
     """The built-in demo: the defaults with DEMO over them, then `--set` overrides, validated."""
-    return load_config(None, overrides, base=DEMO)
+    return load_config(None, overrides, base=DEMO, name=name)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (),
-                base: dict[str, dict[str, Any]] | None = None) -> Config:
+                base: dict[str, dict[str, Any]] | None = None, name: str | None = None) -> Config:
     """Read a TOML config (None: every key at its default, or at `base` where it names the key; an
-    empty file: the demo), apply `--set` overrides, and validate."""
+    empty file: the demo), apply `--set` overrides and `--name` (run.name, checked as that key),
+    and validate."""
     raw: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     origin = "the built-in demo config" if base is DEMO else "the default config"
     base_dir = Path.cwd()
@@ -554,6 +555,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         raw[section][key] = value
     if overrides:
         origin += " with --set " + " ".join(o if len(o) <= 80 else o[:60] + "..." for o in overrides)
+    if name is not None:
+        raw.setdefault("run", {})
+        if not isinstance(raw["run"], dict):
+            raise UserError(f"--name: [run] in {origin} is not a table")
+        raw["run"]["name"] = name
+        origin += f" {'and' if overrides else 'with'} --name {name[:60]!r}"
     return build_config(raw, origin, base_dir)
 
 

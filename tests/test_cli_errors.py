@@ -111,6 +111,13 @@ def test_a_bad_run_name_on_the_command_line_is_refused_like_one_in_the_config(tm
     assert not any(tmp_path.iterdir())
 
 
+def test_a_config_error_under_a_name_given_on_the_command_line_names_the_flag_the_user_typed(tmp_path):
+    (tmp_path / "c.toml").write_text('[model]\nkind = "python"\n')
+    result = traintop("run", str(tmp_path / "c.toml"), "--headless", "--name", "mine", "--runs-dir", str(tmp_path))
+    assert result.returncode == 2 and "model.factory is empty" in result.stderr
+    assert "c.toml with --name 'mine'" in result.stderr and "--set" not in result.stderr, result.stderr
+
+
 # -- the file system, checked before any data is loaded ---------------------------------------------
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import json
 import os
 import sys
 from pathlib import Path
@@ -270,10 +269,9 @@ def _load(args):
     """The config a command names, or the built-in demo when it names none."""
     from traintop.engine.config import demo_config, load_config
 
-    overrides = list(args.overrides)
-    if getattr(args, "name", None):  # validated like run.name in a config
-        overrides.append("run.name=" + json.dumps(args.name))
-    return demo_config(overrides) if args.config is None else load_config(args.config, overrides)
+    name = getattr(args, "name", None) or None  # validated like run.name in a config
+    return demo_config(args.overrides, name) if args.config is None else load_config(args.config, args.overrides,
+                                                                                      name=name)
 
 
 def _runs_dir(args) -> Path:
