@@ -19,7 +19,7 @@ from . import wire
 from .checkpoint import load_checkpoint
 from .config import Config, load_config
 from .data import Dataset, images, load_data, load_preprocessor, read_csv_file
-from .data.tabular import BadValue
+from .data.tabular import BadValue, separator_hint
 from .errors import UserError
 from .evaluation import predict_outputs, predict_records
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
@@ -168,7 +168,8 @@ class Predictor:
         missing = [c for c in self.preprocess.features if c not in frame.columns]
         if missing:
             raise UserError(f"input {path} is missing feature column(s) {', '.join(missing)}; "
-                            f"the model was trained on: {', '.join(self.preprocess.features)}")
+                            f"the model was trained on: {', '.join(self.preprocess.features)}"
+                            + separator_hint([str(c) for c in frame.columns]))
         frame = frame[self.preprocess.features]
         ids = [str(i) for i in range(len(frame))]
         try:

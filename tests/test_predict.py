@@ -109,6 +109,14 @@ def test_a_csv_missing_a_feature_column_exits_2_naming_the_column(finished, tmp_
     assert proc.stdout == ""
 
 
+def test_a_semicolon_separated_input_is_told_traintop_reads_commas(finished, tmp_path):
+    path = tmp_path / "semi.csv"
+    pd.read_csv(PLANTS_CSV).to_csv(path, index=False, sep=";")
+    proc = traintop("predict", "latest", str(path), runs_dir=finished)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "are its fields separated by ';'? traintop reads comma-separated files" in proc.stderr, proc.stderr
+
+
 def test_bad_predict_arguments_exit_2_with_a_message(finished, tmp_path):
     missing = traintop("predict", "latest", str(tmp_path / "nope.csv"), runs_dir=finished)
     assert missing.returncode == 2 and "nope.csv" in missing.stderr and "does not exist" in missing.stderr

@@ -16,7 +16,7 @@ import pandas as pd
 from ..config import BUILTIN_SOURCES, Config
 from ..errors import UserError
 from .dataset import SPLITS, Dataset
-from .tabular import MISSING_TEXT, BadValue, Preprocessor, count_leakage, infer_task, split_indices
+from .tabular import MISSING_TEXT, BadValue, Preprocessor, count_leakage, infer_task, separator_hint, split_indices
 
 
 def load_preprocessor(obj: dict[str, Any]):
@@ -334,10 +334,7 @@ def _csv_table(cfg: Config):
     if d.target not in frame.columns:
         close = get_close_matches(d.target, columns, n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
-        other = [sep for sep in (";", "\t", "|") if len(columns) == 1 and sep in columns[0]]
-        if other:
-            hint = f" (its header reads as one column: are its fields separated by {other[0]!r}? traintop reads " \
-                   "comma-separated files)"
+        hint = separator_hint(columns) or hint
         raise UserError(f"data.target: column {d.target!r} is not in {path}{hint}; "
                         f"columns: {', '.join(columns)}")
     chosen = list(d.features)

@@ -101,6 +101,14 @@ def numeric_values(column: pd.Series, name: str) -> np.ndarray:
     return np.array([_number(v, r, name) for r, v in enumerate(column)], dtype=float)
 
 
+def separator_hint(columns: list[str]) -> str:
+    """Why a CSV's columns are not found, when its header read as one column holding another
+    separator: words for the end of the message, or ""."""
+    other = [sep for sep in (";", "\t", "|") if len(columns) == 1 and sep in columns[0]]
+    return (f" (its header reads as one column: are its fields separated by {other[0]!r}? traintop reads "
+            "comma-separated files)") if other else ""
+
+
 def scale_of(values: pd.Series, what: str) -> tuple[float, float]:
     """Mean and scale of finite values, for standardizing them: the scale is their standard
     deviation, or 1 for values that do not vary (by no more than float64's rounding of their
@@ -211,7 +219,8 @@ class Preprocessor:
         missing = [c for c in self.features if c not in rows.columns]
         if missing:
             raise UserError(f"input is missing feature column(s) {', '.join(missing)}; "
-                            f"the model was trained on: {', '.join(self.features)}")
+                            f"the model was trained on: {', '.join(self.features)}"
+                            + separator_hint([str(c) for c in rows.columns]))
         parts = []
         for c in self.columns:
             col = rows[c["name"]]
