@@ -185,9 +185,8 @@ class WatchedRun:
         when the model is not known."""
         model = unwrap(model)
         self.model, self.optimizer = model, optimizer
-        if model is not None:
-            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        else:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if model is not None else []
+        if not named and optimizer is not None:  # no model, or one with nothing to train: the optimizer's
             names = names or {}
             params = [p for g in optimizer.param_groups for p in g["params"]]
             named = [(names.get(p, f"param{i}"), p) for i, p in enumerate(params)]

@@ -498,6 +498,8 @@ def test_a_model_with_nothing_of_its_own_to_train_sparse_gradients_and_an_optimi
         events = read_events(run.session.folder.events)[0]
         assert events[-1].status == "completed" and steps_in(events) == [1, 2, 3, 4, 5]
         assert reply.result(timeout=5).ok == (not isinstance(optimizer, NoLr))
+        norms = [g for e in events if isinstance(e, ev.Steps) for g in e.grad_norm]
+        assert len(norms) == 5 and all(g > 0 for g in norms)  # the frozen model's: the optimizer's parameter
     assert "NoLr has no 'lr' in its parameter groups" in reply.result().message
 
 
