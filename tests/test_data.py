@@ -187,6 +187,23 @@ def test_a_regression_in_tiny_or_huge_units_is_learnt_and_scored_in_those_units(
     assert test["r2"] > 0.9 and test["mae"] < 0.2 * unit, test
 
 
+@pytest.mark.parametrize("labels, classes", [
+    (["01", "1", "001"], ["001", "01", "1"]),  # read as numbers, three classes were one
+    (["000", "001", "002"], ["000", "001", "002"]),  # named as the file names them, not 0, 1, 2
+    (["1", "2", "3"], ["1", "2", "3"]),
+    (["1.0", "2.0", "1"], ["1", "2"]),  # the same numbers written two ways are one class
+])
+def test_zero_padded_class_labels_keep_their_names_and_stay_apart(tmp_path, labels, classes):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "codes.csv"
+    path.write_text("x1,x2,y\n" + "".join(f"{rng.normal():.3f},{rng.normal():.3f},{labels[i % len(labels)]}\n"
+                                           for i in range(60)))
+    data = csv_data(path, target="y")
+    assert data.task == "classification" and data.classes == classes
+    if labels[0].startswith("0"):
+        assert sorted(set(data.raw_target["train"])) == classes  # the file's own labels, row by row
+
+
 def test_small_integer_target_is_classification_in_number_order(write_csv):
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.arange(200) % 11)

@@ -308,9 +308,9 @@ def _load_table(cfg: Config) -> Dataset:
 
 
 def _natural(key: str):
-    """Sort numbers as numbers and words as words: 2 before 10."""
+    """Sort numbers as numbers and words as words: 2 before 10 (and 001 before 01 before 1)."""
     try:
-        return (0, float(key), "")
+        return (0, float(key), key)
     except ValueError:
         return (1, 0.0, key)
 
@@ -393,6 +393,12 @@ def _csv_table(cfg: Config):
     kinds = {c: "categorical" if is_categorical(frame[c]) else "numeric" for c in names}
     target = frame[d.target]
     task = d.task if d.task != "auto" else infer_task(target)
+    if task == "classification" and pd.api.types.is_numeric_dtype(target) and not pd.api.types.is_bool_dtype(target):
+        # Zero-padded codes (001, 02134) are names, not numbers: read as numbers, 01 and 1 would be one class.
+        texts = pd.read_csv(path, usecols=[d.target], dtype=str, keep_default_na=False, index_col=False)[d.target]
+        texts = texts[~missing_target.to_numpy()].reset_index(drop=True).str.strip()
+        if texts.str.match(r"[+-]?0\d").any():
+            target = texts
     if task == "classification":
         broken_at = np.flatnonzero(target.map(category_key).str.contains("[\r\n]", na=False).to_numpy())
         if len(broken_at):
