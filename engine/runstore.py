@@ -534,10 +534,10 @@ def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
     if exact:
         return RunFolder(exact[0])
     matches = [d for d in runs if d.name.startswith(spec)]
-    if not matches:
-        matches = [d for d in runs if _name_of(RunFolder(d)) == spec]
-        if len(matches) > 1:  # a name used twice means its latest run
-            matches = matches[-1:]
+    if len(matches) != 1:  # no id starts so, or several (a run named 2026 among 2026's runs): its name
+        named = [d for d in runs if _name_of(RunFolder(d)) == spec]
+        if named:
+            matches = named[-1:]  # a name used twice means its latest run
     if len(matches) == 1:
         return RunFolder(matches[0])
     if not matches:

@@ -331,6 +331,20 @@ def test_ls_sorts_by_start_time_filters_by_status_name_and_last_and_shows_durati
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and bad[0] in proc.stderr
 
 
+def test_a_run_named_like_the_start_of_run_ids_is_found_by_its_name(finished, tmp_path):
+    """A run named 2026 among runs started in 2026: the name, not an ambiguous id prefix."""
+    runs = tmp_path / "runs"
+    for run_id, name in (("20260101-100000-a", "a"), ("20260102-100000-2026", "2026"), ("20260103-100000-b", "b")):
+        folder = copy_of(finished, runs, run_id)
+        meta = json.loads(folder.meta.read_text())
+        meta.update(name=name)
+        folder.meta.write_text(json.dumps(meta))
+    assert resolve_run("2026", runs).run_id == "20260102-100000-2026"
+    assert resolve_run("20260103", runs).run_id == "20260103-100000-b"  # a unique id prefix is still an id
+    with pytest.raises(UserError, match="'202601' matches 3 runs"):
+        resolve_run("202601", runs)
+
+
 def test_rm_removes_finished_runs_only_when_told_yes(finished, tmp_path):
     runs = tmp_path / "runs"
     for run_id in ("one", "two", "three"):
