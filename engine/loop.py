@@ -510,6 +510,7 @@ class Trainer:
         when they are finite, so the run can be resumed once the cause is fixed. Whatever goes
         wrong here leaves the files as they were: the error the run ends with is the first one."""
         try:
+            self.lr_scale.put_back()  # an optimizer step that raised left its rates scaled
             try:
                 self.save("last")
             except NonFiniteLoss:

@@ -39,7 +39,7 @@ class LrScale:
         self.optimizer = optimizer
         self._scale = 1.0
         self._saved: list = []  # the rates the schedule set, while a step runs with them scaled
-        self._applied: list = []  # the scaled rates that step runs with (None for a tensor rate)
+        self._applied: list = []  # the scaled rates that step runs with (a tensor's id and version)
         self._handles: list = []  # the hooks go on with the first change: until then they cost nothing
         self.hooks = hooks
         self.scale = scale
@@ -58,7 +58,7 @@ class LrScale:
 
     def scheduled(self) -> float:
         """The first group's rate as the schedule set it (outside a step, the scale is not applied)."""
-        self._put_back()
+        self.put_back()
         return lr_value(self.optimizer.param_groups[0]["lr"])
 
     def current(self) -> float:
@@ -104,7 +104,7 @@ class LrScale:
             self._after_step(self.optimizer, (), {})
 
     def _before_step(self, optimizer, args, kwargs) -> None:
-        self._put_back()
+        self.put_back()
         # A tensor rate is scaled in place, so a compiled step sees the same tensor (no recompile).
         self._saved = [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
                        for group in optimizer.param_groups]
@@ -113,7 +113,9 @@ class LrScale:
                 group["lr"].mul_(self.scale)
             else:
                 group["lr"] = group["lr"] * self.scale
-        self._applied = [None if isinstance(group["lr"], torch.Tensor) else group["lr"]
+        # What the step runs with: a float rate's value, a tensor rate's version (a scheduler writes
+        # one in place, bumping it; reading the value would sync with the device).
+        self._applied = [(id(lr), lr._version) if isinstance(lr := group["lr"], torch.Tensor) else lr
                          for group in optimizer.param_groups]
 
     def _after_step(self, optimizer, args, kwargs) -> None:
@@ -124,22 +126,24 @@ class LrScale:
                 group["lr"] = lr
         self._saved = []
 
-    def _put_back(self) -> None:
+    def put_back(self) -> None:
         """A step that raised (an error inside a closure, an out-of-memory the loop caught) never
         reached its post-hook: its groups still hold the scaled rates. Put back the rates the
-        schedule set, except where it has written a new one since, so the scale never compounds
-        (a tensor rate is put back as it was: comparing it would sync with the device)."""
+        schedule set, except where it has written a new one since, so the scale never compounds."""
         if not self._saved:
             return
         for group, lr, applied in zip(self.optimizer.param_groups, self._saved, self._applied):
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].copy_(lr)
-            elif group["lr"] == applied:
+            now = group["lr"]
+            if isinstance(now, torch.Tensor):
+                if (id(now), now._version) == applied:
+                    now.copy_(lr)
+            elif now == applied:
                 group["lr"] = lr
         self._saved = []
 
     def remove(self) -> None:
         """Take the hooks off the optimizer; the schedule's own rates stay."""
+        self.put_back()
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -295,10 +295,11 @@ class Run:
         else:
             session.emit(ev.Resumed, step=t.step, source="checkpoint", epochs=self.cfg.train.epochs,
                          note=self.resume_note)
-        error = ""
+        error, trained = "", False
         try:
             try:
                 status = t.fit()
+                trained = True  # what fails after this (the test, on the best weights) leaves last.pt alone
                 t.finish(status)
             except NonFiniteLoss as e:
                 status, error = "failed", str(e)
@@ -320,7 +321,7 @@ class Run:
                 traceback.print_exc(file=sys.stderr)
             else:  # another rank's failure: that rank says why
                 session.world.say(f"ending: {error}")
-            if session.world is None:  # on several ranks a save is collective, and a rank is gone
+            if session.world is None and not trained:  # on several ranks a save is collective, and a rank is gone
                 t.salvage()
         return session.close(status, error, step=t.step, epoch=t.epoch_of_last_step, name=self.cfg.run.name,
                              epochs=t.epoch)

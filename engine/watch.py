@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import math
+import numbers
 import operator
 import os
 import sys
@@ -87,6 +88,8 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
         config = vars(config)  # an argparse.Namespace, or any object of settings
     _check_options(name=name, epochs=epochs, checkpoint_every_seconds=checkpoint_every_seconds, runs_dir=runs_dir,
                    folder=folder, sync_every=sync_every, scaler=scaler)
+    epochs = None if epochs is None else operator.index(epochs)  # plain numbers from here: numpy's too
+    checkpoint_every_seconds, sync_every = float(checkpoint_every_seconds or 0), operator.index(sync_every)
     settings = settings_from(signals, "watch(signals=...)")
     early = early_stopping_from(early_stopping)
     from . import script
@@ -229,9 +232,16 @@ class WatchedRun:
             self.mark_epoch_start()
             try:
                 yield epoch
-            finally:  # an epoch trained without run.iter (which ends its own) ends here
-                if self.started and not self.session.closed and self.steps > self.epoch_end_step:
-                    self.end_epoch()
+            except GeneratorExit:  # left by break (or dropped after an error, at a moment no other
+                if self.session.world is None:  # rank shares: there, only a finished epoch ends)
+                    self._end_open_epoch()
+                raise
+            self._end_open_epoch()
+
+    def _end_open_epoch(self) -> None:
+        """End an epoch trained without run.iter (which ends its own), if it trained at all."""
+        if self.started and not self.session.closed and self.steps > self.epoch_end_step:
+            self.end_epoch()
 
     def iter(self, iterable: Iterable, epoch: int | None = None) -> Iterator:
         """Yield from `iterable` (a DataLoader, say), telling the run the epoch (0-based, as
@@ -412,6 +422,7 @@ class WatchedRun:
             status = self.session.stop_status if self.session.stop_request is not None else "completed"
         stop = self.session.stop_request
         if (status in ("stopped", "early_stopped") and stop is not None and stop.save and self.steps
+                and self.session.source in ("watch", "script")  # Lightning's and HF's save their own way
                 and (self.model is not None or self.optimizer is not None or self._checkpoint_fn is not None)):
             self._save_or_warn("last")  # as a config run's stop does: last.pt, then the end
         for scale in [self.lr, *self.extra_scales]:
@@ -745,15 +756,18 @@ def _run_name(name: str) -> str:
 def _check_options(*, name, epochs, checkpoint_every_seconds, runs_dir, folder, sync_every, scaler) -> None:
     """watch's plain options, refused where they are handed over (a UserError naming each and what
     it takes), not at the first flush or step that would use them."""
-    def whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
+    def whole(value) -> bool:  # numpy's integers too
+        try:
+            return not isinstance(value, bool) and operator.index(value) == value
+        except TypeError:
+            return False
 
     if name is not None and not isinstance(name, str):
         raise UserError(f"watch: name is {show_value(name)}; give a string")
     if epochs is not None and not (whole(epochs) and epochs > 0):
         raise UserError(f"watch: epochs is {show_value(epochs)}; give a whole number above 0 (or None)")
-    every = checkpoint_every_seconds
-    if not (isinstance(every, (int, float)) and not isinstance(every, bool) and math.isfinite(every) and every >= 0):
+    every = 0 if checkpoint_every_seconds is None else checkpoint_every_seconds  # None: off, as 0
+    if not (isinstance(every, numbers.Real) and not isinstance(every, bool) and math.isfinite(every) and every >= 0):
         raise UserError(f"watch: checkpoint_every_seconds is {show_value(every)}; give a number of seconds, "
                         "0 or more (0 = off)")
     for option, value in (("runs_dir", runs_dir), ("folder", folder)):

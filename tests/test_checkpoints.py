@@ -429,3 +429,32 @@ def test_a_run_whose_log_was_lost_is_not_resumed_onto_nothing(tmp_path, damage, 
     assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "its history is lost" in proc.stderr
     assert all(f.read_bytes() == data for f, data in kept.items())  # nothing written
+
+
+def test_a_run_that_fails_in_its_final_test_keeps_its_final_last_pt(tmp_path, monkeypatch):
+    """The test runs on the restored best weights after last.pt is written: its failure must not
+    put those best weights into last.pt under the final step."""
+    from traintop.engine import loop
+
+    run = Run.prepare(load_config(None, ["train.epochs=3", *NO_EARLY_STOP[1:], *QUICK[1::2]]), tmp_path / "runs")
+    evaluate = loop.evaluate
+
+    def failing_test(model, objective, feed, *args, **kwargs):
+        if feed is run.trainer.feeds["test"]:
+            raise RuntimeError("out of memory at the test's batch size")
+        return evaluate(model, objective, feed, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", failing_test)
+    final = {}
+    finish = run.trainer.finish
+
+    def finish_noting_the_final_weights(status):
+        final.update({k: v.clone() for k, v in run.trainer.model.state_dict().items()})
+        run.trainer.best_state = {k: v + 1 for k, v in final.items()}  # a best unlike the final weights
+        finish(status)
+
+    run.trainer.finish = finish_noting_the_final_weights
+    assert run.train() == "failed"
+    saved = load_checkpoint(run.folder.last)
+    assert saved["step"] == 3 * run.trainer.steps_per_epoch
+    assert all(torch.equal(saved["model"][k], v) for k, v in final.items())

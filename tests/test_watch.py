@@ -243,6 +243,20 @@ def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message
     assert not (tmp_path / "runs").exists()  # refused before anything is made
 
 
+def test_watch_takes_numpy_numbers_and_none_for_its_options(tmp_path):
+    import numpy as np
+
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    with traintop.watch(model, name="numpy", runs_dir=tmp_path / "runs", epochs=np.int64(5),
+                        checkpoint_every_seconds=np.float32(60), sync_every=np.int64(1)) as run:
+        run.step(1.0)
+    with traintop.watch(model, name="off", runs_dir=tmp_path / "runs", checkpoint_every_seconds=None) as off:
+        off.step(1.0)
+    assert read_events(run.session.folder.events)[0][0].epochs == 5 and run.save_every == 60 and off.save_every == 0
+
+
 @pytest.mark.parametrize("module", ["traintop.lightning", "traintop.transformers"])
 @pytest.mark.parametrize("arguments, message", [
     (dict(early_stopping=dict(patience="x")), "TraintopCallback(early_stopping=...): early_stopping.patience"),
@@ -641,15 +655,16 @@ def test_stop_ends_a_plain_loop_that_never_reads_should_stop_as_stopped(tmp_path
     assert torch.load(folder.last, weights_only=True)["step"] == events[-1].step
 
 
-def test_a_step_that_raises_leaves_the_rate_change_as_it_was_never_compounded(tmp_path):
+@pytest.mark.parametrize("rate", ["float", "tensor"])
+def test_a_step_that_raises_leaves_the_rate_change_as_it_was_never_compounded(tmp_path, rate):
     """The scale's post-hook never runs for an optimizer step that raised (an error in an LBFGS
     closure the loop catches): the next step still uses the schedule's rate times the scale, and
-    a rate the schedule wrote in between is kept."""
+    a rate the schedule wrote in between (in place, for a tensor rate) is kept."""
     import traintop
     from traintop.engine import commands as cmd
 
     model = torch.nn.Linear(3, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1 if rate == "float" else torch.tensor(0.1), foreach=False)
     run = traintop.watch(model, optimizer, name="raising-step", runs_dir=tmp_path / "runs")
 
     def used_rate():
@@ -665,15 +680,23 @@ def test_a_step_that_raises_leaves_the_rate_change_as_it_was_never_compounded(tm
     def failing_closure():
         raise RuntimeError("out of memory")
 
+    def schedule(value):  # as torch's schedulers write a rate: a tensor in place
+        if rate == "tensor":
+            optimizer.param_groups[0]["lr"].fill_(value)
+        else:
+            optimizer.param_groups[0]["lr"] = value
+
     assert used_rate() == pytest.approx(0.1)
     run.lr.apply(cmd.SetLr(factor=2.0))
-    for _ in range(3):
+    for _ in range(3):  # nothing reads the rate between them
         with pytest.raises(RuntimeError):
             optimizer.step(failing_closure)
-        assert run.lr.scheduled() == pytest.approx(0.1)
-    assert used_rate() == pytest.approx(0.2) and optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    assert used_rate() == pytest.approx(0.2) and float(optimizer.param_groups[0]["lr"]) == pytest.approx(0.1)
     with pytest.raises(RuntimeError):
         optimizer.step(failing_closure)
-    optimizer.param_groups[0]["lr"] = 0.05  # the schedule moves on after the failed step
-    assert used_rate() == pytest.approx(0.1) and optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
-    run.finish()
+    schedule(0.05)  # the schedule moves on after the failed step
+    assert used_rate() == pytest.approx(0.1) and float(optimizer.param_groups[0]["lr"]) == pytest.approx(0.05)
+    with pytest.raises(RuntimeError):
+        optimizer.step(failing_closure)
+    run.finish()  # the hooks come off: the schedule's own rate stays, unscaled
+    assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(0.05)
