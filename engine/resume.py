@@ -102,7 +102,7 @@ def check_log(folder: RunFolder, offset: int | None) -> None:
         with open(folder.events, "rb") as f:
             first = f.readline()
             size = f.seek(0, os.SEEK_END)
-        if not isinstance(_first_event(first), ev.RunStarted):
+        if not isinstance(event_of(first), ev.RunStarted):
             why = "has an events.jsonl that does not begin with its run_started event"
         elif offset is not None and size < offset:
             why = (f"has an events.jsonl of {size} bytes, shorter than the {offset} it had written when "
@@ -112,8 +112,10 @@ def check_log(folder: RunFolder, offset: int | None) -> None:
                         "it; start a new run, or use its checkpoints as they are (traintop predict)")
 
 
-def _first_event(line: bytes):
+def event_of(line: bytes) -> ev.Event | None:
+    """One line of events.jsonl as its event; None for a torn line (UnicodeDecodeError is a
+    ValueError too) or one that is no event."""
     try:
         return ev.parse_line(line.decode())
-    except ValueError:  # torn, or not an event at all
+    except ValueError:
         return None

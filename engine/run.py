@@ -31,7 +31,7 @@ from .distributed import World, placement, threads_per_rank
 from .errors import DiskFull, NonFiniteLoss, UserError
 from .loop import Model, Trainer
 from .models import describe_layers
-from .resume import check_log, resume_config
+from .resume import check_log, event_of, resume_config
 from .runstore import RunFolder, RunLock, default_runs_dir, read_events, write_json, write_text
 from .session import EventLog, Session
 
@@ -369,19 +369,12 @@ def _truncate_log(path: Path, offset: int | None) -> float:
     with open(path, "rb+") as f:
         data = f.read()
         end = offset if offset is not None and offset <= len(data) else data.rfind(b"\n") + 1
-        kept = [line for line in data[end:].splitlines() if isinstance(_parse(line), ev.TestResult)]
+        kept = [line for line in data[end:].splitlines() if isinstance(event_of(line), ev.TestResult)]
         f.truncate(end)
         f.seek(end)
         f.write(b"".join(line + b"\n" for line in kept))
     for line in reversed(data[:end].splitlines() + kept):
-        event = _parse(line)
+        event = event_of(line)
         if event is not None:
             return float(event.t)
     return 0.0
-
-
-def _parse(line: bytes) -> ev.Event | None:
-    try:
-        return ev.parse_line(line.decode())
-    except ValueError:  # a torn line (UnicodeDecodeError is one too)
-        return None

@@ -219,8 +219,7 @@ class Preprocessor:
         missing = [c for c in self.features if c not in rows.columns]
         if missing:
             raise UserError(f"input is missing feature column(s) {', '.join(missing)}; "
-                            f"the model was trained on: {', '.join(self.features)}"
-                            + separator_hint([str(c) for c in rows.columns]))
+                            f"the model was trained on: {', '.join(self.features)}")
         parts = []
         for c in self.columns:
             col = rows[c["name"]]
