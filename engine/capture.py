@@ -1,6 +1,9 @@
 """The loss of each backward pass, captured by wrapping `torch.Tensor.backward` and
 `torch.autograd.backward`: no global backward hook exists, and loops that never hand their loss
 to anyone (a script, the Hugging Face Trainer with a custom `compute_loss`) still call one of them.
+A loop that takes its gradients from `torch.autograd.grad` and sets them itself is read from that
+(wrapped too), but only in a step with no backward pass: elsewhere such a call is a part of the
+loss (a gradient penalty), not the loss.
 
 The wrappers call the originals with exactly the arguments they were given, so the user's numbers
 do not change; the captured loss is a detached view, kept on the device.
@@ -25,9 +28,10 @@ class LossCapture:
 
     def __init__(self, scaler=None):
         self.losses: list[torch.Tensor] = []
+        self.grad_losses: list[torch.Tensor] = []  # the scalars differentiated by torch.autograd.grad
         self.scaler = scaler  # a GradScaler whose scale divides captured losses back
 
-    def add(self, tensor: torch.Tensor) -> None:
+    def add(self, tensor: torch.Tensor, by_grad: bool = False) -> None:
         if tensor.numel() != 1 or not tensor.is_floating_point():
             return
         loss = tensor.detach().reshape(())
@@ -35,11 +39,13 @@ class LossCapture:
         scale = getattr(scaler, "_scale", None)
         if isinstance(scale, torch.Tensor):  # a mixed-precision loss comes scaled: divide on the device
             loss = loss / scale.reshape(()).to(loss.device)
-        self.losses.append(loss)
+        (self.grad_losses if by_grad else self.losses).append(loss)
 
     def take(self) -> list[torch.Tensor]:
-        """The losses since the last call, oldest first."""
-        losses, self.losses = self.losses, []
+        """The losses since the last call, oldest first: those of backward passes, or when there was
+        none, those given to `torch.autograd.grad`."""
+        losses = self.losses or self.grad_losses
+        self.losses, self.grad_losses = [], []
         return losses
 
     def __enter__(self) -> LossCapture:
@@ -59,8 +65,10 @@ def install(capture: LossCapture) -> None:
         _originals["tensor"] = torch.Tensor.backward
         _originals["autograd"] = torch.autograd.backward
         _originals["scale"] = torch.amp.GradScaler.scale
+        _originals["grad"] = torch.autograd.grad
         torch.Tensor.backward = _tensor_backward
         torch.autograd.backward = _autograd_backward
+        torch.autograd.grad = _autograd_grad
         torch.amp.GradScaler.scale = _scaler_scale
 
 
@@ -74,15 +82,16 @@ def uninstall(capture: LossCapture) -> None:
         torch.Tensor.backward = _originals.pop("tensor")
         torch.autograd.backward = _originals.pop("autograd")
         torch.amp.GradScaler.scale = _originals.pop("scale")
+        torch.autograd.grad = _originals.pop("grad")
 
 
-def _offer(tensors) -> None:
+def _offer(tensors, by_grad: bool = False) -> None:
     if getattr(_local, "inside", False):  # Tensor.backward calls autograd.backward: count it once
         return
     for tensor in tensors if isinstance(tensors, (list, tuple)) else (tensors,):
         if isinstance(tensor, torch.Tensor):
             for capture in _captures:
-                capture.add(tensor)
+                capture.add(tensor, by_grad)
 
 
 def _tensor_backward(self, *args, **kwargs):
@@ -102,6 +111,11 @@ def _autograd_backward(tensors, *args, **kwargs):
         return _originals["autograd"](tensors, *args, **kwargs)
     finally:
         _local.inside = was
+
+
+def _autograd_grad(*args, **kwargs):
+    _offer(args[0] if args else kwargs.get("outputs"), by_grad=True)
+    return _originals["grad"](*args, **kwargs)
 
 
 def _scaler_scale(self, outputs):

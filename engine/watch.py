@@ -600,9 +600,11 @@ class WatchedRun:
             path = self.save("manual")
         except UserError as e:  # not saved (its function failed, or the weights are not finite): training goes on
             return cmd.Reply(False, str(e))
+        if path is None:
+            return cmd.Reply(True, "run.on_checkpoint ran; it wrote no file at the path it was given and returned none")
         return cmd.Reply(True, f"saved {path}")
 
-    def save(self, kind: str) -> Path:
+    def save(self, kind: str) -> Path | None:
         """Save through the loop's own function (`on_checkpoint`), or the model's and optimizer's
         state into last.pt: copied here, written off the loop's thread, never with non-finite weights."""
         session = self.session
@@ -614,7 +616,15 @@ class WatchedRun:
             except Exception as e:  # noqa: BLE001 - the loop's function failed; its training goes on
                 raise CheckpointFailed(f"run.on_checkpoint failed ({type(e).__name__}: {e}): not saved; "
                                        "training goes on") from None
-            path = Path(result) if isinstance(result, (str, os.PathLike)) else path
+            if isinstance(result, (str, os.PathLike)):
+                path = Path(result).absolute()
+                if not path.exists():
+                    raise CheckpointFailed(f"run.on_checkpoint returned {show_value(str(result))}, where there is no "
+                                           "file: return the path your function wrote, or nothing when it wrote "
+                                           "the path it was given")
+            elif not path.exists():  # saved elsewhere (its own store), or nowhere: no file to name
+                session.emit(ev.CheckpointSaved, path="", kind=kind, step=self.steps)
+                return None
             session.emit(ev.CheckpointSaved, path=str(path), kind=kind, step=self.steps)
             return path
         state: dict = {"step": self.steps, "epoch": session.epoch}

@@ -312,3 +312,43 @@ def test_script_arguments_go_after_the_double_dash_and_resume_says_how_to_go_on(
     assert "completed" in listing.stdout
     exported = traintop("export", only_run(runs).name, runs=runs, cwd=tmp_path)
     assert exported.returncode == 0 and "(24 steps)" in exported.stdout
+
+
+def test_a_script_that_takes_its_gradients_from_autograd_grad_records_its_loss(tmp_path):
+    """Gradients set by hand from torch.autograd.grad: that loss is the step's, with no false
+    nan_loss warning. In a step with a backward pass, a gradient penalty's autograd.grad is part of
+    the loss, not the step's loss. The script's numbers are the same watched or not."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "by_grad.py"
+    script.write_text(
+        "import torch\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.05)\n"
+        "x = torch.randn(64, 4, requires_grad=True); y = x.detach().sum(1, keepdim=True)\n"
+        "for step in range(60):\n"
+        "    loss = (model(x) - y).pow(2).mean()\n"
+        "    if step < 30:  # gradients taken and set by hand\n"
+        "        grads = torch.autograd.grad(loss, list(model.parameters()))\n"
+        "        for p, g in zip(model.parameters(), grads):\n"
+        "            p.grad = g\n"
+        "    else:  # a gradient penalty: autograd.grad of a scalar, inside a step with backward\n"
+        "        (gx,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)\n"
+        "        optimizer.zero_grad()\n"
+        "        (loss + 0.01 * gx.pow(2).mean()).backward()\n"
+        "    optimizer.step()\n"
+        "    print('loss', repr(loss.item()))\n")
+    plain = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60, check=True)
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed_losses = [float(line.split()[1]) for line in plain.stdout.splitlines() if line.startswith("loss ")]
+    assert [line for line in done.stdout.splitlines() if line.startswith("loss ")] == \
+        [line for line in plain.stdout.splitlines()]
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    recorded = [x for e in events if isinstance(e, ev.Steps) for x in e.loss]
+    penalised = [x for e in events if isinstance(e, ev.Steps) for x in e.loss][30:]
+    assert len(recorded) == 60 and recorded[:30] == pytest.approx(printed_losses[:30], rel=1e-5)
+    # with the penalty, the step's loss is the whole backward'd loss: a little above the plain one
+    assert all(p >= x for p, x in zip(penalised, printed_losses[30:])) and penalised != printed_losses[30:]
+    assert not [e for e in events if isinstance(e, ev.RunWarning) and e.kind == "nan_loss"]

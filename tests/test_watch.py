@@ -420,6 +420,41 @@ def test_a_loops_function_that_fails_or_answers_odd_values_never_ends_its_run(tm
     assert events[-1].status == "completed" and steps_in(events) == [1, 2, 3, 4, 5]
 
 
+def test_a_checkpoint_function_is_believed_only_about_files_that_exist(tmp_path):
+    """`c` through run.on_checkpoint: the path it writes or returns is named; a returned path with
+    no file there is refused by name; one that saved in a store of its own (no file) is not named as a file."""
+    import traintop
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = traintop.watch(model, optimizer, name="ckfn", runs_dir=tmp_path / "runs", checkpoint_every_seconds=0)
+    elsewhere = tmp_path / "mine.pt"
+    functions = [lambda path: torch.save(model.state_dict(), path),  # the path it is given
+                 lambda path: torch.save(model.state_dict(), elsewhere) or str(elsewhere),  # its own, returned
+                 lambda path: tmp_path / "never-written.pt",  # a path with nothing there
+                 lambda path: None]  # somewhere of its own, say a store: no file to name
+    replies = []
+    for fn in functions:
+        run.on_checkpoint(fn)
+        reply = run.session.send_nowait(cmd.Checkpoint())
+        loss = model(torch.randn(8, 3)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        run.step(loss)
+        optimizer.step()
+        replies.append(reply.result(timeout=5))
+        if fn is functions[0]:
+            run.session.folder.last.unlink()  # so that the last function's save is nowhere
+    run.finish()
+    given, returned, missing, own = replies
+    assert given.ok and given.message == f"saved {run.session.folder.last}"
+    assert returned.ok and returned.message == f"saved {elsewhere}"
+    assert not missing.ok and "never-written.pt" in missing.message and "where there is no file" in missing.message
+    assert own.ok and "wrote no file" in own.message
+    saved = [e for e in read_events(run.session.folder.events)[0] if isinstance(e, ev.CheckpointSaved)]
+    assert [e.path for e in saved] == [str(run.session.folder.last), str(elsewhere), ""]
+
+
 def test_what_a_loop_hands_over_under_a_name_traintop_records_or_as_a_complex_number_is_refused(tmp_path):
     import traintop
 

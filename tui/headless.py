@@ -128,7 +128,8 @@ class HeadlessPrinter:
 
     def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
         if e.kind != "best":  # best.pt is rewritten often; the final line names it
-            self.line(f"  saved   {e.kind} checkpoint at step {e.step}: {e.path}")
+            self.line(f"  saved   {e.kind} checkpoint at step {e.step}: "
+                      + (e.path or "by the loop's own function, in no file it named"))
 
     def on_warning(self, e: ev.RunWarning) -> None:
         """A condition once, with what to try; as it persists, a short line at its 2nd, 4th, 8th... time."""
