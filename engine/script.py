@@ -127,6 +127,7 @@ class AutoWatch:
     def after_step(self, optimizer, args, kwargs) -> None:
         run = self.run
         if optimizer is not self.optimizer:
+            self.capture.take()  # that optimizer's losses (a GAN's generator's): never the followed one's
             steps = self._others[id(optimizer)] = self._others.get(id(optimizer), 0) + 1
             if steps >= HANDOVER_STEPS:
                 self.hand_over(optimizer)

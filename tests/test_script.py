@@ -352,3 +352,41 @@ def test_a_script_that_takes_its_gradients_from_autograd_grad_records_its_loss(t
     # with the penalty, the step's loss is the whole backward'd loss: a little above the plain one
     assert all(p >= x for p, x in zip(penalised, printed_losses[30:])) and penalised != printed_losses[30:]
     assert not [e for e in events if isinstance(e, ev.RunWarning) and e.kind == "nan_loss"]
+
+
+def test_a_gans_two_optimizers_record_the_first_ones_loss_alone(tmp_path):
+    """A GAN steps its discriminator and then its generator, turn by turn: the steps recorded are
+    the discriminator's, each with the mean of its own backward passes; the generator's loss, which
+    comes between, is never mixed into them."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "gan.py"
+    script.write_text(
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "torch.manual_seed(0)\n"
+        "G = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n"
+        "D = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))\n"
+        "opt_d = torch.optim.Adam(D.parameters(), lr=1e-3)\n"
+        "opt_g = torch.optim.Adam(G.parameters(), lr=1e-3)\n"
+        "real = torch.randn(256, 2) * 0.5 + 2\n"
+        "ones, zeros = torch.ones(64, 1), torch.zeros(64, 1)\n"
+        "for step in range(40):\n"
+        "    batch = real[torch.randint(0, 256, (64,))]\n"
+        "    fake = G(torch.randn(64, 2))\n"
+        "    D.zero_grad()\n"
+        "    err_real = F.binary_cross_entropy_with_logits(D(batch), ones)\n"
+        "    err_real.backward()\n"
+        "    err_fake = F.binary_cross_entropy_with_logits(D(fake.detach()), zeros)\n"
+        "    err_fake.backward()\n"
+        "    opt_d.step()\n"
+        "    G.zero_grad()\n"
+        "    err_g = F.binary_cross_entropy_with_logits(D(fake), ones)\n"
+        "    err_g.backward()\n"
+        "    opt_g.step()\n"
+        "    print('d', repr((err_real.item() + err_fake.item()) / 2), 'g', repr(err_g.item()))\n")
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    d_losses = [float(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("d ")]
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    recorded = [x for e in events if isinstance(e, ev.Steps) for x in e.loss]
+    assert len(d_losses) == 40 and recorded == pytest.approx(d_losses, rel=1e-5)
