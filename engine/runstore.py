@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .config import show_value
 from .errors import DiskFull, UserError
 from .events import Event, finite_or_null, parse_line
 
@@ -234,7 +235,9 @@ class RunFolder:
             reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
             raise UserError(f"{path} is not valid JSON ({reason}): the file is damaged") from None
         if not isinstance(obj, dict):
-            raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object: the file is damaged")
+            what = ("null" if obj is None else "true or false" if isinstance(obj, bool) else "an array"
+                    if isinstance(obj, list) else "a string" if isinstance(obj, str) else "a number")
+            raise UserError(f"{path} holds {what}, not a JSON object: the file is damaged")
         return obj
 
 
@@ -523,8 +526,11 @@ def resolve_run(spec: str, runs_dir: Path) -> RunFolder:
         raise UserError("an empty run name would match every run; name one by its id, an id prefix, its name, "
                         "its folder, or latest")
     p = Path(spec).expanduser()
-    if (p / "events.jsonl").exists() or (p / "meta.json").exists():
-        return RunFolder(p)
+    try:
+        if (p / "events.jsonl").exists() or (p / "meta.json").exists():
+            return RunFolder(p)
+    except OSError as e:  # a name longer than the file system takes, say: no folder, so no run by it
+        raise UserError(f"no run matches {show_value(spec)}: {e.strerror or e}") from None
     runs = sorted(d for d in runs_dir.iterdir() if d.is_dir()) if runs_dir.is_dir() else []
     if not runs:
         raise UserError(f"no runs in {runs_dir}")
@@ -557,6 +563,27 @@ def _name_of(folder: RunFolder) -> str | None:
 
 STATUSES = ("running", "paused", "completed", "early-stopped", "stopped", "failed", "killed", "unreadable")
 RUN_FILES = ("meta.json", "events.jsonl", "report.json")  # any of them makes a run folder
+OWN_FILES = (*RUN_FILES, "config.toml", "preprocess.json", "engine.log", "control.sock", ".lock")
+
+
+def run_file_at(path: Path) -> Path | None:
+    """The run folder whose own file `path` is, through any links (one of OWN_FILES, or anything
+    in its checkpoints/), or None: no command writes a user's output there."""
+    real = Path(os.path.realpath(path))
+    folder, inside = (real.parent.parent, True) if real.parent.name == "checkpoints" else (real.parent, False)
+    if (inside or real.name in OWN_FILES) and any((folder / f).exists() for f in RUN_FILES):
+        return folder
+    return None
+
+
+def is_run_of_its_own(folder: RunFolder) -> bool:
+    """Whether `folder` says it is a run: its meta.json names it by its run id. Any folder holding a
+    file called meta.json or events.jsonl is not one for that alone."""
+    try:
+        meta = folder.read_json("meta.json")
+    except UserError:
+        return False
+    return isinstance(meta, dict) and meta.get("run_id") == folder.path.resolve().name
 
 
 @dataclass
@@ -617,6 +644,11 @@ def summarize(folder: RunFolder) -> RunSummary:
         elif "status" not in report:  # run_finished logged, but no report.json: keep what it said
             report["status"] = "killed"
         seconds = events[-1].t if events else None
+    given = report.get("status")
+    status = given.replace("_", "-") if isinstance(given, str) else None
+    if status not in STATUSES:
+        said = "no status" if given is None else f"the status {show_value(given)}"
+        raise UserError(f"{folder.report} gives {said}, none of {', '.join(STATUSES[:-1])}: the file is damaged")
     best, test = _dict(report.get("best")), _dict(report.get("test"))
     test_name = "accuracy" if "accuracy" in test else ("rmse" if "rmse" in test else "loss")
     started = meta.get("started") if isinstance(meta.get("started"), str) else ""
@@ -625,7 +657,7 @@ def summarize(folder: RunFolder) -> RunSummary:
     return RunSummary(
         run_id=folder.run_id,
         name=name,
-        status=str(report.get("status", "?")).replace("_", "-"),
+        status=status,
         epochs=epochs if isinstance(epochs, int) else 0,
         best=_metric_text(str(best.get("monitor", "")), best.get("value")),
         test=_metric_text(test_name, test.get(test_name)),

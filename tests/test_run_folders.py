@@ -278,6 +278,9 @@ def test_ls_lists_every_readable_run_and_marks_each_damaged_one_unreadable_with_
     odd.meta.write_text(json.dumps({"name": ["x"], "started": 5, "pid": "abc"}))
     odd.report.write_text(json.dumps({"status": "completed", "best": 3, "test": "high", "epochs": "two",
                                       "seconds": "long"}))
+    for name, status in (("bogus-status", "bogus"), ("number-status", 7)):
+        report = json.loads(copy_of(finished, runs, name).report.read_text())
+        (runs / name / "report.json").write_text(json.dumps({**report, "status": status}))
     for name, seconds in (("aeons", 1e308), ("days", 3 * 86400 + 4 * 3600 + 5), ("negative", -4.0)):
         report = json.loads(copy_of(finished, runs, name).report.read_text())
         (runs / name / "report.json").write_text(json.dumps({**report, "seconds": seconds}))
@@ -292,12 +295,14 @@ def test_ls_lists_every_readable_run_and_marks_each_damaged_one_unreadable_with_
     assert "not-a-run" not in table and "stray-file.txt" not in table
     reasons = dict(re.findall(r"^unreadable: (\S+): (.*)$", out, re.M))
     assert {name: table[name][2] for name in reasons} == {name: "unreadable" for name in reasons}
-    assert set(reasons) == {"junk-meta", "junk-report", "no-events", "no-meta", "listed-meta", "bad-log"}
+    assert set(reasons) == {"junk-meta", "junk-report", "no-events", "no-meta", "listed-meta", "bad-log",
+                            "bogus-status", "number-status"}
+    assert reasons["bogus-status"].startswith("report.json gives the status 'bogus', none of running, ")
     assert reasons["junk-meta"].startswith("meta.json is not valid JSON")
     assert reasons["junk-report"].startswith("report.json is not valid JSON")
     assert reasons["no-events"].startswith("events.jsonl is missing")
     assert reasons["no-meta"].startswith("meta.json is missing")
-    assert reasons["listed-meta"].startswith("meta.json holds a JSON list")
+    assert reasons["listed-meta"].startswith("meta.json holds an array, not a JSON object")
     assert reasons["bad-log"].startswith("events.jsonl: line 2 is not a valid event")
     assert "unreadable:" not in ls(runs, "--status", "completed").stdout
 
@@ -489,3 +494,57 @@ def test_show_and_attach_take_trust(python_run, tmp_path):
     for command in ("show", "attach"):
         refused(traintop(command, str(copied.path), "--trust"), "events.jsonl is missing")
     assert traintop("attach", str(python_run.path), "--headless", "--trust").returncode == 0
+
+
+def test_rm_removes_only_folders_that_are_runs(finished, tmp_path):
+    """A project folder that happens to hold a meta.json is no run: rm, given its path (or `.`),
+    refuses and removes nothing. A run folder kept outside the runs folder is still removed by path."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "meta.json").write_text('{"x": 1}')
+    (project / "src" / "code.py").write_text("keep = 1\n")
+    for spec, cwd in ((str(project), tmp_path), (".", project)):
+        message = refused(traintop("rm", spec, "--yes", "--runs-dir", str(runs), cwd=cwd),
+                          "is not a traintop run folder", "nothing removed")
+        assert str(project) in message or spec in message
+        assert (project / "src" / "code.py").read_text() == "keep = 1\n"
+    moved = tmp_path / "archive" / finished.run_id
+    shutil.copytree(finished.path, moved)
+    proc = traintop("rm", str(moved), "--yes", "--runs-dir", str(runs))
+    assert proc.returncode == 0 and f"removed {moved}" in proc.stdout and not moved.exists()
+
+
+def test_no_output_is_written_over_a_runs_own_files(finished, tmp_path):
+    """predict --out and export --out, named straight or through a link, never replace a run's log,
+    checkpoints or other files: refused, and the files are as they were."""
+    run = RunFolder(shutil.copytree(finished.path, tmp_path / "runs" / finished.run_id))
+    kept = {f: f.read_bytes() for f in (run.events, run.meta, run.report, run.config, run.best)}
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "steps.csv").symlink_to(run.events)
+    inputs = tmp_path / "in.csv"
+    inputs.write_text(",".join(f"p{i}" for i in range(64)) + "\n" + ",".join(["0"] * 64) + "\n")
+    for args in (["predict", run.run_id, str(inputs), "--out", str(run.events)],
+                 ["predict", run.run_id, str(inputs), "--out", str(run.best)],
+                 ["predict", run.run_id, str(inputs), "--out", str(links / "steps.csv")],
+                 ["export", run.run_id, "--format", "csv", "--out", str(links)]):
+        refused(traintop(*args, "--runs-dir", str(tmp_path / "runs")), "is a file of the run", "give another path")
+    assert {f: f.read_bytes() for f in kept} == kept
+    proc = traintop("export", run.run_id, "--format", "csv", "--runs-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 0 and (run.path / "steps.csv").is_file()  # its own tables, beside the run's files
+
+
+def test_odd_arguments_of_the_run_commands_are_refused_by_name(finished):
+    """A run argument longer than a file name may be, `--out -`, and a --tail past any count: a
+    clear refusal (or, for --tail, every line), never a traceback."""
+    runs = str(finished.path.parent)
+    long_name = "a" * 300
+    for args in (["show", long_name], ["export", long_name], ["resume", long_name], ["rm", long_name, "--yes"],
+                 ["ctl", long_name, "pause"]):
+        refused(traintop(*args, "--runs-dir", runs), "no run matches", "File name too long")
+    for args in (["predict", finished.run_id, "in.csv", "--out", "-"], ["export", finished.run_id, "--out", "-"]):
+        refused(traintop(*args, "--runs-dir", runs), "--out", "'-' names no file")
+    proc = traintop("attach", finished.run_id, "--headless", "--tail", "9" * 30, "--runs-dir", runs)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "finished: completed" in proc.stdout

@@ -179,7 +179,7 @@ def tail_lines(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     try:
-        return whole_number(text, 0)
+        return min(whole_number(text, 0), sys.maxsize)  # more lines than a log can hold: all of them
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more) or `all`, got {text!r}") from None
 
@@ -661,6 +661,8 @@ def cmd_export(args) -> int:
             w.writerow([v.step, v.epoch, v.val_loss, *[v.metrics.get(m, "") for m in metrics],
                         v.best, v.since_best, v.source])
 
+    for table in ("steps.csv", "validation.csv"):  # both or neither
+        refuse_run_file(out / table, "--out")
     write_output(out / "steps.csv", "--out", write_steps)
     write_output(out / "validation.csv", "--out", write_validations)
     print(f"wrote {out / 'steps.csv'} ({n_steps} steps) and {out / 'validation.csv'} "
@@ -696,6 +698,9 @@ def output_path(text: str) -> Path:
     """An --out path: not empty (which would mean the current folder without saying so)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty; give a path")
+    if text.strip() == "-":  # stdout, to many tools: here, without --out predict prints there
+        raise argparse.ArgumentTypeError("'-' names no file; leave --out out (predict then prints the "
+                                         "predictions, export writes into the run folder)")
     return Path(text)
 
 
@@ -704,6 +709,7 @@ def write_output(path: Path, label: str, write: Callable[[TextIO], object]) -> N
     a temporary file beside it; a folder or disk that refuses it is a UserError naming it. A link
     is written through to the file it names, never replaced; a device or a pipe (/dev/stdout, a
     fifo) is written to as it is, as a shell's `>` would."""
+    refuse_run_file(path, label)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     if path.exists() and not path.is_file() and not path.is_dir():
@@ -726,6 +732,16 @@ def write_output(path: Path, label: str, write: Callable[[TextIO], object]) -> N
         raise UserError(f"{label}: {path} {what}") from None
 
 
+def refuse_run_file(path: Path, label: str) -> None:
+    """No output the user names is written over a run's own files (its log, its checkpoints), even
+    through a link."""
+    from traintop.engine.runstore import run_file_at
+
+    if (run := run_file_at(path)) is not None:
+        raise UserError(f"{label}: {path} is a file of the run in {run}; traintop never writes over a run's own "
+                        "files: give another path")
+
+
 def check_output(path: Path, label: str, folder: bool) -> None:
     """Refuse, before any work, an output path that cannot be what it must: a file (or a folder)
     whose parents are folders."""
@@ -744,6 +760,8 @@ def _check_output(path: Path, label: str, folder: bool) -> None:
         raise UserError(f"{label} {path} is a file; give a folder for the exported tables")
     if not folder and path.is_dir():
         raise UserError(f"{label} {path} is a folder; give the path of a file for the predictions CSV")
+    if not folder:
+        refuse_run_file(path, label)
     existing = nearest_existing(path if folder else path.parent)
     if not existing.is_dir():
         raise UserError(f"{label} {path} lies under {existing}, which is a file, not a folder")
@@ -849,7 +867,7 @@ def cmd_rm(args) -> int:
     """Remove finished runs' folders, after asking (or with --yes); never a live run's."""
     import shutil
 
-    from traintop.engine.runstore import RUN_FILES, is_live, resolve_run, socket_is_live
+    from traintop.engine.runstore import RUN_FILES, is_live, is_run_of_its_own, resolve_run, socket_is_live
 
     runs_dir = _runs_dir(args)
     folders = []
@@ -860,6 +878,10 @@ def cmd_rm(args) -> int:
         if not any((folder.path / f).exists() for f in RUN_FILES):
             raise UserError(f"{folder.path} is not a run folder (it has no {', '.join(RUN_FILES)}); "
                             "nothing removed")
+        if folder.path.resolve().parent != runs_dir.resolve() and not is_run_of_its_own(folder):
+            # a folder named by its path, outside the runs folder: only one that says it is a run
+            raise UserError(f"{folder.path} is not a traintop run folder (its meta.json does not name it as "
+                            f"run {folder.path.resolve().name}); nothing removed")
         try:
             live = is_live(folder)
         except UserError:  # a damaged meta.json: only the socket can tell
@@ -869,8 +891,9 @@ def cmd_rm(args) -> int:
                             "then remove it; nothing removed")
         if folder.path.resolve() not in [f.path.resolve() for f in folders]:
             folders.append(folder)
-    names = ", ".join(f.run_id for f in folders)
-    what = f"{len(folders)} run{'s' if len(folders) != 1 else ''} ({names})"
+    runs = runs_dir.resolve()
+    shown = {f.path: f.run_id if f.path.resolve().parent == runs else str(f.path) for f in folders}  # elsewhere: whole
+    what = f"{len(folders)} run{'s' if len(folders) != 1 else ''} ({', '.join(shown.values())})"
     if not args.yes:
         if not sys.stdin.isatty():
             raise UserError(f"rm asks before it removes {what}, and there is no terminal to ask on; "
@@ -887,5 +910,5 @@ def cmd_rm(args) -> int:
             shutil.rmtree(folder.path)
         except OSError as e:
             raise UserError(f"could not remove {folder.path}: {e.strerror or e}") from None
-        print(f"removed {folder.run_id}")
+        print(f"removed {shown[folder.path]}")
     return 0
