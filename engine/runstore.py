@@ -78,8 +78,14 @@ def check_runs_dir(runs_dir: Path, name: str | None = None, what: str = "runs di
     if problem:
         where = "" if existing == Path(os.path.abspath(runs_dir)) else f" (nothing can be created in {existing})"
         raise UserError(f"{what} {runs_dir} cannot be written{where}: {problem}{hint}")
-    if name is None:
-        return
+    if name is not None:
+        check_run_name(runs_dir, name, what)
+
+
+def check_run_name(runs_dir: Path, name: str, what: str = "runs dir") -> None:
+    """Refuse a run name whose run id, or whose files' paths under `runs_dir`, would pass the file
+    system's limits (`check` asks this alone: it writes nothing)."""
+    existing = nearest_existing(runs_dir)
     try:
         name_max = os.pathconf(existing, "PC_NAME_MAX")
         path_max = os.pathconf(existing, "PC_PATH_MAX")

@@ -402,3 +402,15 @@ def test_check_and_the_run_show_the_mode_warning(tmp_path):
     warnings = [e for e in events if e["event"] == "warning" and e["kind"] == "config"]
     assert len(warnings) == 1 and "val_accuracy" in warnings[0]["message"] and warnings[0]["step"] == 0
     assert 'mode = "min"' in (folder / "config.toml").read_text()
+
+
+def test_check_refuses_a_run_name_that_run_would_refuse(tmp_path):
+    """check says what run would: a name too long for a run id is refused by both, in the same words."""
+    args = ["--set", f"run.name={'m' * 300}", "--set", "train.epochs=1"]
+    env = {**os.environ, "TRAINTOP_RUNS_DIR": str(tmp_path / "runs")}
+    check, run = (subprocess.run([sys.executable, "-m", "traintop.tui", *command, *args], capture_output=True,
+                                 text=True, timeout=120, env=env) for command in (["check"], ["run", "--headless"]))
+    for proc in (check, run):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "is 300 bytes long" in proc.stderr and "at most 235 bytes" in proc.stderr
+    assert not (tmp_path / "runs").exists()

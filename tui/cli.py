@@ -812,6 +812,9 @@ def cmd_check(args) -> int:
     from traintop.engine.run import resolve_device
     from traintop.tui.summary import summary_lines
 
+    from traintop.engine.runstore import check_run_name, default_runs_dir
+
+    check_run_name(default_runs_dir(), cfg.run.name)  # what run would refuse before loading anything
     data = load_data(cfg)
     device = resolve_device(cfg.run.device)
     model = Model(cfg, data, device)
