@@ -156,7 +156,9 @@ class Trainer:
         self.timer = PhaseTimer(device=device)  # a step now and then, phase by phase
         self.timer.step_of = lambda: self.step + 1  # the step being trained
         session.recorder, session.timer = self.recorder, self.timer
-        session.samples_per_step = self.batch_size * self.accumulate
+        # an epoch's samples over its steps: a step that would take more batches than an epoch has
+        # trains the epoch's (and the last step of an epoch may take fewer)
+        session.samples_per_step = self.n_shard / self.steps_per_epoch
         session.flush_hooks.append(self.after_flush)
         session.handlers.update({
             cmd.SetLr: self.set_lr, cmd.Validate: self.validate_now, cmd.Checkpoint: self.checkpoint,

@@ -494,3 +494,20 @@ def test_the_numbers_read_as_they_come_on_the_cpu_match_those_fetched_from_a_dev
         assert batches[True]["layer_norms"][name] == pytest.approx(batches[False]["layer_norms"][name], rel=1e-6)
     assert batches[True]["scalars"] == batches[False]["scalars"]
     assert batches[True]["scalars"]["k"][5] == 5.0 and batches[True]["scalars"]["acc"][20] == 0.5
+
+
+@pytest.mark.parametrize("setting", ["train.accumulate=1000000", "data.batch_size=5000", "train.accumulate=50"])
+def test_samples_per_second_counts_the_samples_trained(tmp_path, setting):
+    """A step that would take more batches than an epoch has trains the epoch's samples, no more:
+    the rate logged, over the time logged, adds up to the samples trained."""
+    run = prepare(tmp_path, setting, "train.epochs=3", "early_stopping.enabled=false")
+    assert run.train() == "completed"
+    events = read_events(run.folder.events)[0]
+    flushes = [e for e in events if isinstance(e, ev.Steps)]
+    started = next(e.t for e in events if isinstance(e, ev.RunStarted))
+    counted, before = 0.0, started
+    for e in flushes:
+        counted += e.samples_per_s * (e.t - before)
+        before = e.t
+    trained = 3 * run.trainer.n_train
+    assert 0.3 * trained < counted < 1.5 * trained, (counted, trained)
