@@ -330,6 +330,15 @@ _SHOW = reprlib.Repr()
 _SHOW.maxlong, _SHOW.maxstring, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxlevel = 40, 80, 8, 4, 3
 
 
+def plain_float(text: str) -> float:
+    """A number as typed (a CSV cell, `ctl lr`, the dashboard's prompts): what Python's `float`
+    reads, less what a CSV reader would not, `1_000` and non-ASCII digits. ValueError otherwise."""
+    text = text.strip()
+    if "_" in text or not text.isascii():
+        raise ValueError(text)
+    return float(text)
+
+
 def show_value(value) -> str:
     """A value for a message, cut short: a 400-digit integer or a deep list stays one line."""
     text = _SHOW.repr(value)

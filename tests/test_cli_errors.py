@@ -236,6 +236,25 @@ def test_an_empty_run_name_is_refused_and_picks_no_run(tmp_path, command):
     assert "an empty run name would match every run" in result.stderr
 
 
+@pytest.mark.parametrize("value, why", [("\uff12", "expected a number"), ("1_0", "expected a number"),
+                                        ("x\uff11", "expected a number"), ("9" * 500, "too large to read"),
+                                        ("x1e400", "too large to read")])
+def test_ctl_lr_reads_only_plain_numbers_and_names_one_too_large(tmp_path, value, why):
+    """As predict and the CSV reader do: no full-width digits or 1_000 (Python's float takes them),
+    and digits past a float's range are named, not turned into inf; refused before any run is asked."""
+    result = traintop("ctl", "some-run", "lr", value, "--runs-dir", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"ctl lr '{value[:30]}" in result.stderr and why in result.stderr
+
+
+def test_the_dashboards_prompts_read_numbers_as_ctl_does():
+    from traintop.tui.screens import LrScreen, RangeScreen
+
+    assert LrScreen(0.1).parse("\uff12") == (None, "'\uff12' is not a positive number")
+    assert LrScreen(0.1).parse("1_0")[0] is None and LrScreen(0.1).parse("0.01") == (0.01, "")
+    assert RangeScreen(100).parse("1_0-50")[0] is None and RangeScreen(100).parse("10-50") == ((10.0, 50.0), "")
+
+
 def test_an_extra_argument_is_refused_with_the_usage_of_the_command_it_was_given_to(tmp_path):
     result = traintop("ctl", "some-run", "lr", "1", "2", "--runs-dir", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr

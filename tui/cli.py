@@ -574,11 +574,15 @@ def ctl_command(action: str, value: str | None, patience: str | None = None):
     if action == "lr":
         if value is None:
             raise UserError("ctl lr needs a value (e.g. 0.01) or a factor (e.g. x0.5)")
-        text = value.lower()
+        from traintop.engine.config import plain_float, show_value
+
+        text = value.strip().lower()
         try:
-            number = float(text[1:] if text.startswith(("x", "*")) else text)
+            number = plain_float(text[1:] if text.startswith(("x", "*")) else text)
         except ValueError:
-            raise UserError(f"ctl lr {value!r}: expected a number (0.01) or a factor (x0.5)") from None
+            raise UserError(f"ctl lr {show_value(value)}: expected a number (0.01) or a factor (x0.5)") from None
+        if number == float("inf") and "inf" not in text:  # digits past a float's range
+            raise UserError(f"ctl lr {show_value(value)}: a number too large to read; a rate goes up to 10")
         return c.SetLr(factor=number) if text.startswith(("x", "*")) else c.SetLr(value=number)
     if value is not None:
         raise UserError(f"ctl {action} takes no value (got {value!r})")

@@ -10,6 +10,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input
 
+from traintop.engine.config import plain_float
+
 from .literal import Literal, LiteralLabel
 
 
@@ -82,7 +84,7 @@ class LrScreen(AskScreen):
 
     def parse(self, text: str):
         try:
-            value = float(text)
+            value = plain_float(text)
         except ValueError:
             value = float("nan")
         if not (0 < value < float("inf")):
@@ -107,8 +109,8 @@ class RangeScreen(AskScreen):
         if len(parts) != 2:
             return None, f"{text!r}: give two steps, from-to (e.g. 200-800)"
         try:
-            lo = float(parts[0]) if parts[0].strip() else 0.0
-            hi = float(parts[1]) if parts[1].strip() else float(self.last_step)
+            lo = plain_float(parts[0]) if parts[0].strip() else 0.0
+            hi = plain_float(parts[1]) if parts[1].strip() else float(self.last_step)
         except ValueError:
             return None, f"{text!r}: the steps must be numbers (e.g. 200-800)"
         if not (0 <= lo < hi < float("inf")):

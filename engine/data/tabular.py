@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import plain_float
 from ..errors import UserError
 
 MAX_CATEGORIES = 50  # most frequent values kept per categorical column; the rest encode as none
@@ -78,9 +79,7 @@ def _number(value: Any, row: int, column: str) -> float:
         if text in MISSING_TEXT:
             return math.nan
         try:
-            if "_" in text or not text.isascii():  # Python reads 1_000 and full-width digits; a CSV reader does not
-                raise ValueError(text)
-            number = float(text)
+            number = plain_float(text)
         except ValueError:
             raise BadValue(row, column, value, "is not a number (leave it blank for a missing value)") from None
         if not math.isfinite(number):
