@@ -548,3 +548,17 @@ def test_odd_arguments_of_the_run_commands_are_refused_by_name(finished):
         refused(traintop(*args, "--runs-dir", runs), "--out", "'-' names no file")
     proc = traintop("attach", finished.run_id, "--headless", "--tail", "9" * 30, "--runs-dir", runs)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr and "finished: completed" in proc.stdout
+
+
+def test_attach_says_a_killed_run_resumes_only_when_resume_would_take_it(finished, tmp_path):
+    """A killed run with its whole log: attach names the resume command. One whose log has lost
+    its start (resume refuses it): attach says it cannot be resumed, and resume does refuse."""
+    runs = tmp_path / "runs"
+    whole = copy_of(finished, runs, "whole", killed=True)
+    cut = copy_of(finished, runs, "cut", killed=True)
+    cut.events.write_text("".join(cut.events.read_text().splitlines(keepends=True)[1:]))
+    said = {run.run_id: traintop("attach", run.run_id, "--headless", "--runs-dir", str(runs)) for run in (whole, cut)}
+    assert "`traintop resume whole` continues it from checkpoints/last.pt" in said["whole"].stdout + said["whole"].stderr
+    shown = said["cut"].stdout + said["cut"].stderr
+    assert "cannot be resumed" in shown and "traintop resume cut" not in shown
+    refused(traintop("resume", "cut", "--headless", "--runs-dir", str(runs)), "its history is lost")
