@@ -536,6 +536,16 @@ def test_no_output_is_written_over_a_runs_own_files(finished, tmp_path):
     assert proc.returncode == 0 and (run.path / "steps.csv").is_file()  # its own tables, beside the run's files
 
 
+def test_a_runs_dir_under_a_file_is_refused_by_the_reading_commands_too(tmp_path):
+    """run refuses it; ls, show and the rest say the same instead of "no runs"."""
+    (tmp_path / "afile").write_text("x")
+    under = str(tmp_path / "afile" / "sub")
+    for args, env in ((["ls", "--runs-dir", under], {}), (["ls"], {"TRAINTOP_RUNS_DIR": under}),
+                      (["show", "latest", "--runs-dir", under], {})):
+        message = refused(traintop(*args, env={**os.environ, **env}), "lies under", "which is a file, not a folder")
+        assert ("TRAINTOP_RUNS_DIR" if env else "--runs-dir") in message
+
+
 def test_odd_arguments_of_the_run_commands_are_refused_by_name(finished):
     """A run argument longer than a file name may be, `--out -`, and a --tail past any count: a
     clear refusal (or, for --tail, every line), never a traceback."""

@@ -276,13 +276,15 @@ def _load(args):
 
 def _runs_dir(args) -> Path:
     """--runs-dir, or TRAINTOP_RUNS_DIR, or the default: a folder, or a path where one can be made."""
-    from traintop.engine.runstore import default_runs_dir
+    from traintop.engine.runstore import default_runs_dir, nearest_existing
 
     runs_dir = args.runs_dir or default_runs_dir()
+    given = "--runs-dir" if args.runs_dir else ("TRAINTOP_RUNS_DIR" if os.environ.get("TRAINTOP_RUNS_DIR")
+                                               else "the runs dir")
     if runs_dir.exists() and not runs_dir.is_dir():
-        given = "--runs-dir" if args.runs_dir else ("TRAINTOP_RUNS_DIR" if os.environ.get("TRAINTOP_RUNS_DIR")
-                                                   else "the runs dir")
         raise UserError(f"{given} {runs_dir} is a file, not a folder of runs")
+    if not (existing := nearest_existing(runs_dir)).is_dir():
+        raise UserError(f"{given} {runs_dir} lies under {existing}, which is a file, not a folder")
     return runs_dir
 
 
