@@ -29,8 +29,8 @@ class FitWatch:
 
     `overfitting`: no new best V over the last N validations, T fell, and either V's median over
     them is `overfit_rise` above its best, or the gap V - T widened at each of them, by
-    `overfit_widening` of what it was, to a validation loss above the training loss; either by at
-    least `overfit_floor` times the starting loss.
+    `overfit_widening` of what it was, to a validation loss above the training loss; the rise, the
+    widening and that last gap each by at least `overfit_floor` times the starting loss.
     """
 
     def __init__(self, settings: SignalsConfig, loss: LossWatch):
@@ -139,7 +139,7 @@ class FitWatch:
         else:
             gaps = [v - t for _, v, t in self.history[-1 - n:]]
             widened = gaps[-1] - gaps[0]
-            if not (gaps[-1] > 0 and all(b > a for a, b in zip(gaps, gaps[1:]))
+            if not (gaps[-1] > floor and all(b > a for a, b in zip(gaps, gaps[1:]))
                     and widened > max(s.overfit_widening * abs(gaps[0]), floor)):
                 return None
             message = (f"the gap between validation and training loss widened from {gaps[0]:.4g} to {gaps[-1]:.4g} "
