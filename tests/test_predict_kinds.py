@@ -58,12 +58,13 @@ def test_predict_on_an_image_file_and_a_folder_matches_the_engine(tmp_path):
     assert_same(one, engine[:1], run.trainer.data.classes)
 
 
-def test_predict_on_text_rows_matches_the_engine(tmp_path, write_csv):
-    path = write_csv(sentences_frame(300, seed=2))
+@pytest.mark.parametrize("columns", [["review", "stars", "topic"], ["review", "topic"]], ids=["with stars", "text only"])
+def test_predict_on_text_rows_matches_the_engine(tmp_path, write_csv, columns):
+    path = write_csv(sentences_frame(300, seed=2)[columns])
     run = trained(tmp_path, {
         "data": {"source": "csv", "path": str(path), "target": "topic", "text": "review"},
         "model": {"kind": "text", "hidden": [16]}, "optim": {"lr": 0.01}, "train": {"epochs": 4}})
-    rows = sentences_frame(12, seed=9).drop(columns="topic")
+    rows = sentences_frame(12, seed=9)[columns].drop(columns="topic")
     rows.loc[0, "review"] = "words never seen anywhere zzz"
     engine = engine_answers(run, rows.to_dict("records"))
     assert_same(cli_predict(run, write_csv(rows, "new.csv")), engine, run.trainer.data.classes)

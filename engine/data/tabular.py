@@ -291,7 +291,8 @@ class Preprocessor:
         if not isinstance(obj.get("target"), str) or not isinstance(classes, list) \
                 or not all(isinstance(c, str) for c in classes):
             raise UserError("its target is not a name, or its classes are not a list of names")
-        if not isinstance(columns, list) or not columns or not all(isinstance(c, dict) for c in columns):
+        text_only = obj.get("kind") == "text"  # a text run's table may hold no column beside its text
+        if not isinstance(columns, list) or not (columns or text_only) or not all(isinstance(c, dict) for c in columns):
             raise UserError("its columns are not a list of the input columns")
         names = [c.get("name") for c in columns]
         if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
