@@ -347,6 +347,34 @@ def inf_targets():
     return (x, y), pair(10), pair(10)
 
 
+class Items(torch.utils.data.Dataset):
+    """Three classes of items, named by `classes`; `ragged`: every other target a one-item tensor."""
+
+    def __init__(self, n, classes=None, ragged=False):
+        self.x, self.y = torch.randn(n, 3), torch.arange(n) % 3
+        self.ragged = ragged
+        if classes is not None:
+            self.classes = classes
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i:i + 1] if self.ragged and i % 2 else self.y[i]
+
+
+def classes_twice():
+    return Items(30, ["cat", "cat", "dog"]), Items(9), Items(9)
+
+
+def classes_too_few():
+    return Items(30, ["cat", "dog"]), Items(9), Items(9)
+
+
+def ragged_targets():
+    return Items(30), Items(9, ragged=True), Items(9)
+
+
 def exits():
     sys.exit(0)
 
@@ -388,6 +416,9 @@ def bad_folder(tmp_path):
     ("shapes_disagree", ["val input has shape [4]", "train input [3]"]),
     ("nan_inputs", ["val inputs hold NaN", "item 7"]),
     ("inf_targets", ["train targets hold NaN or infinite", "item 3"]),
+    ("classes_twice", ["classes name 'cat' more than once"]),
+    ("classes_too_few", ["classes name 2 class(es)", "class index 2"]),
+    ("ragged_targets", ["val item 1 has a target of shape [1], item 0 []"]),
 ])
 def test_a_factory_returning_bad_data_is_told_what_is_wrong_and_where(bad_folder, factory, words):
     with pytest.raises(UserError) as e:

@@ -136,6 +136,10 @@ def _materialize(part, split: str) -> tuple[np.ndarray, np.ndarray]:
         if xs and x.shape != xs[0].shape:
             raise UserError(f"data.factory: {split} item {i} has input shape {list(x.shape)}, item 0 "
                             f"{list(xs[0].shape)}; every input must have the same shape")
+        if ys and y.shape != ys[0].shape:
+            raise UserError(f"data.factory: {split} item {i} has a target of shape {list(y.shape)}, item 0 "
+                            f"{list(ys[0].shape)}; every target must have the same shape (one class index "
+                            "or one number)")
         xs.append(x)
         ys.append(y)
     return np.stack(xs), np.stack(ys)
@@ -201,8 +205,16 @@ def load_python_data(cfg: Config) -> Dataset:
     if task == "classification":
         values = sorted({int(v) for a in raw_y.values() for v in a})
         names = getattr(parts["train"], "classes", None)
-        named = isinstance(names, (list, tuple)) and values[0] >= 0 and values[-1] < len(names)
+        named = isinstance(names, (list, tuple))
+        if named and not (values[0] >= 0 and values[-1] < len(names)):
+            raise UserError(f"data.factory: the train Dataset's classes name {len(names)} class(es), and the "
+                            f"targets hold class index {values[0] if values[0] < 0 else values[-1]}; give a name "
+                            "for every index from 0, or no classes list")
         classes = [str(names[v]) if named else str(v) for v in values]
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        if twice:
+            raise UserError(f"data.factory: the train Dataset's classes name {', '.join(map(repr, twice))} more "
+                            "than once; each class needs a name of its own")
         if len(classes) < 2:
             raise UserError(f"data.factory: the targets have only one class ({classes[0]}); "
                             "classification needs at least two")
