@@ -90,6 +90,44 @@ def test_a_class_folder_of_only_non_images_is_an_error_naming_it(tmp_path):
         load_data(image_config(folder))
 
 
+@pytest.mark.parametrize("fmt, memory_limit_mb", [("PNG", 1024), ("PNG", 1), ("JPEG", 1024)])
+def test_a_class_whose_every_image_is_cut_short_is_an_error_naming_it(tmp_path, fmt, memory_limit_mb):
+    """Files that open (their header is whole) but cannot be decoded: a class left with none is an
+    error, on the in-memory path and (for formats whose damage shows without decoding) the streamed one."""
+    from PIL import Image
+
+    folder = shapes_folder(tmp_path / "shapes", per_class=6, size=16, shapes=("circle", "square"))
+    for path in sorted((folder / "square").glob("*.png")):
+        kept = path.with_suffix(f".{fmt.lower()}")
+        with Image.open(path) as image:
+            image.convert("RGB").save(kept, fmt)
+        if kept != path:
+            path.unlink()
+        kept.write_bytes(kept.read_bytes()[:len(kept.read_bytes()) // 2])
+    with pytest.raises(UserError, match=r"square has no readable images"):
+        load_data(image_config(folder, image_size=16, memory_limit_mb=memory_limit_mb))
+
+
+def test_sixteen_bit_images_keep_their_contrast(tmp_path):
+    """A 16-bit PNG (Pillow's I;16) is scaled to 8 bits, not clipped at 255 into a white square:
+    two classes that differ only in brightness stay apart, and the model learns them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, low in (("dim", 1000), ("bright", 30000)):
+        (tmp_path / "deep" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(low, low + 20000, (8, 8)).astype(np.uint16)
+            Image.fromarray(pixels).save(tmp_path / "deep" / name / f"{i}.png")
+    data = load_data(image_config(tmp_path / "deep", image_size=8))
+    assert data.extra["channels"] == 1
+    mean, std = data.preprocess.mean[0], data.preprocess.std[0]
+    assert 0.05 < mean < 0.5 and std > 0.05  # of 0-1: not 1.0 and 0 as every pixel at 255 would give
+    x, y = data.x["train"], data.y["train"]
+    bright = data.preprocess.classes.index("bright")
+    assert x[y == bright].mean() > x[y != bright].mean() + 1  # a standard deviation and more apart
+
+
 def test_streaming_path_trains_to_the_same_numbers_as_the_in_memory_path(tmp_path):
     folder = shapes_folder(tmp_path / "shapes", per_class=60, size=24)
     results = []

@@ -68,12 +68,27 @@ def decode(source: Any, channels: int, size: int) -> np.ndarray:
         image = open_image(source)
     try:
         image.seek(0)  # a GIF's first frame
+        image = _eight_bit(image)
         image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
     finally:
         if image is not source:
             image.close()
     return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+
+
+def _eight_bit(image):
+    """16-bit images (a 16-bit PNG's I;16) scaled to 8 bits, and float images of 0-1 to 0-255:
+    Pillow's convert would clip every value past 255, which turns a 16-bit image white."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if np.isfinite(values).all() and 0 <= values.min() and values.max() <= 1:
+            return Image.fromarray((values * 255).round().astype(np.uint8))
+    return image
 
 
 @dataclass
@@ -206,6 +221,7 @@ def _scan(folder: Path) -> _Scan:
                 data = path.read_bytes()
                 with open_image(data) as image:
                     mode = image.mode
+                    image.verify()  # a PNG or WebP cut short fails here, cheaply, without decoding it
             except ImageTooLarge as e:
                 scan.bad.append((path, str(e).split(",")[0]))
                 continue
@@ -277,6 +293,11 @@ def load_image_folder(cfg: Config) -> Dataset:
                 keep.append(i)
             except (OSError, ValueError, SyntaxError) as e:  # a truncated file that opened
                 bad.append((path, type(e).__name__))
+        for label, name in enumerate(scan.classes):  # a class whose every file failed to decode
+            if not any(labels[i] == label for i in keep):
+                lost = sum(1 for i in range(len(paths)) if labels[i] == label)
+                raise UserError(f"data.path: class folder {folder / name} has no readable images ({lost} file(s) "
+                                "that open but cannot be decoded, cut short say); every class needs images")
         paths = [paths[i] for i in keep]
         labels = [labels[i] for i in keep]
         hashes = [hashes[i] for i in keep]
