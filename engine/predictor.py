@@ -26,7 +26,6 @@ from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
 from .runstore import RunFolder, read_events, refuse_foreign_code
 
 CHECKPOINTS = ("best", "last")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CHUNK = 256  # images decoded and predicted at a time
 
 
@@ -123,15 +122,16 @@ class Predictor:
         return self.predict_csv(path)
 
     def predict_images(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-        """An image file, or every image file under a folder (by suffix, sorted), and their answers."""
+        """An image file, or every image under a folder (sorted), and their answers. A folder's files are
+        read by their content, as training reads its folders: a PNG with no suffix is an image, a
+        text file named .png is not, and each file that is no image is named in `self.skipped`."""
         self.skipped = ""
         if not path.exists():
             raise UserError(f"input {path} does not exist")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not p.name.startswith("."))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
             if not files:
-                raise UserError(f"input folder {path} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise UserError(f"input folder {path} has no files; give an image or a folder of images")
         else:
             files = [path]
         answers: list[dict[str, Any]] = []

@@ -252,6 +252,9 @@ def test_predict_on_a_folder_answers_every_readable_image_and_names_the_unreadab
         (inputs / f"{i}.png").write_bytes(path.read_bytes())
     (inputs / "1a-truncated.png").write_bytes(good[0].read_bytes()[:60])
     (inputs / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+    (inputs / "3-no-suffix").write_bytes(good[1].read_bytes())  # read by content, as training reads
+    (inputs / "4.jfif").write_bytes(good[2].read_bytes())
+    (inputs / "notes.txt").write_text("not an image")
 
     def predict(path):
         return subprocess.run([sys.executable, "-m", "traintop.tui", "predict", str(run.folder.path), str(path)],
@@ -260,11 +263,12 @@ def test_predict_on_a_folder_answers_every_readable_image_and_names_the_unreadab
     proc = predict(inputs)
     assert proc.returncode == 0, proc.stderr
     rows = proc.stdout.splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == [str(inputs / f"{i}.png") for i in range(3)]
-    assert "skipped 2 unreadable" in proc.stderr and "1a-truncated.png" in proc.stderr
-    assert "noise.jpg" in proc.stderr and "Traceback" not in proc.stderr
-    for i in range(3):  # only the unreadable ones left: nothing to answer, an error naming them
-        (inputs / f"{i}.png").unlink()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(inputs / name) for name in
+                                                   ("0.png", "1.png", "2.png", "3-no-suffix", "4.jfif")]
+    assert "skipped 3 unreadable" in proc.stderr and "1a-truncated.png" in proc.stderr
+    assert "noise.jpg" in proc.stderr and "notes.txt" in proc.stderr and "Traceback" not in proc.stderr
+    for name in ("0.png", "1.png", "2.png", "3-no-suffix", "4.jfif"):  # only the unreadable ones left:
+        (inputs / name).unlink()  # nothing to answer, an error naming them
     proc = predict(inputs)
     assert proc.returncode == 2 and "no image file could be read" in proc.stderr and "noise.jpg" in proc.stderr
     assert proc.stdout == "" and "Traceback" not in proc.stderr
