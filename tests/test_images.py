@@ -128,6 +128,22 @@ def test_sixteen_bit_images_keep_their_contrast(tmp_path):
     assert x[y == bright].mean() > x[y != bright].mean() + 1  # a standard deviation and more apart
 
 
+def test_split_folders_taken_for_classes_and_loose_images_are_named_in_a_warning(tmp_path):
+    """train/ and val/ each holding circle/ and square/ train as the classes train and val: said,
+    with the fix; an image beside the class folders is in no class: said too."""
+    for split in ("train", "val"):
+        shapes_folder(tmp_path / "splits" / split, per_class=6, size=16, shapes=("circle", "square"))
+    (tmp_path / "splits" / "stray.png").write_bytes(next((tmp_path / "splits" / "val" / "circle").glob("*.png"))
+                                                    .read_bytes())
+    data = load_data(image_config(tmp_path / "splits", image_size=16))
+    assert data.preprocess.classes == ["train", "val"]
+    said = [message for kind, message in data.warnings if kind == "data"]
+    assert any("each holds the same folders (circle, square)" in m and "set data.path" in m for m in said), said
+    assert any("1 file(s) directly in" in m and "stray.png" in m for m in said), said
+    shapes_folder(tmp_path / "plain", per_class=6, size=16, shapes=("circle", "square"))
+    assert not load_data(image_config(tmp_path / "plain", image_size=16)).warnings
+
+
 def test_streaming_path_trains_to_the_same_numbers_as_the_in_memory_path(tmp_path):
     folder = shapes_folder(tmp_path / "shapes", per_class=60, size=24)
     results = []

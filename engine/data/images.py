@@ -14,7 +14,7 @@ import io
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,27 @@ class _Scan:
     hashes: list[str]
     modes: list[str]
     bad: list[tuple[Path, str]]
+    notes: list[str] = field(default_factory=list)  # a layout that may not be what was meant
+
+
+def _layout_notes(folder: Path, class_dirs: list[Path]) -> list[str]:
+    """Two layouts that train, but rarely as meant: split folders taken for classes (train/ and
+    val/, each holding cats/ and dogs/), and images beside the class folders, which no class holds."""
+    notes = []
+    inner = []
+    for d in class_dirs:
+        entries = [p for p in d.iterdir() if not p.name.startswith(".")]
+        inner.append(None if any(p.is_file() for p in entries) else frozenset(p.name for p in entries if p.is_dir()))
+    if all(inner) and len(set(inner)) == 1 and len(inner[0]) >= 2:
+        shown = ", ".join(sorted(inner[0])[:6])
+        notes.append(f"the classes are the sub-folders of {folder} ({', '.join(d.name for d in class_dirs[:6])}), "
+                     f"and each holds the same folders ({shown}): if those are the classes, set data.path to "
+                     f"one of {folder}'s sub-folders")
+    loose = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if loose:
+        notes.append(f"{len(loose)} file(s) directly in {folder} ({', '.join(p.name for p in loose[:3])}"
+                     f"{', ...' if len(loose) > 3 else ''}) are in no class folder and are not used")
+    return notes
 
 
 def _scan(folder: Path) -> _Scan:
@@ -212,7 +233,7 @@ def _scan(folder: Path) -> _Scan:
     if not class_dirs:
         raise UserError(f"data.path: {folder} has no sub-folders; put the images of each class in a "
                         "sub-folder named after the class (e.g. cats/, dogs/)")
-    scan = _Scan([], [], [], [], [], [])
+    scan = _Scan([], [], [], [], [], [], _layout_notes(folder, class_dirs))
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         kept = 0
@@ -317,7 +338,7 @@ def load_image_folder(cfg: Config) -> Dataset:
             x[split] = pre.normalize(u8[idx])
         else:
             x[split] = StreamedImages(pre, [paths[i] for i in idx], label_array[idx], cache, idx)
-    warnings = [("data", bad_files_warning(bad, folder))] if bad else []
+    warnings = [("data", note) for note in scan.notes] + ([("data", bad_files_warning(bad, folder))] if bad else [])
     leaked = leakage_from_hashes({s: [hashes[i] for i in idx] for s, idx in parts.items()})
     if leaked:
         warnings.append(("leakage", f"{leaked} validation/test images are byte-for-byte copies of an image "
