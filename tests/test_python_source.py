@@ -375,6 +375,12 @@ def ragged_targets():
     return Items(30), Items(9, ragged=True), Items(9)
 
 
+def class_only_in_val():
+    x, y = pair(10, seed=1)
+    y[4] = 7
+    return pair(40), (x, y), pair(10)
+
+
 def exits():
     sys.exit(0)
 
@@ -438,6 +444,14 @@ def test_a_model_whose_output_does_not_fit_the_task_is_named_before_training(tmp
     for word in words:
         assert word in str(e.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_class_only_in_val_or_test_is_named_in_a_warning(bad_folder):
+    data = load_data(load_config(bad_folder("user_bad:class_only_in_val")))
+    assert data.classes == ["0", "1", "7"]
+    assert ("data", "class(es) 7 appear only in the val or test split, never in train: the model cannot learn "
+                    "them") in data.warnings
+    assert not load_data(load_config(bad_folder("user_rings:datasets"))).warnings
 
 
 def test_a_factory_that_calls_sys_exit_is_an_error_not_a_quiet_exit_0(tmp_path, bad_folder):
