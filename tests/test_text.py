@@ -71,3 +71,13 @@ def test_a_text_column_needs_the_text_or_a_python_model(tmp_path, write_csv):
         Run.prepare(text_config(path, model="mlp"), tmp_path / "runs")
     with pytest.raises(UserError, match="data.text: column 'reviews' is not in"):
         load_data(text_config(path, text="reviews"))
+
+
+def test_a_text_column_with_no_words_to_learn_is_refused_when_it_is_all_there_is(write_csv):
+    """Empty texts, or words all rarer than min_freq: with no other column, nothing to learn from."""
+    frame = sentences_frame(100)[["review", "topic"]]
+    with pytest.raises(UserError, match="column 'review' has no word seen at least data.min_freq = 1"):
+        load_data(text_config(write_csv(frame.assign(review="")), model="text"))
+    with pytest.raises(UserError, match="data.min_freq = 100000 time"):
+        load_data(text_config(write_csv(frame), model="text", min_freq=100000))
+    assert load_data(text_config(write_csv(sentences_frame(100).assign(review="")), model="text"))  # stars

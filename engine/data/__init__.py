@@ -281,6 +281,10 @@ def _load_table(cfg: Config) -> Dataset:
         if d.source == "csv" and d.text:
             from .text import TextPreprocessor
             pre = TextPreprocessor.fit(d.text, raw["train"][d.text], pre, d.min_freq, d.max_vocab)
+            if not pre.vocab and not pre.table.columns:  # nothing at all to learn from
+                raise UserError(f"data.text: column {d.text!r} has no word seen at least data.min_freq = "
+                                f"{d.min_freq} time(s) in the {len(raw['train'])} training rows; it is empty, "
+                                "or set data.min_freq lower")
             extra["vocab_size"] = pre.vocab_size
             extra["max_tokens"] = pre.max_tokens
         x, y = {}, {}
