@@ -114,7 +114,8 @@ def _autograd_backward(tensors, *args, **kwargs):
 
 
 def _autograd_grad(*args, **kwargs):
-    _offer(args[0] if args else kwargs.get("outputs"), by_grad=True)
+    if not torch.compiler.is_compiling():  # torch.compile calls it on traced tensors while it builds a graph
+        _offer(args[0] if args else kwargs.get("outputs"), by_grad=True)
     return _originals["grad"](*args, **kwargs)
 
 

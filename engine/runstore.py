@@ -582,7 +582,8 @@ def _name_of(folder: RunFolder) -> str | None:
 
 STATUSES = ("running", "paused", "completed", "early-stopped", "stopped", "failed", "killed", "unreadable")
 RUN_FILES = ("meta.json", "events.jsonl", "report.json")  # any of them makes a run folder
-OWN_FILES = (*RUN_FILES, "config.toml", "preprocess.json", "engine.log", "control.sock", ".lock")
+OWN_FILES = tuple(getattr(RunFolder("."), f).name for f in ("config", "meta", "events", "preprocess", "report",
+                                                              "socket", "log", "lock_file"))
 
 
 def run_file_at(path: Path) -> Path | None:
@@ -667,7 +668,8 @@ def summarize(folder: RunFolder) -> RunSummary:
     status = given.replace("_", "-") if isinstance(given, str) else None
     if status not in STATUSES:
         said = "no status" if given is None else f"the status {show_value(given)}"
-        raise UserError(f"{folder.report} gives {said}, none of {', '.join(STATUSES[:-1])}: the file is damaged")
+        source = folder.report if folder.report.exists() else folder.events  # else its run_finished said it
+        raise UserError(f"{source} gives {said}, none of {', '.join(STATUSES[:-1])}: the file is damaged")
     best, test = _dict(report.get("best")), _dict(report.get("test"))
     test_name = "accuracy" if "accuracy" in test else ("rmse" if "rmse" in test else "loss")
     started = meta.get("started") if isinstance(meta.get("started"), str) else ""

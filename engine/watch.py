@@ -611,6 +611,7 @@ class WatchedRun:
         path = session.folder.last
         self.saved_at = session.now()
         if self._checkpoint_fn is not None:  # on every rank: the loop's own saving may be collective
+            before = _file_state(path)  # an earlier save's file may be there: only a new write counts
             try:
                 result = self._checkpoint_fn(path)
             except Exception as e:  # noqa: BLE001 - the loop's function failed; its training goes on
@@ -622,7 +623,7 @@ class WatchedRun:
                     raise CheckpointFailed(f"run.on_checkpoint returned {show_value(str(result))}, where there is no "
                                            "file: return the path your function wrote, or nothing when it wrote "
                                            "the path it was given")
-            elif not path.exists():  # saved elsewhere (its own store), or nowhere: no file to name
+            elif _file_state(path) in (None, before):  # saved elsewhere (its own store), or nowhere: no file to name
                 session.emit(ev.CheckpointSaved, path="", kind=kind, step=self.steps)
                 return None
             session.emit(ev.CheckpointSaved, path=str(path), kind=kind, step=self.steps)
@@ -876,6 +877,15 @@ def _json_safe(value, depth: int = 0):
     if isinstance(value, Path):
         return str(value)
     return repr(value)
+
+
+def _file_state(path: Path) -> tuple | None:
+    """What tells a rewritten file from the one there before (None: no file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _batch_len(item) -> int:

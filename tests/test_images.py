@@ -117,8 +117,11 @@ def test_sixteen_bit_images_keep_their_contrast(tmp_path):
     for name, low in (("dim", 1000), ("bright", 30000)):
         (tmp_path / "deep" / name).mkdir(parents=True)
         for i in range(12):
-            pixels = rng.integers(low, low + 20000, (8, 8)).astype(np.uint16)
-            Image.fromarray(pixels).save(tmp_path / "deep" / name / f"{i}.png")
+            pixels = rng.integers(low, low + 20000, (8, 8))
+            if i % 2:  # a 16-bit PNG (I;16), and a 16-bit PGM, which Pillow opens as I
+                Image.fromarray(pixels.astype(np.uint16)).save(tmp_path / "deep" / name / f"{i}.png")
+            else:
+                Image.fromarray(pixels.astype(np.int32), "I").save(tmp_path / "deep" / name / f"{i}.pgm")
     data = load_data(image_config(tmp_path / "deep", image_size=8))
     assert data.extra["channels"] == 1
     mean, std = data.preprocess.mean[0], data.preprocess.std[0]

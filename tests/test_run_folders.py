@@ -508,7 +508,7 @@ def test_rm_removes_only_folders_that_are_runs(finished, tmp_path):
     for spec, cwd in ((str(project), tmp_path), (".", project)):
         message = refused(traintop("rm", spec, "--yes", "--runs-dir", str(runs), cwd=cwd),
                           "is not a traintop run folder", "nothing removed")
-        assert str(project) in message or spec in message
+        assert str(project) in message
         assert (project / "src" / "code.py").read_text() == "keep = 1\n"
     moved = tmp_path / "archive" / finished.run_id
     shutil.copytree(finished.path, moved)

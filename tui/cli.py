@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="per-step and per-validation tables")
     export.add_argument("run", help="run id, unique prefix, name, folder or `latest`")
     export.add_argument("--format", choices=["csv"], default="csv")
-    export.add_argument("--out", type=output_path,
+    export.add_argument("--out", type=out_path,
                         help="folder for steps.csv and validation.csv (default: the run folder)")
     runs_dir(export)
 
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "or folder for image runs)")
     predict.add_argument("--checkpoint", choices=["best", "last"], default="best",
                          help="which saved weights (default: best)")
-    predict.add_argument("--out", type=output_path, help="write the predictions CSV here (default: stdout)")
+    predict.add_argument("--out", type=out_path, help="write the predictions CSV here (default: stdout)")
     trust_flag(predict)
     runs_dir(predict)
 
@@ -701,13 +701,19 @@ def cmd_predict(args) -> int:
 
 
 def output_path(text: str) -> Path:
-    """An --out path: not empty (which would mean the current folder without saying so)."""
+    """A path given to write under (--out, --runs-dir): not empty (which would mean the current
+    folder without saying so)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty; give a path")
-    if text.strip() == "-":  # stdout, to many tools: here, without --out predict prints there
+    return Path(text)
+
+
+def out_path(text: str) -> Path:
+    """--out: a path as `output_path`, and not `-`, which many tools read as stdout."""
+    if text.strip() == "-":  # here, without --out, predict prints to stdout
         raise argparse.ArgumentTypeError("'-' names no file; leave --out out (predict then prints the "
                                          "predictions, export writes into the run folder)")
-    return Path(text)
+    return output_path(text)
 
 
 def write_output(path: Path, label: str, write: Callable[[TextIO], object]) -> None:

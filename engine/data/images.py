@@ -78,12 +78,16 @@ def decode(source: Any, channels: int, size: int) -> np.ndarray:
 
 
 def _eight_bit(image):
-    """16-bit images (a 16-bit PNG's I;16) scaled to 8 bits, and float images of 0-1 to 0-255:
-    Pillow's convert would clip every value past 255, which turns a 16-bit image white."""
+    """16-bit images scaled to 8 bits, and float images of 0-1 to 0-255: Pillow's convert would clip
+    every value past 255, which turns a 16-bit image white. A 16-bit PNG opens as I;16 (as I before
+    Pillow 10.3, and a 16-bit PGM as I still): an I image with values past 255 is taken as 16-bit."""
     from PIL import Image
 
-    if image.mode.startswith("I;16"):
-        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "I" and values.max(initial=0) <= 255:
+            return image  # 8-bit values in a wider mode: convert keeps them
+        return Image.fromarray((values.clip(0, 65535) / 257).round().astype(np.uint8))
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         if np.isfinite(values).all() and 0 <= values.min() and values.max() <= 1:
@@ -314,8 +318,9 @@ def load_image_folder(cfg: Config) -> Dataset:
                 keep.append(i)
             except (OSError, ValueError, SyntaxError) as e:  # a truncated file that opened
                 bad.append((path, type(e).__name__))
+        decoded_labels = {labels[i] for i in keep}
         for label, name in enumerate(scan.classes):  # a class whose every file failed to decode
-            if not any(labels[i] == label for i in keep):
+            if label not in decoded_labels:
                 lost = sum(1 for i in range(len(paths)) if labels[i] == label)
                 raise UserError(f"data.path: class folder {folder / name} has no readable images ({lost} file(s) "
                                 "that open but cannot be decoded, cut short say); every class needs images")

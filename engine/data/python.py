@@ -232,7 +232,8 @@ def load_python_data(cfg: Config) -> Dataset:
     if leaked:
         warnings.append(("leakage", f"{leaked} validation/test items repeat the input of an item in an "
                                     "earlier split; their scores may be optimistic"))
-    untrained = [c for c in classes if not (raw_target["train"] == c).any()]
+    trained = set(raw_target["train"])
+    untrained = [c for c in classes if c not in trained]
     if untrained:  # a class the model can never learn: every one of its val or test items is an error
         warnings.append(("data", f"class(es) {', '.join(untrained[:5])}{' ...' if len(untrained) > 5 else ''} "
                                  "appear only in the val or test split, never in train: the model cannot learn them"))
