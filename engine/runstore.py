@@ -582,7 +582,7 @@ def _name_of(folder: RunFolder) -> str | None:
 
 STATUSES = ("running", "paused", "completed", "early-stopped", "stopped", "failed", "killed", "unreadable")
 RUN_FILES = ("meta.json", "events.jsonl", "report.json")  # any of them makes a run folder
-OWN_FILES = tuple(getattr(RunFolder("."), f).name for f in ("config", "meta", "events", "preprocess", "report",
+OWN_FILES = tuple(getattr(RunFolder("/"), f).name for f in ("config", "meta", "events", "preprocess", "report",
                                                               "socket", "log", "lock_file"))
 
 
