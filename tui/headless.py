@@ -40,7 +40,9 @@ class HeadlessPrinter:
         self.timing: dict[str, float] = {}  # seconds per phase over the samples since the last line
 
     def line(self, text: str) -> None:
-        print(text, file=self.out or sys.stdout, flush=True)
+        out = self.out or sys.stdout
+        out.write(text + "\n")  # in one write: a script printing beside it cannot land inside the line
+        out.flush()
 
     def apply(self, e: ev.Event) -> None:
         """Print what a person should see of one event."""
