@@ -127,7 +127,7 @@ class SignalsConfig:
     high_loss: float = 0.75  # plateau, underfitting: "high" is above this fraction of the starting loss
     moved: float = 0.05  # plateau: the loss has hardly moved when it fell less than this fraction of its start
     overfit_rise: float = 0.1  # overfitting: validation loss this far above its best (relative)
-    overfit_widening: float = 0.25  # overfitting: the gap between losses grew by this fraction
+    overfit_widening: float = 0.25  # overfitting: the gap between losses grew by this fraction, to this fraction of V
     overfit_floor: float = 0.05  # overfitting: least rise, widening and gap, as a fraction of the starting loss
     vanishing_ratio: float = 1e-4  # vanishing_gradients: smallest over largest per-layer RMS gradient
     exploding_factor: float = 100.0  # exploding_gradients: gradient norm over its early level

@@ -29,7 +29,7 @@ class FitWatch:
 
     `overfitting`: no new best V over the last N validations, T fell, and either V's median over
     them is `overfit_rise` above its best, or the gap V - T widened at each of them, by
-    `overfit_widening` of what it was, to a validation loss above the training loss; the rise, the
+    `overfit_widening` of what it was, to a gap of at least `overfit_widening` of V; the rise, the
     widening and that last gap each by at least `overfit_floor` times the starting loss.
     """
 
@@ -139,7 +139,10 @@ class FitWatch:
         else:
             gaps = [v - t for _, v, t in self.history[-1 - n:]]
             widened = gaps[-1] - gaps[0]
-            if not (gaps[-1] > floor and all(b > a for a, b in zip(gaps, gaps[1:]))
+            # a gap that is a small part of V is the noise of the training loss's epoch means (a small
+            # table's gap crossed from -0.08 to +0.04 on one noisy epoch), not learning by heart
+            if not (gaps[-1] > max(floor, s.overfit_widening * self.history[-1][1])
+                    and all(b > a for a, b in zip(gaps, gaps[1:]))
                     and widened > max(s.overfit_widening * abs(gaps[0]), floor)):
                 return None
             message = (f"the gap between validation and training loss widened from {gaps[0]:.4g} to {gaps[-1]:.4g} "
