@@ -122,3 +122,33 @@ def test_a_log_written_by_an_earlier_traintop_reads_the_same_and_attach_shows_it
     assert proc.returncode == 0, proc.stderr
     assert "saved   manual checkpoint at step 30: checkpoints/last.pt" in proc.stdout
     assert "warning [overfitting] again at step 40 (2 times since step 20)" in proc.stdout
+
+
+def test_a_line_the_script_leaves_open_holds_traintops_lines_only_briefly():
+    """A progress bar redrawn with \\r never ends its line: traintop's line waits a moment, then
+    starts on a line of its own, whole; a line the script ends lets it through at once."""
+    import io
+    import threading
+
+    from traintop.tui.terminal import LineGate
+
+    out = io.StringIO()
+    gate = LineGate(out)
+    ours = gate.beside()
+    gate.write("progress 10%\r")
+    started = time.perf_counter()
+    ours.write("epoch 1 step 5 loss 0.3\n")
+    assert time.perf_counter() - started >= LineGate.HOLD_SECONDS * 0.9
+    assert out.getvalue() == "progress 10%\r\nepoch 1 step 5 loss 0.3\n"
+
+    gate.HOLD_SECONDS = 30  # a slow machine must not make it give up waiting
+    gate.write("loss ")
+    writer = threading.Thread(target=ours.write, args=("traintop line\n",))
+    writer.start()
+    while not gate.waiting:  # traintop's line is waiting for the script's
+        time.sleep(0.001)
+    gate.write("0.25")
+    gate.write("\n")  # the line ends: traintop's goes right after it, before the script's next
+    gate.write("next")
+    writer.join()
+    assert out.getvalue().endswith("loss 0.25\ntraintop line\nnext")

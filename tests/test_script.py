@@ -392,3 +392,41 @@ def test_a_gans_two_optimizers_record_the_first_ones_loss_alone(tmp_path):
     events = read_events(only_run(runs) / "events.jsonl")[0]
     recorded = [x for e in events if isinstance(e, ev.Steps) for x in e.loss]
     assert len(d_losses) == 40 and recorded == pytest.approx(d_losses, rel=1e-5)
+
+
+def test_traintops_lines_never_land_inside_a_line_the_script_is_printing(tmp_path):
+    """Headless, the script's stdout and traintop's log lines share one stream. A script that prints
+    each line in pieces (print with several arguments, a progress line built up) has a line open
+    most of the time; traintop's lines wait for it to end, and neither is cut."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "pieces.py"
+    script.write_text(
+        "import sys, time\n"
+        "import torch\n"
+        "model = torch.nn.Linear(4, 1)\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+        "x, y = torch.randn(32, 4), torch.randn(32, 1)\n"
+        "for epoch in range(4):\n"
+        "    for step in range(50):\n"
+        "        sys.stdout.write('partial')  # the line is open across the step, when traintop's are printed\n"
+        "        optimizer.zero_grad()\n"
+        "        (model(x) - y).pow(2).mean().backward()\n"
+        "        optimizer.step()\n"
+        "        for piece in (' line', ' of', ' the', ' script'):\n"
+        "            time.sleep(0.002)\n"
+        "            sys.stdout.write(piece)\n"
+        "        print(' done', epoch, step, sep=' ')\n"
+        "    print('end of epoch', epoch, 'val_loss', 0.5, file=sys.stdout)\n")
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path,
+                    env={"PYTHONUNBUFFERED": "0"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    ours = [line for line in lines if not line.startswith(("partial line", "end of epoch "))]
+    theirs = [line for line in lines if line.startswith("partial line")]
+    assert [line.removeprefix("partial line of the script done ") for line in theirs] == [
+        f"{e} {s}" for e in range(4) for s in range(50)]
+    assert [line for line in lines if line.startswith("end of epoch ")] == [
+        f"end of epoch {e} val_loss 0.5" for e in range(4)]
+    assert ours[0].startswith("traintop · run ") and any("completed" in line for line in ours)
+    assert any(line.startswith("epoch ") and " step " in line for line in ours)  # step lines too
+    assert not [line for line in ours if "part" in line or "script done" in line], ours

@@ -296,14 +296,14 @@ def run_script_here(folder, script: Path, script_args: list[str], name: str) -> 
     from traintop.engine.script import run_script
 
     from .headless import HeadlessPrinter
-    from .terminal import SafeStream
+    from .terminal import LineGate, SafeStream
 
-    guarded = sys.stdout
     for which in ("stdout", "stderr"):  # the script's own text is its own: colours, progress bars
         stream = getattr(sys, which)
         if isinstance(stream, SafeStream):
             setattr(sys, which, stream.stream)
-    printer = HeadlessPrinter(guarded if isinstance(guarded, SafeStream) else SafeStream(sys.stdout))
+    sys.stdout = gate = LineGate(sys.stdout)  # traintop's lines wait for the end of the script's
+    printer = HeadlessPrinter(SafeStream(gate.beside()))
     printer.folder = str(folder.path) if folder is not None else ""
 
     def on_term(sig, frame):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from typing import Any, TextIO
 
 # C0 controls but tab and newline, DEL, C1 controls, lone surrogates (an undecodable byte in a file
@@ -73,6 +74,77 @@ class SafeStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
+
+
+class LineGate:
+    """One output stream written by two: a script's own text and traintop's log lines beside it.
+
+    The script writes through the gate (it is the script's `sys.stdout`) untouched; a line of
+    traintop's, written through `beside()`, waits until the line the script is printing ends, so
+    neither cuts into the other: a `print` of several values, or a line built up piece by piece,
+    is several writes. A line the script leaves open (a progress bar redrawn with \\r, a prompt)
+    holds traintop's lines at most `HOLD_SECONDS`; then they start on a line of their own.
+    """
+
+    HOLD_SECONDS = 0.2
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.lock = threading.Condition()  # reentrant: a signal handler may print inside a write
+        self.open = False  # the script's last write did not end its line
+        self.waiting: list[str] = []  # traintop's lines, written by the write that ends the line
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            written = self.stream.write(text)
+            if text:
+                self.open = not text.endswith("\n")
+                if self.waiting and not self.open:  # on the script's thread: before its next line starts
+                    self._write_waiting()
+        return written
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def put(self, lines: str) -> None:
+        """Whole lines of traintop's, written and flushed once the script's line has ended."""
+        with self.lock:
+            self.waiting.append(lines)
+            if not self.open:
+                self._write_waiting()
+            elif not self.lock.wait_for(lambda: not self.waiting, self.HOLD_SECONDS):
+                self.waiting.insert(0, "\n")  # the script holds its line open: ours go below it
+                self.open = False
+                self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        self.stream.write("".join(self.waiting))
+        self.stream.flush()
+        self.waiting.clear()
+        self.lock.notify_all()
+
+    def beside(self) -> "_Beside":
+        """The stream traintop's log lines are written to."""
+        return _Beside(self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+class _Beside:
+    def __init__(self, gate: LineGate):
+        self.gate = gate
+
+    def write(self, text: str) -> int:
+        self.gate.put(text)
+        return len(text)
+
+    def flush(self) -> None:  # every put is flushed
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.gate.stream, name)
 
 
 def guard_streams() -> None:
