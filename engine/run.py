@@ -150,7 +150,7 @@ class Run:
         try:
             return cls._resume(folder, lock, list(overrides), world, trust)
         except BaseException:
-            lock.close()
+            lock.abandon()
             raise
 
     @classmethod

@@ -158,6 +158,7 @@ class RunFolder:
         inherited = self._inherited_lock() or self._held_by_launcher()
         if inherited is not None:
             return inherited
+        made = not self.lock_file.exists()
         try:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
@@ -176,7 +177,7 @@ class RunFolder:
                     raise UserError(f"run {self.run_id} is in use by {who}; `traintop attach {self.run_id}` "
                                     "follows it, `traintop ctl` steers it") from None
                 time.sleep(0.01)
-        return RunLock(self, fd)
+        return RunLock(self, fd, made)
 
     def _inherited_lock(self) -> RunLock | None:
         value = os.environ.pop(LOCK_ENV, None)
@@ -267,9 +268,10 @@ class RunLock:
     fills, `give_back_reserve()` frees them so the run can still record how it ended.
     """
 
-    def __init__(self, folder: RunFolder, fd: int):
+    def __init__(self, folder: RunFolder, fd: int, made: bool = False):
         self.folder = folder
         self.fd = fd
+        self.made = made  # this lock made the lock file: the folder had none
         pid = f"{os.getpid()}\n".encode()
         try:
             os.ftruncate(fd, 0)
@@ -292,6 +294,14 @@ class RunLock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def abandon(self) -> None:
+        """Release a folder taken for something that was then refused: a lock file this lock made
+        goes too, so a folder that is no run (or not yet one) is left as it was found."""
+        if self.made and self.fd >= 0:
+            with contextlib.suppress(OSError):
+                self.folder.lock_file.unlink()
+        self.close()
 
 
 def _lock_holder(fd: int) -> int:

@@ -572,3 +572,16 @@ def test_attach_says_a_killed_run_resumes_only_when_resume_would_take_it(finishe
     shown = said["cut"].stdout + said["cut"].stderr
     assert "cannot be resumed" in shown and "traintop resume cut" not in shown
     refused(traintop("resume", "cut", "--headless", "--runs-dir", str(runs)), "its history is lost")
+
+
+def test_a_refused_resume_leaves_a_folder_that_is_no_run_as_it_was(finished, tmp_path):
+    """`traintop resume PATH` on a folder that is no run: refused, and no lock file is left in it;
+    a real run's own lock file stays."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{}")
+    refused(traintop("resume", str(folder), "--headless"), "checkpoints/last.pt")
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json"]
+    assert finished.lock_file.is_file()
+    refused(traintop("resume", str(finished.path), "--headless"), "no epochs left")
+    assert finished.lock_file.is_file()
