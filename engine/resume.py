@@ -6,14 +6,13 @@ engine checks the same again, under the run folder's lock.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from . import events as ev
 from .config import Config, load_config, parse_override
 from .errors import UserError
-from .runstore import RunFolder, refuse_foreign_code
+from .runstore import RunFolder, begins_with_its_start, refuse_foreign_code
 
 # What `resume --set` may not change: the checkpoint was made with this data, this model, this
 # optimizer and this random stream. How long, how fast and what to watch may change.
@@ -98,15 +97,11 @@ def check_log(folder: RunFolder, offset: int | None) -> None:
     why = ""
     if not folder.events.is_file():
         why = "has no events.jsonl"
-    else:
-        with open(folder.events, "rb") as f:
-            first = f.readline()
-            size = f.seek(0, os.SEEK_END)
-        if not isinstance(event_of(first), ev.RunStarted):
-            why = "has an events.jsonl that does not begin with its run_started event"
-        elif offset is not None and size < offset:
-            why = (f"has an events.jsonl of {size} bytes, shorter than the {offset} it had written when "
-                   "last.pt was saved")
+    elif not begins_with_its_start(folder):
+        why = "has an events.jsonl that does not begin with its run_started event"
+    elif offset is not None and (size := folder.events.stat().st_size) < offset:
+        why = (f"has an events.jsonl of {size} bytes, shorter than the {offset} it had written when "
+               "last.pt was saved")
     if why:
         raise UserError(f"run {folder.run_id} {why}: its history is lost, and a resumed run would go on without "
                         "it; start a new run, or use its checkpoints as they are (traintop predict)")

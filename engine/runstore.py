@@ -437,20 +437,23 @@ def killed_note(folder: RunFolder) -> str:
     """What a log that ends with no run_finished means, and how the run can go on."""
     if not folder.last.exists():
         how = "it saved no last.pt to resume from"
-    elif not _begins_with_its_start(folder):  # resume refuses a run whose history is lost
+    elif not begins_with_its_start(folder):  # resume refuses a run whose history is lost
         how = "its events.jsonl has lost its start, so it cannot be resumed; its checkpoints are kept"
     else:
         how = f"`traintop resume {folder.run_id}` continues it from checkpoints/last.pt"
     return f"run {folder.run_id} has no run_finished event: it was killed ({how})"
 
 
-def _begins_with_its_start(folder: RunFolder) -> bool:
+def begins_with_its_start(folder: RunFolder) -> bool:
+    """Whether the run's events.jsonl begins with its run_started event (a run resumes only onto
+    its whole history)."""
+    from .events import RunStarted
+
     try:
         with open(folder.events, "rb") as f:
-            first = json.loads(f.readline())
-    except (OSError, ValueError, RecursionError):
+            return isinstance(parse_line(f.readline().decode()), RunStarted)
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
         return False
-    return isinstance(first, dict) and first.get("event") == "run_started"
 
 
 def is_live(folder: RunFolder) -> bool:
