@@ -19,6 +19,11 @@ _OURS = str(Path(__file__).resolve().parent)
 _IMPORTLIB = str(Path(importlib.__file__).resolve().parent)
 
 
+# What the user's code may raise that is theirs to show: any exception, and GeneratorExit (a
+# BaseException), but not an interrupt. sys.exit is caught apart, to say a factory must not exit.
+THEIRS = (Exception, GeneratorExit)
+
+
 def their_traceback(e: BaseException) -> str:
     """The traceback of `e` with traintop's and importlib's frames left out."""
     frames = [f for f in traceback.extract_tb(e.__traceback__)
@@ -47,7 +52,7 @@ def load_factory(spec: str, key: str, base_dir: Path) -> Callable:
             raise UserError(f"{key}: module {module_name!r} was not found; put {module_name}.py next to "
                             f"the config ({base_dir}) or in the current folder") from None
         raise UserError(f"{key}: importing {module_name!r} failed:\n{their_traceback(e)}") from None
-    except Exception as e:  # noqa: BLE001 - any error in the user's module is theirs to see
+    except THEIRS as e:  # any error in the user's module is theirs to see
         raise UserError(f"{key}: importing {module_name!r} failed:\n{their_traceback(e)}") from None
     except SystemExit as e:  # traintop must not end, as if it had finished, without a run
         raise UserError(f"{key}: importing {module_name!r} called sys.exit({e.code!r}); a module named "
@@ -64,7 +69,7 @@ def call_factory(fn: Callable, key: str, *args) -> Any:
         return fn(*args)
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001 - their code, their error
+    except THEIRS as e:  # their code, their error
         raise UserError(f"{key}: {getattr(fn, '__name__', 'the factory')}() failed:\n{their_traceback(e)}") from None
     except SystemExit as e:  # traintop must not end, as if it had finished, without a run
         raise UserError(f"{key}: {getattr(fn, '__name__', 'the factory')}() called sys.exit({e.code!r}) "

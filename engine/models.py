@@ -158,7 +158,7 @@ def _python_model(cfg: Config, info: DataInfo) -> nn.Module:
 def _check_outputs(model: nn.Module, info: DataInfo) -> None:
     """A user's model must answer a batch with one row of `n_outputs` per input: a wrong width is
     named now, not met as a shape error (or a silently wrong loss) in the first step."""
-    from .factory import their_traceback
+    from .factory import THEIRS, their_traceback
 
     x = torch.zeros(2, *info.input_shape, dtype=torch.int64 if info.input_dtype == "int64" else torch.float32)
     was_training = model.training
@@ -166,7 +166,7 @@ def _check_outputs(model: nn.Module, info: DataInfo) -> None:
     try:
         with torch.no_grad():
             out = model(x)
-    except Exception as e:  # noqa: BLE001 - their forward, their error
+    except THEIRS as e:  # their forward, their error
         raise UserError(f"model.factory: the model's forward failed on a batch of 2 inputs of shape "
                         f"{list(info.input_shape)} ({x.dtype}):\n{their_traceback(e)}") from None
     finally:

@@ -385,6 +385,10 @@ def exits():
     sys.exit(0)
 
 
+def raises_generator_exit():
+    raise GeneratorExit("a generator's end, raised by hand")
+
+
 def too_wide(info):
     return nn.Linear(info.input_shape[0], info.n_outputs + 1)
 
@@ -458,13 +462,16 @@ def test_a_factory_that_calls_sys_exit_is_an_error_not_a_quiet_exit_0(tmp_path, 
     (tmp_path / "user_exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
     for factory, words in (("user_bad:exits", ["data.factory", "exits() called sys.exit(0)"]),
                            ("user_exits_on_import:f", ["data.factory", "importing 'user_exits_on_import'",
-                                                       "sys.exit(0)"])):
+                                                       "sys.exit(0)"]),
+                           ("user_bad:raises_generator_exit", ["data.factory", "raises_generator_exit() failed",
+                                                               "GeneratorExit: a generator's end"])):
         proc = subprocess.run([sys.executable, "-m", "traintop.tui", "run", str(bad_folder(factory)),
                                "--headless", "--runs-dir", str(tmp_path / "runs")],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         for word in words:
             assert word in proc.stderr
+        assert "traintop/engine" not in proc.stderr  # their traceback, not traintop's
         assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import UserError
-from ..factory import call_factory, load_factory, their_traceback
+from ..factory import THEIRS, call_factory, load_factory, their_traceback
 from .dataset import SPLITS, Dataset, describe_tensor, leakage_from_hashes
 from .tabular import scale_of
 
@@ -118,7 +118,7 @@ def _materialize(part, split: str) -> tuple[np.ndarray, np.ndarray]:
         n = len(part)
     except TypeError:
         raise UserError(f"data.factory: the {split} Dataset has no len(); traintop needs map-style Datasets") from None
-    except Exception as e:  # noqa: BLE001 - their __len__, their error
+    except THEIRS as e:  # their __len__, their error
         raise UserError(f"data.factory: len() of the {split} Dataset failed:\n{their_traceback(e)}") from None
     if n == 0:
         raise UserError(f"data.factory: the {split} split is empty; return at least one item for each "
@@ -127,7 +127,7 @@ def _materialize(part, split: str) -> tuple[np.ndarray, np.ndarray]:
     for i in range(n):
         try:
             item = part[i]
-        except Exception as e:  # noqa: BLE001 - their __getitem__, their error
+        except THEIRS as e:  # their __getitem__, their error
             raise UserError(f"data.factory: item {i} of the {split} Dataset failed:\n{their_traceback(e)}") from None
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise UserError(f"data.factory: item {i} of the {split} split is a {type(item).__name__}; "
