@@ -57,6 +57,7 @@ class AutoWatch:
         self.capture = LossCapture()
         self.norms: list[torch.Tensor] | None = None
         self.stopped = False  # traintop asked the script to stop
+        self.said_lossless = False  # the no_loss warning is given once
         self._handles = []
         self.active = False
         self.loader = None  # the DataLoader being iterated when the optimizer steps: the training data
@@ -145,9 +146,19 @@ class AutoWatch:
             loss = losses[0]
         elif losses:  # accumulation: the mean of the step's backward passes
             loss = torch.stack([x.float() for x in losses]).mean()
-        else:
+        else:  # gradients set with no backward pass in sight: a step without a loss, not a NaN one
             loss = torch.tensor(math.nan)
+            run.lossless.add(run.recorder.first_step + run.recorder.n)
         run.record_step(loss, norms=norms, boundary=False)
+        if not losses and not self.said_lossless:
+            self.said_lossless = True
+            step = run.recorder.first_step + run.recorder.n - 1
+            run.session.warn("no_loss", step=step, id="no_loss",
+                             message=f"the optimizer stepped at step {step} with no backward pass traintop could "
+                                     "see (its gradients were set another way), so such steps have no loss to "
+                                     "record; their gradient norms and rates are recorded",
+                             advice="to record the loss, call traintop.watch in the script and run.step(loss) "
+                                    "before optimizer.step() (see the README)")
         self.boundary()
 
     def boundary(self) -> None:

@@ -156,6 +156,7 @@ class WatchedRun:
         self.steps = 0  # optimizer steps recorded
         self.steps_per_epoch = 0
         self._epoch_loss = [0.0, 0]
+        self.lossless: set[int] = set()  # steps of a watched script that had no loss to record
         self._epoch_started = time.perf_counter()
         self._last_train_loss = math.nan
         self.batch_samples = 0  # samples in the batch being trained, for samples/s
@@ -537,8 +538,10 @@ class WatchedRun:
         finite = [x for x in batch["loss"] if x is not None and math.isfinite(x)]
         self._epoch_loss[0] += sum(finite)
         self._epoch_loss[1] += len(finite)
-        if len(finite) < len(batch["loss"]):
-            bad = next(s for s, x in zip(batch["step"], batch["loss"]) if x is None or not math.isfinite(x))
+        lossless, self.lossless = self.lossless, set()
+        if len(finite) + len(lossless) < len(batch["loss"]):
+            bad = next(s for s, x in zip(batch["step"], batch["loss"])
+                       if (x is None or not math.isfinite(x)) and s not in lossless)
             self.session.warn("nan_loss", step=bad, id="nan_loss",
                               message=f"the loss became non-finite at step {bad}",
                               advice="lower the learning rate (-), clip gradients, or check the data "

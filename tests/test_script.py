@@ -430,3 +430,38 @@ def test_traintops_lines_never_land_inside_a_line_the_script_is_printing(tmp_pat
     assert ours[0].startswith("traintop · run ") and any("completed" in line for line in ours)
     assert any(line.startswith("epoch ") and " step " in line for line in ours)  # step lines too
     assert not [line for line in ours if "part" in line or "script done" in line], ours
+
+
+def test_steps_whose_gradients_are_set_by_hand_are_not_called_non_finite(tmp_path):
+    """A script that sets its gradients without a backward pass traintop can see (an estimate, a
+    gradient from elsewhere) steps with no loss: traintop says so once, and never calls those steps
+    non-finite (a NaN loss still is); the run completes, its steps counted, its gradient norms
+    recorded."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "by_hand.py"
+    script.write_text(
+        "import torch\n"
+        "torch.manual_seed(0)\n"
+        "w = torch.nn.Parameter(torch.zeros(4))\n"
+        "optimizer = torch.optim.SGD([w], lr=0.1)\n"
+        "target = torch.ones(4)\n"
+        "for step in range(60):\n"
+        "    with torch.no_grad():\n"
+        "        w.grad = 2 * (w - target)  # the gradient of |w - target|^2, worked out by hand\n"
+        "    optimizer.step()\n"
+        "print('w', [round(v, 3) for v in w.tolist()])\n"
+        "optimizer.zero_grad()\n"
+        "(w.sum() * float('nan')).backward()  # a loss that is NaN: that one is called so\n"
+        "optimizer.step()\n")
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "w [1.0, 1.0, 1.0, 1.0]" in done.stdout
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    warned = [e for e in events if isinstance(e, ev.RunWarning)]
+    assert [(w.kind, w.step) for w in warned if w.kind == "nan_loss"] == [("nan_loss", 61)], [w.message for w in warned]
+    (no_loss,) = {w.id: w for w in warned if w.kind == "no_loss"}.values()
+    steps = [e for e in events if isinstance(e, ev.Steps)]
+    assert no_loss.step == steps[0].step[0] == 1 and "no backward pass" in no_loss.message
+    assert "run.step(loss)" in no_loss.advice
+    assert sum(len(e.step) for e in steps) == 61 and steps[0].grad_norm[0] == pytest.approx(4.0)
+    assert read_events(only_run(runs) / "events.jsonl")[0][-1].status == "completed"
