@@ -379,6 +379,7 @@ class Trainer:
                          new=self.lr.at(self.step) * scale, source="schedule")
         if not self.cfg.train.val_every_steps:
             self.validate()
+        self.warn_late()
         every = self.cfg.checkpoint.every_epochs
         if every and self.epoch % every == 0 and session.stop_request is None:
             self.save("periodic")
@@ -546,6 +547,13 @@ class Trainer:
         session.emit(ev.TestResult, metrics={**metrics, "loss": loss}, step=self.step,
                      extension=bool(self.tested_at))
         self.tested_at.append(self.step)
+        self.warn_late()
+
+    def warn_late(self) -> None:
+        """The data's warnings found only as it was read (one condition each, its count rising)."""
+        if self.data.late_warnings is not None and self.session.leader:
+            for kind, message in self.data.late_warnings():
+                self.session.warn(kind, message, step=self.step, id=f"{kind}:late")
 
     # -- commands: the handlers the session serves ---------------------------------------------
 

@@ -167,6 +167,29 @@ def test_streaming_path_trains_to_the_same_numbers_as_the_in_memory_path(tmp_pat
     assert stream_test == pytest.approx(memory_test, rel=rel)
 
 
+def test_an_image_that_fails_to_decode_while_streaming_is_named_in_a_warning(tmp_path):
+    """A JPEG cut short passes the scan (Pillow's verify cannot see it without decoding): on the
+    streamed path it is decoded only when training reads it. It is trained as a black image, and a
+    warning names it after that epoch, once, not again at every epoch."""
+    from PIL import Image
+
+    folder = shapes_folder(tmp_path / "shapes", per_class=100, size=24, shapes=("circle", "square"))
+    good = sorted((folder / "square").glob("*.png"))[0]
+    with Image.open(good) as image:
+        image.convert("RGB").save(folder / "square" / "cut.jpg", "JPEG")
+    cut = folder / "square" / "cut.jpg"
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) * 4 // 5])  # its headers whole, its pixels not
+    cfg = image_config(folder, memory_limit_mb=1, split=[0.9, 0.05, 0.05])  # 201 images: 1.4 MB decoded
+    cfg.train.epochs = 3
+    run = Run.prepare(cfg, tmp_path / "runs")
+    assert isinstance(run.trainer.feeds["train"], LoaderFeed)
+    assert run.train() == "completed"
+    warned = [e for e in events_of(run) if e["event"] == "warning" and "decoded" in e["message"]]
+    assert len(warned) == 1 and warned[0]["kind"] == "data", warned
+    assert "square/cut.jpg" in warned[0]["message"] and "black" in warned[0]["message"]
+    assert not [e for e in events_of(run) if e["event"] == "warning" and "skipped" in e["message"]]
+
+
 def test_flip_and_crop_gives_each_image_a_flipped_and_shifted_copy_of_itself():
     torch.manual_seed(0)
     x = torch.randn(6, 3, 16, 16)

@@ -28,6 +28,9 @@ class Dataset:
     raw: dict[str, pd.DataFrame]  # raw records per split, for predict and display
     raw_target: dict[str, pd.Series]
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
+    # (kind, message) found only as training reads the data (a streamed file that fails to decode):
+    # what is new since the last call, asked after each epoch and after the test
+    late_warnings: Callable[[], list[tuple[str, str]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts, e.g. image_size
     augment: Callable | None = None  # applied to training batches only
     streaming: bool = False

@@ -348,13 +348,27 @@ def load_image_folder(cfg: Config) -> Dataset:
     if leaked:
         warnings.append(("leakage", f"{leaked} validation/test images are byte-for-byte copies of an image "
                                     "in an earlier split; their scores may be optimistic"))
+    said = [0]
+
+    def undecodable_warnings() -> list[tuple[str, str]]:
+        """The files found undecodable since the last call, as one data warning naming them all."""
+        found = [] if cache is None else cache.undecodable()
+        if len(found) <= said[0]:
+            return []
+        said[0] = len(found)
+        names = ", ".join(str(paths[i].relative_to(folder)) for i in found[:NAMED_BAD])
+        more = f" and {len(found) - NAMED_BAD} more" if len(found) > NAMED_BAD else ""
+        return [("data", f"{len(found)} image file(s) in {folder} could not be decoded when read (cut short, "
+                         f"say) and stand in as black images: {names}{more}; remove or replace them")]
+
     return Dataset(
         task="classification", preprocess=pre, x=x,
         y={s: label_array[idx] for s, idx in parts.items()},
         raw={s: pd.DataFrame({"path": [str(paths[i]) for i in idx]}) for s, idx in parts.items()},
         raw_target={s: pd.Series([scan.classes[labels[i]] for i in idx], name="class", dtype=object)
                     for s, idx in parts.items()},
-        warnings=warnings, streaming=streaming, augment=flip_and_crop if d.augment else None,
+        warnings=warnings, late_warnings=undecodable_warnings, streaming=streaming,
+        augment=flip_and_crop if d.augment else None,
         extra={"image_size": size, "channels": channels, "leakage": leaked, "skipped_files": len(bad)})
 
 
@@ -364,7 +378,8 @@ class ImageCache:
     """Decoded uint8 images in a memory-mapped file that every DataLoader worker shares.
 
     Each image is decoded once, by whichever process asks for it first; a flag per image says
-    it is there. The file lives in a temporary folder removed when the engine exits.
+    it is there (1), or that its file could not be decoded (2: a black image stands in). The file
+    lives in a temporary folder removed when the engine exits.
     """
 
     def __init__(self, n: int, channels: int, size: int):
@@ -392,10 +407,16 @@ class ImageCache:
         if not self._ready[i]:
             try:
                 self._images[i] = decode(path, self.channels, self.size)
-            except (OSError, ValueError, SyntaxError):
-                self._images[i] = 0  # a file that went bad after the scan: a black image
-            self._ready[i] = 1
+                self._ready[i] = 1
+            except (OSError, ValueError, SyntaxError):  # cut short (a JPEG passes the scan), or gone bad since
+                self._images[i] = 0
+                self._ready[i] = 2
         return np.array(self._images[i])
+
+    def undecodable(self) -> np.ndarray:
+        """The indexes of the images whose files could not be decoded, in any process, so far."""
+        ready = np.memmap(self._path("ready"), np.uint8, "r", shape=(self.shape[0],))
+        return np.flatnonzero(ready == 2)
 
 
 def _remove_if_owner(folder: str, pid: int) -> None:
