@@ -311,8 +311,14 @@ RANGES: dict[tuple[str, str], Range] = {
 }
 FINITE = Range(-math.inf)  # a numeric key without a range of its own: any finite number
 
-# Monitors where higher is better; every other (losses and errors) is minimised.
-MAXIMIZED = ("val_accuracy", "val_r2", "val_f1", "val_auc")  # a higher one is better
+# The words of a monitor's name (split at "_") that say which way is better. A name with a word of
+# LOWER in it is minimised (val_loss, val_nll_loss, val_error_rate), then one with a word of HIGHER
+# maximised (val_accuracy, val_acc, val_top1_acc, val_f1_macro, val_auroc), and any other minimised.
+HIGHER = frozenset({"accuracy", "acc", "r2", "f1", "auc", "auroc", "auprc", "ap", "map", "precision", "recall",
+                    "iou", "miou", "dice", "bleu", "rouge", "rouge1", "rouge2", "rougel", "top1", "top5", "mcc",
+                    "kappa", "spearman", "pearson", "ndcg", "mrr", "hits", "psnr", "ssim", "em", "meteor", "chrf"})
+LOWER = frozenset({"loss", "error", "err", "mae", "mse", "rmse", "mape", "nll", "perplexity", "ppl", "wer", "cer",
+                   "fid", "ter"})
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -479,8 +485,10 @@ def _check_numbers(cfg: Config, origin: str) -> None:
 
 
 def monitor_mode(monitor: str) -> str:
-    """What the monitor means: "max" for accuracy and r2, "min" for losses and errors."""
-    return "max" if monitor in MAXIMIZED else "min"
+    """What the monitor means: "max" for accuracy, r2, f1 and their kin, "min" for losses and
+    errors (see HIGHER and LOWER)."""
+    words = set(monitor.lower().split("_")[1:])
+    return "max" if words & HIGHER and not words & LOWER else "min"
 
 
 def _resolve_mode(cfg: Config) -> None:

@@ -173,6 +173,13 @@ class RunStarted(Event):
     source: str = "config"  # config | watch | script | lightning | transformers | lr_find
     signals: dict = field(default_factory=dict)  # the [signals] settings the run's diagnoses use
 
+    @property
+    def early_stopping(self) -> dict:
+        """The config's [early_stopping] section. A loop of the user's own records its own config,
+        whose keys are not traintop's (its settings come in early_stopping_changed): {}."""
+        es = self.config.get("early_stopping") if self.source in ("config", "lr_find") else None
+        return es if isinstance(es, dict) else {}
+
 
 @dataclass(frozen=True)
 class Steps(Event):

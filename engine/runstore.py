@@ -723,7 +723,9 @@ def report_from_events(events: list[Event]) -> dict[str, Any]:
     monitor = "val_loss"
     for e in events:
         if isinstance(e, ev.RunStarted):
-            monitor = e.config.get("early_stopping", {}).get("monitor", "val_loss")
+            monitor = e.early_stopping.get("monitor", "val_loss")
+        elif isinstance(e, ev.EarlyStoppingChanged) and e.monitor:  # what the run itself judges by
+            monitor = e.monitor
         elif isinstance(e, ev.EpochEnd):
             out["epochs"], out["steps"] = e.epoch, e.step
         elif isinstance(e, ev.Validation) and e.best:

@@ -281,13 +281,42 @@ def test_a_callback_refuses_a_bad_argument_when_it_is_made(tmp_path, module, arg
 
 
 @pytest.mark.parametrize("monitor, mode", [("val_loss", "min"), ("val_accuracy", "max"), ("val_f1", "max"),
-                                           ("val_auc", "max"), ("val_mae", "min")])
+                                           ("val_auc", "max"), ("val_mae", "min"), ("val_acc", "max"),
+                                           ("val_top1_acc", "max"), ("val_f1_macro", "max"), ("val_auroc", "max"),
+                                           ("val_map", "max"), ("val_iou", "max"), ("val_bleu", "max"),
+                                           ("val_precision", "max"), ("val_recall", "max"), ("val_rmse", "min"),
+                                           ("val_error_rate", "min"), ("val_perplexity", "min"),
+                                           ("val_wer", "min"), ("val_nll_loss", "min")])
 def test_watch_early_stopping_on_auto_follows_what_its_monitor_means(tmp_path, monitor, mode):
     import traintop
 
     model = torch.nn.Linear(3, 1)
     with traintop.watch(model, name="es", runs_dir=tmp_path / "runs", early_stopping=dict(monitor=monitor)) as run:
         assert run.policies.early.mode == mode and run.policies.early.enabled
+
+
+@pytest.mark.parametrize("config", [None, {"early_stopping": True}, {"early_stopping": {"monitor": "val_f1"}},
+                                    {"early_stopping": 3}])
+def test_the_report_names_the_best_by_the_runs_own_monitor_whatever_the_loops_config_holds(tmp_path, config):
+    """`watch(early_stopping=dict(monitor="val_acc"))`: the best is the highest accuracy, in
+    report.json and `ls`, and its weights are the ones kept. The loop's own config is only recorded:
+    an `early_stopping` key in it (a flag from argparse, say) is not read as traintop's."""
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    runs = tmp_path / "runs"
+    with traintop.watch(model, name="acc", runs_dir=runs, config=config,
+                        early_stopping=dict(monitor="val_acc", patience=2)) as run:
+        for acc in (0.5, 0.6, 0.7, 0.95, 0.9, 0.8, 0.7):
+            run.step(1.0)
+            run.validate(val_loss=1 - acc / 2, acc=acc)
+            if run.should_stop:
+                break
+    report = json.loads((run.session.folder.path / "report.json").read_text())
+    assert report["status"] == "early_stopped" and report["steps"] == 6, report
+    assert report["best"] == {"monitor": "val_acc", "value": 0.95, "epoch": 1, "step": 4}, report  # no run.iter: epoch 1
+    listed = subprocess.run([*TRAINTOP, "ls", "--runs-dir", str(runs)], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "val_acc 0.95" in listed.stdout and "unreadable" not in listed.stdout
 
 
 def test_early_stopping_on_a_metric_the_loop_never_reports_says_so_once(tmp_path):

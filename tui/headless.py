@@ -52,7 +52,7 @@ class HeadlessPrinter:
 
     def on_run_started(self, e: ev.RunStarted) -> None:
         self.epochs, self.steps_per_epoch = e.epochs, e.steps_per_epoch
-        self.monitor = e.config.get("early_stopping", {}).get("monitor", "val_loss")
+        self.monitor = e.early_stopping.get("monitor", "val_loss")
         self.log_timing = bool(e.signals.get("log_timing", False))
         d = e.data
         classes = f" · {len(d['classes'])} classes" if d.get("classes") else ""

@@ -193,7 +193,7 @@ class RunState:
     def _on_run_started(self, e: ev.RunStarted) -> None:
         self.run_id, self.name, self.device, self.params = e.run_id, e.name, e.device, e.params
         self.epochs, self.steps_per_epoch, self.data, self.config = e.epochs, e.steps_per_epoch, e.data, e.config
-        es = e.config.get("early_stopping", {})
+        es = e.early_stopping
         self.monitor = es.get("monitor", "val_loss")
         self.patience, self.early_enabled = es.get("patience", 0), es.get("enabled", True)
         self.early_known = bool(es)
