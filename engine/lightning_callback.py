@@ -151,7 +151,10 @@ class _Traintop:
         captured = self._capture.take() if self._capture is not None else []
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            self._losses.append(loss.detach().float().reshape(()))
+            loss = loss.detach().float().reshape(())
+            if pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
+                loss = loss * trainer.accumulate_grad_batches  # Lightning hands on the loss it divided to accumulate
+            self._losses.append(loss)
         elif captured:
             self._losses.append(torch.stack([c.float() for c in captured]).sum())
         if self._norms is None:  # no optimizer step in this batch (accumulating)

@@ -97,6 +97,52 @@ def test_lightning_accumulation_records_one_step_per_optimizer_step(tmp_path):
     assert events[-1].status == "completed"
 
 
+@pytest.mark.parametrize("automatic", [True, False])
+def test_lightning_with_accumulation_records_each_steps_loss_as_the_mean_of_its_batches(tmp_path, automatic):
+    """Lightning divides the loss it hands to callbacks by accumulate_grad_batches (it backpropagates
+    that): the step's loss is still the mean of its batches' losses, as training_step computed them,
+    with automatic optimization and with manual (whose loss is the module's own)."""
+    import lightning as L
+
+    from traintop.lightning import TraintopCallback
+
+    torch.manual_seed(0)
+    x = torch.randn(90, 4)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x.sum(1) > 0).long()), batch_size=6)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 2)
+            self.seen = []
+            self.automatic_optimization = automatic
+
+        def training_step(self, batch, i):
+            loss = torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+            self.seen.append(loss.item())
+            if not automatic:
+                optimizer = self.optimizers()
+                self.manual_backward(loss / 3)
+                if (i + 1) % 3 == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Module()
+    trainer = L.Trainer(max_epochs=1, accumulate_grad_batches=3 if automatic else 1, enable_progress_bar=False,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[TraintopCallback(name="accumulates", runs_dir=tmp_path / "runs")])
+    trainer.fit(module, data)
+    events = read_events(next((tmp_path / "runs").iterdir()) / "events.jsonl")[0]
+    recorded = [x for e in events if isinstance(e, ev.Steps) for x in e.loss]
+    means = [sum(module.seen[i:i + 3]) / 3 for i in range(0, len(module.seen), 3)]
+    assert len(module.seen) == 15 and len(recorded) == 5
+    assert recorded == pytest.approx(means, rel=1e-5)
+
+
 def test_a_lightning_module_without_an_optimizer_trains_watched(tmp_path):
     """configure_optimizers may return None (Lightning then steps a stand-in with no parameter
     groups): the callback records the run, with no rate, instead of failing the fit."""
