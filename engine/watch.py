@@ -29,6 +29,7 @@ import operator
 import os
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -157,6 +158,7 @@ class WatchedRun:
         self.steps_per_epoch = 0
         self._epoch_loss = [0.0, 0]
         self.lossless: set[int] = set()  # steps of a watched script that had no loss to record
+        self._said_finished: set[str] = set()  # calls after the end, warned about once each
         self._epoch_started = time.perf_counter()
         self._last_train_loss = math.nan
         self.batch_samples = 0  # samples in the batch being trained, for samples/s
@@ -302,6 +304,8 @@ class WatchedRun:
         is used as the total instead of measuring it; `scalars` are more numbers to plot.
         Pause blocks here; stop sets `should_stop`.
         """
+        if self.session.closed:
+            return self._after_finish("run.step")
         if scalars and not STEP_COLUMNS.isdisjoint(scalars):
             taken = sorted(STEP_COLUMNS.intersection(scalars))
             raise UserError(f"run.step: {', '.join(map(repr, taken))} name(s) traintop records itself; give your "
@@ -350,6 +354,15 @@ class WatchedRun:
             if self.save_every and session.now() - self.saved_at >= self.save_every:
                 self._save_or_warn("periodic")
 
+    def _after_finish(self, call: str) -> None:
+        """A step or validation handed over after the run finished: not recorded, and said once
+        each, as a Python warning pointing at the loop's line (the loop goes on)."""
+        if call not in self._said_finished:
+            self._said_finished.add(call)
+            warnings.warn(f"traintop: {call} after run {self.session.run_id} finished (run.finish(), or the end of "
+                          "its with block) is not recorded; finish the run after the training loop",
+                          RuntimeWarning, stacklevel=3)
+
     def _save_or_warn(self, kind: str) -> None:
         """A save no command asked for (periodic, or at a stop): its failure is a warning, and the
         training (or its end) goes on."""
@@ -376,6 +389,8 @@ class WatchedRun:
         the best so far. Early stopping and the overfitting warning follow it, as in config runs."""
         if self._finding:  # the range test's throw-away weights: not the run's validation
             return False
+        if self.session.closed:
+            return self._after_finish("run.validate") or False
         if not self.started:
             self._start()
         if self.should_stop and self.steps == self._validated_at:

@@ -319,6 +319,26 @@ def test_the_report_names_the_best_by_the_runs_own_monitor_whatever_the_loops_co
     assert listed.returncode == 0 and "val_acc 0.95" in listed.stdout and "unreadable" not in listed.stdout
 
 
+def test_a_step_or_validation_after_the_run_finished_is_said_once_and_changes_nothing(tmp_path):
+    """A loop that finishes its run too early (finish() inside the epoch loop, a `with` block that
+    ends before training does) goes on; what it hands over after is not recorded, and one Python
+    warning each says so at the loop's own line."""
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    with traintop.watch(model, name="early-end", runs_dir=tmp_path / "runs") as run:
+        run.step(1.0)
+        run.validate(val_loss=0.5)
+    before = run.session.folder.events.read_bytes()
+    with pytest.warns(RuntimeWarning, match=r"run.step after run \S+ finished .* is not recorded") as said:
+        for _ in range(3):
+            run.step(0.5)
+    assert len(said) == 1 and said[0].filename == __file__
+    with pytest.warns(RuntimeWarning, match="run.validate after run"):
+        assert run.validate(val_loss=0.1) is False and run.validate(val_loss=0.05) is False
+    assert run.session.folder.events.read_bytes() == before
+
+
 def test_early_stopping_on_a_metric_the_loop_never_reports_says_so_once(tmp_path):
     import traintop
 
