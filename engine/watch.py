@@ -166,6 +166,7 @@ class WatchedRun:
         self._stop_seen = False
         self._finding = False  # inside lr_find: the range test's steps are not the run's
         self._validated_at = -1
+        self._validations = 0  # run.validate calls recorded
         self._epoch_given = False
         self._epoch_counted = False  # run.iter ended an epoch it counted: the next pass is the next epoch
         self.save_every = checkpoint_every_seconds or 0
@@ -402,6 +403,7 @@ class WatchedRun:
         if "loss" in metrics and "val_loss" in metrics:
             raise UserError("run.validate: loss and val_loss are the same metric; give one of them")
         self._validated_at = self.steps
+        self._validations += 1
         val_loss = metrics.pop("val_loss", metrics.pop("loss", None))
         values = {k: _number(v, k) for k, v in metrics.items()}
         if self.session.world is not None:  # each rank measured its shard: the run's numbers are their mean
@@ -601,10 +603,16 @@ class WatchedRun:
                    if self.session.source == "script" else "register one with run.on_validate(fn)")
             return cmd.Reply(False, f"this loop has no validation to call: {how}")
         self._user_validation = True
+        before = self._validations
         try:
             result = self._validate_fn()
-            if isinstance(result, dict):
+            if isinstance(result, Mapping):
                 self.validate(**result)
+            elif self._validations == before:  # it neither called run.validate nor returned metrics
+                what = "nothing" if result is None else show_value(result)
+                return cmd.Reply(False, f"run.on_validate returned {what} and did not call run.validate: not "
+                                        "validated; return the metrics as a dict (val_loss=..., accuracy=...), or "
+                                        "call run.validate(...) in it")
         except UserError as e:
             return cmd.Reply(False, f"not validated: {e}")
         except Exception as e:  # noqa: BLE001 - the loop's function failed; its training goes on
@@ -641,6 +649,10 @@ class WatchedRun:
                     raise CheckpointFailed(f"run.on_checkpoint returned {show_value(str(result))}, where there is no "
                                            "file: return the path your function wrote, or nothing when it wrote "
                                            "the path it was given")
+            elif result is not None:
+                raise CheckpointFailed(f"run.on_checkpoint returned {show_value(result)}, not a path: return the path "
+                                       "your function wrote (a str or Path), or nothing when it wrote the path it "
+                                       "was given")
             elif _file_state(path) in (None, before):  # saved elsewhere (its own store), or nowhere: no file to name
                 session.emit(ev.CheckpointSaved, path="", kind=kind, step=self.steps)
                 return None

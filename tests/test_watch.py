@@ -446,11 +446,17 @@ def test_a_loops_function_that_fails_or_answers_odd_values_never_ends_its_run(tm
     run.on_validate(lambda: {}["missing"])
     answers = {"arrays": lambda xs: [np.array([1.0, 2.0]) for _ in xs], "bytes": lambda xs: [b"\xff" for _ in xs],
                "too few": lambda xs: []}
-    commands = [cmd.Checkpoint(), cmd.Validate(), *(cmd.Predict(inputs=[{"input": [1, 2, 3]}]) for _ in answers)]
+    commands = [cmd.Checkpoint(), cmd.Validate(), *(cmd.Predict(inputs=[{"input": [1, 2, 3]}]) for _ in answers),
+                cmd.Checkpoint(), cmd.Validate(), cmd.Validate(), cmd.Validate()]
+    odd = {5: lambda: run.on_checkpoint(lambda path: 42), 6: lambda: run.on_validate(lambda: "hello"),
+           7: lambda: run.on_validate(lambda: None),
+           8: lambda: run.on_validate(lambda: run.validate(val_loss=0.5))}  # returns run.validate's True
     replies = []
     for step, command in enumerate(commands):
         if isinstance(command, cmd.Predict):
             run.on_predict(list(answers.values())[step - 2])
+        if step in odd:
+            odd[step]()
         replies.append(run.session.send_nowait(command))
         loss = model(torch.randn(8, 3)).pow(2).mean()
         optimizer.zero_grad()
@@ -459,14 +465,20 @@ def test_a_loops_function_that_fails_or_answers_odd_values_never_ends_its_run(tm
         optimizer.step()
     replies = [r.result(timeout=5) for r in replies]
     run.finish()
-    saved, validated, arrays, text, few = replies
+    saved, validated, arrays, text, few, number, hello, nothing, itself = replies
     assert not saved.ok and "run.on_checkpoint failed (ZeroDivisionError" in saved.message
+    assert not number.ok and "run.on_checkpoint returned 42, not a path" in number.message
+    assert not hello.ok and "run.on_validate returned 'hello' and did not call run.validate" in hello.message
+    assert not nothing.ok and "returned nothing and did not call run.validate" in nothing.message
+    assert itself.ok, itself.message
     assert not validated.ok and "run.on_validate failed (KeyError" in validated.message
     assert arrays.ok and arrays.data["outputs"] == [{"label": [1.0, 2.0]}]
     assert text.ok and text.data["outputs"] == [{"label": "\ufffd"}]
     assert not few.ok and "returned 0 answer(s) for 1 input(s)" in few.message
     events = read_events(run.session.folder.events)[0]
-    assert events[-1].status == "completed" and steps_in(events) == [1, 2, 3, 4, 5]
+    assert events[-1].status == "completed" and steps_in(events) == list(range(1, 10))
+    assert [e.val_loss for e in events if isinstance(e, ev.Validation)] == [0.5]  # the one that validated
+    assert not [e for e in events if isinstance(e, ev.CheckpointSaved)]
 
 
 def test_a_checkpoint_function_is_believed_only_about_files_that_exist(tmp_path):
