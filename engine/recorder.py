@@ -20,6 +20,8 @@ def one_number(value, what: str):
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise UserError(f"{what} holds {value.numel()} values; give one number")
+        if value.is_meta:
+            raise UserError(f"{what} is on the meta device, which holds no values; give a computed one")
         if value.is_complex():
             raise UserError(f"{what} is a complex number; give a real one (its .real or .abs())")
         return value.detach()
@@ -89,38 +91,38 @@ class StepRecorder:
             loss = torch.tensor(loss)
         if total is not None:
             total = one_number(total, "the step's grad_norm")
+            if isinstance(total, float) and total < 0:
+                raise UserError(f"the step's grad_norm is {show_value(total)}; a norm is never negative")
         if scalars:
             scalars = {name: one_number(value, f"step scalar {name!r}") for name, value in scalars.items()}
-        self.lr.append(lr)
-        if scalars:
-            self.scalars.append((i, scalars))
-        sample = i == 0 or now >= self.next_sample
-        if sample:
-            self.layer_at.append(i)
-            self.next_sample = now + LAYER_SECONDS
+        reported = i == 0 or now >= self.next_sample  # this step's per-layer norms are reported
         if total is not None:
             total = total.float() if isinstance(total, torch.Tensor) else torch.tensor(total)
             squared = total * total
         elif self.gradients.flat is not None:
             squared = self.gradients.squared_total()
         else:
-            squared = None
-            sample = True  # this step's total comes from its row
+            squared = None  # this step's total comes from its row
         row = None
-        if sample:
+        if reported or squared is None:
             row = norms if norms is not None else self.gradients.layer_norms()
-            self.row_at.append(i)
-        self.last = (loss, squared, row)
-        if self.host:
-            self.losses.append(loss.item())
-            self.totals.append(None if squared is None else squared.item())
-            if row is not None:
-                self.rows.extend([v.item() for v in row])
+        if self.host:  # read before anything is kept: a step that fails here leaves the buffer as it was
+            kept = (loss.item(), None if squared is None else squared.item(),
+                    [v.item() for v in row] if row is not None else None)
         else:
-            self.losses.append(loss)
-            self.totals.append(squared)
-            if row is not None:
-                self.rows.extend(row)
+            kept = (loss, squared, list(row) if row is not None else None)
+        self.lr.append(lr)
+        if scalars:
+            self.scalars.append((i, scalars))
+        if reported:
+            self.layer_at.append(i)
+            self.next_sample = now + LAYER_SECONDS
+        if row is not None:
+            self.row_at.append(i)
+            self.rows.extend(kept[2])
+        self.last = (loss, squared, row)
+        self.losses.append(kept[0])
+        self.totals.append(kept[1])
 
     def last_total(self) -> torch.Tensor:
         """The last recorded step's total gradient norm, as a device tensor."""

@@ -172,6 +172,9 @@ BAD_CALLS = [
     (lambda run: run.step(1.0, acc="x"), "step scalar 'acc' is 'x', not a number"),
     (lambda run: run.step(1.0, acc=[1, 2]), "step scalar 'acc' is [1, 2], not a number"),
     (lambda run: run.step(1.0, grad_norm="x"), "the step's grad_norm is 'x', not a number"),
+    (lambda run: run.step(1.0, grad_norm=-1.0), "the step's grad_norm is -1.0; a norm is never negative"),
+    (lambda run: run.step(torch.empty((), device="meta")), "the step's loss is on the meta device"),
+    (lambda run: run.step(1.0, acc=torch.empty((), device="meta")), "step scalar 'acc' is on the meta device"),
     (lambda run: run.validate(val_loss="abc"), "validate: val_loss is 'abc', not a number"),
     (lambda run: run.validate(val_loss=torch.ones(2)), "validate: val_loss holds 2 values"),
     (lambda run: list(run.epochs("x")), "run.epochs: n is 'x'; give a whole number"),
@@ -205,6 +208,8 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
     assert steps_in(events) == list(range(1, len(BAD_CALLS) + 1))
     assert [e.metrics for e in events if isinstance(e, ev.Validation)] == [{"accuracy": 0.75}]
     assert events[-1].status == "completed"
+    steps = [e for e in events if isinstance(e, ev.Steps)]
+    assert all(len(e.lr) == len(e.step) == len(e.loss) == len(e.grad_norm) for e in steps)
 
 
 @pytest.mark.parametrize("arguments, message", [
