@@ -99,7 +99,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
         return script.current.take_over(model, optimizer, name=name, config=config, epochs=epochs,
                                         early_stopping=early if early_stopping is not None else None)
     name = _run_name(name or (unwrap(model).__class__.__name__.lower() if model is not None else "run"))
-    config = dict(config or {})
+    config = _json_safe(config if isinstance(config, dict) else dict(config or {}))  # other values as their repr
     world = World.join()
 
     def open_session() -> Session:
@@ -892,21 +892,25 @@ def _plain(value, depth: int = 0):
     return repr(value)
 
 
-def _json_safe(value, depth: int = 0):
-    """A user's config as JSON: numbers, strings, lists and dicts kept, anything else as its repr."""
+def _json_safe(value, depth: int = 0, within: frozenset = frozenset()):
+    """A user's config as JSON: numbers, strings, lists and dicts kept, anything else as its repr
+    (cut short); a dict or list inside itself is "{...}" or "[...]", as Python's repr shows it."""
     if depth > 20:
-        return repr(value)
+        return show_value(value)
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in within:
+            return "{...}" if isinstance(value, dict) else "[...]"
+        inside = within | {id(value)}
+        if isinstance(value, dict):
+            return {str(k): _json_safe(v, depth + 1, inside) for k, v in value.items()}
+        return [_json_safe(v, depth + 1, inside) for v in value]
     if isinstance(value, Path):
         return str(value)
-    return repr(value)
+    return show_value(value)
 
 
 def _file_state(path: Path) -> tuple | None:

@@ -637,6 +637,28 @@ def test_a_rate_change_scales_every_parameter_group_and_none_may_leave_the_allow
     assert not again.ok and "group 1's rate would be 20" in again.message
 
 
+def test_a_config_that_holds_itself_or_values_of_its_own_kinds_is_recorded_as_text(tmp_path):
+    """config= is recorded, never run: a dict inside itself, a tensor, a set or a function are kept
+    as their (short) repr in config.toml and in run_started, and the run is a run like any other."""
+    import tomllib
+
+    import traintop
+
+    config = {"lr": 0.1, "weights": torch.ones(3), "tags": {"a"}, "act": torch.relu, "layers": [64]}
+    config["self"] = config
+    config["layers"].append(config["layers"])
+    runs = tmp_path / "runs"
+    with traintop.watch(torch.nn.Linear(3, 1), name="odd-config", runs_dir=runs, config=config) as run:
+        run.step(1.0)
+    written = tomllib.loads((run.session.folder.path / "config.toml").read_text())
+    assert written["lr"] == 0.1 and written["weights"] == "tensor([1., 1., 1.])" and written["tags"] == "{'a'}"
+    assert written["self"] == "{...}" and written["layers"] == [64, "[...]"]
+    started = read_events(run.session.folder.events)[0][0]
+    assert started.config == written
+    listed = subprocess.run([*TRAINTOP, "ls", "--runs-dir", str(runs)], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "completed" in listed.stdout
+
+
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
     import argparse
 
