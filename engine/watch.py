@@ -159,6 +159,7 @@ class WatchedRun:
         self._epoch_loss = [0.0, 0]
         self.lossless: set[int] = set()  # steps of a watched script that had no loss to record
         self._said_finished: set[str] = set()  # calls after the end, warned about once each
+        self._said_past_plan = False  # run.iter given an epoch past the plan (1-based counting): warned
         self._epoch_started = time.perf_counter()
         self._last_train_loss = math.nan
         self.batch_samples = 0  # samples in the batch being trained, for samples/s
@@ -258,6 +259,16 @@ class WatchedRun:
             if given < 0:
                 raise UserError(f"run.iter: epoch is {show_value(epoch)}; give the epoch as range counts it, "
                                 "a whole number from 0")
+            if self.epochs_planned and given >= self.epochs_planned and not self._said_past_plan:
+                self._said_past_plan = True  # range(1, N + 1): every epoch one later than it is
+                if not self.started:
+                    self._start()
+                self.session.warn("config", step=self.steps, id="config:epoch_past_plan",
+                                  message=f"run.iter was given epoch={given} with {self.epochs_planned} epochs planned: "
+                                          f"epochs count from 0, as range does, so this is epoch {given + 1} of "
+                                          f"{self.epochs_planned}",
+                                  advice="loop over range(epochs) (or run.epochs(n)), not range(1, epochs + 1); or "
+                                         "plan more epochs with watch(epochs=...)")
             self.session.epoch = given + 1
             self._epoch_given = True
         elif self._epoch_counted:  # counting epochs ourselves: this pass is the next one

@@ -406,6 +406,25 @@ def test_run_iter_under_range_labels_each_validation_with_the_epoch_just_trained
     assert events[-1].epoch == 3 and events[-1].step == 12
 
 
+@pytest.mark.parametrize("first", [0, 1])
+def test_epochs_counted_from_1_past_the_plan_are_named_once(tmp_path, first):
+    """`for epoch in range(1, epochs + 1): run.iter(loader, epoch=epoch)` labels every epoch one
+    later than it is: the first epoch past the plan says so, once; a loop counting from 0 is silent."""
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    with traintop.watch(model, name="epochs", runs_dir=tmp_path / "runs", epochs=3) as run:
+        for epoch in range(first, first + 3):
+            for xb in run.iter([torch.randn(4, 3)] * 2, epoch=epoch):
+                run.step(model(xb).pow(2).mean())
+    warned = [e for e in read_events(run.session.folder.events)[0] if isinstance(e, ev.RunWarning)]
+    if first == 0:
+        assert not warned, [w.message for w in warned]
+    else:
+        (w,) = warned
+        assert w.kind == "config" and "epoch=3 with 3 epochs planned" in w.message and "range(epochs)" in w.advice
+
+
 def test_a_watched_loop_with_samples_and_on_predict_answers_the_inference_view(tmp_path):
     """run_started says how many samples there are to browse (the view opens on them); a predict for
     one of them is answered by the loop's function, with the sample's truth beside it."""
