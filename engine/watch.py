@@ -825,6 +825,8 @@ def _check_options(*, name, epochs, checkpoint_every_seconds, runs_dir, folder, 
     for option, value in (("runs_dir", runs_dir), ("folder", folder)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise UserError(f"watch: {option} is {show_value(value)}; give a path (a string or a Path)")
+        if isinstance(value, str) and not value.strip():
+            raise UserError(f"watch: {option} is {value!r}; give a path, or leave it out for the default")
     if not (whole(sync_every) and sync_every > 0):
         raise UserError(f"watch: sync_every is {show_value(sync_every)}; give a whole number of steps above 0")
     if scaler is not None and not all(callable(getattr(scaler, m, None)) for m in ("is_enabled", "get_scale")):
@@ -857,6 +859,9 @@ def check_callback(*, config, runs_dir, early_stopping, predict, samples) -> Non
     if config is not None and not isinstance(config, Mapping):
         raise UserError(f"TraintopCallback: config is {show_value(config)}; give a dict")
     if runs_dir is not None:
+        if not isinstance(runs_dir, (str, os.PathLike)) or not str(runs_dir).strip():
+            raise UserError(f"TraintopCallback: runs_dir is {show_value(runs_dir)}; give a path, or leave it out "
+                            "for the default")
         check_runs_dir(Path(runs_dir).expanduser(), what="TraintopCallback: runs_dir")
     early_stopping_from(early_stopping, "TraintopCallback(early_stopping=...)")
     if predict is not None:

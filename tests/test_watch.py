@@ -222,6 +222,7 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
     (dict(early_stopping="val_loss"), "watch(early_stopping=...): 'val_loss' is not a dict"),
     (dict(runs_dir="FILE"), "watch: runs_dir {file} is a file, not a folder"),
     (dict(runs_dir=5), "watch: runs_dir is 5; give a path"),
+    (dict(runs_dir=""), "watch: runs_dir is ''; give a path, or leave it out for the default"),
     (dict(checkpoint_every_seconds="10"), "watch: checkpoint_every_seconds is '10'; give a number of seconds"),
     (dict(checkpoint_every_seconds=-1), "watch: checkpoint_every_seconds is -1; give a number of seconds, 0 or more"),
     (dict(checkpoint_every_seconds=float("nan")), "watch: checkpoint_every_seconds is nan"),
@@ -269,6 +270,7 @@ def test_watch_takes_numpy_numbers_and_none_for_its_options(tmp_path):
     (dict(samples=7), "TraintopCallback(samples=...) takes a dataset"),
     (dict(config="lr=1"), "TraintopCallback: config is 'lr=1'; give a dict"),
     (dict(runs_dir="FILE"), "TraintopCallback: runs_dir {file} is a file, not a folder"),
+    (dict(runs_dir=" "), "TraintopCallback: runs_dir is ' '; give a path, or leave it out for the default"),
 ])
 def test_a_callback_refuses_a_bad_argument_when_it_is_made(tmp_path, module, arguments, message):
     """Not later, inside the trainer, when training starts."""
