@@ -98,6 +98,23 @@ def test_a_failed_run_exits_1_and_keeps_its_log(tmp_path):
     events, _ = read_events(folder.events)
     assert events[-1].status == "failed"
     assert json.loads(folder.report.read_text())["status"] == "failed"
+    assert "  kept    no checkpoint: the run failed before its first save" in proc.stdout
+
+
+def test_a_failed_runs_last_lines_name_the_checkpoint_it_keeps():
+    """The end of a failed run says what is left to go on from: the last save's file and step."""
+    import io
+
+    from traintop.engine import events as ev
+    from traintop.tui.headless import HeadlessPrinter
+
+    out = io.StringIO()
+    printer = HeadlessPrinter(out)
+    printer.apply(ev.CheckpointSaved(t=1.0, path="/runs/r/checkpoints/last.pt", kind="periodic", step=79))
+    printer.apply(ev.CheckpointSaved(t=1.5, path="/runs/r/checkpoints/best.pt", kind="best", step=100))
+    printer.apply(ev.RunFinished(t=2.0, status="failed", error="non-finite loss or gradient at step 120", step=130,
+                                 epoch=2))
+    assert "  kept    /runs/r/checkpoints/last.pt, saved at step 79\n" in out.getvalue()
 
 
 def test_a_log_written_by_an_earlier_traintop_reads_the_same_and_attach_shows_its_checkpoints_and_warnings(tmp_path):

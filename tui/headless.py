@@ -33,6 +33,7 @@ class HeadlessPrinter:
         self.window: list[float] = []  # losses since the last step line
         self.last: dict = {}
         self.best: ev.Validation | None = None
+        self.saved: ev.CheckpointSaved | None = None  # the last save to resume from (best.pt aside)
         self.test: ev.TestResult | None = None  # the first test: the run's score
         self.extension_test: ev.TestResult | None = None  # the latest test after an extension
         self.status = ""
@@ -130,6 +131,7 @@ class HeadlessPrinter:
 
     def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
         if e.kind != "best":  # best.pt is rewritten often; the final line names it
+            self.saved = e
             self.line(f"  saved   {e.kind} checkpoint at step {e.step}: "
                       + (e.path or "by the loop's own function, in no file it named"))
 
@@ -170,6 +172,10 @@ class HeadlessPrinter:
                   f"after {e.t:.1f}s")
         if e.error:
             self.line(f"  error   {e.error}")
+        if e.status == "failed":  # what is left to go on from
+            saved = self.saved
+            self.line("  kept    no checkpoint: the run failed before its first save" if saved is None else
+                      f"  kept    {saved.path or 'what the loop saved its own way'}, saved at step {saved.step}")
         if self.best is not None:
             value = self.best.val_loss if self.monitor == "val_loss" else self.best.metrics.get(self.monitor[4:])
             self.line(f"  best    {self.monitor} {fmt(value)} at epoch {self.best.epoch} (step {self.best.step})")
