@@ -311,14 +311,16 @@ RANGES: dict[tuple[str, str], Range] = {
 }
 FINITE = Range(-math.inf)  # a numeric key without a range of its own: any finite number
 
-# The words of a monitor's name (split at "_") that say which way is better. A name with a word of
-# LOWER in it is minimised (val_loss, val_nll_loss, val_error_rate), then one with a word of HIGHER
-# maximised (val_accuracy, val_acc, val_top1_acc, val_f1_macro, val_auroc), and any other minimised.
-HIGHER = frozenset({"accuracy", "acc", "r2", "f1", "auc", "auroc", "auprc", "ap", "map", "precision", "recall",
-                    "iou", "miou", "dice", "bleu", "rouge", "rouge1", "rouge2", "rougel", "top1", "top5", "mcc",
-                    "kappa", "spearman", "pearson", "ndcg", "mrr", "hits", "psnr", "ssim", "em", "meteor", "chrf"})
+# The words of a monitor's name (split at "_", trailing digits dropped: acc1, map50) that say which
+# way is better. A name with a word of LOWER in it is minimised (val_loss, val_nll_loss,
+# val_error_rate, val_acc_gap), then one with a word of HIGHER maximised (val_accuracy, val_acc,
+# val_top1_acc, val_f1_macro, val_auroc, val_map50), and any other minimised, with a warning.
+HIGHER = frozenset({"accuracy", "acc", "r", "f", "auc", "auroc", "auprc", "ap", "map", "precision", "recall",
+                    "iou", "miou", "dice", "bleu", "sacrebleu", "rouge", "rougel", "rougelsum", "top", "mcc",
+                    "matthews", "kappa", "spearman", "spearmanr", "pearson", "pearsonr", "correlation", "ndcg",
+                    "mrr", "hits", "psnr", "ssim", "em", "exact", "meteor", "chrf", "f1score", "score"})
 LOWER = frozenset({"loss", "error", "err", "mae", "mse", "rmse", "mape", "nll", "perplexity", "ppl", "wer", "cer",
-                   "fid", "ter"})
+                   "fid", "ter", "gap", "distance", "divergence", "kl"})
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -484,11 +486,20 @@ def _check_numbers(cfg: Config, origin: str) -> None:
                 setattr(getattr(cfg, section), key, [float(v) for v in value])
 
 
+def monitor_words(monitor: str) -> set[str]:
+    return {word.rstrip("0123456789") for word in monitor.lower().split("_")[1:]}
+
+
 def monitor_mode(monitor: str) -> str:
-    """What the monitor means: "max" for accuracy, r2, f1 and their kin, "min" for losses and
-    errors (see HIGHER and LOWER)."""
-    words = set(monitor.lower().split("_")[1:])
+    """What the monitor means: "max" for accuracy, r2, f1 and their kin, "min" for losses, errors
+    and any other (see HIGHER and LOWER)."""
+    words = monitor_words(monitor)
     return "max" if words & HIGHER and not words & LOWER else "min"
+
+
+def monitor_known(monitor: str) -> bool:
+    """Whether the monitor's name says which way is better (else "auto" minimises it, unsure)."""
+    return bool(monitor_words(monitor) & (HIGHER | LOWER))
 
 
 def _resolve_mode(cfg: Config) -> None:
@@ -497,7 +508,10 @@ def _resolve_mode(cfg: Config) -> None:
     natural = monitor_mode(es.monitor)
     if es.mode == "auto":
         es.mode = natural
-    elif es.mode != natural:
+        if not monitor_known(es.monitor):
+            cfg.warnings.append(("config", f'early_stopping.monitor = "{es.monitor}" does not say which way is better: '
+                                           'mode = "auto" minimises it; set mode = "max" if a higher one is better'))
+    elif es.mode != natural and monitor_known(es.monitor):
         better = "higher" if natural == "max" else "lower"
         cfg.warnings.append(("config", f'early_stopping.mode = "{es.mode}" with monitor = "{es.monitor}": a '
                                        f"{better} {es.monitor} is better, so early stopping will keep and "

@@ -109,7 +109,7 @@ class _Traintop:
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.run is None or not metrics:
+        if self.run is None or self.run.session.closed or not metrics:  # trainer.evaluate() after train()
             return
         from .watch import VALIDATION_FIELDS  # an "epoch" or "step" is the event's own, not a metric
 

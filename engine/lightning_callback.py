@@ -171,7 +171,7 @@ class _Traintop:
     # -- the dashboard's keys ----------------------------------------------------------------------
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self.run is None or trainer.sanity_checking:
+        if self.run is None or self.run.session.closed or trainer.sanity_checking:  # trainer.validate() after fit()
             return
         metrics = _validation_metrics(trainer.callback_metrics)
         if not metrics:

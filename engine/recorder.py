@@ -91,8 +91,9 @@ class StepRecorder:
             loss = torch.tensor(loss)
         if total is not None:
             total = one_number(total, "the step's grad_norm")
-            if isinstance(total, float) and total < 0:
-                raise UserError(f"the step's grad_norm is {show_value(total)}; a norm is never negative")
+            readable = not isinstance(total, torch.Tensor) or total.device.type == "cpu"  # no device sync for it
+            if readable and float(total) < 0:
+                raise UserError(f"the step's grad_norm is {show_value(float(total))}; a norm is never negative")
         if scalars:
             scalars = {name: one_number(value, f"step scalar {name!r}") for name, value in scalars.items()}
         reported = i == 0 or now >= self.next_sample  # this step's per-layer norms are reported
@@ -109,8 +110,10 @@ class StepRecorder:
         if self.host:  # read before anything is kept: a step that fails here leaves the buffer as it was
             kept = (loss.item(), None if squared is None else squared.item(),
                     [v.item() for v in row] if row is not None else None)
-        else:
-            kept = (loss, squared, list(row) if row is not None else None)
+        else:  # on the device, whatever device the loop handed them on: the flush stacks them
+            device = self.gradients.device
+            kept = (loss.to(device, non_blocking=True), None if squared is None else squared.to(device, non_blocking=True),
+                    [v.to(device, non_blocking=True) for v in row] if row is not None else None)
         self.lr.append(lr)
         if scalars:
             self.scalars.append((i, scalars))

@@ -148,11 +148,12 @@ class AutoWatch:
             loss = torch.stack([x.float() for x in losses]).mean()
         else:  # gradients set with no backward pass in sight: a step without a loss, not a NaN one
             loss = torch.tensor(math.nan)
-            run.lossless.add(run.recorder.first_step + run.recorder.n)
+        step, recorded = run.recorder.first_step + run.recorder.n, run.steps
         run.record_step(loss, norms=norms, boundary=False)
+        if not losses and run.steps > recorded:  # recorded (not skipped by a range test)
+            run.lossless.add(step)
         if not losses and not self.said_lossless:
             self.said_lossless = True
-            step = run.recorder.first_step + run.recorder.n - 1
             run.session.warn("no_loss", step=step, id="no_loss",
                              message=f"the optimizer stepped at step {step} with no backward pass traintop could "
                                      "see (its gradients were set another way), so such steps have no loss to "

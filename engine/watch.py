@@ -536,6 +536,9 @@ class WatchedRun:
             world_size=self.session.world_size, source=self.session.source,
             signals=self.signals.settings_json())
         self.policies.announce()
+        if self.policies.early.enabled:
+            for kind, message in getattr(self.policies.early, "notes", ()):
+                self.session.warn(kind, message, step=0)
         self._warn_apart()
         self.session.flush_started = time.perf_counter()
 
@@ -567,9 +570,9 @@ class WatchedRun:
         self._epoch_loss[0] += sum(finite)
         self._epoch_loss[1] += len(finite)
         lossless, self.lossless = self.lossless, set()
-        if len(finite) + len(lossless) < len(batch["loss"]):
-            bad = next(s for s, x in zip(batch["step"], batch["loss"])
-                       if (x is None or not math.isfinite(x)) and s not in lossless)
+        bad = next((s for s, x in zip(batch["step"], batch["loss"])
+                    if (x is None or not math.isfinite(x)) and s not in lossless), None)
+        if bad is not None:
             self.session.warn("nan_loss", step=bad, id="nan_loss",
                               message=f"the loss became non-finite at step {bad}",
                               advice="lower the learning rate (-), clip gradients, or check the data "
@@ -848,9 +851,12 @@ def early_stopping_from(options: dict | None, origin: str = "watch(early_stoppin
     if unknown:
         raise UserError(f"{origin}: unknown key {unknown[0]!r}; allowed keys: monitor, mode, patience, min_delta, "
                         "enabled")
-    checked = build_config({"early_stopping": es}, origin).early_stopping
-    return EarlyStopping(monitor=checked.monitor, mode=checked.mode, patience=checked.patience,
-                         min_delta=checked.min_delta, enabled=enabled)
+    checked = build_config({"early_stopping": es}, origin)
+    early = EarlyStopping(monitor=checked.early_stopping.monitor, mode=checked.early_stopping.mode,
+                          patience=checked.early_stopping.patience, min_delta=checked.early_stopping.min_delta,
+                          enabled=enabled)
+    early.notes = checked.warnings  # (kind, message) said when the run starts: a monitor of unknown direction
+    return early
 
 
 def check_callback(*, config, runs_dir, early_stopping, predict, samples) -> None:

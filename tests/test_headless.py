@@ -117,6 +117,29 @@ def test_a_failed_runs_last_lines_name_the_checkpoint_it_keeps():
     assert "  kept    /runs/r/checkpoints/last.pt, saved at step 79\n" in out.getvalue()
 
 
+def test_a_loops_own_monitor_names_its_best_and_steps_without_a_loss_leave_the_mean_alone():
+    """A loop of your own says its monitor in early_stopping_changed (its config is its own): the
+    last lines name the best by it. Steps with no loss (NaN, or null in the log) are left out of
+    a step line's mean loss."""
+    import io
+
+    from traintop.engine import events as ev
+    from traintop.tui.headless import HeadlessPrinter
+
+    out = io.StringIO()
+    printer = HeadlessPrinter(out)
+    printer.apply(ev.RunStarted(t=0.0, run_id="r", name="r", source="watch",
+                                config={"early_stopping": True}))  # the loop's own flag, not traintop's
+    printer.apply(ev.EarlyStoppingChanged(t=0.0, monitor="val_accuracy", mode="max", patience=3))
+    printer.apply(ev.Steps(t=0.5, step=[1, 2, 3, 4], epoch=[1] * 4, loss=[0.5, float("nan"), None, 0.3],
+                           grad_norm=[1.0] * 4, lr=[0.1] * 4))
+    printer.apply(ev.Validation(t=1.0, step=4, epoch=1, val_loss=0.7, metrics={"accuracy": 0.9}, best=True))
+    printer.apply(ev.RunFinished(t=2.0, status="completed", step=4, epoch=1))
+    text = out.getvalue()
+    assert "loss 0.4000" in text and "loss nan" not in text, text
+    assert "  best    val_accuracy 0.9000 at epoch 1 (step 4)" in text, text
+
+
 def test_a_log_written_by_an_earlier_traintop_reads_the_same_and_attach_shows_its_checkpoints_and_warnings(tmp_path):
     # Lines exactly as earlier versions wrote them: checkpoints and warnings carry "kind" on the wire.
     lines = [
@@ -139,6 +162,30 @@ def test_a_log_written_by_an_earlier_traintop_reads_the_same_and_attach_shows_it
     assert proc.returncode == 0, proc.stderr
     assert "saved   manual checkpoint at step 30: checkpoints/last.pt" in proc.stdout
     assert "warning [overfitting] again at step 40 (2 times since step 20)" in proc.stdout
+
+
+def test_a_line_of_traintops_that_cannot_be_written_never_fails_the_scripts_print():
+    """traintop's waiting line is written by the script's write that ends its line: if writing it
+    fails (a closed pipe, an encoding the terminal lacks), that line is lost and the script's own
+    print goes on, then and after."""
+    import io
+    import threading
+
+    from traintop.tui.terminal import LineGate
+
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
+    gate = LineGate(out)
+    gate.HOLD_SECONDS = 30
+    gate.write("open")
+    writer = threading.Thread(target=gate.beside().write, args=("traintop \u00b7 run\n",))
+    writer.start()
+    while not gate.waiting:
+        time.sleep(0.001)
+    gate.write(" done\n")  # writes traintop's waiting line, which ascii cannot encode
+    writer.join()
+    gate.write("next\n")
+    assert raw.getvalue().decode() == "open done\nnext\n"
 
 
 def test_a_line_the_script_leaves_open_holds_traintops_lines_only_briefly():

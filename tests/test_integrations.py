@@ -107,7 +107,7 @@ def test_lightning_with_accumulation_records_each_steps_loss_as_the_mean_of_its_
     from traintop.lightning import TraintopCallback
 
     torch.manual_seed(0)
-    x = torch.randn(90, 4)
+    x = torch.randn(96 if automatic else 90, 4)  # automatic: 16 batches, the last step one batch alone
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x.sum(1) > 0).long()), batch_size=6)
 
     class Module(L.LightningModule):
@@ -138,9 +138,45 @@ def test_lightning_with_accumulation_records_each_steps_loss_as_the_mean_of_its_
     trainer.fit(module, data)
     events = read_events(next((tmp_path / "runs").iterdir()) / "events.jsonl")[0]
     recorded = [x for e in events if isinstance(e, ev.Steps) for x in e.loss]
-    means = [sum(module.seen[i:i + 3]) / 3 for i in range(0, len(module.seen), 3)]
-    assert len(module.seen) == 15 and len(recorded) == 5
+    means = [sum(module.seen[i:i + 3]) / len(module.seen[i:i + 3]) for i in range(0, len(module.seen), 3)]
+    assert (len(module.seen), len(recorded)) == ((16, 6) if automatic else (15, 5))
     assert recorded == pytest.approx(means, rel=1e-5)
+
+
+def test_validating_after_fit_adds_nothing_to_the_finished_run_and_says_nothing(tmp_path, recwarn):
+    """`trainer.fit(); trainer.validate()` is common: the run ended with fit, and the callback
+    leaves it as it is, with no warning meant for a loop of your own."""
+    import lightning as L
+
+    from traintop.lightning import TraintopCallback
+
+    x = torch.randn(64, 4)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x.sum(1) > 0).long()), batch_size=16)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch, i):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, i):
+            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(max_epochs=2, callbacks=[TraintopCallback(name="then-validate", runs_dir=tmp_path / "runs")],
+                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    module = Module()
+    trainer.fit(module, data, data)
+    log = next((tmp_path / "runs").iterdir()) / "events.jsonl"
+    before = log.read_bytes()
+    trainer.validate(module, data, verbose=False)
+    assert log.read_bytes() == before
+    assert not [w for w in recwarn if "traintop" in str(w.message)], [str(w.message) for w in recwarn]
 
 
 def test_a_lightning_module_without_an_optimizer_trains_watched(tmp_path):

@@ -417,8 +417,7 @@ def test_traintops_lines_never_land_inside_a_line_the_script_is_printing(tmp_pat
         "            sys.stdout.write(piece)\n"
         "        print(' done', epoch, step, sep=' ')\n"
         "    print('end of epoch', epoch, 'val_loss', 0.5, file=sys.stdout)\n")
-    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path,
-                    env={"PYTHONUNBUFFERED": "0"})
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     ours = [line for line in lines if not line.startswith(("partial line", "end of epoch "))]

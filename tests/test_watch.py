@@ -173,6 +173,7 @@ BAD_CALLS = [
     (lambda run: run.step(1.0, acc=[1, 2]), "step scalar 'acc' is [1, 2], not a number"),
     (lambda run: run.step(1.0, grad_norm="x"), "the step's grad_norm is 'x', not a number"),
     (lambda run: run.step(1.0, grad_norm=-1.0), "the step's grad_norm is -1.0; a norm is never negative"),
+    (lambda run: run.step(1.0, grad_norm=torch.tensor(-2.0)), "the step's grad_norm is -2.0; a norm is never"),
     (lambda run: run.step(torch.empty((), device="meta")), "the step's loss is on the meta device"),
     (lambda run: run.step(1.0, acc=torch.empty((), device="meta")), "step scalar 'acc' is on the meta device"),
     (lambda run: run.validate(val_loss="abc"), "validate: val_loss is 'abc', not a number"),
@@ -293,7 +294,10 @@ def test_a_callback_refuses_a_bad_argument_when_it_is_made(tmp_path, module, arg
                                            ("val_map", "max"), ("val_iou", "max"), ("val_bleu", "max"),
                                            ("val_precision", "max"), ("val_recall", "max"), ("val_rmse", "min"),
                                            ("val_error_rate", "min"), ("val_perplexity", "min"),
-                                           ("val_wer", "min"), ("val_nll_loss", "min")])
+                                           ("val_wer", "min"), ("val_nll_loss", "min"), ("val_acc1", "max"),
+                                           ("val_map50", "max"), ("val_exact_match", "max"),
+                                           ("val_matthews_correlation", "max"), ("val_acc_gap", "min"),
+                                           ("val_em_distance", "min")])
 def test_watch_early_stopping_on_auto_follows_what_its_monitor_means(tmp_path, monitor, mode):
     import traintop
 
@@ -344,6 +348,21 @@ def test_a_step_or_validation_after_the_run_finished_is_said_once_and_changes_no
     with pytest.warns(RuntimeWarning, match="run.validate after run"):
         assert run.validate(val_loss=0.1) is False and run.validate(val_loss=0.05) is False
     assert run.session.folder.events.read_bytes() == before
+
+
+@pytest.mark.parametrize("mode, warned", [("auto", True), ("max", False)])
+def test_a_monitor_whose_name_does_not_say_which_way_is_better_is_named_when_auto_guesses(tmp_path, mode, warned):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    with traintop.watch(model, name="es", runs_dir=tmp_path / "runs",
+                        early_stopping=dict(monitor="val_quality", mode=mode)) as run:
+        run.step(1.0)
+    said = [e for e in read_events(run.session.folder.events)[0] if isinstance(e, ev.RunWarning)]
+    assert run.policies.early.mode == ("min" if mode == "auto" else "max")
+    assert [w.kind for w in said] == (["config"] if warned else [])
+    if warned:
+        assert 'val_quality" does not say which way is better' in said[0].message
 
 
 def test_early_stopping_on_a_metric_the_loop_never_reports_says_so_once(tmp_path):

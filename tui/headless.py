@@ -84,7 +84,10 @@ class HeadlessPrinter:
             return
         s = self.last
         total = self.epochs * self.steps_per_epoch
-        loss = sum(self.window) / len(self.window)
+        # the finite losses' mean: a step with no loss to record (gradients set by hand) is left out;
+        # after a NaN every loss is NaN, and so is the mean
+        finite = [x for x in self.window if x is not None and math.isfinite(x)]
+        loss = sum(finite) / len(finite) if finite else math.nan
         epoch = f"epoch {s['epoch']:>3}/{self.epochs}" if self.epochs else f"epoch {s['epoch']:>3}"
         step = f"step {s['step']:>6}/{total}" if total else f"step {s['step']:>6}"
         seconds = s["t"] - self.last_line_t
@@ -128,6 +131,10 @@ class HeadlessPrinter:
                       f"step {e.step}" + (f": {e.note}" if e.note else ""))
         else:
             self.line(f"  resumed at step {e.step}")
+
+    def on_early_stopping_changed(self, e: ev.EarlyStoppingChanged) -> None:
+        if e.monitor:  # what the run judges its best by (a loop of your own says it here)
+            self.monitor = e.monitor
 
     def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
         if e.kind != "best":  # best.pt is rewritten often; the final line names it

@@ -13,6 +13,7 @@ Kept free of Rich and Textual: every `traintop` command imports it before anythi
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -93,6 +94,13 @@ class LineGate:
         self.lock = threading.Condition()  # reentrant: a signal handler may print inside a write
         self.open = False  # the script's last write did not end its line
         self.waiting: list[str] = []  # traintop's lines, written by the write that ends the line
+        # A process forked while the control thread held the lock (a DataLoader worker) starts
+        # with a lock of its own, and none of traintop's lines: they are the parent's to write.
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.lock = threading.Condition()
+        self.waiting = []
 
     def write(self, text: str) -> int:
         with self.lock:
@@ -100,7 +108,10 @@ class LineGate:
             if text:
                 self.open = not text.endswith("\n")
                 if self.waiting and not self.open:  # on the script's thread: before its next line starts
-                    self._write_waiting()
+                    try:
+                        self._write_waiting()
+                    except (OSError, ValueError):  # traintop's lines are lost, never the script's own
+                        pass
         return written
 
     def writelines(self, lines) -> None:
@@ -119,10 +130,10 @@ class LineGate:
                 self._write_waiting()
 
     def _write_waiting(self) -> None:
-        self.stream.write("".join(self.waiting))
-        self.stream.flush()
-        self.waiting.clear()
+        lines, self.waiting = "".join(self.waiting), []  # taken first: a failed write is not tried again
         self.lock.notify_all()
+        self.stream.write(lines)
+        self.stream.flush()
 
     def beside(self) -> "_Beside":
         """The stream traintop's log lines are written to."""
