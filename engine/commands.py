@@ -62,13 +62,6 @@ class Command:
             raise UserError(f"command {name!r}: {e}") from None
 
 
-def _number(name: str, value: Any, positive: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise UserError(f"{name} must be greater than 0, got {value!r}")
-
-
 @dataclass(frozen=True)
 class Pause(Command):
     name: ClassVar[str] = "pause"
@@ -98,7 +91,11 @@ class SetLr(Command):
                 low, high = LR_RANGE
                 raise UserError(f"learning rate {value!r} refused: allowed {low:g} < lr <= {high:g}")
         else:
-            _number("set_lr factor", self.factor)
+            factor = self.factor
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
+                    math.isfinite(factor) and factor > 0):
+                raise UserError(f"learning rate x{factor!r} refused: the factor must be a number above 0 "
+                                "(x0.5 halves the rate, x2 doubles it)")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ def check_rate(rate: float, asked: str, current: float) -> None:
         raise UserError(f"learning rate {asked} refused: allowed {low:g} < lr <= {high:g}; it stays {current:.3g}")
 
 
+def shown_rate(rate: float) -> str:
+    """A rate in three figures, or in full where three would round it onto the allowed range's
+    bound (10.0000001 is not 10)."""
+    short = f"{rate:.3g}"
+    return short if float(short) not in LR_RANGE or float(short) == rate else repr(float(rate))
+
+
 class LrScale:
     """The user's scale on an optimizer's scheduled rates, applied by step pre/post hooks."""
 
@@ -69,7 +76,7 @@ class LrScale:
         """The (old, new) rates a set_lr command asks for; UserError when the new one is refused."""
         old = self.current()
         new = c.value if c.value is not None else old * c.factor
-        asked = f"{new:.3g}" if c.value is not None else f"x{c.factor:g} (which gives {new:.3g})"
+        asked = shown_rate(new) if c.value is not None else f"x{c.factor:g} (which gives {shown_rate(new)})"
         check_rate(new, asked, old)
         if c.value is not None and self.scheduled() <= 0:
             raise UserError("the schedule's learning rate is 0 at this step; set it with a factor later")

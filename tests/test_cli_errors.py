@@ -238,7 +238,9 @@ def test_an_empty_run_name_is_refused_and_picks_no_run(tmp_path, command):
 
 @pytest.mark.parametrize("value, why", [("\uff12", "expected a number"), ("1_0", "expected a number"),
                                         ("x\uff11", "expected a number"), ("9" * 500, "too large to read"),
-                                        ("x1e400", "too large to read")])
+                                        ("x1e400", "too large to read"), ("x0", "the factor must be a number above 0"),
+                                        ("x-1", "the factor must be a number above 0"),
+                                        ("*nan", "the factor must be a number above 0")])
 def test_ctl_lr_reads_only_plain_numbers_and_names_one_too_large(tmp_path, value, why):
     """As predict and the CSV reader do: no full-width digits or 1_000 (Python's float takes them),
     and digits past a float's range are named, not turned into inf; refused before any run is asked."""
@@ -247,11 +249,33 @@ def test_ctl_lr_reads_only_plain_numbers_and_names_one_too_large(tmp_path, value
     assert f"ctl lr '{value[:30]}" in result.stderr and why in result.stderr
 
 
+def test_a_refused_rate_is_never_shown_rounded_onto_the_allowed_bound():
+    """10.0000001 refused as "10" would read as a contradiction (10 is allowed)."""
+    import torch
+
+    from traintop.engine import commands as cmd
+    from traintop.engine.errors import UserError
+    from traintop.engine.lrscale import LrScale
+
+    scale = LrScale(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
+    for asked, shown in ((cmd.SetLr(value=10.0000001), "learning rate 10.0000001 refused"),
+                         (cmd.SetLr(value=12.5), "learning rate 12.5 refused"),
+                         (cmd.SetLr(factor=100.00001), "(which gives 10.000001000000001) refused")):
+        with pytest.raises(UserError) as refused:
+            scale.check(asked)
+        assert shown in str(refused.value), str(refused.value)
+
+
 def test_the_dashboards_prompts_read_numbers_as_ctl_does():
     from traintop.tui.screens import LrScreen, RangeScreen
 
-    assert LrScreen(0.1).parse("\uff12") == (None, "'\uff12' is not a positive number")
-    assert LrScreen(0.1).parse("1_0")[0] is None and LrScreen(0.1).parse("0.01") == (0.01, "")
+    from traintop.engine import commands as cmd
+
+    assert LrScreen(0.1).parse("\uff12")[1].startswith("'\uff12' is not a positive number")
+    assert LrScreen(0.1).parse("1_0")[0] is None and LrScreen(0.1).parse("0.01") == (cmd.SetLr(value=0.01), "")
+    assert LrScreen(0.1).parse(" X2 ") == (cmd.SetLr(factor=2.0), "")  # a factor, as ctl lr takes one
+    assert LrScreen(0.1).parse("1e400") == (None, "'1e400' is too large to read; a rate goes up to 10")
+    assert LrScreen(0.1).parse("x0")[0] is None
     assert RangeScreen(100).parse("1_0-50")[0] is None and RangeScreen(100).parse("10-50") == ((10.0, 50.0), "")
 
 

@@ -323,9 +323,9 @@ class TrainTop(CurvesApp):
         await self.command(cmd.SetLr(factor=factor))
 
     def action_type_lr(self) -> None:
-        async def chosen(value):
-            if value is not None:
-                await self.command(cmd.SetLr(value=value))
+        async def chosen(set_lr):
+            if set_lr is not None:
+                await self.command(set_lr)
         self.push_screen(LrScreen(self.state.lr), chosen)
 
     async def action_validate(self) -> None:

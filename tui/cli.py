@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import math
 import os
 import sys
 from pathlib import Path
@@ -585,6 +586,9 @@ def ctl_command(action: str, value: str | None, patience: str | None = None):
             raise UserError(f"ctl lr {show_value(value)}: expected a number (0.01) or a factor (x0.5)") from None
         if number == float("inf") and "inf" not in text:  # digits past a float's range
             raise UserError(f"ctl lr {show_value(value)}: a number too large to read; a rate goes up to 10")
+        if text.startswith(("x", "*")) and not (math.isfinite(number) and number > 0):
+            raise UserError(f"ctl lr {show_value(value)}: the factor must be a number above 0 (x0.5 halves the "
+                            "rate, x2 doubles it)")
         return c.SetLr(factor=number) if text.startswith(("x", "*")) else c.SetLr(value=number)
     if value is not None:
         raise UserError(f"ctl {action} takes no value (got {value!r})")

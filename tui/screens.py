@@ -75,21 +75,28 @@ class AskScreen(ModalScreen):
 class LrScreen(AskScreen):
     """Type a learning rate; anything but a positive number is refused inline."""
 
-    placeholder = "e.g. 0.0005"
+    placeholder = "e.g. 0.0005, or x0.5"
     input_id, error_id = "lr-input", "lr-error"
 
     def __init__(self, current: float):
         super().__init__()
-        self.question = f"Learning rate (now {current:.3g}):"
+        self.question = f"Learning rate (now {current:.3g}), or a factor such as x0.5:"
 
     def parse(self, text: str):
+        """A rate (0.0005) or a factor (x0.5, *2), as `ctl lr` reads them: the set_lr to send."""
+        from traintop.engine import commands as cmd
+
+        typed = text.strip().lower()
+        factor = typed.startswith(("x", "*"))
         try:
-            value = plain_float(text)
+            value = plain_float(typed[1:] if factor else typed)
         except ValueError:
             value = float("nan")
+        if value == float("inf") and "inf" not in typed:
+            return None, f"{text!r} is too large to read; a rate goes up to 10"
         if not (0 < value < float("inf")):
-            return None, f"{text!r} is not a positive number"
-        return value, ""
+            return None, f"{text!r} is not a positive number: give a rate (0.0005) or a factor (x0.5)"
+        return (cmd.SetLr(factor=value) if factor else cmd.SetLr(value=value)), ""
 
 
 class RangeScreen(AskScreen):
