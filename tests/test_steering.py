@@ -4,6 +4,7 @@ late, the last lines of a run. The real CLI in real processes, the real socket, 
 from __future__ import annotations
 
 import asyncio
+import json
 import fcntl
 import os
 import pty
@@ -190,6 +191,45 @@ def test_the_end_of_a_run_in_a_terminal_prints_its_test_like_the_headless_report
     assert f"test    accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}" in text
     assert f"{folder.run_id}: completed" in text and f"folder  {folder.path}" in text
     assert "{'" not in text
+
+
+def test_an_engine_killed_under_the_dashboard_is_said_in_words_and_exits_1(tmp_path):
+    """kill -9 (or the OOM killer) on the engine: the dashboard shows the run killed; leaving it
+    exits 1 with a line saying so and how the run goes on, not the signal as an exit status."""
+    runs = tmp_path / "runs"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen([*TRAINTOP, "run", "--runs-dir", str(runs), "--set", "train.epochs=500",
+                             "--set", "checkpoint.every_epochs=1"],
+                            stdin=slave, stdout=slave, stderr=slave, env=TERMINAL, start_new_session=True)
+    os.close(slave)
+    shown, killed, quit_sent = b"", False, False
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            folders = sorted(runs.glob("*")) if runs.is_dir() else []
+            if not killed and folders and (folders[0] / "checkpoints" / "last.pt").exists():
+                os.kill(json.loads((folders[0] / "meta.json").read_text())["pid"], signal.SIGKILL)
+                killed = True
+            if killed and not quit_sent and b"killed" in shown:
+                os.write(master, b"q")
+                quit_sent = True
+        assert killed and proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = shown.decode(errors="replace")
+    folder = resolve_run("latest", runs)
+    assert "the engine was killed by SIGKILL" in text and f"traintop resume {folder.run_id}" in text
 
 
 def test_lr_find_in_a_terminal_draws_the_test_and_its_key_trains_with_the_suggested_rate(tmp_path):

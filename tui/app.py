@@ -9,8 +9,10 @@ numpy arrays; the screen redraws at most ten times a second, and only when somet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 from typing import TYPE_CHECKING
 
 from textual import on, work
@@ -54,6 +56,7 @@ class TrainTop(CurvesApp):
         self.state_title = title
         self.engine_pid = engine_pid
         self.engine_exit: int | None = None  # the engine's exit code, once the dashboard has reaped it
+        self.engine_proc = None  # the engine's Popen, when this dashboard started it
         self.log_path = log_path
         self.drawn_version = -1
         self.outcome = ""  # "detached" or "stopped" once the user has quit a live run; "train": see next_run
@@ -211,6 +214,9 @@ class TrainTop(CurvesApp):
                 self.notify(f"suggested learning rate {event.suggested:.3g}: "
                             f"{self.key_of('use_suggested_lr')} trains with it")
         if self.state.status not in ("finished", "failed"):  # the log ends with no run_finished
+            if self.source.live and self.engine_proc is not None:  # its socket closes before it has exited
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(self.engine_proc.wait, 3)
             if self.source.live and (self.engine_died() or is_live(self.source.folder)):
                 self.state.status = "failed"  # the engine we started failed, or dropped us
                 self.state.error = self.state.error or self.source.closed_reason or "the engine went away"
@@ -224,19 +230,31 @@ class TrainTop(CurvesApp):
         """True (and the log's tail shown) when the engine process we started has exited."""
         if self.engine_pid is None:
             return False
-        try:
-            os.kill(self.engine_pid, 0)
-            pid, status = os.waitpid(self.engine_pid, os.WNOHANG)
-            if pid == 0:
+        if self.engine_proc is not None:  # its Popen: whoever reaps it first, the exit status is kept there
+            self.engine_exit = self.engine_proc.poll()
+            if self.engine_exit is None:
                 return False
-            self.engine_exit = os.waitstatus_to_exitcode(status)  # reaped here: the caller cannot wait
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        else:
+            try:
+                os.kill(self.engine_pid, 0)
+                pid, status = os.waitpid(self.engine_pid, os.WNOHANG)
+                if pid == 0:
+                    return False
+                self.engine_exit = os.waitstatus_to_exitcode(status)  # reaped here: the caller cannot wait
+            except (ProcessLookupError, ChildProcessError):
+                pass
         tail = ""
         if self.log_path and os.path.exists(self.log_path):
             tail = "\n".join(open(self.log_path, errors="replace").read().strip().splitlines()[-8:])
-        self.state.status = "failed"
-        self.state.error = f"the engine exited.\n{tail}"
+        if self.engine_exit is not None and self.engine_exit < 0:  # a signal (kill -9, the OOM killer)
+            try:
+                how = signal.Signals(-self.engine_exit).name
+            except ValueError:
+                how = f"signal {-self.engine_exit}"
+            self.state.killed(f"the engine was killed by {how}.\n{tail}")
+        else:
+            self.state.status = "failed"
+            self.state.error = f"the engine exited.\n{tail}"
         self.state.version += 1
         return True
 

@@ -210,7 +210,7 @@ def with_dashboard(engine: Engine) -> int:
 
         if not started:
             started.append(engine.spawn())
-            app.engine_pid = started[0].pid
+            app.engine_pid, app.engine_proc = started[0].pid, started[0]
         if not (folder.socket.exists() and socket_is_live(folder.socket)):
             if started[0].poll() is not None and folder.report.exists():
                 # It ended, run_finished and report.json written, before the dashboard connected
@@ -249,6 +249,15 @@ def with_dashboard(engine: Engine) -> int:
         shutil.rmtree(folder.path, ignore_errors=True)
     for line in report_lines(folder):
         print(line)
+    if code < 0:  # killed by a signal (the OOM killer, kill -9): no report; say so, and how it goes on
+        from traintop.engine.runstore import killed_note
+
+        try:
+            how = signal.Signals(-code).name
+        except ValueError:
+            how = f"signal {-code}"
+        print(f"traintop: the engine was killed by {how}; {killed_note(folder)}", file=sys.stderr)
+        return 1
     return code
 
 
