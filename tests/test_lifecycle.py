@@ -232,8 +232,16 @@ def test_torn_last_line_is_skipped_and_said(tmp_path):
     assert isinstance(source, FinishedRun) and source.torn
     refused = asyncio.run(source.send(cmd.Pause()))
     assert not refused.ok and "completed" in refused.message
+    proc = traintop("ctl", "latest", "pause", runs_dir=runs)  # refused by the run's state, as a refused command is
+    assert proc.returncode == 1 and "has ended (completed): nothing to steer" in proc.stderr, proc.stderr
+    folder.report.unlink()
+    with open(folder.events, "r+") as f:  # its end lost: killed
+        lines = f.read().splitlines(keepends=True)
+        f.seek(0)
+        f.truncate()
+        f.writelines(line for line in lines if '"run_finished"' not in line)
     proc = traintop("ctl", "latest", "pause", runs_dir=runs)
-    assert proc.returncode == 2 and "not live" in proc.stderr
+    assert proc.returncode == 1 and "nothing to steer" in proc.stderr and "it was killed" in proc.stderr
 
 
 def test_export_writes_one_row_per_step_and_per_validation(tmp_path):

@@ -615,6 +615,17 @@ def cmd_ctl(args) -> int:
 
     command = ctl_command(args.action, args.value, args.patience)
     folder = _folder(args)
+    from traintop.engine.runstore import is_live, killed_note, summarize
+
+    if not is_live(folder):
+        status = summarize(folder).status
+        if status == "killed":
+            print(f"traintop: nothing to steer: {killed_note(folder)}", file=sys.stderr)
+            return 1
+        if status in ("completed", "early_stopped", "stopped", "failed"):
+            print(f"traintop: run {folder.run_id} has ended ({status.replace('_', ' ')}): nothing to steer; "
+                  f"`traintop show {folder.run_id}` shows it", file=sys.stderr)
+            return 1
 
     async def send():
         source = await LiveRun.connect(folder, parse_events=False)
