@@ -131,11 +131,14 @@ def test_a_loops_own_monitor_names_its_best_and_steps_without_a_loss_leave_the_m
     printer.apply(ev.RunStarted(t=0.0, run_id="r", name="r", source="watch",
                                 config={"early_stopping": True}))  # the loop's own flag, not traintop's
     printer.apply(ev.EarlyStoppingChanged(t=0.0, monitor="val_accuracy", mode="max", patience=3))
+    assert "early stopping" not in out.getvalue()  # how the run starts: its plan, not a change
     printer.apply(ev.Steps(t=0.5, step=[1, 2, 3, 4], epoch=[1] * 4, loss=[0.5, float("nan"), None, 0.3],
                            grad_norm=[1.0] * 4, lr=[0.1] * 4))
     printer.apply(ev.Validation(t=1.0, step=4, epoch=1, val_loss=0.7, metrics={"accuracy": 0.9}, best=True))
+    printer.apply(ev.EarlyStoppingChanged(t=1.5, step=4, enabled=False, monitor="val_accuracy", patience=3))
     printer.apply(ev.RunFinished(t=2.0, status="completed", step=4, epoch=1))
     text = out.getvalue()
+    assert "  early stopping off at step 4: patience 3, watching val_accuracy\n" in text, text
     assert "loss 0.4000" in text and "loss nan" not in text, text
     assert "  best    val_accuracy 0.9000 at epoch 1 (step 4)" in text, text
 

@@ -34,6 +34,7 @@ class HeadlessPrinter:
         self.last: dict = {}
         self.best: ev.Validation | None = None
         self.saved: ev.CheckpointSaved | None = None  # the last save to resume from (best.pt aside)
+        self.early_said = False  # the run's first early_stopping_changed (its start) has been seen
         self.test: ev.TestResult | None = None  # the first test: the run's score
         self.extension_test: ev.TestResult | None = None  # the latest test after an extension
         self.status = ""
@@ -135,6 +136,10 @@ class HeadlessPrinter:
     def on_early_stopping_changed(self, e: ev.EarlyStoppingChanged) -> None:
         if e.monitor:  # what the run judges its best by (a loop of your own says it here)
             self.monitor = e.monitor
+        if self.early_said:  # the first is how the run starts; later ones are changes (ctl, the e key)
+            self.line(f"  early stopping {'on' if e.enabled else 'off'} at step {e.step}: patience {e.patience}"
+                      + (f", watching {e.monitor}" if e.monitor else ""))
+        self.early_said = True
 
     def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
         if e.kind != "best":  # best.pt is rewritten often; the final line names it
