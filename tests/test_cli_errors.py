@@ -277,6 +277,8 @@ def test_the_dashboards_prompts_read_numbers_as_ctl_does():
     assert LrScreen(0.1).parse("1e400") == (None, "'1e400' is too large to read; a rate goes up to 10")
     assert LrScreen(0.1).parse("x0")[0] is None
     assert RangeScreen(100).parse("1_0-50")[0] is None and RangeScreen(100).parse("10-50") == ((10.0, 50.0), "")
+    assert RangeScreen(100).parse("0-99999999999") == ((0.0, 100.0), "")  # no further than the run has gone
+    assert RangeScreen(100).parse("500-900") == (None, "'500-900': the run has 100 steps so far; start below that")
 
 
 def test_an_extra_argument_is_refused_with_the_usage_of_the_command_it_was_given_to(tmp_path):

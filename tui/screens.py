@@ -122,7 +122,9 @@ class RangeScreen(AskScreen):
             return None, f"{text!r}: the steps must be numbers (e.g. 200-800)"
         if not (0 <= lo < hi < float("inf")):
             return None, f"{text!r}: the first step must be below the second, both 0 or more"
-        return (lo, hi), ""
+        if lo >= self.last_step > 0:
+            return None, f"{text!r}: the run has {self.last_step:,} steps so far; start below that"
+        return (lo, min(hi, float(self.last_step)) if self.last_step > 0 else hi), ""
 
 
 class HelpScreen(ModalScreen[None]):
