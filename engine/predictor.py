@@ -214,6 +214,11 @@ class RunPredictions:
     def predictor(self, weights: str) -> Predictor:
         checkpoint = "last" if weights == "current" else "best"
         if checkpoint not in self.predictors:
+            path = self.folder.last if checkpoint == "last" else self.folder.best
+            other = self.folder.best if checkpoint == "last" else self.folder.last
+            if not path.is_file() and other.is_file():  # said as the inference view's key, not predict's flag
+                raise UserError(f"run {self.folder.run_id} has no {path.name} yet: press w for the "
+                                f"{'best' if checkpoint == 'last' else 'current'} weights")
             self.predictors[checkpoint] = Predictor.from_folder(self.folder, checkpoint, self.trust)
         return self.predictors[checkpoint]
 

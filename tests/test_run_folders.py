@@ -135,6 +135,21 @@ def test_a_checkpoint_holding_pickled_code_is_refused_as_possibly_hostile_and_ne
     assert not marker.exists()
 
 
+async def test_the_inference_view_of_a_run_with_one_checkpoint_points_to_the_key_for_the_other(finished, tmp_path):
+    """A run killed before its first last.pt: the view asks for the current weights, and is told
+    to press w for the best, not given predict's command-line flag."""
+    folder = copy_of(finished, tmp_path, "copy", killed=True)
+    folder.last.unlink()
+    run = FinishedRun(folder)
+    try:
+        current = await run.send(cmd.Predict(request_id="c", weights="current", inputs=[{"split": "val", "index": 0}]))
+        assert not current.ok and current.message.endswith("has no last.pt yet: press w for the best weights")
+        best = await run.send(cmd.Predict(request_id="b", weights="best", inputs=[{"split": "val", "index": 0}]))
+        assert best.ok, best.message
+    finally:
+        await run.close()
+
+
 async def test_the_inference_view_of_a_finished_run_says_which_checkpoint_is_damaged(finished, tmp_path):
     folder = copy_of(finished, tmp_path, "copy")
     torch.save({"model": Planted(tmp_path / "ran")}, folder.best)
