@@ -65,7 +65,8 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, str]:
     low, at = min(finite)
     first = finite[0][0]
     if low > 0.95 * first:
-        return 0.0, "the loss never fell: no rate in the range trains this model (check the data and model)"
+        return 0.0, (f"the loss never fell at rates from {lrs[0]:.3g} to {lrs[-1]:.3g}: try a range that reaches "
+                     "higher (--lr-max, or lr_max), or, if it went high enough, check the data and the model")
     # Three significant digits: the rate a person reads, types and passes on (--set optim.lr=) is
     # then exactly the rate suggested.
     return float(f"{at / 10:.3g}"), (f"the smoothed loss was lowest ({low:.4g}) at {at:.3g}; a tenth of that "

@@ -193,6 +193,15 @@ def test_headless_log_shows_phase_timing_on_request(tmp_path):
     assert set(sample) == {"step", "data", "forward", "backward", "update"} and sample["step"][0] == 1
 
 
+def test_lr_find_on_a_range_that_never_trains_names_the_range_and_what_to_try():
+    from traintop.engine.lrfind import suggest
+
+    lrs = [1e-7 * 1.2 ** i for i in range(40)]
+    rate, why = suggest(lrs, [2.3] * 40)
+    assert rate == 0.0 and why.startswith(f"the loss never fell at rates from 1e-07 to {lrs[-1]:.3g}")
+    assert "--lr-max" in why
+
+
 def test_lr_find_suggests_a_rate_that_trains_the_demo_into_its_band(tmp_path):
     out = subprocess.run([sys.executable, "-m", "traintop.tui", "lr-find", "--runs-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
