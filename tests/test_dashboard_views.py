@@ -187,6 +187,23 @@ async def test_every_key_is_in_the_command_palette_with_its_description(tmp_path
     assert app.return_value == ""
 
 
+async def test_a_comparison_reads_a_killed_run_as_killed(tmp_path):
+    """A run whose log ends with no run_finished (its engine killed), beside a finished one: the
+    comparison says killed, as ls and show do, not running."""
+    done, killed = write_run(tmp_path, "adam", lr=0.001, decay=30), write_run(tmp_path, "sgd", lr=0.05, decay=70)
+    lines = killed.events.read_text().splitlines(keepends=True)
+    killed.events.write_text("".join(line for line in lines if '"test_result"' not in line
+                                     and '"run_finished"' not in line))
+    app = CompareTop([(folder.run_id, opener(folder)) for folder in (done, killed)])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: all(run.state is not None and run.state.status in ("finished", "failed")
+                                        for run in app.runs))
+        states = {run.label: run.state for run in app.runs}
+        assert states[killed.run_id].final_status == "killed" and states[done.run_id].final_status == "completed"
+        assert "1 killed" in screen_text(app) and "running" not in screen_text(app)
+        await pilot.press("q")
+
+
 async def test_the_comparison_keys_are_in_its_palette(tmp_path):
     runs = [write_run(tmp_path, "adam", lr=0.001, decay=30), write_run(tmp_path, "sgd", lr=0.05, decay=70)]
     app = CompareTop([(folder.run_id, opener(folder)) for folder in runs])

@@ -104,6 +104,15 @@ class CompareTop(CurvesApp):
             return
         async for event in run.source.events():
             run.state.apply(event)
+        if run.state.status not in ("finished", "failed"):  # its log ends with no run_finished
+            from traintop.engine.runstore import is_live, killed_note
+
+            if is_live(run.source.folder):  # the engine dropped this view: it still trains
+                run.state.status = "failed"
+                run.state.error = run.source.closed_reason or "the engine went away"
+            else:
+                run.state.killed(killed_note(run.source.folder))
+            run.state.version += 1
 
     # -- drawing ---------------------------------------------------------------------------------
 
