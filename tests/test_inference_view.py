@@ -134,3 +134,22 @@ async def test_a_validation_split_bigger_than_one_request_is_asked_in_pages_and_
     pages = [e for e in read_events(folder.events)[0] if isinstance(e, ev.Prediction)][-2:]
     assert [p.n_outputs for p in pages] == [cmd.MAX_PREDICT_INPUTS, n_val - cmd.MAX_PREDICT_INPUTS]
     assert all(p.outputs == [] and p.summary["held_out"] == p.n_outputs for p in pages)
+
+
+def test_the_confusion_table_lines_up_and_fits_beside_the_samples_at_80_columns():
+    """Ten classes: the column headings sit over their counts, and no line is wider than the
+    39 columns the view has at 80×24 (the table wrapped there, and its headings sat askew)."""
+    from traintop.tui.inference_draw import summary_text
+
+    classes = [str(i) for i in range(10)]
+    outputs = [{"label": str((i * 7) % 10 if i % 3 else i % 10), "true": str(i % 10), "probabilities": {}}
+               for i in range(270)]
+    lines = summary_text(outputs, classes).plain.splitlines()
+    at = next(i for i, line in enumerate(lines) if "pred→" in line)
+    table = lines[at + 1:at + 12]
+    assert all(len(line) <= 39 for line in lines[at:at + 12]), lines
+    heading, rows = table[0], table[1:]
+    assert heading.split()[0] == "true↓" and [row.split()[0] for row in rows] == classes
+    for c in classes:  # each class's heading ends where its column of counts ends
+        end = heading.index(f" {c}") + 1 + len(c)
+        assert all(row[end - 1] != " " for row in rows), (c, heading, rows)

@@ -130,14 +130,17 @@ def summary_text(outputs: list[dict[str, Any]], classes: list[str]) -> Text:
             confusions[key] = confusions.get(key, 0) + 1
     if len(classes) <= 10:
         names = {c: terminal_safe(c) for c in classes}  # escaped before measuring, so columns line up
-        width = max(3, max(map(len, names.values())))
         counts = {(str(o["true"]), str(o["label"])): 0 for o in outputs}
         for o in outputs:
             counts[(str(o["true"]), str(o["label"]))] += 1
-        text.append(f"{'true↓ pred→':>{width + 1}}" + "".join(f"{names[c][:width]:>{width + 1}}" for c in classes)
+        # as narrow as the names and counts allow (at most 8 wide): ten classes fit beside the samples at 80×24
+        width = min(8, max(2, *map(len, names.values()), *(len(str(n)) for n in counts.values())))
+        label = max(width + 1, len("true↓") + 1)  # the row names' column, its heading included
+        text.append(" " * label + " pred→\n", style="dim")  # above the columns: the table stays its own width
+        text.append(f"{'true↓':>{label}}" + "".join(f"{names[c][:width]:>{width + 1}}" for c in classes)
                     + "\n", style="dim")
         for t in classes:
-            text.append(f"{names[t][:width]:>{width + 1}}", style="bold")
+            text.append(f"{names[t][:width]:>{label}}", style="bold")
             for p in classes:
                 n = counts.get((t, p), 0)
                 text.append(f"{n or '·':>{width + 1}}", style="green" if t == p and n else ("red" if n else "dim"))
