@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_dashboard_views import opener, settle, write_run
 
 from traintop.engine import events as ev
@@ -260,3 +262,21 @@ print(json.dumps(sorted(m for m in ("torch", "textual") if m in sys.modules)))
     events_only = subprocess.run([sys.executable, "-c", "import sys, traintop.engine.events; "
                                   "print('torch' in sys.modules)"], capture_output=True, text=True, timeout=60)
     assert events_only.stdout.strip() == "False", events_only.stderr
+
+
+@pytest.mark.parametrize("paused, said", [(False, "The run is still training."), (True, "The run is paused.")])
+async def test_the_quit_question_says_whether_the_run_trains_or_waits(paused, said):
+    from textual.app import App
+
+    from traintop.tui.literal import LiteralLabel
+    from traintop.tui.screens import QuitScreen
+
+    class Host(App):
+        def on_mount(self) -> None:
+            self.push_screen(QuitScreen(paused=paused))
+
+    app = Host()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        text = str(app.screen.query_one(LiteralLabel).render())
+        assert text.startswith(said) and ("leave it paused" in text) == paused

@@ -394,7 +394,7 @@ class TrainTop(CurvesApp):
             elif choice == "detach":
                 self.outcome = "detached"
                 await self.leave()
-        self.push_screen(QuitScreen(), chosen)
+        self.push_screen(QuitScreen(paused=self.state.status == "paused"), chosen)
 
     async def leave(self) -> None:
         if self.source is not None:

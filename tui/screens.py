@@ -31,9 +31,14 @@ class QuitScreen(ModalScreen[str]):
                 Binding("left,up", "app.focus_previous", "previous", show=False),
                 Binding("right,down", "app.focus_next", "next", show=False)]
 
+    def __init__(self, paused: bool = False):
+        super().__init__()
+        self.paused = paused
+
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="quit"):
-            yield LiteralLabel("The run is still training.\nStop it (saving last.pt), or detach and leave it running?")
+            now, then = ("paused", "leave it paused") if self.paused else ("still training", "leave it running")
+            yield LiteralLabel(f"The run is {now}.\nStop it (saving last.pt), or detach and {then}?")
             with Horizontal(id="quit-buttons"):
                 yield Button("Detach", id="detach", variant="primary", compact=True)
                 yield Button("Stop the run", id="stop", variant="error", compact=True)
