@@ -203,6 +203,8 @@ def test_an_out_path_that_is_a_folder_or_under_a_file_is_refused_before_predicti
     assert export.returncode == 2 and "is a file; give a folder" in export.stderr
     assert "Traceback" not in export.stderr
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+    device = traintop("export", "latest", "--out", "/dev/null", runs_dir=finished)
+    assert device.returncode == 2 and "/dev/null is not a folder (a device" in device.stderr
 
 
 def test_out_writes_through_a_link_and_into_a_pipe_and_never_over_its_input(finished, tmp_path):

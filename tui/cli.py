@@ -784,7 +784,8 @@ def _check_output(path: Path, label: str, folder: bool) -> None:
     if path.is_symlink() and not path.exists():
         raise UserError(f"{label} {path} is a link to {os.readlink(path)}, which does not exist")
     if folder and path.exists() and not path.is_dir():
-        raise UserError(f"{label} {path} is a file; give a folder for the exported tables")
+        what = "a file" if path.is_file() else "not a folder (a device, a pipe or a socket)"
+        raise UserError(f"{label} {path} is {what}; give a folder for the exported tables")
     if not folder and path.is_dir():
         raise UserError(f"{label} {path} is a folder; give the path of a file for the predictions CSV")
     if not folder:
