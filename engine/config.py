@@ -320,7 +320,7 @@ HIGHER = frozenset({"accuracy", "acc", "r", "f", "auc", "auroc", "auprc", "ap", 
                     "matthews", "kappa", "spearman", "spearmanr", "pearson", "pearsonr", "correlation", "ndcg",
                     "mrr", "hits", "psnr", "ssim", "em", "exact", "meteor", "chrf", "f1score", "score"})
 LOWER = frozenset({"loss", "error", "err", "mae", "mse", "rmse", "mape", "nll", "perplexity", "ppl", "wer", "cer",
-                   "fid", "ter", "gap", "distance", "divergence", "kl"})
+                   "fid", "ter", "gap", "distance", "divergence", "kl", "brier"})
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

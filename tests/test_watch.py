@@ -297,7 +297,7 @@ def test_a_callback_refuses_a_bad_argument_when_it_is_made(tmp_path, module, arg
                                            ("val_wer", "min"), ("val_nll_loss", "min"), ("val_acc1", "max"),
                                            ("val_map50", "max"), ("val_exact_match", "max"),
                                            ("val_matthews_correlation", "max"), ("val_acc_gap", "min"),
-                                           ("val_em_distance", "min")])
+                                           ("val_em_distance", "min"), ("val_brier_score", "min")])
 def test_watch_early_stopping_on_auto_follows_what_its_monitor_means(tmp_path, monitor, mode):
     import traintop
 
