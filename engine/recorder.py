@@ -110,10 +110,10 @@ class StepRecorder:
         if self.host:  # read before anything is kept: a step that fails here leaves the buffer as it was
             kept = (loss.item(), None if squared is None else squared.item(),
                     [v.item() for v in row] if row is not None else None)
-        else:  # on the device, whatever device the loop handed them on: the flush stacks them
+        else:  # the loop's own numbers onto the gradients' device, where the rows already are: the flush stacks them
             device = self.gradients.device
             kept = (loss.to(device, non_blocking=True), None if squared is None else squared.to(device, non_blocking=True),
-                    [v.to(device, non_blocking=True) for v in row] if row is not None else None)
+                    list(row) if row is not None else None)
         self.lr.append(lr)
         if scalars:
             self.scalars.append((i, scalars))

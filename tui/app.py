@@ -247,11 +247,9 @@ class TrainTop(CurvesApp):
         if self.log_path and os.path.exists(self.log_path):
             tail = "\n".join(open(self.log_path, errors="replace").read().strip().splitlines()[-8:])
         if self.engine_exit is not None and self.engine_exit < 0:  # a signal (kill -9, the OOM killer)
-            try:
-                how = signal.Signals(-self.engine_exit).name
-            except ValueError:
-                how = f"signal {-self.engine_exit}"
-            self.state.killed(f"the engine was killed by {how}.\n{tail}")
+            from .format import signal_name
+
+            self.state.killed(f"the engine was killed by {signal_name(-self.engine_exit)}.\n{tail}")
         else:
             self.state.status = "failed"
             self.state.error = f"the engine exited.\n{tail}"

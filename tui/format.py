@@ -71,3 +71,12 @@ def rounded(value: Any) -> str:
         return f"[{shown}{', …' if len(value) > 8 else ''}]"
     return str(value)
 
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9: how a process was ended, in the words `kill -l` uses."""
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

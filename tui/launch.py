@@ -252,11 +252,9 @@ def with_dashboard(engine: Engine) -> int:
     if code < 0:  # killed by a signal (the OOM killer, kill -9): no report; say so, and how it goes on
         from traintop.engine.runstore import killed_note
 
-        try:
-            how = signal.Signals(-code).name
-        except ValueError:
-            how = f"signal {-code}"
-        print(f"traintop: the engine was killed by {how}; {killed_note(folder)}", file=sys.stderr)
+        from .format import signal_name
+
+        print(f"traintop: the engine was killed by {signal_name(-code)}; {killed_note(folder)}", file=sys.stderr)
         return 1
     return code
 
