@@ -28,6 +28,7 @@ import numbers
 import operator
 import os
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -765,10 +766,13 @@ def _finish_at_exit() -> None:
 
     The interpreter keeps the uncaught exception in `sys.last_value` before any exception hook
     runs, so one installed after ours (rich's, a logger's) hides nothing (at an interactive prompt
-    it is any earlier line's error, so not read there). A `sys.exit(status)`
-    leaves no trace an exit handler can read: outside `with traintop.watch(...)` it reads as an end.
+    it is any earlier line's error, so not read there). A `SystemExit` leaves no trace an exit
+    handler can read, so the status comes from the main thread's last `sys.exit` call (argparse's
+    errors go through it too); a bare `raise SystemExit(3)` reads as an end, and a `sys.exit` the
+    script catches and goes on from still counts.
     """
     error = _uncaught[0] if _uncaught else None if hasattr(sys, "ps1") else getattr(sys, "last_value", None)
+    status = _exit_status[-1] if _exit_status and not hasattr(sys, "ps1") else None
     for run in list(_live):
         if _in_notebook():
             run.session.abandon()
@@ -776,6 +780,10 @@ def _finish_at_exit() -> None:
             run.finish("stopped")
         elif error is not None:
             run.finish("failed", f"{type(error).__name__}: {error}", error)
+        elif status not in (None, 0):
+            said = f"the script exited with status {status}" if isinstance(status, int) else \
+                f"the script exited with status 1: {status}"
+            run.finish("failed", said)
         else:
             run.finish()
 
@@ -789,7 +797,18 @@ def _excepthook(exc_type, exc, tb):
     _previous_excepthook(exc_type, exc, tb)
 
 
+_exit_status: list = []  # what the main thread's last sys.exit call was handed
+_sys_exit = sys.exit
+
+
+def _exit(status=None):
+    if threading.current_thread() is threading.main_thread():
+        _exit_status[:] = [status]
+    _sys_exit(status)
+
+
 sys.excepthook = _excepthook
+sys.exit = _exit
 atexit.register(_finish_at_exit)
 
 

@@ -785,6 +785,11 @@ def train(steps):
     ("train(3)\nsys.excepthook = lambda *exc: print('own hook', file=sys.stderr)\nraise RuntimeError('crash')",
      "failed", "RuntimeError: crash"),
     ("train(3)", "completed", ""),
+    ("train(3)\nsys.exit(0)", "completed", ""),
+    ("train(3)\nsys.exit(3)", "failed", "the script exited with status 3"),
+    ("train(3)\nsys.exit('no data left')", "failed", "the script exited with status 1: no data left"),
+    ("import argparse\ntrain(3)\nargparse.ArgumentParser().error('bad flag')", "failed",
+     "the script exited with status 2"),
 ])
 def test_a_plain_script_without_with_is_finished_by_how_it_ended(tmp_path, ending, status, error):
     """No `with`, no finish(): the exit handler decides, whatever exception hook the script set."""
