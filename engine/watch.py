@@ -251,7 +251,11 @@ class WatchedRun:
 
     def iter(self, iterable: Iterable, epoch: int | None = None) -> Iterator:
         """Yield from `iterable` (a DataLoader, say), telling the run the epoch (0-based, as
-        `range` counts) and its length for progress and ETA; its end is the epoch's end."""
+        `range` counts) and its length for progress and ETA; its end is the epoch's end. A pass
+        that trains no step (over the validation loader, say) is no epoch: it leaves the count
+        and the epoch as they were."""
+        before = (self.session.epoch, self._epoch_given, self._epoch_counted, self.steps_per_epoch,
+                  self._epoch_started, self.steps)
         if epoch is not None:
             try:
                 given = -1 if isinstance(epoch, bool) else operator.index(epoch)  # numpy's integers too
@@ -303,12 +307,16 @@ class WatchedRun:
                     break
         finally:  # run out, stopped, or left by the loop's own `break`: the epoch ends here
             self._iterating = False
-            if not self.session.closed:
-                self.end_epoch()
-            # Counting epochs ourselves, the next pass is the next epoch; until it starts, a
-            # validation after this loop (and the run's end) belongs to this one.
-            self._epoch_counted = not self._epoch_given
-            self._epoch_given = False
+            if self.steps == before[-1]:  # no epoch
+                (self.session.epoch, self._epoch_given, self._epoch_counted, self.steps_per_epoch,
+                 self._epoch_started, _) = before
+            else:
+                if not self.session.closed:
+                    self.end_epoch()
+                # Counting epochs ourselves, the next pass is the next epoch; until it starts, a
+                # validation after this loop (and the run's end) belongs to this one.
+                self._epoch_counted = not self._epoch_given
+                self._epoch_given = False
 
     def step(self, loss, grad_norm=None, **scalars) -> None:
         """Record this step (after backward, before `optimizer.step()`) and apply waiting commands.

@@ -427,6 +427,37 @@ def test_run_iter_under_range_labels_each_validation_with_the_epoch_just_trained
     assert events[-1].epoch == 3 and events[-1].step == 12
 
 
+@pytest.mark.parametrize("epochs", ["range", "run.epochs"])
+@pytest.mark.parametrize("given", [False, True])
+def test_a_run_iter_pass_that_trains_no_step_is_no_epoch(tmp_path, epochs, given):
+    """Validation through run.iter too: only the passes that train are epochs, each ended once."""
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [torch.randn(8, 3) for _ in range(4)]
+    with traintop.watch(model, optimizer, name="epochs", runs_dir=tmp_path / "runs") as run:
+        for epoch in (range(3) if epochs == "range" else run.epochs(3)):
+            label = {"epoch": epoch} if given else {}
+            for xb in run.iter(batches, **label):
+                loss = model(xb).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                run.step(loss)
+                optimizer.step()
+            with torch.no_grad():
+                val_loss = sum(model(xb).pow(2).mean().item() for xb in run.iter(batches[:2], **label))
+            run.validate(val_loss=val_loss)
+            for _ in run.iter([]):
+                pass
+    events = read_events(run.session.folder.events)[0]
+    ends = [e for e in events if isinstance(e, ev.EpochEnd)]
+    assert [(e.epoch, e.step) for e in ends] == [(1, 4), (2, 8), (3, 12)]
+    assert all(e.train_loss > 0 for e in ends)
+    assert [e.epoch for e in events if isinstance(e, ev.Validation)] == [1, 2, 3]
+    assert events[0].steps_per_epoch == 4 and events[-1].epoch == 3
+
+
 @pytest.mark.parametrize("first", [0, 1])
 def test_epochs_counted_from_1_past_the_plan_are_named_once(tmp_path, first):
     """`for epoch in range(1, epochs + 1): run.iter(loader, epoch=epoch)` labels every epoch one
