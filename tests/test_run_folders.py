@@ -541,11 +541,14 @@ def test_no_output_is_written_over_a_runs_own_files(finished, tmp_path):
     (links / "steps.csv").symlink_to(run.events)
     inputs = tmp_path / "in.csv"
     inputs.write_text(",".join(f"p{i}" for i in range(64)) + "\n" + ",".join(["0"] * 64) + "\n")
-    for args in (["predict", run.run_id, str(inputs), "--out", str(run.events)],
-                 ["predict", run.run_id, str(inputs), "--out", str(run.best)],
-                 ["predict", run.run_id, str(inputs), "--out", str(links / "steps.csv")],
-                 ["export", run.run_id, "--format", "csv", "--out", str(links)]):
-        refused(traintop(*args, "--runs-dir", str(tmp_path / "runs")), "is a file of the run", "give another path")
+    for args, said in ((["predict", run.run_id, str(inputs), "--out", str(run.events)], "is a file of the run"),
+                       (["predict", run.run_id, str(inputs), "--out", str(run.best)],
+                        "best.pt is in the checkpoints folder of the run"),
+                       (["predict", run.run_id, str(inputs), "--out", str(links / "steps.csv")], "is a file of the run"),
+                       (["export", run.run_id, "--format", "csv", "--out", str(links)], "is a file of the run"),
+                       (["export", run.run_id, "--format", "csv", "--out", str(run.path / "checkpoints")],
+                        "steps.csv is in the checkpoints folder of the run")):
+        refused(traintop(*args, "--runs-dir", str(tmp_path / "runs")), said, "give another path")
     assert {f: f.read_bytes() for f in kept} == kept
     proc = traintop("export", run.run_id, "--format", "csv", "--runs-dir", str(tmp_path / "runs"))
     assert proc.returncode == 0 and (run.path / "steps.csv").is_file()  # its own tables, beside the run's files

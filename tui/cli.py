@@ -765,7 +765,8 @@ def refuse_run_file(path: Path, label: str) -> None:
     from traintop.engine.runstore import run_file_at
 
     if (run := run_file_at(path)) is not None:
-        raise UserError(f"{label}: {path} is a file of the run in {run}; traintop never writes over a run's own "
+        what = "in the checkpoints folder" if run != Path(os.path.realpath(path)).parent else "a file"
+        raise UserError(f"{label}: {path} is {what} of the run in {run}; traintop never writes over a run's own "
                         "files: give another path")
 
 
