@@ -6,7 +6,8 @@ loss, suggest a rate, and put the model and optimizer back as they were.
 
 The rate grows geometrically from `lr_min` to `lr_max` over `steps` steps. The loss is smoothed
 (an exponential average, bias-corrected) and the test stops early once the smoothed loss is 4
-times its lowest, or not finite: past there the rate only diverges. The suggestion is the rate
+times its lowest and has climbed back a tenth of the way it fell (near zero, noise of a few
+times the lowest is no divergence), or is not finite: past there the rate only diverges. The suggestion is the rate
 of the lowest smoothed loss divided by 10 (fastai's rule of thumb): well inside the range where
 the loss still falls fast, below the edge where it blows up.
 """
@@ -26,6 +27,7 @@ from .recorder import one_number
 
 SMOOTHING = 0.9  # weight of the past in the smoothed loss
 DIVERGED = 4.0  # the test stops once the smoothed loss is this many times its lowest
+CLIMBED_BACK = 0.1  # ... and has risen back this share of its fall from the first smoothed loss
 EMIT_SECONDS = 0.1  # points go out in batches, about ten times a second
 MIN_POINTS = 10  # fewer points than this suggest nothing
 
@@ -84,7 +86,7 @@ def range_test(step_fn: Callable[[], object], model, optimizer, *, lr_min: float
     saved_model = copy.deepcopy(model.state_dict()) if model is not None else None
     saved_optim = copy.deepcopy(optimizer.state_dict())
     set_lr = set_lr or (lambda lr: [g.__setitem__("lr", lr) for g in optimizer.param_groups])
-    result, sent, avg, lowest = RangeTest(), 0, 0.0, math.inf
+    result, sent, avg, lowest, first = RangeTest(), 0, 0.0, math.inf, math.nan
     factor = (lr_max / lr_min) ** (1 / (steps - 1))
     next_emit = time.perf_counter() + EMIT_SECONDS
     try:
@@ -97,12 +99,12 @@ def range_test(step_fn: Callable[[], object], model, optimizer, *, lr_min: float
             result.lr.append(lr)
             result.loss.append(loss)
             result.smoothed.append(smooth)
-            if math.isfinite(smooth):
-                lowest = min(lowest, smooth)
             if not math.isfinite(smooth):
                 result.reason = f"the loss became non-finite at {lr:.3g}"
                 break
-            if i >= MIN_POINTS and smooth > DIVERGED * lowest:
+            first = smooth if i == 0 else first
+            lowest = min(lowest, smooth)
+            if i >= MIN_POINTS and smooth > DIVERGED * lowest and smooth - lowest > CLIMBED_BACK * (first - lowest):
                 result.reason = f"the loss diverged at {lr:.3g} ({DIVERGED:g}× its lowest)"
                 break
             if time.perf_counter() >= next_emit:

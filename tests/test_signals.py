@@ -202,6 +202,28 @@ def test_lr_find_on_a_range_that_never_trains_names_the_range_and_what_to_try():
     assert "--lr-max" in why
 
 
+def test_lr_find_calls_a_divergence_only_a_rise_that_undoes_part_of_the_fall_not_noise_near_zero():
+    """A long test on data the model fits exactly: once the loss is about 1e-9, noise of a few
+    times that is no divergence; the real rise at high rates is."""
+    import random
+
+    from traintop.engine.lrfind import range_test
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    noise = random.Random(0)
+
+    def step_fn():
+        lr = optimizer.param_groups[0]["lr"]
+        if lr > 1.0:  # too high: the loss climbs back
+            return 1e-9 + lr * 5.0
+        return max(2.3 * (1 - lr / 1e-3), 0.0) + 1e-9 * 10 ** noise.uniform(0, 3)
+
+    result = range_test(step_fn, None, optimizer, lr_min=1e-7, lr_max=10.0, steps=2000)
+    assert result.reason.startswith("the loss diverged at") and result.lr[-1] > 1.0, result.reason
+    assert 1e-4 < result.suggested < 1.0
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
 def test_lr_find_suggests_a_rate_that_trains_the_demo_into_its_band(tmp_path):
     out = subprocess.run([sys.executable, "-m", "traintop.tui", "lr-find", "--runs-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
