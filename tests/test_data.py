@@ -383,6 +383,26 @@ def test_rows_with_more_fields_than_the_header_are_an_error_not_an_index(tmp_pat
     assert "has rows with more fields than its header names columns (3)" in message
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_row_with_fewer_fields_than_the_header_is_refused_naming_its_line_and_an_empty_field_is_missing(
+        tmp_path, packed):
+    """A short row would read as missing values in its last columns, as an empty last field does."""
+    import gzip
+
+    rows = [f"{i},{i * 2},{'xy'[i % 2]}" for i in range(30)]
+    rows[5] = "5,,x"  # an empty field: a missing value
+    rows[9] = '"9",18,'  # an empty last field: the label is missing, the row is left out
+    text = "a,b,label\n" + "\n".join(rows) + "\n"
+    path = tmp_path / ("ok.csv.gz" if packed else "ok.csv")
+    path.write_bytes(gzip.compress(text.encode()) if packed else text.encode())
+    assert len(csv_data(path).y["train"]) > 0  # read, the unlabelled row left out
+    rows[20] = "20,40"
+    text = "a,b,label\n" + "\n".join(rows) + "\n"
+    path.write_bytes(gzip.compress(text.encode()) if packed else text.encode())
+    assert error_of(path).endswith(f"{path}, line 22 has 2 field(s) where the header names 3 columns; give every "
+                                   "row one field per column (an empty field for a missing value)")
+
+
 # -- which columns become inputs --------------------------------------------------------------------
 
 def id_table(n: int = 200) -> pd.DataFrame:

@@ -244,6 +244,14 @@ def test_a_row_with_one_field_more_than_the_header_is_refused_not_shifted(finish
     assert "has rows with more fields than its header names columns (5)" in proc.stderr
 
 
+def test_a_row_with_one_field_fewer_than_the_header_is_refused_not_read_as_missing(finished, tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("soil,sunlight_hours,water_ml,fertilizer,temperature_c\nclay,5,200,yes,20\nclay,5,200,yes\n")
+    proc = traintop("predict", "latest", str(path), runs_dir=finished)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+    assert f"input: {path}, line 3 has 4 field(s) where the header names 5 columns" in proc.stderr
+
+
 @pytest.mark.parametrize("command", ["export", "predict"])
 @pytest.mark.parametrize("out, why", [
     ("", "argument --out: is empty; give a path"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import io
 import warnings
 from pathlib import Path
@@ -193,7 +194,26 @@ def read_csv_file(path: Path, label: str, nan_is_missing: bool = True) -> pd.Dat
     if twice:
         raise UserError(f"{label}: {path} names column(s) {', '.join(repr(h) for h in twice)} more than once; "
                         "give each column its own name")
+    if len(header) > 1 and frame[frame.columns[-1]].isna().any():
+        _refuse_short_rows(path, label, len(header))
     return frame
+
+
+def _refuse_short_rows(path: Path, label: str, columns: int) -> None:
+    """A row with fewer fields than the header reads as missing values in its last columns, as
+    an empty last field does: only the text tells them apart (read only when the last column has
+    a missing value)."""
+    stream = _unpacked(path)
+    if stream is None:
+        return
+    with io.TextIOWrapper(stream, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f)
+        next(rows, None)
+        for row in rows:
+            if 0 < len(row) < columns:
+                raise UserError(f"{label}: {path}, line {rows.line_num} has {len(row)} field(s) where the header "
+                                f"names {columns} columns; give every row one field per column (an empty field "
+                                "for a missing value)")
 
 
 def _read_csv(cfg: Config) -> pd.DataFrame:
