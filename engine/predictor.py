@@ -49,6 +49,23 @@ def run_config(folder: RunFolder, trust: bool = False) -> Config:
     return cfg
 
 
+def _unlike_its_training(folder: RunFolder, info: DataInfo) -> str | None:
+    """How the data preprocess.json describes differs from what the run said it trained on (its
+    run_started event), or None: the same, or nothing to tell by."""
+    try:
+        with open(folder.events, "rb") as f:
+            started = ev.parse_line(f.readline().decode())
+    except (OSError, ValueError, RecursionError):
+        return None
+    data = started.data if isinstance(started, ev.RunStarted) and isinstance(started.data, dict) else {}
+    shape, classes = data.get("input_shape"), data.get("classes")
+    if isinstance(shape, list) and shape != list(info.input_shape):
+        return f"it gives inputs of shape {list(info.input_shape)} where the run trained on {shape}"
+    if isinstance(classes, list) and classes != list(info.classes):
+        return f"it names {len(info.classes)} classes where the run trained on {len(classes)}"
+    return None
+
+
 class Predictor:
     """Frozen weights and the fitted preprocessing of one run: raw records in, answers out."""
 
@@ -97,6 +114,9 @@ class Predictor:
             model.load_state_dict(state["model"])
             step = int(state.get("step", 0))
         except Exception as e:  # noqa: BLE001 - a checkpoint of another model, or damaged values
+            if (changed := _unlike_its_training(folder, info)) is not None:
+                raise UserError(f"{folder.preprocess} is damaged: {changed}; it was changed after the run, or "
+                                "comes from another run") from None
             reason = f"no {e}" if isinstance(e, KeyError) else type(e).__name__
             raise UserError(f"{path} does not fit this run's model ({reason}): it is damaged or "
                             "comes from another run") from None

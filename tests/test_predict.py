@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -242,6 +244,22 @@ def test_a_row_with_one_field_more_than_the_header_is_refused_not_shifted(finish
     proc = traintop("predict", "latest", str(path), runs_dir=finished)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
     assert "has rows with more fields than its header names columns (5)" in proc.stderr
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda d: d["columns"][0]["categories"].append("peat"), "it gives inputs of shape [9] where the run trained on [8]"),
+    (lambda d: d["classes"].append("dormant"), "it names 3 classes where the run trained on 2"),
+])
+def test_a_preprocess_json_edited_after_the_run_is_named_not_the_checkpoint(finished, tmp_path, edit, said):
+    run = next(finished.iterdir())
+    copy = tmp_path / "runs" / run.name
+    shutil.copytree(run, copy)
+    fitted = json.loads((copy / "preprocess.json").read_text())
+    edit(fitted)
+    (copy / "preprocess.json").write_text(json.dumps(fitted))
+    proc = traintop("predict", str(copy), str(PLANTS_CSV), runs_dir=tmp_path / "runs")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "best.pt" not in proc.stderr
+    assert f"{copy / 'preprocess.json'} is damaged: {said}; it was changed after the run" in proc.stderr
 
 
 def test_a_row_with_one_field_fewer_than_the_header_is_refused_not_read_as_missing(finished, tmp_path):
