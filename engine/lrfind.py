@@ -7,9 +7,9 @@ loss, suggest a rate, and put the model and optimizer back as they were.
 The rate grows geometrically from `lr_min` to `lr_max` over `steps` steps. The loss is smoothed
 (an exponential average, bias-corrected) and the test stops early once the smoothed loss is 4
 times its lowest and has climbed back a tenth of the way it fell (near zero, noise of a few
-times the lowest is no divergence), or is not finite: past there the rate only diverges. The suggestion is the rate
-of the lowest smoothed loss divided by 10 (fastai's rule of thumb): well inside the range where
-the loss still falls fast, below the edge where it blows up.
+times the lowest is no divergence), or is not finite: past there the rate only diverges. The
+suggestion is the rate of the lowest smoothed loss divided by 10 (fastai's rule of thumb): well
+inside the range where the loss still falls fast, below the edge where it blows up.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def range_test(step_fn: Callable[[], object], model, optimizer, *, lr_min: float
                 break
             first = smooth if i == 0 else first
             lowest = min(lowest, smooth)
-            if i >= MIN_POINTS and smooth > DIVERGED * lowest and smooth - lowest > CLIMBED_BACK * (first - lowest):
+            risen = smooth - lowest
+            if i >= MIN_POINTS and smooth > DIVERGED * lowest and risen > CLIMBED_BACK * (first - lowest):
                 result.reason = f"the loss diverged at {lr:.3g} ({DIVERGED:g}× its lowest)"
                 break
             if time.perf_counter() >= next_emit:

@@ -789,9 +789,8 @@ def _finish_at_exit() -> None:
         elif error is not None:
             run.finish("failed", f"{type(error).__name__}: {error}", error)
         elif status not in (None, 0):
-            said = f"the script exited with status {status}" if isinstance(status, int) else \
-                f"the script exited with status 1: {status}"
-            run.finish("failed", said)
+            said = f"status {int(status)}" if isinstance(status, int) else f"status 1: {status}"
+            run.finish("failed", f"the script exited with {said}")
         else:
             run.finish()
 
