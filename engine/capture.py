@@ -28,6 +28,8 @@ class LossCapture:
 
     def __init__(self, scaler=None):
         self.losses: list[torch.Tensor] = []
+        self.divisors: list[float | None] = []  # what each loss was divided by as its last operation
+        self.divided_by: float | None = None  # at `take`: the divisor all its losses share, if any
         self.grad_losses: list[torch.Tensor] = []  # the scalars differentiated by torch.autograd.grad
         self.scaler = scaler  # a GradScaler whose scale divides captured losses back
 
@@ -37,15 +39,24 @@ class LossCapture:
         loss = tensor.detach().reshape(())
         scaler = getattr(tensor, "_traintop_scaler", None) or self.scaler  # a script's own GradScaler
         scale = getattr(scaler, "_scale", None)
+        fn = tensor.grad_fn
         if isinstance(scale, torch.Tensor):  # a mixed-precision loss comes scaled: divide on the device
             loss = loss / scale.reshape(()).to(loss.device)
-        (self.grad_losses if by_grad else self.losses).append(loss)
+            if type(fn).__name__ == "MulBackward0" and fn.next_functions:  # the loss before its scaling
+                fn = fn.next_functions[0][0]
+        if by_grad:
+            self.grad_losses.append(loss)
+        else:
+            self.losses.append(loss)
+            self.divisors.append(divisor(fn))
 
     def take(self) -> list[torch.Tensor]:
         """The losses since the last call, oldest first: those of backward passes, or when there was
         none, those given to `torch.autograd.grad`."""
-        losses = self.losses or self.grad_losses
-        self.losses, self.grad_losses = [], []
+        losses, divisors = self.losses or self.grad_losses, self.divisors if self.losses else []
+        self.divided_by = divisors[0] if divisors and divisors[0] and divisors.count(divisors[0]) == len(divisors) \
+            else None
+        self.losses, self.grad_losses, self.divisors = [], [], []
         return losses
 
     def __enter__(self) -> LossCapture:
@@ -54,6 +65,22 @@ class LossCapture:
 
     def __exit__(self, *exc) -> None:
         uninstall(self)
+
+
+def divisor(fn) -> float | None:
+    """The number a loss was divided by as its last operation (`loss / 4`, `loss * 0.25`: a loop
+    that accumulates gradients scales each pass so), when it is a constant; else None. Read from
+    the autograd node before the backward pass frees what it saved."""
+    name = type(fn).__name__
+    if name not in ("DivBackward0", "MulBackward0"):
+        return None
+    other = getattr(fn, "_saved_other", None)
+    if not isinstance(other, torch.Tensor) or other.dim() or other.requires_grad or other.device.type != "cpu":
+        return None  # the loss times a tensor of the model's, or a number a host read would wait for
+    value = float(other)
+    if name == "MulBackward0":
+        return 1 / value if value else None
+    return value
 
 
 def install(capture: LossCapture) -> None:

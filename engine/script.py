@@ -146,6 +146,10 @@ class AutoWatch:
             loss = losses[0]
         elif losses:  # accumulation: the mean of the step's backward passes
             loss = torch.stack([x.float() for x in losses]).mean()
+            # Each pass's loss divided by the passes (fewer in an epoch's last group): undone.
+            n = round(self.capture.divided_by or 0)
+            if 2 <= len(losses) <= n and abs(self.capture.divided_by - n) < 1e-6 * n:
+                loss = loss * n
         else:  # gradients set with no backward pass in sight: a step without a loss, not a NaN one
             loss = torch.tensor(math.nan)
         step, recorded = run.recorder.first_step + run.recorder.n, run.steps

@@ -355,6 +355,41 @@ def test_a_script_that_takes_its_gradients_from_autograd_grad_records_its_loss(t
     assert not [e for e in events if isinstance(e, ev.RunWarning) and e.kind == "nan_loss"]
 
 
+@pytest.mark.parametrize("divide", ["loss / accumulate", "loss * (1 / accumulate)", "scaler.scale(loss / accumulate)",
+                                    "loss"])
+def test_accumulation_that_divides_each_loss_by_its_passes_records_the_undivided_mean(tmp_path, divide):
+    """The usual accumulation loop backpropagates loss / N for each of N batches (fewer in the
+    epoch's last group): the step's loss is the mean of the batches' own losses, as the script
+    prints them; a loop that does not divide has that mean too."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "accumulates.py"
+    script.write_text(
+        "import torch\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Linear(4, 1)\n"
+        "optimizer = torch.optim.SGD(model.parameters(), lr=0.05)\n"
+        "scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)\n"
+        "batches = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(10)]\n"
+        "accumulate, seen = 4, []\n"
+        "for epoch in range(2):\n"
+        "    for i, (x, y) in enumerate(batches):\n"
+        "        loss = (model(x) - y).pow(2).mean()\n"
+        "        seen.append(loss.item())\n"
+        f"        {'scaler.scale(loss / accumulate).backward()' if 'scaler' in divide else f'({divide}).backward()'}\n"
+        "        if (i + 1) % accumulate == 0 or i + 1 == len(batches):  # 4, 4, then the last 2\n"
+        f"        {'    scaler.step(optimizer); scaler.update()' if 'scaler' in divide else '    optimizer.step()'}\n"
+        "            optimizer.zero_grad()\n"
+        "            with open('means.txt', 'a') as f:\n"
+        "                f.write(repr(sum(seen) / len(seen)) + '\\n')\n"
+        "            seen = []\n")
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    means = [float(line) for line in (tmp_path / "means.txt").read_text().splitlines()]
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    recorded = [x for e in events if isinstance(e, ev.Steps) for x in e.loss]
+    assert len(means) == 6 and recorded == pytest.approx(means, rel=1e-5)
+
+
 def test_a_gans_two_optimizers_record_the_first_ones_loss_alone(tmp_path):
     """A GAN steps its discriminator and then its generator, turn by turn: the steps recorded are
     the discriminator's, each with the mean of its own backward passes; the generator's loss, which
