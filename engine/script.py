@@ -196,7 +196,7 @@ class AutoWatch:
         """The script called traintop.watch itself: that wins. The hooks come off and its run is
         this one, bound to what it passed."""
         global current
-        from .watch import _json_safe, _run_name
+        from .watch import _json_safe, _shown_name
 
         if self.active:
             self.uninstall()
@@ -205,7 +205,7 @@ class AutoWatch:
         run.config = {**run.config, **_json_safe(dict(config or {}))}
         run.epochs_planned = epochs or run.epochs_planned
         if name:
-            run.name = _run_name(name)
+            run.name = _shown_name(name)
             if run.session.leader:  # the listing's name too, as run_started gives it
                 meta = run.session.folder.read_json("meta.json") or {}
                 write_json(run.session.folder.meta, {**meta, "name": run.name})

@@ -99,7 +99,7 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
     if script.current is not None and script.current.optimizer is None:
         return script.current.take_over(model, optimizer, name=name, config=config, epochs=epochs,
                                         early_stopping=early if early_stopping is not None else None)
-    name = _run_name(name or (unwrap(model).__class__.__name__.lower() if model is not None else "run"))
+    name = _shown_name(name or (unwrap(model).__class__.__name__.lower() if model is not None else "run"))
     config = _json_safe(config if isinstance(config, dict) else dict(config or {}))  # other values as their repr
     world = World.join()
 
@@ -108,8 +108,8 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
             run_folder = RunFolder(Path(folder))
         else:
             base = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
-            check_runs_dir(base, name, "watch: runs_dir" if runs_dir else "runs dir")
-            run_folder = RunFolder.create(base, name)
+            check_runs_dir(base, _run_name(name), "watch: runs_dir" if runs_dir else "runs dir")
+            run_folder = RunFolder.create(base, _run_name(name))
         return Session.open(run_folder, name=name, source=source, config=config,
                             meta={"world_size": world.size} if world is not None else None)
 
@@ -827,7 +827,13 @@ def _in_notebook() -> bool:
         return False
 
 
+def _shown_name(name: str) -> str:
+    """The run's name as given, on one line: `ls`, the dashboard and the run's lookup by name show it."""
+    return " ".join(str(name).split())[:100] or "run"
+
+
 def _run_name(name: str) -> str:
+    """The name as it ends the run's folder: ASCII letters, digits, `.`, `_` and `-`."""
     import re
 
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-._") or "run"

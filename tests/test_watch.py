@@ -730,6 +730,26 @@ def test_a_config_that_holds_itself_or_values_of_its_own_kinds_is_recorded_as_te
     assert listed.returncode == 0 and "completed" in listed.stdout
 
 
+@pytest.mark.parametrize("name, id_end", [("модель", "-run"), ("my first\nrun", "-my-first-run"),
+                                           ("résumé v2", "-r-sum-v2")])
+def test_a_name_in_any_script_is_kept_for_the_listing_and_lookup_and_the_folder_is_named_in_ascii(
+        tmp_path, name, id_end):
+    from traintop import watch
+
+    model = torch.nn.Linear(3, 1)
+    with watch(model, name=name, runs_dir=tmp_path / "runs") as run:
+        run.step(model(torch.randn(4, 3)).pow(2).mean())
+    folder = run.session.folder
+    shown = " ".join(name.split())
+    assert folder.run_id.endswith(id_end) and folder.run_id.isascii()
+    assert folder.read_json("meta.json")["name"] == shown
+    assert read_events(folder.events)[0][0].name == shown
+    listed = traintop("ls", runs=tmp_path / "runs")
+    assert listed.returncode == 0 and shown in listed.stdout
+    shown_run = traintop("export", shown, "--format", "csv", runs=tmp_path / "runs")
+    assert shown_run.returncode == 0, shown_run.stderr
+
+
 def test_watch_takes_an_argparse_namespace_as_its_config(tmp_path):
     import argparse
 
