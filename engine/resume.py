@@ -70,9 +70,13 @@ def resume_config(folder: RunFolder, overrides: list[str],
     old = load_config(folder.config)
     cfg = load_config(folder.config, overrides)
     before, after = old.to_dict(), cfg.to_dict()
-    fixed = [f"{section}.{key}" for section, values in after.items() for key, value in values.items()
-             if value != before[section][key] and section in FIXED_ON_RESUME
-             and (FIXED_ON_RESUME[section] is None or key in FIXED_ON_RESUME[section])]
+    edited = [f"{key} ({then!r} then, {now!r} now)" for key, then, now in edited_since_start(folder, before)]
+    if edited:
+        raise UserError(f"run {folder.run_id}: its config.toml was changed since the run started: "
+                        f"{', '.join(edited)}; these cannot change when it resumes (its checkpoint was made "
+                        f"with that data, model, optimizer and seed): put them back, or start a new run with "
+                        f"the changed config")
+    fixed = [key for key, _, _ in changed_fixed(before, after)]
     if fixed:
         raise UserError(f"--set {', '.join(fixed)}: cannot change when run {folder.run_id} resumes (its "
                         f"checkpoint was made with this data, model, optimizer and seed); what can: {CHANGEABLE}")
@@ -88,6 +92,34 @@ def resume_config(folder: RunFolder, overrides: list[str],
     cfg.base_dir = Path(config_dir)
     keys = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides)}
     return cfg, keys, status
+
+
+def changed_fixed(before: dict, after: dict) -> list[tuple[str, Any, Any]]:
+    """The keys of FIXED_ON_RESUME whose values differ between two configs (as `to_dict` gives
+    them, or as JSON kept them): (key, before, after)."""
+    import json
+
+    changed = []
+    for section, keys in FIXED_ON_RESUME.items():
+        old, new = (c.get(section) if isinstance(c.get(section), dict) else {} for c in (before, after))
+        for key in sorted(set(old) | set(new)) if keys is None else keys:
+            a, b = (json.loads(json.dumps(v.get(key))) for v in (old, new))  # tuples as lists
+            if a != b:
+                changed.append((f"{section}.{key}", a, b))
+    return changed
+
+
+def edited_since_start(folder: RunFolder, now: dict) -> list[tuple[str, Any, Any]]:
+    """The keys resume may not change whose value in config.toml is not the one the run started
+    with (its run_started event): the file was edited by hand."""
+    try:
+        with open(folder.events, "rb") as f:
+            started = event_of(f.readline())
+    except OSError:
+        return []
+    if not isinstance(started, ev.RunStarted) or not isinstance(started.config, dict):
+        return []
+    return changed_fixed(started.config, now)
 
 
 def check_log(folder: RunFolder, offset: int | None) -> None:

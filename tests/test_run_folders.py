@@ -123,6 +123,24 @@ def test_resume_from_an_edited_or_foreign_checkpoint_is_refused_naming_it_and_ch
     assert folder.events.read_bytes() == before and not folder.report.exists()
 
 
+@pytest.mark.parametrize("edit, said", [
+    (("seed = 0", "seed = 7"), "run.seed (0 then, 7 now)"),
+    (('name = "adam"', 'name = "sgd"'), "optim.name ('adam' then, 'sgd' now)"),
+    (("hidden = [512, 512]", "hidden = [64]"), "model.hidden ([512, 512] then, [64] now)"),
+    (("split = [0.7, 0.15, 0.15]", "split = [0.5, 0.25, 0.25]"), "data.split ([0.7, 0.15, 0.15] then, [0.5, 0.25, 0.25] now)"),
+])
+def test_a_config_toml_edited_by_hand_is_refused_on_resume_as_set_would_be_and_the_run_is_as_it_was(
+        finished, tmp_path, edit, said):
+    folder = copy_of(finished, tmp_path, "copy")
+    text = folder.config.read_text()
+    assert edit[0] in text
+    folder.config.write_text(text.replace(edit[0], edit[1], 1))
+    kept = {f: f.read_bytes() for f in (folder.events, folder.report, folder.meta)}
+    refused(traintop("resume", str(folder.path), "--headless", "--set", "train.epochs=3"),
+            "its config.toml was changed since the run started: " + said, "put them back")
+    assert {f: f.read_bytes() for f in kept} == kept
+
+
 def test_a_checkpoint_holding_pickled_code_is_refused_as_possibly_hostile_and_never_run(finished, tmp_path,
                                                                                        digits_csv):
     folder = copy_of(finished, tmp_path, "copy", killed=True)
