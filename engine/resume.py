@@ -109,17 +109,52 @@ def changed_fixed(before: dict, after: dict) -> list[tuple[str, Any, Any]]:
     return changed
 
 
-def edited_since_start(folder: RunFolder, now: dict) -> list[tuple[str, Any, Any]]:
-    """The keys resume may not change whose value in config.toml is not the one the run started
-    with (its run_started event): the file was edited by hand."""
+def _started(folder: RunFolder) -> ev.RunStarted | None:
+    """The run's run_started event, the first line of its log (None if it is not there)."""
     try:
         with open(folder.events, "rb") as f:
             started = event_of(f.readline())
     except OSError:
-        return []
-    if not isinstance(started, ev.RunStarted) or not isinstance(started.config, dict):
+        return None
+    return started if isinstance(started, ev.RunStarted) else None
+
+
+def edited_since_start(folder: RunFolder, now: dict) -> list[tuple[str, Any, Any]]:
+    """The keys resume may not change whose value in config.toml is not the one the run started
+    with (its run_started event): the file was edited by hand."""
+    started = _started(folder)
+    if started is None or not isinstance(started.config, dict):
         return []
     return changed_fixed(started.config, now)
+
+
+DATA_FACTS = {"n_train": "training rows", "n_val": "validation rows", "n_test": "test rows",
+              "features": "features", "classes": "classes", "input_shape": "input shape"}
+
+
+def check_same_data(folder: RunFolder, now: dict) -> None:
+    """A resume trains on the data the run started on: its split sizes, features, classes and
+    input shape (a data `summary`) must be those its run_started event gave; a UserError names
+    what differs."""
+    import json
+
+    started = _started(folder)
+    then = started.data if started is not None and isinstance(started.data, dict) else {}
+    differ = []
+    for key, what in DATA_FACTS.items():
+        if key not in then or key not in now:
+            continue
+        a, b = then[key], json.loads(json.dumps(now[key]))
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list) and len(a) + len(b) > 8:
+            differ.append(f"{what} ({len(a)} then, {len(b)} now)" if len(a) != len(b) else f"{what} (named otherwise)")
+        else:
+            differ.append(f"{what} ({a!r} then, {b!r} now)" if key != "input_shape" else f"{what} ({a} then, {b} now)")
+    if differ:
+        raise UserError(f"run {folder.run_id} started on other data than its data gives now: {', '.join(differ)}; "
+                        "its checkpoint was made on the data it started on, so it is not resumed: put that data "
+                        "back, or start a new run on the new data")
 
 
 def check_log(folder: RunFolder, offset: int | None) -> None:

@@ -31,7 +31,7 @@ from .distributed import World, placement, threads_per_rank
 from .errors import DiskFull, NonFiniteLoss, UserError
 from .loop import Model, Trainer
 from .models import describe_layers
-from .resume import check_log, event_of, resume_config
+from .resume import check_log, check_same_data, event_of, resume_config
 from .runstore import RunFolder, RunLock, default_runs_dir, read_events, write_json, write_text
 from .session import EventLog, Session
 
@@ -174,6 +174,7 @@ class Run:
 
         cfg, keys, status, state = checked() if world is None else world.share(checked if world.leader else None)
         data = load_data(cfg)
+        check_same_data(folder, data.summary(cfg.data.batch_size))
         device = on_device(cfg, world)
         if world is None or world.leader:
             session = Session(folder, source="config", lock=lock)

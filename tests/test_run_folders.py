@@ -141,6 +141,33 @@ def test_a_config_toml_edited_by_hand_is_refused_on_resume_as_set_would_be_and_t
     assert {f: f.read_bytes() for f in kept} == kept
 
 
+def _table(path: Path, rows: int, seed: int, header: str = "x,y,label") -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    path.write_text(header + "\n" + "".join(f"{rng.normal():.3f},{rng.normal():.3f},{'ab'[i % 2]}\n"
+                                             for i in range(rows)))
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda path: _table(path, 200, 1), "training rows (42 then, 140 now), validation rows (9 then, 30 now)"),
+    (lambda path: _table(path, 60, 1, header="x,z,label"), "features (['x', 'y'] then, ['x', 'z'] now)"),
+])
+def test_a_resume_onto_data_that_changed_since_the_run_started_is_refused_and_the_run_is_as_it_was(
+        tmp_path, change, said):
+    data, runs = tmp_path / "table.csv", tmp_path / "runs"
+    _table(data, 60, 0)
+    config = tmp_path / "table.toml"
+    config.write_text('[data]\nsource = "csv"\npath = "table.csv"\ntarget = "label"\n[train]\nepochs = 2\n')
+    assert traintop("run", str(config), "--headless", "--runs-dir", str(runs)).returncode == 0
+    folder = resolve_run("latest", runs)
+    change(data)
+    kept = {f: f.read_bytes() for f in (folder.events, folder.report, folder.meta, folder.last)}
+    refused(traintop("resume", str(folder.path), "--headless", "--set", "train.epochs=3"),
+            "started on other data than its data gives now: " + said, "start a new run on the new data")
+    assert {f: f.read_bytes() for f in kept} == kept
+
+
 def test_a_checkpoint_holding_pickled_code_is_refused_as_possibly_hostile_and_never_run(finished, tmp_path,
                                                                                        digits_csv):
     folder = copy_of(finished, tmp_path, "copy", killed=True)
