@@ -155,6 +155,32 @@ def test_a_spike_from_a_loss_of_exactly_zero_is_called_without_a_ratio(tmp_path)
     assert "5 against a recent level of 0 (the median of the last 20 steps)" in spike.message
 
 
+# Epoch means of a healthy spirals run (seed 182): at epoch 12 one unstable stretch raised the
+# training loss and, more, the validation loss; both fell back at once.
+SPIRALS_T = [0.6443, 0.553, 0.3326, 0.1126, 0.0488, 0.0334, 0.0239, 0.0198, 0.0097, 0.0075, 0.007, 0.0188]
+SPIRALS_V = [0.6344, 0.4883, 0.1992, 0.0762, 0.0809, 0.0248, 0.0154, 0.007, 0.0055, 0.0071, 0.009, 0.07]
+
+
+@pytest.mark.parametrize("last_train, warned", [(0.0188, False), (0.006, True)])
+def test_a_gap_widened_by_an_unstable_step_is_not_overfitting_but_one_with_training_still_falling_is(
+        tmp_path, last_train, warned):
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with traintop.watch(model, optimizer, name="fit", runs_dir=tmp_path / "runs") as run:
+        for train, val in zip([*SPIRALS_T[:-1], last_train], SPIRALS_V):
+            for _ in range(22):
+                loss = model(torch.ones(4, 2)).sum() * 0 + train
+                optimizer.zero_grad()
+                loss.backward()
+                run.step(loss)
+                optimizer.step()
+            run.validate(val_loss=val)
+    found = warnings(read_events(run.session.folder.events)[0])
+    assert ("overfitting" in found) == warned, found
+    if warned:
+        assert "widened from -0.004" in found["overfitting"].message
+
+
 def test_a_detector_that_fails_is_turned_off_with_a_word_and_the_run_trains_on(tmp_path, monkeypatch):
     from traintop.engine.signals.flow import GradientFlow
 

@@ -27,10 +27,11 @@ class FitWatch:
     `flat_change`), V within 20% of T, and T fallen more than `moved` from its start: the model
     learnt what it could and is too small (or too held back) for the data.
 
-    `overfitting`: no new best V over the last N validations, T fell, and either V's median over
-    them is `overfit_rise` above its best, or the gap V - T widened at each of them, by
-    `overfit_widening` of what it was, to a gap of at least `overfit_widening` of V; the rise, the
-    widening and that last gap each by at least `overfit_floor` times the starting loss.
+    `overfitting`: no new best V over the last N validations, T fell (its median over them, and
+    its latest, below T at the best V: a T that rose with V is an unstable step), and either V's
+    median over them is `overfit_rise` above its best, or the gap V - T widened at each of them,
+    by `overfit_widening` of what it was, to a gap of at least `overfit_widening` of V; the rise,
+    the widening and that last gap each by at least `overfit_floor` times the starting loss.
     """
 
     def __init__(self, settings: SignalsConfig, loss: LossWatch):
@@ -127,8 +128,8 @@ class FitWatch:
         recent = self.history[-n:]
         best_step, best_v, best_t = self.best
         train_now = median(t for _, _, t in recent)
-        if not train_now < best_t:
-            return None
+        if not (train_now < best_t and recent[-1][2] < best_t):  # T risen back past its level at the best:
+            return None  # the training went wrong too (an unstable step), not learning by heart
         val_now = median(v for _, v, _ in recent)
         floor = s.overfit_floor * start
         step = self.history[-1][0]
