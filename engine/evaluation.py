@@ -221,7 +221,24 @@ def predict_records(model, objective: Objective, preprocess, records: list[dict]
     """
     if not records:
         return []
-    return answers(objective, preprocess, forward_all(model, record_inputs(preprocess, records, device)))
+    out = forward_all(model, record_inputs(preprocess, records, device))
+    found = answers(objective, preprocess, out)
+    finite = torch.isfinite(out.reshape(len(out), -1)).all(dim=1).tolist()
+    for row, (ok, answer) in enumerate(zip(finite, found)):
+        if not ok or not math.isfinite(answer.get("value", 0.0)):
+            raise NotFiniteAnswer(row)
+    return found
+
+
+class NotFiniteAnswer(BadValue):
+    """A record the model answers with an infinity or NaN: a wrong answer, refused as one."""
+
+    def __init__(self, row: int):
+        super().__init__(row, "", None, "")
+
+    def at(self, where: str) -> str:
+        return (f"{where}: the model's answer is not a finite number; its values are far outside those it "
+                "was trained on (or its weights are not finite), so there is no answer to give")
 
 
 def record_inputs(preprocess, records: list[dict], device: torch.device) -> torch.Tensor:

@@ -149,6 +149,13 @@ def test_regression_predictions_are_values_in_the_targets_units(tmp_path):
     assert list(table[0]) == ["row", "prediction"] and len(table) == 40
     values = [float(t["prediction"]) for t in table]
     assert 25 < sum(values) / len(values) < 350  # disease progression is 25..346, not standardized
+    # values a float holds, but so far outside training that the model's answer overflows: refused
+    far = rows.head(3).copy()
+    far.iloc[1] = [1e37, 9e36, 1e37, -1e37, 9e36, -1e37, 9e36, -9e36, 1e37, 1e37]
+    far.to_csv(path, index=False)
+    refused = traintop("predict", "latest", str(path), runs_dir=runs)
+    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
+    assert f"input {path}, row 1 (line 3): the model's answer is not a finite number" in refused.stderr
 
 
 async def test_a_finished_run_answers_predict_from_its_saved_weights(finished):
