@@ -438,6 +438,10 @@ def _validate(cfg: Config, origin: str) -> None:
                              "of images per class")
     if cfg.data.text and cfg.data.source != "csv":
         fail("data", "text", f"is {cfg.data.text!r}, but a text column needs data.source = \"csv\"")
+    if cfg.schedule.name in ("cosine", "onecycle", "plateau") and cfg.schedule.min_lr > cfg.optim.lr:
+        fail("schedule", "min_lr", f"is {cfg.schedule.min_lr:g}, above optim.lr = {cfg.optim.lr:g}: the "
+                                   f"{cfg.schedule.name} schedule decays from optim.lr down to min_lr, so give a "
+                                   "min_lr below optim.lr (0 by default)")
     if cfg.data.source == "python" and not cfg.data.factory:
         fail("data", "factory", "is empty; data.source = \"python\" needs \"module:function\", a function "
                                 "returning the train, validation and test sets")

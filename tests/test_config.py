@@ -210,6 +210,30 @@ def test_csv_source_needs_a_path_and_a_target():
     assert "data.target" in error_of(None, ["data.source=csv", "data.path=t.csv"])
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "plateau"])
+def test_a_schedule_floor_above_the_rate_it_decays_from_is_refused(schedule):
+    message = error_of(None, ["optim.lr=0.001", f"schedule.name={schedule}", "schedule.min_lr=1"])
+    assert f"schedule.min_lr is 1, above optim.lr = 0.001: the {schedule} schedule decays" in message
+    assert load_config(None, ["optim.lr=0.001", f"schedule.name={schedule}", "schedule.min_lr=0.001"])
+    assert load_config(None, ["optim.lr=0.001", "schedule.name=step", "schedule.min_lr=1"])  # step has no floor
+
+
+def test_a_warm_up_as_long_as_the_run_is_a_config_warning(tmp_path):
+    from traintop.engine import events as ev
+    from traintop.engine.run import Run
+    from traintop.engine.runstore import read_events
+
+    run = Run.prepare(load_config(None, ["train.epochs=1", "schedule.warmup_steps=500", "data.batch_size=256"]),
+                      tmp_path)
+    try:
+        run.train()
+    finally:
+        run.close()
+    said = [e.message for e in read_events(run.folder.events)[0] if isinstance(e, ev.RunWarning) and e.kind == "config"]
+    assert said == ["schedule.warmup_steps = 500 is as long as the whole run (5 steps): the rate never reaches "
+                    "optim.lr; give fewer warm-up steps"]
+
+
 def test_missing_config_file_is_named(tmp_path):
     path = tmp_path / "nope.toml"
     message = error_of(path)
