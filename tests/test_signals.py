@@ -83,6 +83,16 @@ def test_the_sample_configs_train_without_a_single_warning(tmp_path, config):
     assert not found, {k: w.message for k, w in found.items()}
 
 
+def test_a_first_batch_that_reads_low_by_chance_is_not_where_the_loss_started(tmp_path):
+    """Seed 205 of the diabetes sample: its first batch's loss, 0.25, is far under its first epoch's
+    mean, 0.37; judged from it the loss, down to 0.23, had hardly moved (plateau, underfitting)."""
+    events = train(tmp_path, SAMPLES / "diabetes_regression.toml", "run.seed=205")
+    first = next(e for e in events if isinstance(e, ev.Steps)).loss[0]
+    assert first == pytest.approx(0.247, abs=0.005)
+    found = warnings(events)
+    assert not found, {k: w.message for k, w in found.items()}
+
+
 def test_a_persisting_condition_is_one_warning_not_a_stream(tmp_path):
     events = train(tmp_path, None, "optim.name=sgd", "optim.lr=1e-5", "optim.momentum=0", "train.epochs=12")
     plateaus = [e for e in events if isinstance(e, ev.RunWarning) and e.kind == "plateau"]

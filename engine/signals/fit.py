@@ -15,7 +15,8 @@ class FitWatch:
     """What the losses say at each scheduled validation, looking back `validations` (N) of them.
 
     The training loss of a validation is the mean step loss since the one before; the starting
-    loss is the first step's. With T the training loss and V the validation loss:
+    loss is the first step's, or the median of the first 5 steps' if higher
+    (LossWatch.level_at_start). With T the training loss and V the validation loss:
 
     `plateau`: T changed by less than `flat_change` (relative) over the last N validations while
     above `high_loss` times the starting loss. When it has also fallen less than `moved` of its
@@ -64,7 +65,7 @@ class FitWatch:
             self.best, self.since_best = entry, 0
         else:
             self.since_best += 1
-        start = self.loss.start
+        start = self.loss.level_at_start
         if start is None or start <= 0 or len(self.history) <= self.s.validations or self.trained < MIN_STEPS:
             return []
         self.findings = {}
@@ -92,8 +93,8 @@ class FitWatch:
         step, n = self.history[-1][0], self.s.validations
         span = f"over the last {n} validations ({then:.4g} -> {now:.4g}, steps {self.history[-1 - n][0]}-{step})"
         if self.moved(start) < self.s.moved:
-            message = (f"the training loss has hardly moved from where it started ({start:.4g} at the first "
-                       f"step, {now:.4g} now) and is flat {span}: the learning rate is likely too low to move it")
+            message = (f"the training loss has hardly moved from where it started ({start:.4g} over the first "
+                       f"steps, {now:.4g} now) and is flat {span}: the learning rate is likely too low to move it")
         else:
             message = (f"the training loss is flat {span} at {now / start:.0%} of where it started, far from "
                        "zero: training has stalled")

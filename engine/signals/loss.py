@@ -12,6 +12,7 @@ REFRESH = 50  # the recent level is recomputed every this many steps (it costs ~
 BLOCK = 20  # divergence reads the loss as medians of blocks of this many steps
 RISING_BLOCKS = 3  # ... rising over this many blocks in a row
 MAD_SCALE = 1.4826  # MAD to a standard deviation, for normal noise
+FIRST_STEPS = 5  # the fit's starting level also reads the median of the first this many step losses
 
 
 def finding(*args, **kwargs):
@@ -53,6 +54,7 @@ class LossWatch:
     def __init__(self, settings: SignalsConfig):
         self.s = settings
         self.start: float | None = None  # the first finite step loss
+        self.first: list[float] = []  # the first FIRST_STEPS finite step losses
         self.window: deque[float] = deque(maxlen=settings.spike_window)
         self.changes: deque[float] = deque(maxlen=settings.spike_window - 1)  # |consecutive| in the window
         self.recent: deque[float] = deque(maxlen=BLOCK)
@@ -73,6 +75,8 @@ class LossWatch:
                 continue  # a non-finite loss is nan_loss's
             if self.start is None:
                 self.start = loss
+            if len(self.first) < FIRST_STEPS:
+                self.first.append(loss)
             if len(window) >= MIN_WINDOW:
                 if self.level is None or self.seen - self.level_at >= REFRESH:
                     self.level = self.robust_level()
@@ -145,12 +149,25 @@ class LossWatch:
                    f"RUN lr x{factor:g}`; clipping gradients (train.grad_clip) also helps",
             values={"loss": level, "start": start, "lowest": self.lowest, "factor": factor, "key": "-"})
 
+    @property
+    def level_at_start(self) -> float | None:
+        """Where the loss started, for judging how far it has come (plateau, underfitting,
+        overfitting): the first step's loss, or the median of the first five if higher. One batch
+        can read low by chance (the first batch of 32 of a noisy table read 0.25 where its first
+        epoch's mean was 0.37, and its loss then looked as if it had hardly moved); reading the
+        start too high only makes those conditions harder to call."""
+        if self.start is None:
+            return None
+        return max(self.start, median(self.first)) if self.first else self.start
+
     def state_dict(self) -> dict:
-        return {"start": self.start, "lowest": self.lowest if math.isfinite(self.lowest) else None,
-                "diverged": self.diverged}
+        return {"start": self.start, "first": self.first,
+                "lowest": self.lowest if math.isfinite(self.lowest) else None, "diverged": self.diverged}
 
     def load_state_dict(self, state: dict) -> None:
         self.start = state.get("start", self.start)
+        first = state.get("first")
+        self.first = [float(x) for x in first] if isinstance(first, list) else []
         lowest = state.get("lowest")
         self.lowest = lowest if lowest is not None else math.inf
         self.diverged = state.get("diverged", False)
