@@ -269,6 +269,28 @@ def test_a_preprocess_json_edited_after_the_run_is_named_not_the_checkpoint(fini
     assert f"{copy / 'preprocess.json'} is damaged: {said}; it was changed after the run" in proc.stderr
 
 
+def test_a_table_can_be_piped_into_predict_on_stdin_or_through_a_fifo_and_is_named_as_given(finished, tmp_path):
+    import threading
+
+    expected = traintop("predict", "latest", str(PLANTS_CSV), runs_dir=finished)
+    assert expected.returncode == 0, expected.stderr
+    piped = subprocess.run([*TRAINTOP, "predict", "latest", "-", "--runs-dir", str(finished)], capture_output=True,
+                           text=True, timeout=300, input=PLANTS_CSV.read_text())
+    assert piped.returncode == 0 and piped.stdout == expected.stdout, piped.stderr
+    fifo = tmp_path / "rows"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(PLANTS_CSV.read_bytes()))
+    writer.start()
+    through = traintop("predict", "latest", str(fifo), runs_dir=finished)
+    writer.join(timeout=60)
+    assert through.returncode == 0 and through.stdout == expected.stdout, through.stderr
+    wrong = subprocess.run([*TRAINTOP, "predict", "latest", "-", "--runs-dir", str(finished)], capture_output=True,
+                           text=True, timeout=300, input="a,b\n1,2\n")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "input standard input ('-') is missing feature column(s) soil" in wrong.stderr
+    assert "traintop-input-" not in wrong.stderr  # the copy it was read from is no name of the user's
+
+
 def test_a_row_with_one_field_fewer_than_the_header_is_refused_not_read_as_missing(finished, tmp_path):
     path = tmp_path / "short.csv"
     path.write_text("soil,sunlight_hours,water_ml,fertilizer,temperature_c\nclay,5,200,yes,20\nclay,5,200,yes\n")

@@ -702,7 +702,8 @@ def cmd_predict(args) -> int:
                 raise UserError(f"--out {args.out} is the input {args.input}: the predictions would replace it; "
                                 "give another path")
     predictor = Predictor.from_folder(folder, args.checkpoint, trust=args.trust)
-    ids, answers = predictor.predict_input(args.input)
+    with readable_input(args.input, predictor.preprocess.kind) as path:
+        ids, answers = predictor.predict_input(path)
     if predictor.skipped:  # the table holds the others; the user learns which are missing and why
         print(f"warning: {predictor.skipped}", file=sys.stderr)
     text = predictor.table(ids, answers)
@@ -713,6 +714,43 @@ def cmd_predict(args) -> int:
     print(f"wrote {len(answers)} prediction(s) to {args.out} ({predictor.checkpoint} weights, "
           f"step {predictor.step})", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def readable_input(path: Path, kind: str):
+    """predict's input as a file it can read more than once: the file itself, or, for `-` (standard
+    input) or a pipe (`<(...)`, a FIFO) given for a table, what they held, kept in a temporary file
+    that messages name as the input given."""
+    import shutil
+    import stat
+    import tempfile
+
+    stdin = str(path) == "-"
+    try:
+        piped = stdin or stat.S_ISFIFO(path.stat().st_mode) or stat.S_ISCHR(path.stat().st_mode)
+    except OSError:
+        piped = False  # missing or unreadable: predict names it
+    if not piped:
+        yield path
+        return
+    if kind == "image":
+        if stdin:
+            raise UserError("input '-': this run trained on images; give an image file or a folder of them")
+        yield path  # one image, read once
+        return
+    shown = "standard input ('-')" if stdin else str(path)
+    with tempfile.TemporaryDirectory(prefix="traintop-input-") as tmp:
+        spooled = Path(tmp) / ("stdin.csv" if stdin else path.name)
+        try:
+            with (contextlib.nullcontext(sys.stdin.buffer) if stdin else open(path, "rb")) as source, \
+                    open(spooled, "wb") as f:
+                shutil.copyfileobj(source, f)
+        except OSError as e:
+            raise UserError(f"input {shown} could not be read: {e.strerror or e}") from None
+        try:
+            yield spooled
+        except UserError as e:
+            raise UserError(str(e).replace(str(spooled), shown)) from None
 
 
 def output_path(text: str) -> Path:
