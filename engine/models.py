@@ -174,6 +174,10 @@ def _check_outputs(model: nn.Module, info: DataInfo) -> None:
     if not isinstance(out, torch.Tensor):
         raise UserError(f"model.factory: the model returned a {type(out).__name__} for a batch of inputs; "
                         "its forward must return a tensor of outputs")
+    if not out.is_floating_point():
+        raise UserError(f"model.factory: the model's outputs are {str(out.dtype).removeprefix('torch.')} numbers; "
+                        "a loss needs floating-point outputs (logits or values) with a gradient: return them "
+                        "before any rounding or .long()")
     want = [2, info.n_outputs]
     if list(out.shape) != want:
         if info.task != "classification":

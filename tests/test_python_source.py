@@ -402,6 +402,17 @@ def not_a_tensor(info):
         def forward(self, x):
             return {"logits": self.lin(x)}
     return Pair()
+
+
+def whole_numbers(info):
+    class Rounded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(info.input_shape[0], info.n_outputs)
+
+        def forward(self, x):
+            return self.lin(x).long()
+    return Rounded()
 '''
 
 
@@ -441,6 +452,7 @@ def test_a_factory_returning_bad_data_is_told_what_is_wrong_and_where(bad_folder
 @pytest.mark.parametrize("model, words", [
     ("too_wide", ["output for a batch of 2", "has shape [2, 3]", "needs [2, 2]", "one logit per class"]),
     ("not_a_tensor", ["returned a dict"]),
+    ("whole_numbers", ["the model's outputs are int64 numbers; a loss needs floating-point outputs"]),
 ])
 def test_a_model_whose_output_does_not_fit_the_task_is_named_before_training(tmp_path, bad_folder, model, words):
     with pytest.raises(UserError) as e:
