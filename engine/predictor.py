@@ -148,15 +148,19 @@ class Predictor:
         self.skipped = ""
         if not path.exists():
             raise UserError(f"input {path} does not exist")
+        bad: list[tuple[Path, str]] = []
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            found = sorted(p for p in path.rglob("*") if not p.name.startswith(".") and not p.is_dir())
+            files = [p for p in found if p.is_file()]
+            # a pipe, a device or a broken link is never opened (a pipe with no writer would wait forever)
+            bad += [(p, images.NOT_REGULAR) for p in found if not p.is_file()]
             if not files:
-                raise UserError(f"input folder {path} has no files; give an image or a folder of images")
+                raise UserError(f"input folder {path} has no files; give an image or a folder of images"
+                                + (f" ({images.bad_files_warning(bad, path)})" if bad else ""))
         else:
             files = [path]
         answers: list[dict[str, Any]] = []
         kept: list[Path] = []
-        bad: list[tuple[Path, str]] = []
         for i in range(0, len(files), CHUNK):
             chunk = files[i:i + CHUNK]
             try:

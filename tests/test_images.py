@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -297,6 +298,8 @@ def test_predict_on_a_folder_answers_every_readable_image_and_names_the_unreadab
     (inputs / "3-no-suffix").write_bytes(good[1].read_bytes())  # read by content, as training reads
     (inputs / "4.jfif").write_bytes(good[2].read_bytes())
     (inputs / "notes.txt").write_text("not an image")
+    os.mkfifo(inputs / "5-pipe.png")  # nothing writes to it: opened, it would wait forever
+    (inputs / "6-device.png").symlink_to("/dev/zero")
 
     def predict(path):
         return subprocess.run([sys.executable, "-m", "traintop.tui", "predict", str(run.folder.path), str(path)],
@@ -307,8 +310,10 @@ def test_predict_on_a_folder_answers_every_readable_image_and_names_the_unreadab
     rows = proc.stdout.splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(inputs / name) for name in
                                                    ("0.png", "1.png", "2.png", "3-no-suffix", "4.jfif")]
-    assert "skipped 3 unreadable" in proc.stderr and "1a-truncated.png" in proc.stderr
+    assert "skipped 5 unreadable" in proc.stderr and "1a-truncated.png" in proc.stderr
     assert "noise.jpg" in proc.stderr and "notes.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert "5-pipe.png (not a regular file: a pipe, a device or a broken link)" in proc.stderr
+    assert "6-device.png (not a regular file" in proc.stderr
     for name in ("0.png", "1.png", "2.png", "3-no-suffix", "4.jfif"):  # only the unreadable ones left:
         (inputs / name).unlink()  # nothing to answer, an error naming them
     proc = predict(inputs)
