@@ -532,7 +532,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise UserError(f"--set {text!r}: KEY must be section.key, e.g. train.epochs")
     try:
         value = tomllib.loads(f"v = {value_text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if value_text.strip()[:1] in ("[", "{", '"', "'"):  # meant as TOML, not a bare word
+            raise UserError(f"--set {key}: {value_text!r} is not a valid TOML value ({e}); e.g. "
+                            f"--set model.hidden=[64,64] or --set data.path='my data.csv'") from None
         value = value_text  # a bare word such as --set data.source=iris
     except RecursionError:
         raise UserError(f"--set {key}: the value is nested too deeply to read") from None

@@ -10,8 +10,11 @@ class UserError(Exception):
 
 
 def did_you_mean(word: str, choices) -> str:
-    """' (did you mean "x"?)' when a close choice exists, else ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    """' (did you mean "x"?)' when a close choice exists (letter case aside), else ''."""
+    choices = [str(c) for c in choices]
+    same = [c for c in choices if c.lower() == str(word).lower()]
+    close = same or difflib.get_close_matches(str(word).lower(), [c.lower() for c in choices], n=1, cutoff=0.6)
+    close = [next(c for c in choices if c.lower() == close[0].lower())] if close else []
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 

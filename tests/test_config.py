@@ -234,6 +234,21 @@ def test_a_warm_up_as_long_as_the_run_is_a_config_warning(tmp_path):
                     "optim.lr; give fewer warm-up steps"]
 
 
+@pytest.mark.parametrize("override, said", [
+    ("model.hidden=[64,", "--set model.hidden: '[64,' is not a valid TOML value"),
+    ('data.path="my data.csv', "--set data.path: '\"my data.csv' is not a valid TOML value"),
+])
+def test_a_set_value_meant_as_toml_that_does_not_parse_is_named_as_such(override, said):
+    message = error_of(None, [override])
+    assert message.startswith(said) and "--set model.hidden=[64,64]" in message
+
+
+@pytest.mark.parametrize("key, given, meant", [("data.source", "CSV", "csv"), ("schedule.name", "Cosine", "cosine"),
+                                               ("optim.name", "AdamW", "adamw"), ("data.source", "irls", "iris")])
+def test_a_choice_in_another_letter_case_or_misspelt_is_pointed_to_the_right_one(key, given, meant):
+    assert f'is {given!r} (did you mean "{meant}"?)' in error_of(None, [f"{key}={given}"])
+
+
 def test_missing_config_file_is_named(tmp_path):
     path = tmp_path / "nope.toml"
     message = error_of(path)
