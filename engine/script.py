@@ -81,6 +81,7 @@ class AutoWatch:
 
         DataLoader.__iter__ = __iter__
         self.active = True
+        _installed.append(self)
 
     def uninstall(self) -> None:
         from torch.utils.data import DataLoader
@@ -93,6 +94,8 @@ class AutoWatch:
             self._original_iter = None
         self.capture.__exit__(None, None, None)
         self.active = False
+        if self in _installed:
+            _installed.remove(self)
 
     def batches(self, loader, iterator):
         """A DataLoader's batches as it yields them; the training loader's start is an epoch's start,
@@ -303,6 +306,17 @@ class NoInput(io.TextIOBase):
 
 
 current: AutoWatch | None = None  # the script's watch, while it has not bound an optimizer
+_installed: list[AutoWatch] = []  # the watches whose hooks are in
+
+
+def _unhook_in_child() -> None:
+    """A forked child's optimizers are its own (a Pool worker training a model of its own): no
+    hook of the parent's run follows them."""
+    for auto in list(_installed):
+        auto.uninstall()
+
+
+os.register_at_fork(after_in_child=_unhook_in_child)
 
 
 def run_script(folder: RunFolder | None, script: Path, argv: list[str], name: str | None = None, printer=None,

@@ -192,7 +192,18 @@ class Session:
         self._done: Future = Answer()  # awaited by the server, set by the loop
         self._serving: threading.Thread | None = None
         self._ending = False  # run_finished is on its way: nothing from other threads after it
+        self.forked = False  # this is a copy of the session in a forked child: see leave_to_parent
         self._ending_lock = threading.Lock()
+
+    def leave_to_parent(self) -> None:
+        """In a process forked from this one (a Pool worker, os.fork): the run is the parent's. This
+        copy writes nothing (its log's file is the parent's, shared), saves nothing, serves nothing
+        and reads as closed, so the child's steps are not mixed into the run."""
+        self.leader, self.log, self.checkpointer, self.recorder = False, NoLog(), NoCheckpoints(), None
+        self.forked = True
+        self._done = Answer()
+        self._done.set_result("forked")
+        self._serving = None
 
     @classmethod
     def open(cls, folder: RunFolder, *, name: str, source: str, config: dict | None = None,

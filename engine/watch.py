@@ -377,8 +377,9 @@ class WatchedRun:
 
     def _after_finish(self, call: str) -> None:
         """A step or validation handed over after the run finished: not recorded, and said once
-        each, as a Python warning pointing at the loop's line (the loop goes on)."""
-        if call not in self._said_finished:
+        each, as a Python warning pointing at the loop's line (the loop goes on). In a forked
+        child the run is the parent's: nothing is said."""
+        if call not in self._said_finished and not self.session.forked:
             self._said_finished.add(call)
             warnings.warn(f"traintop: {call} after run {self.session.run_id} finished (run.finish(), or the end of "
                           "its with block) is not recorded; finish the run after the training loop",
@@ -814,9 +815,18 @@ def _exit(status=None):
     _sys_exit(status)
 
 
+def _leave_runs_to_parent() -> None:
+    """In a forked child (a Pool worker, os.fork, a DataLoader worker): every run is the parent's.
+    The child records nothing into them and its exit finishes none of them."""
+    for run in list(_live):
+        run.session.leave_to_parent()
+    _live.clear()
+
+
 sys.excepthook = _excepthook
 sys.exit = _exit
 atexit.register(_finish_at_exit)
+os.register_at_fork(after_in_child=_leave_runs_to_parent)
 
 
 def _in_notebook() -> bool:

@@ -390,6 +390,50 @@ def test_accumulation_that_divides_each_loss_by_its_passes_records_the_undivided
     assert len(means) == 6 and recorded == pytest.approx(means, rel=1e-5)
 
 
+FORKS = {
+    "a fork pool": (
+        "import multiprocessing as mp\n"
+        "def work(seed):\n"
+        "    torch.manual_seed(seed); m = model(); opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+        "    train(m, opt)\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.get_context('fork').Pool(2) as pool:\n"
+        "        pool.map(work, [1, 2])\n"
+        "    m = model(); train(m, torch.optim.SGD(m.parameters(), lr=0.1))\n"),
+    "os.fork": (
+        "import os\n"
+        "m = model(); opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+        "train(m, opt)\n"
+        "child = os.fork()\n"
+        "train(m, opt)  # both processes: the child's steps are its own\n"
+        "if child:\n"
+        "    os.waitpid(child, 0)\n"),
+}
+
+
+@pytest.mark.parametrize("fork", list(FORKS))
+def test_a_forked_process_that_trains_records_nothing_into_the_parents_run(tmp_path, fork):
+    runs = tmp_path / "runs"
+    script = tmp_path / "forks.py"
+    script.write_text(
+        "import torch, torch.nn as nn\n"
+        "torch.set_num_threads(1)  # a forked child of a multi-threaded parent would wait on its pool\n"
+        "X = torch.randn(256, 8); y = (X.sum(1) > 0).long()\n"
+        "def model(): return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))\n"
+        "def train(m, opt):\n"
+        "    for i in range(0, 256, 32):\n"
+        "        loss = nn.functional.cross_entropy(m(X[i:i + 32]), y[i:i + 32])\n"
+        "        opt.zero_grad(); loss.backward(); opt.step()\n" + FORKS[fork])
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    events = read_events(only_run(runs) / "events.jsonl")[0]
+    steps = [x for e in events if isinstance(e, ev.Steps) for x in e.step]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == (8 if fork == "a fork pool" else 16)
+    assert sum(isinstance(e, ev.RunStarted) for e in events) == 1
+    assert [e.status for e in events if isinstance(e, ev.RunFinished)] == ["completed"]
+    assert isinstance(events[-1], ev.RunFinished)
+
+
 def test_a_gans_two_optimizers_record_the_first_ones_loss_alone(tmp_path):
     """A GAN steps its discriminator and then its generator, turn by turn: the steps recorded are
     the discriminator's, each with the mean of its own backward passes; the generator's loss, which
