@@ -460,7 +460,9 @@ class WatchedRun:
         if status is None:
             status = self.session.stop_status if self.session.stop_request is not None else "completed"
         stop = self.session.stop_request
-        if (status in ("stopped", "early_stopped") and stop is not None and stop.save and self.steps
+        # Stopped by traintop (unless told not to save), or by Ctrl-C or SIGTERM: last.pt first.
+        asked = stop.save if stop is not None else status == "stopped"
+        if (status in ("stopped", "early_stopped") and asked and self.steps
                 and self.session.source in ("watch", "script")  # Lightning's and HF's save their own way
                 and (self.model is not None or self.optimizer is not None or self._checkpoint_fn is not None)):
             self._save_or_warn("last")  # as a config run's stop does: last.pt, then the end

@@ -3,6 +3,7 @@ real processes and over the real socket."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -84,6 +85,29 @@ def test_stop_ends_an_unchanged_script_cleanly_and_traintop_exits_0(tmp_path):
 
     state = torch.load(folder.last, weights_only=True)  # the stop saved the script's model, as it says
     assert state["step"] == events[-1].step and "0.weight" in state["model"] and "state" in state["optimizer"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_on_a_script_saves_last_pt_before_it_ends_stopped(tmp_path, sig, code):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([*TRAINTOP, "run", str(EXAMPLES / "train_digits.py"), "--headless", "--",
+                             "--epochs", "100000"], cwd=tmp_path, env=env_for(runs), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc)
+        while max(steps_in(read_events(folder.events)[0]) or [0]) < 30:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    events = read_events(folder.events)[0]
+    assert events[-1].status == "stopped"
+    import torch
+
+    state = torch.load(folder.last, weights_only=True)
+    assert state["step"] == events[-1].step >= 30 and "0.weight" in state["model"]
 
 
 def test_a_plain_lightning_script_stopped_by_traintop_exits_0(tmp_path):
