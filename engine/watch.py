@@ -84,6 +84,12 @@ def watch(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
         raise UserError(f"watch: model is {show_value(model)}; give a torch.nn.Module (or None)")
     if optimizer is not None and not isinstance(getattr(optimizer, "param_groups", None), list):
         raise UserError(f"watch: optimizer is {show_value(optimizer)}; give a torch.optim.Optimizer (or None)")
+    params = [*(model.parameters() if model is not None else ()),
+              *(p for g in (optimizer.param_groups if optimizer is not None else ()) for p in g.get("params", ()))]
+    if any(isinstance(p, torch.Tensor) and p.is_meta for p in params):
+        raise UserError("watch: the model's parameters are on the meta device (made but not materialised): call "
+                        "watch once they hold values, after model.to_empty(device=...) and loading the weights, "
+                        "with the optimizer made for them")
     if config is not None and not isinstance(config, Mapping):
         if not hasattr(config, "__dict__"):
             raise UserError(f"watch: config is {show_value(config)}; give a dict (vars(args) for argparse)")

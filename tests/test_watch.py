@@ -233,6 +233,7 @@ def test_a_bad_value_handed_to_a_watched_run_is_refused_where_it_is_handed_over_
     (dict(scaler="s"), "watch: scaler is 's'; give the loop's torch.amp.GradScaler"),
     (dict(sync_every=0), "watch: sync_every is 0; give a whole number of steps above 0"),
     (dict(name=["a"]), "watch: name is ['a']; give a string"),
+    (dict(model="META"), "watch: the model's parameters are on the meta device"),
 ])
 def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message):
     import traintop
@@ -243,6 +244,10 @@ def test_watch_refuses_what_it_cannot_use_naming_it(tmp_path, arguments, message
     if arguments.get("runs_dir") == "FILE":
         (tmp_path / "a-file").write_text("")
         arguments = dict(runs_dir=tmp_path / "a-file")
+    if arguments.get("model") == "META":  # made on the meta device, to be materialised later
+        with torch.device("meta"):
+            model = torch.nn.Linear(3, 1)
+        arguments = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     given.update(arguments)
     with pytest.raises(UserError) as refused:
         traintop.watch(given.pop("model"), given.pop("optimizer"), **{"name": "refused", **given})
