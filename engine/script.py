@@ -56,6 +56,7 @@ class AutoWatch:
         self.optimizer: torch.optim.Optimizer | None = None
         self.capture = LossCapture()
         self.norms: list[torch.Tensor] | None = None
+        self.closure = False  # the followed optimizer's step was given a closure
         self.stopped = False  # traintop asked the script to stop
         self.said_lossless = False  # the no_loss warning is given once
         self._handles = []
@@ -125,6 +126,7 @@ class AutoWatch:
                 self.run.extra_scales.append(LrScale(optimizer, self.run.lr.scale))
             return
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        self.closure = closure is not None
         # Without a closure, these are the gradients the optimizer is about to use.
         self.norms = None if closure is not None else self.run.recorder.gradients.layer_norms()
 
@@ -145,7 +147,9 @@ class AutoWatch:
         if norms is None:  # a closure ran forward and backward inside the step
             norms = run.recorder.gradients.layer_norms()
         losses = self.capture.take()
-        if len(losses) == 1:  # one backward pass a step, the usual case: its loss as it is
+        if len(losses) == 1 or self.closure and losses:  # one backward pass a step, the usual case: its loss
+            # as it is; a closure evaluated several times (LBFGS's line search): its first, which
+            # `step` returns, the loss at the weights the step started from
             loss = losses[0]
         elif losses:  # accumulation: the mean of the step's backward passes
             loss = torch.stack([x.float() for x in losses]).mean()

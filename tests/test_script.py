@@ -458,6 +458,30 @@ def test_a_forked_process_that_trains_records_nothing_into_the_parents_run(tmp_p
     assert isinstance(events[-1], ev.RunFinished)
 
 
+def test_an_optimizer_given_a_closure_records_the_loss_its_step_returns(tmp_path):
+    """LBFGS evaluates its closure several times a step (a line search); the step's loss is the
+    first, the one `step(closure)` returns, not a mean with the trial points'."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "lbfgs.py"
+    script.write_text(
+        "import torch, torch.nn as nn\n"
+        "torch.manual_seed(0)\n"
+        "X = torch.randn(256, 8); y = (X.sum(1) > 0).long()\n"
+        "m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))\n"
+        "opt = torch.optim.LBFGS(m.parameters(), lr=0.5, max_iter=5)\n"
+        "with open('printed.txt', 'w') as out:\n"
+        "    for i in range(0, 256, 64):\n"
+        "        def closure():\n"
+        "            opt.zero_grad(); loss = nn.functional.cross_entropy(m(X[i:i + 64]), y[i:i + 64])\n"
+        "            loss.backward(); return loss\n"
+        "        out.write(repr(opt.step(closure).item()) + '\\n')\n")
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = [float(x) for x in (tmp_path / "printed.txt").read_text().split()]
+    recorded = [x for e in read_events(only_run(runs) / "events.jsonl")[0] if isinstance(e, ev.Steps) for x in e.loss]
+    assert len(printed) == 4 and recorded == pytest.approx(printed, rel=1e-5)
+
+
 def test_a_gans_two_optimizers_record_the_first_ones_loss_alone(tmp_path):
     """A GAN steps its discriminator and then its generator, turn by turn: the steps recorded are
     the discriminator's, each with the mean of its own backward passes; the generator's loss, which
