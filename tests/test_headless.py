@@ -115,6 +115,12 @@ def test_a_failed_runs_last_lines_name_the_checkpoint_it_keeps():
     printer.apply(ev.RunFinished(t=2.0, status="failed", error="non-finite loss or gradient at step 120", step=130,
                                  epoch=2))
     assert "  kept    /runs/r/checkpoints/last.pt, saved at step 79\n" in out.getvalue()
+    out = io.StringIO()  # a run that failed before its first last.pt, with a best.pt (a rank gone)
+    printer = HeadlessPrinter(out)
+    printer.apply(ev.CheckpointSaved(t=1.5, path="/runs/r/checkpoints/best.pt", kind="best", step=100))
+    printer.apply(ev.RunFinished(t=2.0, status="failed", error="rank 1 ended", step=130, epoch=2))
+    assert ("  kept    no last.pt to resume from; /runs/r/checkpoints/best.pt (step 100) holds the best weights, "
+            "for predict\n") in out.getvalue()
 
 
 def test_a_loops_own_monitor_names_its_best_and_steps_without_a_loss_leave_the_mean_alone():

@@ -34,6 +34,7 @@ class HeadlessPrinter:
         self.last: dict = {}
         self.best: ev.Validation | None = None
         self.saved: ev.CheckpointSaved | None = None  # the last save to resume from (best.pt aside)
+        self.best_saved: ev.CheckpointSaved | None = None  # the last best.pt
         self.early_said = False  # the run's first early_stopping_changed (its start) has been seen
         self.test: ev.TestResult | None = None  # the first test: the run's score
         self.extension_test: ev.TestResult | None = None  # the latest test after an extension
@@ -142,7 +143,9 @@ class HeadlessPrinter:
         self.early_said = True
 
     def on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
-        if e.kind != "best":  # best.pt is rewritten often; the final line names it
+        if e.kind == "best":
+            self.best_saved = e
+        else:  # best.pt is rewritten often; the final line names it
             self.saved = e
             self.line(f"  saved   {e.kind} checkpoint at step {e.step}: "
                       + (e.path or "by the loop's own function, in no file it named"))
@@ -185,9 +188,14 @@ class HeadlessPrinter:
         if e.error:
             self.line(f"  error   {e.error}")
         if e.status == "failed":  # what is left to go on from
-            saved = self.saved
-            self.line("  kept    no checkpoint: the run failed before its first save" if saved is None else
-                      f"  kept    {saved.path or 'what the loop saved its own way'}, saved at step {saved.step}")
+            saved, best = self.saved, self.best_saved
+            if saved is not None:
+                self.line(f"  kept    {saved.path or 'what the loop saved its own way'}, saved at step {saved.step}")
+            elif best is not None:
+                self.line(f"  kept    no last.pt to resume from; {best.path or 'the best weights'} (step {best.step}) "
+                          "holds the best weights, for predict")
+            else:
+                self.line("  kept    no checkpoint: the run failed before its first save")
         if self.best is not None:
             value = self.best.val_loss if self.monitor == "val_loss" else self.best.metrics.get(self.monitor[4:])
             self.line(f"  best    {self.monitor} {fmt(value)} at epoch {self.best.epoch} (step {self.best.step})")
