@@ -293,6 +293,28 @@ class World:
                 seen.setdefault(key, []).append(value)
         return {key: sum(v) / len(v) for key, v in seen.items()}
 
+    def ready(self, build: Callable[[], Any]) -> Any:
+        """`build()` on every rank (its data, its model), then every rank says whether it got there:
+        one that did not ends the run on every rank before anything is made, its own error raised
+        where it failed and named by its rank on the others (a UserError stays one, for exit 2)."""
+        try:
+            built, failure = build(), None
+        except BaseException as e:  # noqa: BLE001 - said to the other ranks, then raised here
+            built, failure = None, e
+        said = None if failure is None else ("refused" if isinstance(failure, UserError) else "failed",
+                                             str(failure) or type(failure).__name__)
+        reports = self.gather(said)
+        if failure is not None:
+            raise failure
+        for rank, report in enumerate(reports):
+            if report is not None:
+                kind, text = report
+                first = text.strip().splitlines()[0] if text.strip() else text
+                if kind == "refused":
+                    raise UserError(f"rank {rank} could not start: {first} (its own message says more)")
+                raise RankFailed(f"rank {rank} failed as it started: {first}")
+        return built
+
     def share(self, make: Callable[[], Any] | None, wire: Callable[[Any], Any] = lambda x: x) -> Any:
         """Rank 0 runs `make()` and every other rank gets `wire(result)`; a UserError there is raised
         on every rank, so a run refused on rank 0 is refused everywhere and no rank waits for it."""
@@ -475,15 +497,29 @@ def launch_main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # its INFO and WARNING chatter
+    # its INFO and WARNING chatter, and its ERROR line on a rank's end, which the line below says in words
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(parse_args([*options, *engine]))
     except ChildFailedError as e:
+        import signal
+
         codes = {f.exitcode for f in e.failures.values()}
-        ranks = ", ".join(str(r) for r in sorted(e.failures))
-        print(f"traintop: rank {ranks} ended with exit code {', '.join(str(c) for c in sorted(codes))}",
-              file=sys.stderr, flush=True)
-        return 2 if codes == {2} else 1
+        ended_first = any(code >= 0 for code in codes)  # the launcher then stops the others with SIGTERM
+
+        def ended(code: int) -> str:
+            if code >= 0:
+                return f"exit code {code}"
+            if code == -signal.SIGTERM and ended_first:
+                return "stopped as another rank ended"
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+
+        said = "; ".join(f"rank {r} {ended(e.failures[r].exitcode)}" for r in sorted(e.failures))
+        print(f"traintop: {said}", file=sys.stderr, flush=True)
+        return 2 if 2 in codes and codes <= {2, -signal.SIGTERM} else 1
     except SignalException as e:
         return 128 + int(e.sigval)
     except KeyboardInterrupt:

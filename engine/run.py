@@ -108,9 +108,13 @@ class Run:
         by a launcher of several ranks, every rank trains and rank 0 alone makes the folder.
         """
         world = World.start()
-        data = load_data(cfg)
-        device = on_device(cfg, world)
-        model = Model(cfg, data, device)  # a model that cannot be built fails here, before any folder exists
+
+        def build():  # a model that cannot be built fails here, before any folder exists
+            data = load_data(cfg)
+            device = on_device(cfg, world)
+            return data, device, Model(cfg, data, device)
+
+        data, device, model = build() if world is None else world.ready(build)  # on every rank, or on none
 
         def make() -> Session:
             made = folder or RunFolder.create(runs_dir or default_runs_dir(), cfg.run.name)
@@ -173,9 +177,12 @@ class Run:
             return cfg, keys, status, state
 
         cfg, keys, status, state = checked() if world is None else world.share(checked if world.leader else None)
-        data = load_data(cfg)
-        check_same_data(folder, data.summary(cfg.data.batch_size))
-        device = on_device(cfg, world)
+        def build():
+            data = load_data(cfg)
+            check_same_data(folder, data.summary(cfg.data.batch_size))
+            return data, on_device(cfg, world)
+
+        data, device = build() if world is None else world.ready(build)  # on every rank, or on none
         if world is None or world.leader:
             session = Session(folder, source="config", lock=lock)
         else:

@@ -191,6 +191,27 @@ def model(info):
 '''
 
 
+def test_data_that_fails_on_one_rank_only_is_refused_on_every_rank_before_any_folder_is_made(tmp_path):
+    (tmp_path / "fac.py").write_text(
+        "import os, torch\n"
+        "def data():\n"
+        "    if os.environ.get('RANK') == '1':\n"
+        "        raise RuntimeError('rank one cannot read its data')\n"
+        "    x = torch.randn(300, 4); y = (x[:, 0] > 0).long()\n"
+        "    return (x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:])\n")
+    config = tmp_path / "cfg.toml"
+    config.write_text('[data]\nsource = "python"\nfactory = "fac:data"\n[train]\nepochs = 2\n')
+    runs = tmp_path / "runs"
+    proc = traintop("run", config, "--nproc-per-node", "2", "--headless", runs=runs)
+    assert proc.returncode == 2, proc.stderr
+    assert "rank 1 could not start: data.factory: data() failed" in proc.stderr
+    assert "RuntimeError: rank one cannot read its data" in proc.stderr  # the user's own traceback
+    assert "traintop/engine" not in proc.stderr and "engine/" not in proc.stderr and "E1" not in proc.stderr
+    assert re.search(r"traintop: rank 0 exit code 2; rank 1 (exit code 2|stopped as another rank ended)",
+                     proc.stderr)
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 def test_two_ranks_train_digits_to_the_band_of_one_process_and_a_killed_run_resumes_to_the_same_test(tmp_path):
     (tmp_path / "slow.py").write_text(SLOW_MLP)
     config = tmp_path / "slow.toml"
