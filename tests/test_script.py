@@ -110,6 +110,34 @@ def test_sigterm_or_ctrl_c_on_a_script_saves_last_pt_before_it_ends_stopped(tmp_
     assert state["step"] == events[-1].step >= 30 and "0.weight" in state["model"]
 
 
+def test_ctl_on_a_script_between_its_steps_says_why_it_waits_and_the_stop_applies_at_the_next_step(tmp_path):
+    runs = tmp_path / "runs"
+    script = tmp_path / "sleepy.py"
+    script.write_text(
+        "import time, torch\n"
+        "m = torch.nn.Linear(4, 1); opt = torch.optim.SGD(m.parameters(), lr=0.01)\n"
+        "def train(n):\n"
+        "    for _ in range(n):\n"
+        "        loss = m(torch.randn(8, 4)).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()\n"
+        "train(20)\n"
+        "open('sleeping', 'w').close()\n"
+        "time.sleep(6)  # its own work, between two steps\n"
+        "train(20)\n")
+    proc = subprocess.Popen([*TRAINTOP, "run", str(script), "--headless"], cwd=tmp_path, env=env_for(runs),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc)
+        while not (tmp_path / "sleeping").exists():
+            time.sleep(0.05)
+        stop = traintop("ctl", folder.run_id, "stop", runs=runs, cwd=tmp_path)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert stop.returncode == 0 and "stopping at step 21" in stop.stdout, stop.stderr
+    assert "is between two now" in stop.stderr and "waiting for its next step" in stop.stderr
+    assert read_events(folder.events)[0][-1].status == "stopped"
+
+
 def test_a_plain_lightning_script_stopped_by_traintop_exits_0(tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.Popen([*TRAINTOP, "run", str(SCRIPTS / "lightning_plain.py"), "--headless", "--", "100000"],

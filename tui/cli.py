@@ -610,6 +610,9 @@ def patience_value(text: str) -> int:
     return value
 
 
+WAIT_SAID_SECONDS = 3.0  # ctl says why it waits once a reply takes this long
+
+
 def cmd_ctl(args) -> int:
     from traintop.engine.client import LiveRun
 
@@ -630,15 +633,24 @@ def cmd_ctl(args) -> int:
     async def send():
         source = await LiveRun.connect(folder, parse_events=False)
         try:
-            return await source.send(command)
+            reply = asyncio.ensure_future(source.send(command))
+            if not (await asyncio.wait({reply}, timeout=WAIT_SAID_SECONDS))[0]:  # a loop between its steps
+                print(f"traintop: run {folder.run_id} applies commands at its steps and is between two now (a "
+                      f"validation, a save, or work of its own): waiting for its next step (Ctrl-C stops waiting; "
+                      f"the command stays queued)", file=sys.stderr, flush=True)
+            return await reply
         finally:
             await source.close()
 
     try:
         reply = asyncio.run(send())
     except asyncio.TimeoutError:
-        print(f"traintop: no reply from the engine of {folder.run_id} within 60 s", file=sys.stderr)
+        print(f"traintop: no reply from run {folder.run_id} within 60 s: it has not stepped since; the command "
+              "stays queued for its next step", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("traintop: stopped waiting; the command stays queued for the run's next step", file=sys.stderr)
+        return 130
     print(reply.message, file=sys.stdout if reply.ok else sys.stderr)
     return 0 if reply.ok else 1
 
