@@ -18,6 +18,13 @@ def did_you_mean(word: str, choices) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+class StopRequested(KeyboardInterrupt):
+    """traintop's stop, raised in a loop that never read `should_stop`, as Ctrl-C would end it."""
+
+    def __init__(self):
+        super().__init__("traintop: the run was asked to stop")
+
+
 class DiskFull(Exception):
     """A run's file could not be written for want of space (or over a size limit or quota).
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .capture import LossCapture
-from .errors import UserError
+from .errors import StopRequested, UserError
 from .lrscale import LrScale
 from .runstore import RunFolder, write_json
 
@@ -179,7 +179,7 @@ class AutoWatch:
         run.step_boundary()
         if run.should_stop and not self.stopped:
             self.stopped = True
-            raise KeyboardInterrupt("traintop: the run was asked to stop")
+            raise StopRequested()
 
     def hand_over(self, optimizer) -> None:
         """Follow `optimizer` from now on: the script has moved on to another model. The steps so

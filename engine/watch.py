@@ -44,7 +44,7 @@ from .checkpoint import all_finite, snapshot
 from .config import SignalsConfig, build_config, show_value
 from .distributed import World, unwrap
 from .early_stopping import EarlyStopping
-from .errors import UserError
+from .errors import StopRequested, UserError
 from .gradients import Gradients
 from .lrscale import LrScale
 from .models import describe_layers
@@ -351,7 +351,7 @@ class WatchedRun:
         if session.stop_request is not None and not self._stop_seen and not self._iterating:
             # The loop never looked at should_stop: stop it as Ctrl-C would.
             self._stop_seen = True
-            raise KeyboardInterrupt("traintop: the run was asked to stop")
+            raise StopRequested()
         if self.timer.on:
             self.timer.lap("forward+backward")
         now = time.perf_counter()
@@ -831,7 +831,17 @@ def _leave_runs_to_parent() -> None:
     _live.clear()
 
 
+_previous_thread_hook = threading.excepthook
+
+
+def _thread_hook(args) -> None:
+    if isinstance(args.exc_value, StopRequested):
+        return  # traintop's stop, ending a thread that trains, as asked: no traceback
+    _previous_thread_hook(args)
+
+
 sys.excepthook = _excepthook
+threading.excepthook = _thread_hook
 sys.exit = _exit
 atexit.register(_finish_at_exit)
 os.register_at_fork(after_in_child=_leave_runs_to_parent)

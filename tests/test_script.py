@@ -138,6 +138,30 @@ def test_ctl_on_a_script_between_its_steps_says_why_it_waits_and_the_stop_applie
     assert read_events(folder.events)[0][-1].status == "stopped"
 
 
+def test_a_script_that_trains_in_a_thread_is_stopped_without_a_traceback(tmp_path):
+    runs = tmp_path / "runs"
+    script = tmp_path / "threaded.py"
+    script.write_text(
+        "import threading, torch\n"
+        "m = torch.nn.Linear(4, 1); opt = torch.optim.SGD(m.parameters(), lr=0.01)\n"
+        "def train():\n"
+        "    while True:\n"
+        "        loss = m(torch.randn(8, 4)).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()\n"
+        "worker = threading.Thread(target=train); worker.start(); worker.join()\n")
+    proc = subprocess.Popen([*TRAINTOP, "run", str(script), "--headless"], cwd=tmp_path, env=env_for(runs),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = live_folder(runs, proc)
+        while max(steps_in(read_events(folder.events)[0]) or [0]) < 30:
+            time.sleep(0.05)
+        assert traintop("ctl", folder.run_id, "stop", runs=runs, cwd=tmp_path).returncode == 0
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err and "Exception in thread" not in err, err
+    assert read_events(folder.events)[0][-1].status == "stopped"
+
+
 def test_a_plain_lightning_script_stopped_by_traintop_exits_0(tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.Popen([*TRAINTOP, "run", str(SCRIPTS / "lightning_plain.py"), "--headless", "--", "100000"],
