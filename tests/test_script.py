@@ -162,6 +162,21 @@ def test_a_script_that_trains_in_a_thread_is_stopped_without_a_traceback(tmp_pat
     assert read_events(folder.events)[0][-1].status == "stopped"
 
 
+def test_a_script_that_exits_with_a_status_of_its_own_fails_its_run_and_passes_the_status_on(tmp_path):
+    runs = tmp_path / "runs"
+    script = tmp_path / "exits.py"
+    script.write_text(
+        "import sys, torch\n"
+        "m = torch.nn.Linear(4, 1); opt = torch.optim.SGD(m.parameters(), lr=0.01)\n"
+        "for _ in range(5):\n"
+        "    loss = m(torch.randn(8, 4)).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()\n"
+        "sys.exit(3)\n")
+    done = traintop("run", str(script), "--headless", runs=runs, cwd=tmp_path)
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    finished = read_events(only_run(runs) / "events.jsonl")[0][-1]
+    assert finished.status == "failed" and finished.error == "the script exited with status 3" and finished.step == 5
+
+
 def test_a_plain_lightning_script_stopped_by_traintop_exits_0(tmp_path):
     runs = tmp_path / "runs"
     proc = subprocess.Popen([*TRAINTOP, "run", str(SCRIPTS / "lightning_plain.py"), "--headless", "--", "100000"],
