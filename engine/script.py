@@ -113,7 +113,7 @@ class AutoWatch:
             self.loader = loader
         for batch in iterator:
             self._iterating = loader
-            if training:
+            if training or loader is self.loader:  # in the first pass, the loader is known at the first step
                 run.batch_samples = _batch_len(batch)
             yield batch
 

@@ -369,6 +369,8 @@ def test_a_script_that_makes_its_loader_each_epoch_is_counted_epoch_by_epoch(tmp
     assert [e.epoch for e in events if isinstance(e, ev.EpochEnd)] == [1, 2, 3]
     assert [x for e in events if isinstance(e, ev.Steps) for x in e.epoch] == [1] * 4 + [2] * 4 + [3] * 4
     assert events[-1].status == "completed" and events[-1].epoch == 3
+    # samples/s from the first epoch on (its loader is known from its first step); the step before, none
+    assert all(e.samples_per_s > 0 for e in events if isinstance(e, ev.Steps) and e.step[0] > 1)
 
 
 def test_a_script_without_a_loader_is_logged_in_steps_a_second(tmp_path):
