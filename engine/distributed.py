@@ -379,10 +379,13 @@ class World:
             host, _, pid = (self._get(PROCESS_KEY + str(r)) or "").partition(" ")
             if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
                 gone.append(r)
+        own = own.strip().splitlines()[0][:300] if own.strip() else own  # torch's first line says it
         if gone:
             names = ", ".join(str(r) for r in gone)
             return f"rank {names} ended without a word (its process is gone): {own}"
-        return f"a rank stopped answering within {timeout_seconds():g} s ({TIMEOUT_ENV}): {own}"
+        if "timed out" in own.lower() or "timeout" in own.lower():
+            return f"a rank stopped answering within {timeout_seconds():g} s ({TIMEOUT_ENV}): {own}"
+        return f"the connection to another rank broke (that rank ended, or its machine went away): {own}"
 
     def _failures(self) -> dict[int, str]:
         found = {}
