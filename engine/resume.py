@@ -96,13 +96,14 @@ def resume_config(folder: RunFolder, overrides: list[str],
 
 def changed_fixed(before: dict, after: dict) -> list[tuple[str, Any, Any]]:
     """The keys of FIXED_ON_RESUME whose values differ between two configs (as `to_dict` gives
-    them, or as JSON kept them): (key, before, after)."""
+    them, or as JSON kept them): (key, before, after). Only keys `before` holds: a key a later
+    traintop added is not a change."""
     import json
 
     changed = []
     for section, keys in FIXED_ON_RESUME.items():
         old, new = (c.get(section) if isinstance(c.get(section), dict) else {} for c in (before, after))
-        for key in sorted(set(old) | set(new)) if keys is None else keys:
+        for key in sorted(old) if keys is None else [k for k in keys if k in old]:
             a, b = (json.loads(json.dumps(v.get(key))) for v in (old, new))  # tuples as lists
             if a != b:
                 changed.append((f"{section}.{key}", a, b))

@@ -24,6 +24,7 @@ import io
 import math
 import os
 import runpy
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -57,6 +58,9 @@ class AutoWatch:
         self.capture = LossCapture()
         self.norms: list[torch.Tensor] | None = None
         self.closure = False  # the followed optimizer's step was given a closure
+        self.accumulates = 0  # N, once a step of N passes each divided by N was seen
+        self.in_step = False  # inside the followed optimizer's step (between its hooks)
+        self.interrupted: str | None = None  # a signal that came in the step: raised at its end
         self.stopped = False  # traintop asked the script to stop
         self.said_lossless = False  # the no_loss warning is given once
         self._handles = []
@@ -127,6 +131,7 @@ class AutoWatch:
             return
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         self.closure = closure is not None
+        self.in_step = True
         # Without a closure, these are the gradients the optimizer is about to use.
         self.norms = None if closure is not None else self.run.recorder.gradients.layer_norms()
 
@@ -140,6 +145,7 @@ class AutoWatch:
             self.boundary()
             return
         self._others.clear()
+        self.in_step = False
         if self.epoch_ended:
             self.epoch_ended = False
             run.session.epoch += 1
@@ -153,10 +159,15 @@ class AutoWatch:
             loss = losses[0]
         elif losses:  # accumulation: the mean of the step's backward passes
             loss = torch.stack([x.float() for x in losses]).mean()
-            # Each pass's loss divided by the passes (fewer in an epoch's last group): undone.
+            # Each pass's loss divided by the number of passes: undone. An epoch's last, shorter group
+            # counts once a whole group of that many was seen; a divisor of any other size (a batch
+            # size, a token count) is the loss's own.
             n = round(self.capture.divided_by or 0)
-            if 2 <= len(losses) <= n and abs(self.capture.divided_by - n) < 1e-6 * n:
-                loss = loss * n
+            if n >= 2 and abs(self.capture.divided_by - n) < 1e-6 * n:
+                if len(losses) == n:
+                    self.accumulates = n
+                if len(losses) == n or len(losses) < n == self.accumulates:
+                    loss = loss * n
         else:  # gradients set with no backward pass in sight: a step without a loss, not a NaN one
             loss = torch.tensor(math.nan)
         step, recorded = run.recorder.first_step + run.recorder.n, run.steps
@@ -172,6 +183,9 @@ class AutoWatch:
                              advice="to record the loss, call traintop.watch in the script and run.step(loss) "
                                     "before optimizer.step() (see the README)")
         self.boundary()
+        if self.interrupted is not None:  # SIGINT or SIGTERM came during the step: now it is whole
+            why, self.interrupted = self.interrupted, None
+            raise KeyboardInterrupt(why)
 
     def boundary(self) -> None:
         """Commands apply here (pause holds here); a stop ends the script as Ctrl-C would."""
@@ -315,9 +329,12 @@ _installed: list[AutoWatch] = []  # the watches whose hooks are in
 
 def _unhook_in_child() -> None:
     """A forked child's optimizers are its own (a Pool worker training a model of its own): no
-    hook of the parent's run follows them."""
+    hook of the parent's run follows them, and a traintop.watch there starts a run of its own
+    rather than take the parent's over."""
+    global current
     for auto in list(_installed):
         auto.uninstall()
+    current = None
 
 
 os.register_at_fork(after_in_child=_unhook_in_child)
@@ -388,7 +405,10 @@ def run_script(folder: RunFolder | None, script: Path, argv: list[str], name: st
         return 0
     if code in (130, 143):  # Ctrl-C or SIGTERM: stopped by the user, as a config run would be
         _live.discard(run)
-        run.finish("stopped")
+        # last.pt first, as a config run's stop saves it; not from inside the optimizer's step (half
+        # its update done), nor on several ranks, whose saving is collective and each was stopped
+        # wherever the signal found it
+        run.finish("stopped", save=not auto.in_step and run.session.world is None)
         return code
     if run.recorder is None and code == 0:  # a script that failed says why itself (below)
         message = ("the script finished without a torch.optim optimizer step, so there was nothing to "
@@ -409,10 +429,27 @@ def run_script(folder: RunFolder | None, script: Path, argv: list[str], name: st
     return code
 
 
+def _stop_on_signal(sig, frame) -> None:
+    """SIGINT or SIGTERM: stop the script as Ctrl-C would (its own handlers and `finally` blocks
+    run), but not inside the followed optimizer's step, whose update would be left half done:
+    there, at its end. A second signal while one waits stops it at once."""
+    why = "SIGTERM" if sig == signal.SIGTERM else ""
+    for auto in _installed:
+        if auto.in_step and auto.interrupted is None:
+            auto.interrupted = why
+            return
+    raise KeyboardInterrupt(why)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM, and SIGINT unless something else handles it, stop a watched script (`_stop_on_signal`)."""
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _stop_on_signal)
+
+
 def main(argv: list[str]) -> int:
     """`python -m traintop.engine.script [--no-stdin] [--name NAME] RUN_FOLDER SCRIPT.py [ARGS...]`."""
-    import signal
-
     stdin, name = True, None
     if argv and argv[0] == "--no-stdin":
         stdin, argv = False, argv[1:]
@@ -420,10 +457,7 @@ def main(argv: list[str]) -> int:
         name, argv = argv[1], argv[2:]
     folder, script, *rest = argv
 
-    def on_term(sig, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, on_term)  # stop as Ctrl-C would: the script's own handlers run
+    stop_on_signals()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run_script(RunFolder(Path(folder)) if folder != "-" else None, Path(script), rest, name=name, stdin=stdin)
 

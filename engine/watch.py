@@ -261,7 +261,7 @@ class WatchedRun:
         that trains no step (over the validation loader, say) is no epoch: it leaves the count
         and the epoch as they were."""
         before = (self.session.epoch, self._epoch_given, self._epoch_counted, self.steps_per_epoch,
-                  self._epoch_started, self.steps)
+                  self._epoch_started, self.batch_samples, self.steps)
         if epoch is not None:
             try:
                 given = -1 if isinstance(epoch, bool) else operator.index(epoch)  # numpy's integers too
@@ -293,6 +293,7 @@ class WatchedRun:
             self.steps_per_epoch = length
         self.mark_epoch_start()
         if self.should_stop:  # a stopped run trains no more epochs: the loop runs on to its end
+            self._put_back(before)
             return
         self.session.timer = self.timer
         items, timer = iter(iterable), self.timer
@@ -314,8 +315,7 @@ class WatchedRun:
         finally:  # run out, stopped, or left by the loop's own `break`: the epoch ends here
             self._iterating = False
             if self.steps == before[-1]:  # no epoch
-                (self.session.epoch, self._epoch_given, self._epoch_counted, self.steps_per_epoch,
-                 self._epoch_started, _) = before
+                self._put_back(before)
             else:
                 if not self.session.closed:
                     self.end_epoch()
@@ -323,6 +323,11 @@ class WatchedRun:
                 # validation after this loop (and the run's end) belongs to this one.
                 self._epoch_counted = not self._epoch_given
                 self._epoch_given = False
+
+    def _put_back(self, before: tuple) -> None:
+        """After a run.iter pass that trained no step: the epoch and its counting as they were."""
+        (self.session.epoch, self._epoch_given, self._epoch_counted, self.steps_per_epoch,
+         self._epoch_started, self.batch_samples, _) = before
 
     def step(self, loss, grad_norm=None, **scalars) -> None:
         """Record this step (after backward, before `optimizer.step()`) and apply waiting commands.
@@ -345,6 +350,8 @@ class WatchedRun:
         later `step_boundary()`."""
         if self._finding:  # a step function that reports its steps, as the loop's own one does
             return
+        if _exit_status:  # training goes on after a sys.exit: the script caught it
+            _exit_status.clear()
         if not self.started:
             self._start()
         session = self.session
@@ -449,10 +456,13 @@ class WatchedRun:
                                        metrics=values, train_loss=train_loss, source=source)
         return best
 
-    def finish(self, status: str | None = None, error: str = "", exception: BaseException | None = None) -> None:
+    def finish(self, status: str | None = None, error: str = "", exception: BaseException | None = None, *,
+               save: bool = False) -> None:
         """End the run: `run_finished` and report.json. Leaving a `with` block calls it.
 
         A failed run on several ranks names the rank that failed first (`exception`: this rank's).
+        A stop saves last.pt first when traintop asked for it, or with `save` (Ctrl-C under
+        `traintop run`, outside the optimizer's step).
         """
         if self.session.closed:
             return
@@ -466,9 +476,7 @@ class WatchedRun:
         if status is None:
             status = self.session.stop_status if self.session.stop_request is not None else "completed"
         stop = self.session.stop_request
-        # Stopped by traintop (unless told not to save), or by Ctrl-C or SIGTERM: last.pt first.
-        asked = stop.save if stop is not None else status == "stopped"
-        if (status in ("stopped", "early_stopped") and asked and self.steps
+        if (status in ("stopped", "early_stopped") and (stop is not None and stop.save or save) and self.steps
                 and self.session.source in ("watch", "script")  # Lightning's and HF's save their own way
                 and (self.model is not None or self.optimizer is not None or self._checkpoint_fn is not None)):
             self._save_or_warn("last")  # as a config run's stop does: last.pt, then the end
@@ -784,9 +792,9 @@ def _finish_at_exit() -> None:
     The interpreter keeps the uncaught exception in `sys.last_value` before any exception hook
     runs, so one installed after ours (rich's, a logger's) hides nothing (at an interactive prompt
     it is any earlier line's error, so not read there). A `SystemExit` leaves no trace an exit
-    handler can read, so the status comes from the main thread's last `sys.exit` call (argparse's
-    errors go through it too); a bare `raise SystemExit(3)` reads as an end, and a `sys.exit` the
-    script catches and goes on from still counts.
+    handler can read, so the status comes from the main thread's last `sys.exit`, `exit` or `quit`
+    call (argparse's errors go through sys.exit), forgotten once the loop trains on after it (the
+    script caught it); a bare `raise SystemExit(3)` reads as an end.
     """
     error = _uncaught[0] if _uncaught else None if hasattr(sys, "ps1") else getattr(sys, "last_value", None)
     status = _exit_status[-1] if _exit_status and not hasattr(sys, "ps1") else None
@@ -813,7 +821,7 @@ def _excepthook(exc_type, exc, tb):
     _previous_excepthook(exc_type, exc, tb)
 
 
-_exit_status: list = []  # what the main thread's last sys.exit call was handed
+_exit_status: list = []  # what the main thread's last sys.exit (or exit, quit) call was handed
 _sys_exit = sys.exit
 
 
@@ -821,6 +829,25 @@ def _exit(status=None):
     if threading.current_thread() is threading.main_thread():
         _exit_status[:] = [status]
     _sys_exit(status)
+
+
+def _watch_quitters() -> None:
+    """The builtins `exit(3)` and `quit()` raise SystemExit themselves: their status is kept too."""
+    try:
+        import _sitebuiltins
+    except ImportError:
+        return
+    call = _sitebuiltins.Quitter.__call__
+    if getattr(call, "_traintop", False):
+        return
+
+    def __call__(self, code=None):
+        if threading.current_thread() is threading.main_thread():
+            _exit_status[:] = [code]
+        return call(self, code)
+
+    __call__._traintop = True
+    _sitebuiltins.Quitter.__call__ = __call__
 
 
 def _leave_runs_to_parent() -> None:
@@ -843,6 +870,7 @@ def _thread_hook(args) -> None:
 sys.excepthook = _excepthook
 threading.excepthook = _thread_hook
 sys.exit = _exit
+_watch_quitters()
 atexit.register(_finish_at_exit)
 os.register_at_fork(after_in_child=_leave_runs_to_parent)
 

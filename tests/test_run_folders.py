@@ -141,6 +141,18 @@ def test_a_config_toml_edited_by_hand_is_refused_on_resume_as_set_would_be_and_t
     assert {f: f.read_bytes() for f in kept} == kept
 
 
+def test_a_run_started_before_a_config_key_existed_still_resumes(finished, tmp_path):
+    """An older run's run_started lacks keys added since: no key it never had reads as edited."""
+    folder = copy_of(finished, tmp_path, "copy", killed=True)
+    log = folder.events.read_bytes()
+    first, rest = log.split(b"\n", 1)
+    older = first.replace(b',"max_vocab":20000', b" " * len(b',"max_vocab":20000'))  # same length: offsets hold
+    assert older != first and len(older) == len(first)
+    folder.events.write_bytes(older + b"\n" + rest)
+    proc = traintop("resume", str(folder.path), "--headless", "--set", "train.epochs=3")
+    assert proc.returncode == 0, proc.stderr
+
+
 def _table(path: Path, rows: int, seed: int, header: str = "x,y,label") -> None:
     import numpy as np
 

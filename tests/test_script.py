@@ -449,13 +449,19 @@ def test_a_script_that_takes_its_gradients_from_autograd_grad_records_its_loss(t
 
 
 @pytest.mark.parametrize("divide", ["loss / accumulate", "loss * (1 / accumulate)", "scaler.scale(loss / accumulate)",
-                                    "loss"])
+                                    "loss", "a loss divided by its batch's rows"])
 def test_accumulation_that_divides_each_loss_by_its_passes_records_the_undivided_mean(tmp_path, divide):
     """The usual accumulation loop backpropagates loss / N for each of N batches (fewer in the
     epoch's last group): the step's loss is the mean of the batches' own losses, as the script
     prints them; a loop that does not divide has that mean too."""
     runs = tmp_path / "runs"
     script = tmp_path / "accumulates.py"
+    if "rows" in divide:  # 8 rows: a divisor that is not the number of passes, undone by nothing
+        compute, backward = "(model(x) - y).pow(2).sum() / len(x)", "loss.backward()"
+    else:
+        compute = "(model(x) - y).pow(2).mean()"
+        backward = "scaler.scale(loss / accumulate).backward()" if "scaler" in divide else f"({divide}).backward()"
+    update = "scaler.step(optimizer); scaler.update()" if "scaler" in divide else "optimizer.step()"
     script.write_text(
         "import torch\n"
         "torch.manual_seed(0)\n"
@@ -466,11 +472,11 @@ def test_accumulation_that_divides_each_loss_by_its_passes_records_the_undivided
         "accumulate, seen = 4, []\n"
         "for epoch in range(2):\n"
         "    for i, (x, y) in enumerate(batches):\n"
-        "        loss = (model(x) - y).pow(2).mean()\n"
+        f"        loss = {compute}\n"
         "        seen.append(loss.item())\n"
-        f"        {'scaler.scale(loss / accumulate).backward()' if 'scaler' in divide else f'({divide}).backward()'}\n"
+        f"        {backward}\n"
         "        if (i + 1) % accumulate == 0 or i + 1 == len(batches):  # 4, 4, then the last 2\n"
-        f"        {'    scaler.step(optimizer); scaler.update()' if 'scaler' in divide else '    optimizer.step()'}\n"
+        f"            {update}\n"
         "            optimizer.zero_grad()\n"
         "            with open('means.txt', 'a') as f:\n"
         "                f.write(repr(sum(seen) / len(seen)) + '\\n')\n"

@@ -463,6 +463,31 @@ def test_a_run_iter_pass_that_trains_no_step_is_no_epoch(tmp_path, epochs, given
     assert events[0].steps_per_epoch == 4 and events[-1].epoch == 3
 
 
+def test_a_validation_pass_after_a_stop_leaves_the_epoch_the_run_ended_in(tmp_path):
+    import traintop
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [torch.randn(8, 3) for _ in range(3)]
+    with traintop.watch(model, optimizer, name="stopped", runs_dir=tmp_path / "runs") as run:
+        for epoch in range(5):
+            for i, xb in enumerate(run.iter(batches)):
+                if epoch == 1 and i == 1:
+                    run.session.inbox.submit(cmd.Stop())  # as ctl stop does, applied at this step
+                loss = model(xb).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                run.step(loss)
+                optimizer.step()
+            with torch.no_grad():
+                val_loss = sum(model(xb).pow(2).mean().item() for xb in run.iter(batches))
+            run.validate(val_loss=val_loss)
+    events = read_events(run.session.folder.events)[0]
+    assert [(e.epoch, e.step) for e in events if isinstance(e, ev.EpochEnd)] == [(1, 3), (2, 5)]
+    assert [e.epoch for e in events if isinstance(e, ev.Validation)] == [1, 2]
+    assert events[-1].status == "stopped" and events[-1].epoch == 2
+
+
 @pytest.mark.parametrize("first", [0, 1])
 def test_epochs_counted_from_1_past_the_plan_are_named_once(tmp_path, first):
     """`for epoch in range(1, epochs + 1): run.iter(loader, epoch=epoch)` labels every epoch one
@@ -846,6 +871,9 @@ def train(steps):
     ("train(3)\nsys.exit('no data left')", "failed", "the script exited with status 1: no data left"),
     ("import argparse\ntrain(3)\nargparse.ArgumentParser().error('bad flag')", "failed",
      "the script exited with status 2"),
+    ("train(3)\nexit(5)", "failed", "the script exited with status 5"),
+    # a sys.exit the script catches, and trains on after: no end of it
+    ("train(2)\ntry:\n    sys.exit(4)\nexcept SystemExit:\n    pass\ntrain(1)", "completed", ""),
 ])
 def test_a_plain_script_without_with_is_finished_by_how_it_ended(tmp_path, ending, status, error):
     """No `with`, no finish(): the exit handler decides, whatever exception hook the script set."""

@@ -300,7 +300,7 @@ def run_engine(run) -> int:
 def run_script_here(folder, script: Path, script_args: list[str], name: str) -> int:
     """A watched script in this process (`--headless`): its own output passes through untouched,
     traintop's log lines go through the terminal guard beside it. SIGTERM stops it as Ctrl-C does."""
-    from traintop.engine.script import run_script
+    from traintop.engine.script import run_script, stop_on_signals
 
     from .headless import HeadlessPrinter
     from .terminal import LineGate, SafeStream
@@ -313,10 +313,7 @@ def run_script_here(folder, script: Path, script_args: list[str], name: str) -> 
     printer = HeadlessPrinter(SafeStream(gate.beside()))
     printer.folder = str(folder.path) if folder is not None else ""
 
-    def on_term(sig, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_on_signals()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not end the training
     return run_script(folder, script, script_args, name=name, printer=printer)
 
