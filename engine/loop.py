@@ -139,8 +139,8 @@ class Trainer:
         self.batches_per_epoch = math.ceil(self.n_shard / self.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)  # optimizer steps
         self.lr = LearningRate(cfg, self.steps_per_epoch)  # the schedule's rate, in the optimizer's groups
-        if cfg.schedule.warmup_steps >= self.lr.total:
-            cfg.warnings.append(("config", f"schedule.warmup_steps = {cfg.schedule.warmup_steps} is as long as the "
+        if cfg.schedule.warmup_steps > self.lr.total:  # equal: the rate reaches optim.lr at the last step
+            cfg.warnings.append(("config", f"schedule.warmup_steps = {cfg.schedule.warmup_steps} is longer than the "
                                            f"whole run ({self.lr.total} steps): the rate never reaches optim.lr; "
                                            "give fewer warm-up steps"))
         # The user's changes, around each step: by optimizer hooks, or for a compiled step around

@@ -21,7 +21,7 @@ from .config import Config, load_config
 from .data import Dataset, images, load_data, load_preprocessor, read_csv_file
 from .data.tabular import BadValue, separator_hint
 from .errors import UserError
-from .evaluation import predict_outputs, predict_records
+from .evaluation import NotFiniteAnswer, predict_outputs, predict_records
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
 from .runstore import RunFolder, read_events, refuse_foreign_code
 
@@ -62,7 +62,10 @@ def _unlike_its_training(folder: RunFolder, info: DataInfo) -> str | None:
     if isinstance(shape, list) and shape != list(info.input_shape):
         return f"it gives inputs of shape {list(info.input_shape)} where the run trained on {shape}"
     if isinstance(classes, list) and classes != list(info.classes):
-        return f"it names {len(info.classes)} classes where the run trained on {len(classes)}"
+        if len(classes) != len(info.classes):
+            return f"it names {len(info.classes)} classes where the run trained on {len(classes)}"
+        differ = [f"{now!r} for {then!r}" for then, now in zip(classes, info.classes) if then != now]
+        return f"it names its classes otherwise than the run trained on them ({', '.join(differ[:3])})"
     return None
 
 
@@ -108,15 +111,15 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - any odd value in a damaged file
             raise UserError(f"{folder.preprocess} is damaged: it does not describe fitted preprocessing "
                             f"({type(e).__name__}: {e})") from None
+        if (changed := _unlike_its_training(folder, info)) is not None:  # classes renamed would load, and mislabel
+            raise UserError(f"{folder.preprocess} is damaged: {changed}; it was changed after the run, or "
+                            "comes from another run")
         model = build_model(cfg, info)
         state = load_checkpoint(path)
         try:
             model.load_state_dict(state["model"])
             step = int(state.get("step", 0))
         except Exception as e:  # noqa: BLE001 - a checkpoint of another model, or damaged values
-            if (changed := _unlike_its_training(folder, info)) is not None:
-                raise UserError(f"{folder.preprocess} is damaged: {changed}; it was changed after the run, or "
-                                "comes from another run") from None
             reason = f"no {e}" if isinstance(e, KeyError) else type(e).__name__
             raise UserError(f"{path} does not fit this run's model ({reason}): it is damaged or "
                             "comes from another run") from None
@@ -148,43 +151,51 @@ class Predictor:
         self.skipped = ""
         if not path.exists():
             raise UserError(f"input {path} does not exist")
-        bad: list[tuple[Path, str]] = []
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if not p.name.startswith(".") and not p.is_dir())
-            files = [p for p in found if p.is_file()]
-            # a pipe, a device or a broken link is never opened (a pipe with no writer would wait forever)
-            bad += [(p, images.NOT_REGULAR) for p in found if not p.is_file()]
-            if not files:
-                raise UserError(f"input folder {path} has no files; give an image or a folder of images"
-                                + (f" ({images.bad_files_warning(bad, path)})" if bad else ""))
-        else:
-            files = [path]
+        if not path.is_dir():
+            try:
+                return [str(path)], self.predict([{"path": str(path)}])
+            except BadValue as e:  # an answer that is not finite
+                raise UserError(e.at(f"input {path}")) from None
+        found = sorted(p for p in path.rglob("*") if not p.name.startswith(".") and not p.is_dir())
+        files = [p for p in found if p.is_file()]
+        # a pipe, a device or a broken link is never opened (a pipe with no writer would wait forever)
+        bad: list[tuple[Path, str]] = [(p, images.NOT_REGULAR) for p in found if not p.is_file()]
+        if not files:
+            raise UserError(f"input folder {path} has no files; give an image or a folder of images"
+                            + (f" ({images.bad_files_warning(bad, path)})" if bad else ""))
         answers: list[dict[str, Any]] = []
         kept: list[Path] = []
         for i in range(0, len(files), CHUNK):
             chunk = files[i:i + CHUNK]
             try:
-                answers += self.predict([{"path": str(f)} for f in chunk])
-                kept += chunk
-                continue
+                done, found = self._answer_files(chunk, bad)
             except UserError:
-                if not path.is_dir():
-                    raise
-            readable = []  # a file of the folder failed: answer the others as one batch, name it
-            for f in chunk:
-                why = images.unreadable(f, self.preprocess.channels, self.preprocess.image_size)
-                if why is None:
-                    readable.append(f)
-                else:
-                    bad.append((f, why))
-            if readable:
-                answers += self.predict([{"path": str(f)} for f in readable])
-                kept += readable
+                readable = []  # a file of the folder failed: answer the others as one batch, name it
+                for f in chunk:
+                    why = images.unreadable(f, self.preprocess.channels, self.preprocess.image_size)
+                    if why is None:
+                        readable.append(f)
+                    else:
+                        bad.append((f, why))
+                done, found = self._answer_files(readable, bad)
+            answers += found
+            kept += done
         if bad:
             self.skipped = images.bad_files_warning(bad, path)
             if not kept:
                 raise UserError(f"input folder {path}: no image file could be read ({self.skipped})")
         return [str(f) for f in kept], answers
+
+    def _answer_files(self, files: list[Path], bad: list) -> tuple[list[Path], list[dict[str, Any]]]:
+        """The image files answered, and their answers: one whose answer is not a finite number is
+        left out, into `bad`."""
+        files = list(files)
+        while files:
+            try:
+                return files, self.predict([{"path": str(f)} for f in files])
+            except NotFiniteAnswer as e:
+                bad.append((files.pop(e.row), images.NOT_FINITE))
+        return [], []
 
     def predict_csv(self, path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         """The rows of a CSV of raw features (extra columns ignored) and their answers."""

@@ -218,7 +218,7 @@ def test_a_schedule_floor_above_the_rate_it_decays_from_is_refused(schedule):
     assert load_config(None, ["optim.lr=0.001", "schedule.name=step", "schedule.min_lr=1"])  # step has no floor
 
 
-def test_a_warm_up_as_long_as_the_run_is_a_config_warning(tmp_path):
+def test_a_warm_up_longer_than_the_run_is_a_config_warning(tmp_path):
     from traintop.engine import events as ev
     from traintop.engine.run import Run
     from traintop.engine.runstore import read_events
@@ -230,7 +230,7 @@ def test_a_warm_up_as_long_as_the_run_is_a_config_warning(tmp_path):
     finally:
         run.close()
     said = [e.message for e in read_events(run.folder.events)[0] if isinstance(e, ev.RunWarning) and e.kind == "config"]
-    assert said == ["schedule.warmup_steps = 500 is as long as the whole run (5 steps): the rate never reaches "
+    assert said == ["schedule.warmup_steps = 500 is longer than the whole run (5 steps): the rate never reaches "
                     "optim.lr; give fewer warm-up steps"]
 
 

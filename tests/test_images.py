@@ -321,3 +321,17 @@ def test_predict_on_a_folder_answers_every_readable_image_and_names_the_unreadab
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     proc = predict(inputs / "noise.jpg")  # one file named by the user: refused, as before
     assert proc.returncode == 2 and "could not be read as an image" in proc.stderr
+    # weights that answer nothing finite: each image is named for it, none answered as NaN
+    state = torch.load(run.folder.best, weights_only=True)
+    state["model"] = {k: torch.full_like(v, float("inf")) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    torch.save(state, run.folder.best)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "0.png").write_bytes(good[0].read_bytes())
+    (images / "1.png").write_bytes(good[1].read_bytes())
+    proc = predict(images)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert "0.png (the model's answer is not a finite number)" in proc.stderr and "1.png (the model's" in proc.stderr
+    proc = predict(images / "0.png")
+    assert proc.returncode == 2 and f"input {images / '0.png'}: the model's answer is not a finite number" in proc.stderr

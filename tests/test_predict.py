@@ -256,6 +256,8 @@ def test_a_row_with_one_field_more_than_the_header_is_refused_not_shifted(finish
 @pytest.mark.parametrize("edit, said", [
     (lambda d: d["columns"][0]["categories"].append("peat"), "it gives inputs of shape [9] where the run trained on [8]"),
     (lambda d: d["classes"].append("dormant"), "it names 3 classes where the run trained on 2"),
+    (lambda d: d["classes"].reverse(), "it names its classes otherwise than the run trained on them ('wilted' "
+                                       "for 'thrived', 'thrived' for 'wilted')"),
 ])
 def test_a_preprocess_json_edited_after_the_run_is_named_not_the_checkpoint(finished, tmp_path, edit, said):
     run = next(finished.iterdir())

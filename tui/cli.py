@@ -751,6 +751,8 @@ def readable_input(path: Path, kind: str):
         yield path  # one image, read once
         return
     shown = "standard input ('-')" if stdin else str(path)
+    if stdin and sys.stdin is None:
+        raise UserError("input '-': there is no standard input to read (it is closed); give a file")
     with tempfile.TemporaryDirectory(prefix="traintop-input-") as tmp:
         spooled = Path(tmp) / ("stdin.csv" if stdin else path.name)
         try:

@@ -281,13 +281,15 @@ def unreadable(path: Path, channels: int, size: int) -> str | None:
 
 
 NOT_REGULAR = "not a regular file: a pipe, a device or a broken link"
+NOT_FINITE = "the model's answer is not a finite number"
 
 
 def bad_files_warning(bad: list[tuple[Path, str]], folder: Path) -> str:
     from PIL import Image
 
     def named(path: Path, why: str) -> str:
-        return str(path.relative_to(folder)) + (f" ({why})" if why.endswith(" pixels") or why == NOT_REGULAR else "")
+        return str(path.relative_to(folder)) + (f" ({why})" if why.endswith(" pixels") or why in (NOT_REGULAR, NOT_FINITE)
+                                                else "")
 
     names = ", ".join(named(p, why) for p, why in bad[:NAMED_BAD])
     more = f" and {len(bad) - NAMED_BAD} more" if len(bad) > NAMED_BAD else ""

@@ -154,8 +154,8 @@ class LossWatch:
         """Where the loss started, for judging how far it has come (plateau, underfitting,
         overfitting): the first step's loss, or the median of the first five if higher. One batch
         can read low by chance (the first batch of 32 of a noisy table read 0.25 where its first
-        epoch's mean was 0.37, and its loss then looked as if it had hardly moved); reading the
-        start too high only makes those conditions harder to call."""
+        epoch's mean was 0.37, and its loss then looked as if it had hardly moved). A higher start
+        makes "high" and "hardly moved" harder to call, and "moved" (underfitting's) easier."""
         if self.start is None:
             return None
         return max(self.start, median(self.first)) if self.first else self.start
