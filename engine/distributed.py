@@ -304,6 +304,8 @@ class World:
         said = None if failure is None else ("refused" if isinstance(failure, UserError) else "failed",
                                              str(failure) or type(failure).__name__)
         reports = self.gather(said)
+        if any(report is not None for report in reports):
+            self.close()  # every rank ends the groups together, before leaving: no thread torn down at exit
         if failure is not None:
             raise failure
         for rank, report in enumerate(reports):
