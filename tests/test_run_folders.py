@@ -237,8 +237,8 @@ async def test_the_dashboard_on_a_killed_run_says_it_was_killed_and_how_it_goes_
         def footer() -> dict[str, bool]:
             return {key.description: key.has_class("-disabled") for key in app.query("FooterKey")}
 
-        for _ in range(600):  # drawn, and the footer redrawn for the run's end
-            if app.state.status != "starting" and app.drawn_version == app.state.version and footer().get("pause"):  # the footer may still be mounting
+        for _ in range(600):  # drawn, and the footer (perhaps still mounting) redrawn for the run's end
+            if app.state.status != "starting" and app.drawn_version == app.state.version and footer().get("pause"):
                 break
             await pilot.pause(0.05)
         header = str(app.query_one("#header").render())
