@@ -23,7 +23,7 @@ from .data.tabular import BadValue, separator_hint
 from .errors import UserError
 from .evaluation import NotFiniteAnswer, predict_outputs, predict_records
 from .models import DataInfo, Objective, build_model, loss_name, n_model_outputs
-from .runstore import RunFolder, read_events, refuse_foreign_code
+from .runstore import RunFolder, read_events, refuse_foreign_code, started_event
 
 CHECKPOINTS = ("best", "last")
 CHUNK = 256  # images decoded and predicted at a time
@@ -52,12 +52,8 @@ def run_config(folder: RunFolder, trust: bool = False) -> Config:
 def _unlike_its_training(folder: RunFolder, info: DataInfo) -> str | None:
     """How the data preprocess.json describes differs from what the run said it trained on (its
     run_started event), or None: the same, or nothing to tell by."""
-    try:
-        with open(folder.events, "rb") as f:
-            started = ev.parse_line(f.readline().decode())
-    except (OSError, ValueError, RecursionError):
-        return None
-    data = started.data if isinstance(started, ev.RunStarted) and isinstance(started.data, dict) else {}
+    started = started_event(folder)
+    data = started.data if started is not None and isinstance(started.data, dict) else {}
     shape, classes = data.get("input_shape"), data.get("classes")
     if isinstance(shape, list) and shape != list(info.input_shape):
         return f"it gives inputs of shape {list(info.input_shape)} where the run trained on {shape}"

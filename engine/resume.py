@@ -12,7 +12,7 @@ from typing import Any
 from . import events as ev
 from .config import Config, load_config, parse_override
 from .errors import UserError
-from .runstore import RunFolder, begins_with_its_start, refuse_foreign_code
+from .runstore import RunFolder, begins_with_its_start, refuse_foreign_code, started_event
 
 # What `resume --set` may not change: the checkpoint was made with this data, this model, this
 # optimizer and this random stream. How long, how fast and what to watch may change.
@@ -110,20 +110,10 @@ def changed_fixed(before: dict, after: dict) -> list[tuple[str, Any, Any]]:
     return changed
 
 
-def _started(folder: RunFolder) -> ev.RunStarted | None:
-    """The run's run_started event, the first line of its log (None if it is not there)."""
-    try:
-        with open(folder.events, "rb") as f:
-            started = event_of(f.readline())
-    except OSError:
-        return None
-    return started if isinstance(started, ev.RunStarted) else None
-
-
 def edited_since_start(folder: RunFolder, now: dict) -> list[tuple[str, Any, Any]]:
     """The keys resume may not change whose value in config.toml is not the one the run started
     with (its run_started event): the file was edited by hand."""
-    started = _started(folder)
+    started = started_event(folder)
     if started is None or not isinstance(started.config, dict):
         return []
     return changed_fixed(started.config, now)
@@ -139,7 +129,7 @@ def check_same_data(folder: RunFolder, now: dict) -> None:
     what differs."""
     import json
 
-    started = _started(folder)
+    started = started_event(folder)
     then = started.data if started is not None and isinstance(started.data, dict) else {}
     differ = []
     for key, what in DATA_FACTS.items():

@@ -444,16 +444,23 @@ def killed_note(folder: RunFolder) -> str:
     return f"run {folder.run_id} has no run_finished event: it was killed ({how})"
 
 
-def begins_with_its_start(folder: RunFolder) -> bool:
-    """Whether the run's events.jsonl begins with its run_started event (a run resumes only onto
-    its whole history)."""
+def started_event(folder: RunFolder):
+    """The run's run_started event, the first line of its events.jsonl; None when the log does not
+    begin with one (what the run said it trained on, for what is checked against it later)."""
     from .events import RunStarted
 
     try:
         with open(folder.events, "rb") as f:
-            return isinstance(parse_line(f.readline().decode()), RunStarted)
+            started = parse_line(f.readline().decode())
     except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
-        return False
+        return None
+    return started if isinstance(started, RunStarted) else None
+
+
+def begins_with_its_start(folder: RunFolder) -> bool:
+    """Whether the run's events.jsonl begins with its run_started event (a run resumes only onto
+    its whole history)."""
+    return started_event(folder) is not None
 
 
 def is_live(folder: RunFolder) -> bool:
